@@ -1,0 +1,53 @@
+# The two commands: `make run` (see it work) and `make test` (prove it works).
+# Every target installs what it needs first; nothing is assumed on the machine
+# beyond Python 3.11+, and apt-get for the system packages.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install up down run test test-unit test-integration test-e2e bench lint schemas clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml deploy/install-system.sh deploy/kafka/pom.xml
+	./deploy/install-system.sh
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m deploy.localstack fetch
+	touch $(STAMP)
+
+up: install
+	$(PY) -m deploy.localstack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m deploy.localstack down; else python3 -m deploy.localstack down; fi
+
+run: up
+	$(PY) -m services.demo
+
+test: install
+	$(PY) -m pytest tests
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+test-integration: install
+	$(PY) -m pytest tests/integration
+
+test-e2e: install
+	$(PY) -m pytest tests/e2e
+
+bench: install
+	$(PY) -m benchmarks.core
+
+lint: install
+	$(PY) -m ruff check domain schemas services deploy tests benchmarks
+
+schemas: install
+	$(PY) -m schemas.generate
+
+clean: down
+	rm -rf run $(VENV)

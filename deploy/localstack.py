@@ -1,0 +1,366 @@
+"""Local stack: a real single-node Apache Kafka broker (KRaft) and a real Redis server.
+
+Used by `make up` / `make down` and by the test fixtures, so developers, CI and the
+tests all run against the same thing. No Docker needed:
+
+* Kafka comes from Maven Central. `deploy/kafka/pom.xml` pins the broker version; the
+  jars are copied once into a cache folder outside git (``$COMMISSION_CACHE`` or
+  ``~/.cache/commission-engine``) so the second start needs no network.
+* Redis is Debian's ``redis-server``, started with explicit arguments and AOF on
+  (``appendfsync always``) so that a restart of Redis loses nothing.
+
+Every process started here has a pid file in its run folder; `stop` signals exactly
+that pid and never looks processes up by name. Starting twice is harmless: a live
+pid file whose port answers means "already up".
+
+Command line::
+
+    python -m deploy.localstack up      # start both, return when both answer
+    python -m deploy.localstack down    # stop what `up` started
+    python -m deploy.localstack status
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+KAFKA_VERSION = "3.9.1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
+
+# Limits: how long we wait for a server to answer before declaring the start failed.
+KAFKA_START_TIMEOUT_S = 90.0
+REDIS_START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 30.0
+# The broker shares 2 cores and the memory with Redis, the services and the tests.
+KAFKA_HEAP = "-Xms256m -Xmx768m"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("COMMISSION_CACHE") or str(Path.home() / ".cache" / "commission-engine")
+    return Path(root) / f"kafka-{KAFKA_VERSION}"
+
+
+def ensure_kafka_jars() -> Path:
+    """Copy the pinned broker and its runtime dependencies from Maven Central once."""
+    libs = cache_dir() / "libs"
+    marker = cache_dir() / "complete"
+    if marker.exists():
+        return libs
+    if shutil.which("mvn") is None:
+        raise SystemExit("maven (mvn) is required to fetch the Kafka broker jars")
+    tmp = cache_dir() / "libs.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    subprocess.run(
+        [
+            "mvn", "-q", "-B", "-f", str(POM),
+            f"-Dkafka.version={KAFKA_VERSION}",
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={tmp}",
+        ],
+        check=True,
+    )
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    marker.write_text(KAFKA_VERSION + "\n")
+    return libs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still "exists"; reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def read_pid(pidfile: Path) -> int | None:
+    try:
+        return int(pidfile.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def stop_pidfile(pidfile: Path, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """SIGTERM the process named by the pid file, SIGKILL it after timeout_s."""
+    pid = read_pid(pidfile)
+    if pid is None:
+        return False
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            while pid_alive(pid):
+                time.sleep(0.05)
+    pidfile.unlink(missing_ok=True)
+    return True
+
+
+def kafka_answers(port: int) -> bool:
+    """True when the broker answers an ApiVersions request (not only accepts TCP)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2.0) as s:
+            client_id = b"localstack"
+            # ApiVersions v0: api_key=18, api_version=0, correlation_id=1, client_id.
+            body = struct.pack(">hhih", 18, 0, 1, len(client_id)) + client_id
+            s.sendall(struct.pack(">i", len(body)) + body)
+            header = s.recv(4)
+            if len(header) < 4:
+                return False
+            (size,) = struct.unpack(">i", header)
+            data = b""
+            while len(data) < size:
+                chunk = s.recv(size - len(data))
+                if not chunk:
+                    return False
+                data += chunk
+            correlation_id, error_code = struct.unpack(">ih", data[:6])
+            return correlation_id == 1 and error_code == 0
+    except OSError:
+        return False
+
+
+def redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def wait_until(check, timeout_s: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    tail = ""
+    if log is not None and log.exists():
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+    raise RuntimeError(f"{what} did not answer within {timeout_s:.0f}s\n{tail}")
+
+
+@dataclass(frozen=True)
+class Kafka:
+    """A single-node KRaft broker (combined controller and broker) on 127.0.0.1."""
+
+    run_dir: Path
+    port: int
+    controller_port: int
+    default_partitions: int = 4
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / "kafka.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / "kafka.log"
+
+    def properties(self) -> str:
+        # One node: every internal topic has replication factor and min ISR 1, or
+        # the group coordinator and the transaction coordinator never become ready.
+        return "\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={self.run_dir / 'data'}",
+            f"num.partitions={self.default_partitions}",
+            "default.replication.factor=1",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=8",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=8",
+            "min.insync.replicas=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=true",
+            "log.retention.hours=168",
+            "num.network.threads=2",
+            "num.io.threads=2",
+            "background.threads=2",
+            "",
+        ])
+
+    def start(self) -> None:
+        if self.running():
+            return
+        libs = ensure_kafka_jars()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        props = self.run_dir / "server.properties"
+        props.write_text(self.properties())
+        log4j = self.run_dir / "log4j.properties"
+        log4j.write_text(
+            "log4j.rootLogger=WARN, stdout\n"
+            "log4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
+            "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n"
+            "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+            "log4j.logger.kafka.server.KafkaServer=INFO\n"
+            "log4j.logger.kafka.server.KafkaRaftServer=INFO\n"
+        )
+        java = ["java", f"-Dlog4j.configuration=file:{log4j}", *KAFKA_HEAP.split(),
+                "-XX:+UseSerialGC", "-cp", f"{libs}/*"]
+        if not (self.run_dir / "data" / "meta.properties").exists():
+            subprocess.run(
+                [*java, "kafka.tools.StorageTool", "format", "--ignore-formatted",
+                 "-t", str(uuid.uuid4()).replace("-", "")[:22], "-c", str(props)],
+                check=True, stdout=subprocess.DEVNULL,
+            )
+        with open(self.log, "ab") as out:
+            proc = subprocess.Popen(
+                [*java, "kafka.Kafka", str(props)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pidfile.write_text(f"{proc.pid}\n")
+        wait_until(lambda: kafka_answers(self.port), KAFKA_START_TIMEOUT_S, "kafka", self.log)
+
+    def running(self) -> bool:
+        pid = read_pid(self.pidfile)
+        return pid is not None and pid_alive(pid) and kafka_answers(self.port)
+
+    def stop(self) -> None:
+        stop_pidfile(self.pidfile)
+
+    def kill(self) -> None:
+        """SIGKILL the broker: for tests of what survives a broker crash."""
+        pid = read_pid(self.pidfile)
+        if pid is not None and pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            while pid_alive(pid):
+                time.sleep(0.05)
+        self.pidfile.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Redis:
+    """Debian's redis-server with AOF on, so a restart loses nothing."""
+
+    run_dir: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / "redis.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / "redis.log"
+
+    def start(self) -> None:
+        if self.running():
+            return
+        server = shutil.which("redis-server")
+        if server is None:
+            raise SystemExit("redis-server is missing: run `make install` (apt-get install redis-server)")
+        data = self.run_dir / "redis-data"
+        data.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            proc = subprocess.Popen(
+                [server, "--port", str(self.port), "--bind", "127.0.0.1",
+                 "--dir", str(data), "--appendonly", "yes", "--appendfsync", "always",
+                 "--save", "", "--daemonize", "no", "--protected-mode", "yes"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pidfile.write_text(f"{proc.pid}\n")
+        wait_until(lambda: redis_answers(self.port), REDIS_START_TIMEOUT_S, "redis", self.log)
+
+    def running(self) -> bool:
+        pid = read_pid(self.pidfile)
+        return pid is not None and pid_alive(pid) and redis_answers(self.port)
+
+    def stop(self) -> None:
+        stop_pidfile(self.pidfile)
+
+
+def default_run_dir() -> Path:
+    return Path(os.environ.get("COMMISSION_RUN_DIR", REPO_ROOT / "run"))
+
+
+def default_stack() -> tuple[Kafka, Redis]:
+    run = default_run_dir()
+    kafka = Kafka(
+        run_dir=run / "kafka",
+        port=int(os.environ.get("KAFKA_PORT", "9092")),
+        controller_port=int(os.environ.get("KAFKA_CONTROLLER_PORT", "9093")),
+    )
+    redis = Redis(run_dir=run / "redis", port=int(os.environ.get("REDIS_PORT", "6379")))
+    return kafka, redis
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.localstack")
+    parser.add_argument("action", choices=["up", "down", "status", "fetch"])
+    args = parser.parse_args(argv)
+    kafka, redis = default_stack()
+    if args.action == "fetch":
+        print(ensure_kafka_jars())
+    elif args.action == "up":
+        kafka.start()
+        redis.start()
+        print(f"kafka  {kafka.bootstrap}  (logs {kafka.log})")
+        print(f"redis  {redis.url}  (logs {redis.log})")
+    elif args.action == "down":
+        redis.stop()
+        kafka.stop()
+        print("stopped what `up` started")
+    else:
+        print(f"kafka  {kafka.bootstrap}  {'up' if kafka.running() else 'down'}")
+        print(f"redis  {redis.url}  {'up' if redis.running() else 'down'}")
+        return 0 if kafka.running() and redis.running() else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""One handler per command: validate, then apply.
+
+``handle(state, command)`` is the whole engine for one certificate. Each handler
+first decides whether the command is legal, raising :class:`Refusal` with a typed
+reason *before anything is touched*; only then does it mutate the state and record
+events and settlements. So a refused command changes nothing (a property test
+checks it byte for byte), and an accepted one is followed by the invariant check.
+
+A command id already applied with the same body is a :class:`Duplicate` (no
+effect); with another body it is refused (``duplicate_conflict``). A command that
+would produce no event (a timer tick with nothing due, a claim on an empty pool)
+changes nothing either, and is not recorded as applied: it may be sent again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Union
+
+import msgspec
+
+from domain import pool as pools
+from domain.invariants import check_invariants
+from domain.recorder import Recorder
+from domain.state import MAX_CHAIN_HOPS, CertificateState, Hop, Pool
+from domain.thresholds import display_limit_ms
+from schemas.commands import (
+    AttachPool,
+    CheckExpiry,
+    Circulate,
+    Claim,
+    Command,
+    IssueCertificate,
+    PostCertificate,
+    Purchase,
+    RandomAmount,
+    ReplenishMatch,
+    ReplenishRandom,
+)
+from schemas.events import (
+    AcquisitionClaimable,
+    CertificateCirculated,
+    CertificateIssued,
+    CertificatePosted,
+    CertificatePurchased,
+    Event,
+    PoolAttached,
+)
+from schemas.payments import SellerPayment, Settlement
+from schemas.rejections import Reason
+
+
+class Refusal(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class Accepted(msgspec.Struct, frozen=True):
+    state: CertificateState
+    events: list[Event]
+    settlements: list[Settlement]
+
+
+class Rejected(msgspec.Struct, frozen=True):
+    reason: Reason
+    detail: str
+
+
+class Duplicate(msgspec.Struct, frozen=True):
+    command_id: str
+
+
+Outcome = Union[Accepted, Rejected, Duplicate]
+
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def command_digest(command: Command) -> str:
+    return hashlib.blake2b(_encode(command), digest_size=12).hexdigest()
+
+
+# --- shared checks ------------------------------------------------------------------
+
+
+def _existing(state: CertificateState | None) -> CertificateState:
+    if state is None:
+        raise Refusal(Reason.UNKNOWN_CERTIFICATE, "no certificate with this id was issued")
+    return state
+
+
+def _on_display(state: CertificateState) -> Pool:
+    if state.status == "issued":
+        raise Refusal(Reason.NOT_POSTED, "the certificate is not posted yet")
+    if state.status == "purchased":
+        raise Refusal(Reason.CERTIFICATE_PURCHASED, "the certificate was already purchased")
+    assert state.pool is not None  # posting requires a pool
+    return state.pool
+
+
+def _open_pool(state: CertificateState) -> Pool:
+    pool = _on_display(state)
+    if pool.status != "open":
+        raise Refusal(Reason.POOL_WITHDRAWN, f"the commission pool is {pool.status}")
+    return pool
+
+
+def _check_range(lo: int, hi: int, what: str) -> None:
+    if lo > hi:
+        raise Refusal(Reason.INVALID_RANGE, f"{what}: min_minor > max_minor")
+
+
+# --- handlers: each returns the recorder, or raises Refusal before any change --------
+
+
+def _issue(state: CertificateState | None, c: IssueCertificate, now: int) -> tuple[CertificateState, Recorder]:
+    if state is not None:
+        raise Refusal(Reason.ALREADY_ISSUED, "a certificate with this id exists")
+    if c.serial > c.copies:
+        raise Refusal(Reason.INVALID_FIELD, "serial is beyond the number of copies")
+    state = CertificateState(
+        certificate_id=c.certificate_id, offer_id=c.offer_id, serial=c.serial,
+        seller_id=c.account_id, price_minor=c.price_minor, currency=c.currency,
+        time_limit_s=c.time_limit_s,
+    )
+    rec = Recorder(state, c.command_id, now)
+    rec.event(CertificateIssued, seller_id=c.account_id, offer_id=c.offer_id, serial=c.serial,
+              copies=c.copies, name=c.name, price_minor=c.price_minor, currency=c.currency,
+              terms=c.terms, time_limit_s=c.time_limit_s)
+    return state, rec
+
+
+def _attach(state: CertificateState, c: AttachPool, now: int) -> Recorder:
+    if state.status != "issued":
+        raise Refusal(Reason.ALREADY_POSTED if state.status == "posted"
+                      else Reason.CERTIFICATE_PURCHASED, "a pool is attached before posting")
+    if state.pool is not None:
+        raise Refusal(Reason.POOL_ALREADY_ATTACHED, "this certificate already has a pool")
+    if c.currency != state.currency:
+        raise Refusal(Reason.CURRENCY_MISMATCH, f"the certificate is priced in {state.currency}")
+    if c.attached_minor > c.budget_minor:
+        raise Refusal(Reason.ATTACHED_EXCEEDS_BUDGET, "attached_minor > budget_minor")
+    if isinstance(c.acquisition.amount, RandomAmount):
+        _check_range(c.acquisition.amount.min_minor, c.acquisition.amount.max_minor, "acquisition")
+    if isinstance(c.replenish, ReplenishRandom):
+        _check_range(c.replenish.min_minor, c.replenish.max_minor, "replenish")
+    rec = Recorder(state, c.command_id, now)
+    state.pool = Pool(
+        funder_id=c.account_id, funding_ref=c.funding_ref, budget_minor=c.budget_minor,
+        attached_minor=c.attached_minor, reserve_minor=c.budget_minor - c.attached_minor,
+        acquisition=c.acquisition, replenish=c.replenish, thresholds=c.thresholds,
+    )
+    rec.event(PoolAttached, funder_id=c.account_id, funding_ref=c.funding_ref,
+              currency=c.currency, budget_minor=c.budget_minor,
+              attached_minor=c.attached_minor, reserve_minor=c.budget_minor - c.attached_minor,
+              acquisition=c.acquisition, replenish=c.replenish, thresholds=c.thresholds)
+    return rec
+
+
+def _post(state: CertificateState, c: PostCertificate, now: int) -> Recorder:
+    if c.account_id != state.seller_id:
+        raise Refusal(Reason.NOT_AUTHORIZED, "only the seller posts a certificate")
+    if state.status != "issued":
+        raise Refusal(Reason.ALREADY_POSTED if state.status == "posted"
+                      else Reason.CERTIFICATE_PURCHASED, "the certificate was posted before")
+    if state.pool is None:
+        raise Refusal(Reason.POOL_NOT_ATTACHED, "attach a commission pool before posting")
+    rec = Recorder(state, c.command_id, now)
+    state.status = "posted"
+    state.posted_at_ms = now
+    limit = display_limit_ms(state, state.pool)
+    rec.event(CertificatePosted, seller_id=state.seller_id,
+              display_deadline_ms=None if limit is None else now + limit)
+    return rec
+
+
+def _circulate(state: CertificateState, c: Circulate, now: int) -> Recorder:
+    pool = _open_pool(state)
+    if c.account_id == state.holder:
+        raise Refusal(Reason.ALREADY_HOLDER, "the account already holds the certificate")
+    if c.via is not None and (c.via == c.account_id or c.via not in state.members):
+        raise Refusal(Reason.VIA_NOT_IN_CHAIN, "via must be another account in the chain")
+    if len(state.chain) >= MAX_CHAIN_HOPS:
+        raise Refusal(Reason.CHAIN_LIMIT, f"the chain is limited to {MAX_CHAIN_HOPS} hops")
+    rec = Recorder(state, c.command_id, now)
+    previous = state.holder
+    state.members[c.account_id] = len(state.chain)
+    state.chain.append(Hop(c.account_id, c.via, now))
+    state.holder = c.account_id
+    state.circulations += 1
+    rec.event(CertificateCirculated, account_id=c.account_id, via=c.via,
+              previous_holder=previous, hop=len(state.chain), circulations=state.circulations)
+    # Seed [123]: the thresholds are checked first; a withdrawn pool pays nothing more.
+    if pools.check_withdrawal(state, pool, now, rec, only=("display_time", "circulations")):
+        return rec
+    who = c.account_id if pool.acquisition.beneficiary == "circulator" else c.via
+    acquired = 0
+    if pools.may_gain(state, pool, who):
+        assert who is not None
+        if pool.acquisition.trigger == "auto":
+            acquired = pools.acquire(state, pool, who, rec)
+        elif who not in pool.claimable:
+            pool.claimable[who] = len(state.chain)
+            rec.event(AcquisitionClaimable, account_id=who)
+    pools.replenish(state, pool, acquired, rec)
+    if not pools.check_withdrawal(state, pool, now, rec, only=("cumulative",)):
+        pools.raise_warnings(state, pool, now, rec)
+    return rec
+
+
+def _claim(state: CertificateState, c: Claim, now: int) -> Recorder:
+    pool = _open_pool(state)
+    if c.account_id not in pool.claimable:
+        detail = ("the account already gained on this certificate" if c.account_id in pool.acquired
+                  else "the account has nothing to claim on this certificate")
+        raise Refusal(Reason.NOTHING_TO_CLAIM, detail)
+    rec = Recorder(state, c.command_id, now)
+    if pools.check_withdrawal(state, pool, now, rec, only=("display_time",)):
+        return rec
+    acquired = pools.acquire(state, pool, c.account_id, rec)
+    if acquired:
+        if isinstance(pool.replenish, ReplenishMatch):  # fixed and random top up per circulation
+            pools.replenish(state, pool, acquired, rec)
+        if not pools.check_withdrawal(state, pool, now, rec, only=("cumulative",)):
+            pools.raise_warnings(state, pool, now, rec)
+    return rec
+
+
+def _purchase(state: CertificateState, c: Purchase, now: int) -> Recorder:
+    pool = _on_display(state)
+    if c.account_id == state.seller_id:
+        raise Refusal(Reason.BUYER_IS_SELLER, "the seller cannot buy their own certificate")
+    rec = Recorder(state, c.command_id, now)
+    # Seed example 3 (S37): the thresholds are checked when the certificate is bought.
+    pools.check_withdrawal(state, pool, now, rec)
+    paid, released = pools.cash_out(state, pool, rec)
+    state.status = "purchased"
+    state.buyer_id = c.account_id
+    rec.event(CertificatePurchased, buyer_id=c.account_id, payment_ref=c.payment_ref,
+              currency=state.currency, price_minor=state.price_minor,
+              paid_out_minor=paid, released_minor=released)
+    rec.settle(SellerPayment, payee_id=state.seller_id, amount_minor=state.price_minor,
+               funding_ref=c.payment_ref, currency=state.currency,
+               payer_id=c.account_id, payment_ref=c.payment_ref)
+    return rec
+
+
+def _check_expiry(state: CertificateState, c: CheckExpiry, now: int) -> Recorder:
+    rec = Recorder(state, c.command_id, now)
+    pool = state.pool
+    if state.status == "posted" and pool is not None and pool.status == "open":
+        if not pools.check_withdrawal(state, pool, now, rec, only=("display_time",)):
+            pools.raise_warnings(state, pool, now, rec)
+    return rec
+
+
+_HANDLERS: dict[type, Callable[[CertificateState, Command, int], Recorder]] = {
+    AttachPool: _attach,  # type: ignore[dict-item]
+    PostCertificate: _post,  # type: ignore[dict-item]
+    Circulate: _circulate,  # type: ignore[dict-item]
+    Claim: _claim,  # type: ignore[dict-item]
+    Purchase: _purchase,  # type: ignore[dict-item]
+    CheckExpiry: _check_expiry,  # type: ignore[dict-item]
+}
+
+
+def handle(state: CertificateState | None, command: Command) -> Outcome:
+    """Apply one command to one certificate's state (mutated in place when accepted)."""
+    digest = command_digest(command)
+    if state is not None:
+        seen = state.applied.get(command.command_id)
+        if seen is not None:
+            if seen == digest:
+                return Duplicate(command.command_id)
+            return Rejected(Reason.DUPLICATE_CONFLICT,
+                            "this command id was applied before with another body")
+    now = command.at_ms if state is None else max(state.clock_ms, command.at_ms)
+    try:
+        if isinstance(command, IssueCertificate):
+            state, rec = _issue(state, command, now)
+        else:
+            rec = _HANDLERS[type(command)](_existing(state), command, now)
+    except Refusal as refusal:
+        return Rejected(refusal.reason, refusal.detail)
+    assert state is not None
+    if not rec.events:
+        return Accepted(state, [], [])
+    state.seq = rec.seq
+    state.clock_ms = now
+    state.applied[command.command_id] = digest
+    check_invariants(state)
+    return Accepted(state, rec.events, rec.settlements)

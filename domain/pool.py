@@ -1,0 +1,159 @@
+"""Money movements of a commission pool (SPEC rules 4, 5, 6 and 8).
+
+Each function moves integers between the pool's buckets and records what it did;
+none of them validates a command (handlers do that before anything moves).
+"""
+
+from __future__ import annotations
+
+from domain.draw import draw_between
+from domain.recorder import Recorder
+from domain.state import CertificateState, Pool
+from domain.thresholds import due_warnings, first_met
+from schemas.commands import (
+    AllAttached,
+    FixedAmount,
+    PercentOfAttached,
+    RandomAmount,
+    ReplenishFixed,
+    ReplenishMatch,
+    ReplenishRandom,
+)
+from schemas.events import (
+    AccountAmount,
+    CommissionAcquired,
+    PoolReplenished,
+    PoolWithdrawn,
+    ThresholdName,
+    WithdrawalWarned,
+)
+from schemas.payments import BudgetRelease, CommissionPayout
+
+
+def may_gain(state: CertificateState, pool: Pool, account_id: str | None) -> bool:
+    """An account gains at most once per certificate; seller and funder never do."""
+    return (
+        account_id is not None
+        and pool.status == "open"
+        and account_id not in pool.acquired
+        and account_id != state.seller_id
+        and account_id != pool.funder_id
+    )
+
+
+def acquisition_amount(state: CertificateState, pool: Pool, rec: Recorder) -> int:
+    policy = pool.acquisition.amount
+    if isinstance(policy, AllAttached):
+        wanted = pool.attached_minor
+    elif isinstance(policy, FixedAmount):
+        wanted = policy.amount_minor
+    elif isinstance(policy, PercentOfAttached):
+        wanted = pool.attached_minor * policy.basis_points // 10_000
+    elif isinstance(policy, RandomAmount):
+        wanted = draw_between(policy.min_minor, policy.max_minor,
+                              state.certificate_id, rec.command_id, "acquire")
+    else:  # pragma: no cover - the union is closed
+        raise AssertionError(policy)
+    return min(wanted, pool.attached_minor)
+
+
+def acquire(state: CertificateState, pool: Pool, account_id: str, rec: Recorder) -> int:
+    amount = acquisition_amount(state, pool, rec)
+    if amount == 0:
+        return 0  # nothing gained, so the account may still gain later
+    pool.attached_minor -= amount
+    pool.pending_minor += amount
+    pool.cumulative_minor += amount
+    pool.acquired[account_id] = amount
+    pool.claimable.pop(account_id, None)
+    rec.event(CommissionAcquired, account_id=account_id, amount_minor=amount,
+              currency=state.currency, attached_after_minor=pool.attached_minor,
+              cumulative_minor=pool.cumulative_minor)
+    return amount
+
+
+def replenish(state: CertificateState, pool: Pool, acquired: int, rec: Recorder) -> None:
+    """Top the attached amount up from the reserve, never beyond the reserve."""
+    policy = pool.replenish
+    if isinstance(policy, ReplenishMatch):
+        if policy.from_second_circulation and state.circulations < 2:
+            return
+        wanted = acquired
+    elif isinstance(policy, ReplenishFixed):
+        wanted = policy.amount_minor
+    elif isinstance(policy, ReplenishRandom):
+        wanted = draw_between(policy.min_minor, policy.max_minor,
+                              state.certificate_id, rec.command_id, "replenish")
+    else:
+        return
+    amount = min(wanted, pool.reserve_minor)
+    if amount == 0:
+        return
+    pool.reserve_minor -= amount
+    pool.attached_minor += amount
+    rec.event(PoolReplenished, amount_minor=amount, currency=state.currency,
+              attached_after_minor=pool.attached_minor, reserve_after_minor=pool.reserve_minor)
+
+
+def withdraw(state: CertificateState, pool: Pool, threshold: ThresholdName, rec: Recorder) -> None:
+    """Close the pool. Void (default): pending acquisitions are voided and the whole
+    unpaid budget goes back to the funder. Freeze: pending stays payable on purchase,
+    the rest goes back now."""
+    mode = pool.thresholds.on_withdraw
+    voided: list[AccountAmount] = []
+    released = pool.attached_minor + pool.reserve_minor
+    if mode == "void":
+        voided = [AccountAmount(account_id=a, amount_minor=m) for a, m in pool.acquired.items()]
+        released += pool.pending_minor
+        pool.voided_minor += pool.pending_minor
+        pool.pending_minor = 0
+        pool.status = "withdrawn"
+    else:
+        pool.status = "frozen"
+    pool.attached_minor = pool.reserve_minor = 0
+    pool.released_minor += released
+    rec.event(PoolWithdrawn, threshold=threshold, mode=mode, currency=state.currency,
+              voided=voided, voided_minor=sum(v.amount_minor for v in voided),
+              released_minor=released)
+    rec.settle(BudgetRelease, payee_id=pool.funder_id, amount_minor=released,
+               funding_ref=pool.funding_ref, currency=state.currency, reason="withdrawal")
+
+
+def check_withdrawal(
+    state: CertificateState, pool: Pool, now_ms: int, rec: Recorder,
+    only: tuple[ThresholdName, ...] = ("display_time", "circulations", "cumulative"),
+) -> bool:
+    """Withdraw if one of the ``only`` thresholds is met. True if the pool is closed."""
+    if pool.status != "open":
+        return True
+    met = first_met(state, pool, now_ms, only)
+    if met is None:
+        return False
+    withdraw(state, pool, met, rec)
+    return True
+
+
+def raise_warnings(state: CertificateState, pool: Pool, now_ms: int, rec: Recorder) -> None:
+    """Warn once per threshold that is close (SPEC rule 7)."""
+    for name, value, limit in due_warnings(state, pool, now_ms):
+        pool.warned.append(name)
+        rec.event(WithdrawalWarned, threshold=name, value=value, limit=limit)
+
+
+def cash_out(state: CertificateState, pool: Pool, rec: Recorder) -> tuple[int, int]:
+    """On purchase: pay every pending acquisition, release what is left of the budget."""
+    paid = 0
+    if pool.status in ("open", "frozen") and pool.pending_minor:
+        for account_id, amount in pool.acquired.items():
+            rec.settle(CommissionPayout, payee_id=account_id, amount_minor=amount,
+                       funding_ref=pool.funding_ref, currency=state.currency)
+            paid += amount
+        assert paid == pool.pending_minor, (paid, pool.pending_minor)
+        pool.paid_minor += paid
+        pool.pending_minor = 0
+    released = pool.attached_minor + pool.reserve_minor
+    pool.attached_minor = pool.reserve_minor = 0
+    pool.released_minor += released
+    rec.settle(BudgetRelease, payee_id=pool.funder_id, amount_minor=released,
+               funding_ref=pool.funding_ref, currency=state.currency, reason="purchase")
+    return paid, released

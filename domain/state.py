@@ -1,0 +1,81 @@
+"""Per-certificate state: what the rules need to decide, and nothing more.
+
+The state is what every service keeps in its table row, so it is small: the terms
+and the name of the offer travel in the CertificateIssued event, not here. Apart
+from the chain of hops, the set of accounts that gained, and the command ids seen
+(all of which grow with the traffic a certificate gets, and are bounded by
+MAX_CHAIN_HOPS), a row is a few hundred bytes of msgpack.
+
+Dicts, not sets, hold account ids: insertion order makes the encoding of a state,
+and the order of payouts, deterministic across processes (str hashes are salted
+per process, so set order is not).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from schemas.commands import AcquisitionPolicy, ReplenishPolicy, Thresholds
+
+# Limits on everything that grows with traffic. A certificate refuses circulations
+# beyond this many hops (Reason.CHAIN_LIMIT); the dedupe table of command ids is
+# bounded by the same figure times the few command kinds a hop can bring.
+MAX_CHAIN_HOPS = 10_000
+
+CertificateStatus = Literal["issued", "posted", "purchased"]
+PoolStatus = Literal["open", "withdrawn", "frozen"]
+
+
+class Hop(msgspec.Struct, array_like=True, frozen=True):
+    account_id: str
+    via: str | None
+    at_ms: int
+
+
+class Pool(msgspec.Struct, kw_only=True):
+    funder_id: str
+    funding_ref: str
+    budget_minor: int
+    attached_minor: int
+    reserve_minor: int
+    acquisition: AcquisitionPolicy
+    replenish: ReplenishPolicy
+    thresholds: Thresholds
+    status: PoolStatus = "open"
+    # money buckets; attached + reserve + pending + paid + released == budget
+    pending_minor: int = 0
+    paid_minor: int = 0
+    released_minor: int = 0
+    voided_minor: int = 0  # the part of released_minor that was pending once
+    cumulative_minor: int = 0  # everything ever acquired (a withdrawal threshold)
+    # account -> amount it acquired; an account gains at most once per certificate
+    acquired: dict[str, int] = msgspec.field(default_factory=dict)
+    # claim-triggered pools: accounts allowed to claim, in the order they became so
+    claimable: dict[str, int] = msgspec.field(default_factory=dict)
+    warned: list[str] = msgspec.field(default_factory=list)
+
+
+class CertificateState(msgspec.Struct, kw_only=True):
+    certificate_id: str
+    offer_id: str
+    serial: int
+    seller_id: str
+    price_minor: int
+    currency: str
+    time_limit_s: int | None = None
+    status: CertificateStatus = "issued"
+    posted_at_ms: int | None = None
+    buyer_id: str | None = None
+    # sequence number of the last accepted command and the certificate's clock
+    seq: int = 0
+    clock_ms: int = 0
+    circulations: int = 0
+    holder: str | None = None
+    chain: list[Hop] = msgspec.field(default_factory=list)
+    # account -> index of its last hop; answers "is `via` in the chain" in O(1)
+    members: dict[str, int] = msgspec.field(default_factory=dict)
+    pool: Pool | None = None
+    # command id -> digest of its body: one id, one effect; another body is refused
+    applied: dict[str, str] = msgspec.field(default_factory=dict)

@@ -1,0 +1,97 @@
+"""Withdrawal thresholds and warnings (SPEC rules 6 and 7).
+
+A threshold is met when its value reaches its limit (value >= limit). The values:
+
+* ``circulations``: accepted circulations, counting the one being applied;
+* ``cumulative``: everything ever acquired from the pool; the limit is the lower of
+  ``max_cumulative_minor`` and ``max_cumulative_bp_of_price`` of the price (rounded
+  up, which is exact: for an integer c, c >= ceil(p*bp/10^4) iff c*10^4 >= p*bp);
+* ``display_time``: milliseconds since posting; the limit is the lower of the pool's
+  ``max_display_s`` and the certificate's own time limit.
+
+The seed's "more than 10 circulations" is ``max_circulations=11``: the 11th
+circulation meets the threshold and gains nothing.
+
+A warning fires once per threshold when value * 10^4 >= warn_at_bp * limit
+(``warn_at_bp=0`` turns warnings off).
+"""
+
+from __future__ import annotations
+
+from domain.state import CertificateState, Pool
+from schemas.events import ThresholdName
+
+# Evaluation order, which names the threshold reported when several are met at once.
+ORDER: tuple[ThresholdName, ...] = ("display_time", "circulations", "cumulative")
+
+
+def display_limit_ms(state: CertificateState, pool: Pool) -> int | None:
+    limits = [s for s in (pool.thresholds.max_display_s, state.time_limit_s) if s is not None]
+    return min(limits) * 1000 if limits else None
+
+
+def cumulative_limit_minor(state: CertificateState, pool: Pool) -> int | None:
+    t = pool.thresholds
+    limits = []
+    if t.max_cumulative_minor is not None:
+        limits.append(t.max_cumulative_minor)
+    if t.max_cumulative_bp_of_price is not None:
+        limits.append(-(-state.price_minor * t.max_cumulative_bp_of_price // 10_000))
+    return min(limits) if limits else None
+
+
+def measures(
+    state: CertificateState, pool: Pool, now_ms: int
+) -> list[tuple[ThresholdName, int, int]]:
+    """(threshold, value, limit) for every threshold this pool has."""
+    out: list[tuple[ThresholdName, int, int]] = []
+    display = display_limit_ms(state, pool)
+    if display is not None and state.posted_at_ms is not None:
+        out.append(("display_time", now_ms - state.posted_at_ms, display))
+    if pool.thresholds.max_circulations is not None:
+        out.append(("circulations", state.circulations, pool.thresholds.max_circulations))
+    cumulative = cumulative_limit_minor(state, pool)
+    if cumulative is not None:
+        out.append(("cumulative", pool.cumulative_minor, cumulative))
+    return out
+
+
+def first_met(
+    state: CertificateState, pool: Pool, now_ms: int, only: tuple[ThresholdName, ...] = ORDER
+) -> ThresholdName | None:
+    for name, value, limit in measures(state, pool, now_ms):
+        if name in only and value >= limit:
+            return name
+    return None
+
+
+def due_warnings(
+    state: CertificateState, pool: Pool, now_ms: int
+) -> list[tuple[ThresholdName, int, int]]:
+    bp = pool.thresholds.warn_at_bp
+    if bp == 0 or pool.status != "open":
+        return []
+    return [
+        (name, value, limit)
+        for name, value, limit in measures(state, pool, now_ms)
+        if name not in pool.warned and value * 10_000 >= bp * limit and value < limit
+    ]
+
+
+def next_deadline_ms(state: CertificateState) -> int | None:
+    """When the withdrawal timer must look at this certificate next, if ever.
+
+    The earliest of the display-time warning (if not yet raised) and the display-time
+    withdrawal, while the pool is open and the certificate is on display.
+    """
+    pool = state.pool
+    if pool is None or pool.status != "open" or state.status != "posted":
+        return None
+    limit = display_limit_ms(state, pool)
+    if limit is None or state.posted_at_ms is None:
+        return None
+    deadline = state.posted_at_ms + limit
+    bp = pool.thresholds.warn_at_bp
+    if bp and "display_time" not in pool.warned:
+        deadline = min(deadline, state.posted_at_ms + -(-limit * bp // 10_000))
+    return deadline

@@ -1,0 +1,179 @@
+"""Commands: what users (through the gateway) and the withdrawal timer ask for.
+
+Topic ``commands``, key = certificate id. Imperative names. Every command carries
+``command_id`` (the idempotency key: one id, one effect) and ``at_ms``, the time the
+gateway accepted it, which the domain treats as the command's time (clamped to be
+monotonic per certificate). Commands are strict: unknown fields are refused, so a
+typo in a client never silently changes a meaning.
+
+The gateway signs the encoded bytes (HMAC-SHA256, see services.common.auth); the
+signature travels in Kafka headers, not in the body.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+
+from schemas.types import (
+    AmountMinor,
+    BasisPoints,
+    PositiveBasisPoints,
+    Count,
+    Currency,
+    DurationS,
+    Id,
+    PositiveAmountMinor,
+    ShortText,
+    Text,
+    TimestampMs,
+)
+
+COMMAND_VERSION = 1
+
+
+class _Wire(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+# --- acquisition policy -------------------------------------------------------------
+
+
+class FixedAmount(_Wire, tag="fixed", tag_field="kind", kw_only=True):
+    amount_minor: PositiveAmountMinor
+
+
+class RandomAmount(_Wire, tag="random", tag_field="kind", kw_only=True):
+    """Uniform in [min_minor, max_minor], drawn from a generator seeded by the command id."""
+
+    min_minor: AmountMinor
+    max_minor: PositiveAmountMinor
+
+
+class PercentOfAttached(_Wire, tag="percent", tag_field="kind", kw_only=True):
+    basis_points: BasisPoints
+
+
+class AllAttached(_Wire, tag="all", tag_field="kind", kw_only=True):
+    pass
+
+
+AcquisitionAmount = Union[FixedAmount, RandomAmount, PercentOfAttached, AllAttached]
+
+
+class AcquisitionPolicy(_Wire, kw_only=True):
+    # who gains: the circulating account, or the account it came via (seed example 2)
+    beneficiary: Literal["circulator", "upstream"] = "circulator"
+    # when: on circulation, or only when the account sends a Claim
+    trigger: Literal["auto", "claim"] = "auto"
+    amount: AcquisitionAmount = AllAttached()
+
+
+# --- replenishment policy -----------------------------------------------------------
+
+
+class ReplenishMatch(_Wire, tag="match", tag_field="kind", kw_only=True):
+    """Top up by the amount just acquired: the attached amount stays constant."""
+
+    from_second_circulation: bool = False
+
+
+class ReplenishFixed(_Wire, tag="fixed", tag_field="kind", kw_only=True):
+    amount_minor: PositiveAmountMinor
+
+
+class ReplenishRandom(_Wire, tag="random", tag_field="kind", kw_only=True):
+    min_minor: AmountMinor
+    max_minor: PositiveAmountMinor
+
+
+class ReplenishNone(_Wire, tag="none", tag_field="kind", kw_only=True):
+    pass
+
+
+ReplenishPolicy = Union[ReplenishMatch, ReplenishFixed, ReplenishRandom, ReplenishNone]
+
+
+# --- withdrawal thresholds ----------------------------------------------------------
+
+
+class Thresholds(_Wire, kw_only=True):
+    """Any threshold met withdraws the pool. None means "no such threshold"."""
+
+    max_circulations: Count | None = None
+    max_cumulative_minor: PositiveAmountMinor | None = None
+    max_cumulative_bp_of_price: PositiveBasisPoints | None = None
+    max_display_s: DurationS | None = None
+    on_withdraw: Literal["void", "freeze"] = "void"
+    warn_at_bp: BasisPoints = 8000
+
+
+class Terms(_Wire, kw_only=True):
+    trade: Text = ""
+    logistics: Text = ""
+    insurance: Text = ""
+    trade_rules: Text = ""
+
+
+# --- commands -----------------------------------------------------------------------
+
+
+class _Command(_Wire, tag_field="type", kw_only=True):
+    v: int = COMMAND_VERSION
+    command_id: Id
+    certificate_id: Id
+    at_ms: TimestampMs
+
+
+class IssueCertificate(_Command, tag="issue_certificate", kw_only=True):
+    """One copy of an offer. ``domain.offer.issue_offer`` expands an offer of N copies."""
+
+    account_id: Id  # the seller
+    offer_id: Id
+    serial: Count
+    copies: Count
+    name: ShortText
+    price_minor: PositiveAmountMinor
+    currency: Currency
+    terms: Terms = Terms()
+    time_limit_s: DurationS | None = None
+
+
+class AttachPool(_Command, tag="attach_pool", kw_only=True):
+    account_id: Id  # the funder
+    funding_ref: Id
+    budget_minor: PositiveAmountMinor
+    attached_minor: PositiveAmountMinor
+    currency: Currency
+    acquisition: AcquisitionPolicy = AcquisitionPolicy()
+    replenish: ReplenishPolicy = ReplenishMatch()
+    thresholds: Thresholds = Thresholds()
+
+
+class PostCertificate(_Command, tag="post_certificate", kw_only=True):
+    account_id: Id  # must be the seller
+
+
+class Circulate(_Command, tag="circulate", kw_only=True):
+    account_id: Id
+    via: Id | None = None
+
+
+class Claim(_Command, tag="claim", kw_only=True):
+    account_id: Id
+
+
+class Purchase(_Command, tag="purchase", kw_only=True):
+    account_id: Id  # the buyer
+    payment_ref: Id
+
+
+class CheckExpiry(_Command, tag="check_expiry", kw_only=True):
+    """Sent by the withdrawal service's timer; carries no account."""
+
+
+Command = Union[
+    IssueCertificate, AttachPool, PostCertificate, Circulate, Claim, Purchase, CheckExpiry
+]
+COMMAND_TYPES: tuple[type, ...] = Command.__args__  # type: ignore[attr-defined]

@@ -1,0 +1,137 @@
+"""Domain events: facts the engine recorded, in the order it recorded them.
+
+Topics ``certificate-events`` (circulation), ``allocations`` (allocation) and
+``withdrawals`` (withdrawal), key = certificate id. Past-tense names. ``seq`` is the
+certificate's command sequence number (1, 2, ...) and ``event_id`` is
+``"{certificate_id}/{seq}/{index}"``: deterministic, so a replayed input produces
+byte-identical events and consumers deduplicate on the id.
+
+Unlike commands, events tolerate unknown fields: a consumer built against an older
+version keeps working when fields are added (msgspec schema evolution).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+
+from schemas.commands import AcquisitionPolicy, ReplenishPolicy, Terms, Thresholds
+from schemas.types import AmountMinor, Count, Currency, DurationS, Id, ShortText, TimestampMs
+
+EVENT_VERSION = 1
+
+ThresholdName = Literal["circulations", "cumulative", "display_time"]
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    v: int = EVENT_VERSION
+    event_id: str
+    certificate_id: Id
+    command_id: Id
+    seq: int
+    at_ms: TimestampMs
+
+
+class CertificateIssued(_Event, tag="certificate_issued", kw_only=True):
+    seller_id: Id
+    offer_id: Id
+    serial: Count
+    copies: Count
+    name: ShortText
+    price_minor: AmountMinor
+    currency: Currency
+    terms: Terms
+    time_limit_s: DurationS | None = None
+
+
+class PoolAttached(_Event, tag="pool_attached", kw_only=True):
+    funder_id: Id
+    funding_ref: Id
+    currency: Currency
+    budget_minor: AmountMinor
+    attached_minor: AmountMinor
+    reserve_minor: AmountMinor
+    acquisition: AcquisitionPolicy
+    replenish: ReplenishPolicy
+    thresholds: Thresholds
+
+
+class CertificatePosted(_Event, tag="certificate_posted", kw_only=True):
+    seller_id: Id
+    display_deadline_ms: TimestampMs | None = None
+
+
+class CertificateCirculated(_Event, tag="certificate_circulated", kw_only=True):
+    """The certificate moved into ``account_id``'s feed and out of ``previous_holder``'s."""
+
+    account_id: Id
+    via: Id | None
+    previous_holder: Id | None
+    hop: int
+    circulations: int
+
+
+class AcquisitionClaimable(_Event, tag="acquisition_claimable", kw_only=True):
+    """Claim-triggered pools: ``account_id`` may now claim its share."""
+
+    account_id: Id
+
+
+class CommissionAcquired(_Event, tag="commission_acquired", kw_only=True):
+    account_id: Id
+    amount_minor: AmountMinor
+    currency: Currency
+    attached_after_minor: AmountMinor
+    cumulative_minor: AmountMinor
+
+
+class PoolReplenished(_Event, tag="pool_replenished", kw_only=True):
+    amount_minor: AmountMinor
+    currency: Currency
+    attached_after_minor: AmountMinor
+    reserve_after_minor: AmountMinor
+
+
+class WithdrawalWarned(_Event, tag="withdrawal_warned", kw_only=True):
+    threshold: ThresholdName
+    value: int
+    limit: int
+
+
+class AccountAmount(msgspec.Struct, frozen=True, kw_only=True):
+    account_id: Id
+    amount_minor: AmountMinor
+
+
+class PoolWithdrawn(_Event, tag="pool_withdrawn", kw_only=True):
+    threshold: ThresholdName
+    mode: Literal["void", "freeze"]
+    currency: Currency
+    voided: list[AccountAmount]
+    voided_minor: AmountMinor
+    released_minor: AmountMinor
+
+
+class CertificatePurchased(_Event, tag="certificate_purchased", kw_only=True):
+    buyer_id: Id
+    payment_ref: Id
+    currency: Currency
+    price_minor: AmountMinor
+    paid_out_minor: AmountMinor
+    released_minor: AmountMinor
+
+
+Event = Union[
+    CertificateIssued,
+    PoolAttached,
+    CertificatePosted,
+    CertificateCirculated,
+    AcquisitionClaimable,
+    CommissionAcquired,
+    PoolReplenished,
+    WithdrawalWarned,
+    PoolWithdrawn,
+    CertificatePurchased,
+]
+EVENT_TYPES: tuple[type, ...] = Event.__args__  # type: ignore[attr-defined]

@@ -1,0 +1,58 @@
+"""Settlement events: every money movement, on topic ``payments``, key = certificate id.
+
+``settlement_id`` is deterministic (see domain.settlement): payment systems use it as
+their idempotency key. The engine guarantees each id appears once on the topic for
+``read_committed`` readers; consumers should dedupe on it anyway.
+
+Compatibility promise to payment consumers: these structs never forbid unknown
+fields, fields are only ever added (with defaults, at the end), and a new kind of
+settlement comes with a new ``v`` announced beforehand. Decode with
+``msgspec.json.Decoder(schemas.payments.Settlement)``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+
+from schemas.types import AmountMinor, Currency, Id, Sha256Hex, TimestampMs
+
+SETTLEMENT_VERSION = 1
+
+
+class _Settlement(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    v: int = SETTLEMENT_VERSION
+    settlement_id: Sha256Hex
+    certificate_id: Id
+    command_id: Id  # the command that caused this movement
+    seq: int
+    at_ms: TimestampMs
+    funding_ref: Id
+    currency: Currency
+    amount_minor: AmountMinor
+
+
+class CommissionPayout(_Settlement, tag="commission_payout", kw_only=True):
+    """Pay a pending acquisition out of the escrowed budget to the account."""
+
+    payee_id: Id
+
+
+class SellerPayment(_Settlement, tag="seller_payment", kw_only=True):
+    """The buyer's payment of the price to the seller (not from the budget)."""
+
+    payee_id: Id
+    payer_id: Id
+    payment_ref: Id
+
+
+class BudgetRelease(_Settlement, tag="budget_release", kw_only=True):
+    """Return the unspent (or voided) part of the budget to the funder."""
+
+    payee_id: Id
+    reason: Literal["purchase", "withdrawal"]
+
+
+Settlement = Union[CommissionPayout, SellerPayment, BudgetRelease]
+SETTLEMENT_TYPES: tuple[type, ...] = Settlement.__args__  # type: ignore[attr-defined]

@@ -1,0 +1,66 @@
+"""Rejections: every refused command, on topic ``rejections``, key = certificate id
+when it could be read (else the raw Kafka key).
+
+``reason`` is a stable machine-readable code (:class:`Reason`); ``detail`` is for
+humans and never contains secrets. ``original`` holds the exact bytes received
+(base64 in JSON) with their source topic, partition and offset, so an operator can
+find, fix and resend the command.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+from schemas.types import TimestampMs
+
+REJECTION_VERSION = 1
+
+
+class Reason(str, enum.Enum):
+    # transport and contract
+    UNDECODABLE = "undecodable"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    INVALID_FIELD = "invalid_field"
+    AMOUNT_OUT_OF_RANGE = "amount_out_of_range"
+    KEY_MISMATCH = "key_mismatch"  # Kafka key is not the command's certificate id
+    # authentication
+    UNSIGNED = "unsigned"
+    UNKNOWN_KEY = "unknown_key"
+    BAD_SIGNATURE = "bad_signature"
+    NOT_AUTHORIZED = "not_authorized"
+    # idempotency
+    DUPLICATE_CONFLICT = "duplicate_conflict"  # same command id, different body
+    # lifecycle
+    UNKNOWN_CERTIFICATE = "unknown_certificate"
+    ALREADY_ISSUED = "already_issued"
+    POOL_NOT_ATTACHED = "pool_not_attached"
+    POOL_ALREADY_ATTACHED = "pool_already_attached"
+    NOT_POSTED = "not_posted"
+    ALREADY_POSTED = "already_posted"
+    CERTIFICATE_PURCHASED = "certificate_purchased"
+    POOL_WITHDRAWN = "pool_withdrawn"
+    # circulation and acquisition
+    ALREADY_HOLDER = "already_holder"
+    VIA_NOT_IN_CHAIN = "via_not_in_chain"
+    CHAIN_LIMIT = "chain_limit"
+    NOTHING_TO_CLAIM = "nothing_to_claim"
+    # money
+    CURRENCY_MISMATCH = "currency_mismatch"
+    ATTACHED_EXCEEDS_BUDGET = "attached_exceeds_budget"
+    INVALID_RANGE = "invalid_range"
+    BUYER_IS_SELLER = "buyer_is_seller"
+
+
+class Rejection(msgspec.Struct, frozen=True, kw_only=True, tag="rejection", tag_field="type"):
+    v: int = REJECTION_VERSION
+    reason: Reason
+    detail: str
+    command_id: str | None = None
+    certificate_id: str | None = None
+    source_topic: str = ""
+    source_partition: int = -1
+    source_offset: int = -1
+    original: bytes = b""
+    at_ms: TimestampMs = 0

@@ -1,0 +1,62 @@
+"""Topic names and their contracts, in one place for services, tests and docs.
+
+Every topic is keyed by certificate id and has the same partition count, so one
+certificate's messages stay in one partition of every topic and are processed in
+order at every stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.commands import Command
+from schemas.events import (
+    AcquisitionClaimable,
+    CertificateCirculated,
+    CertificateIssued,
+    CertificatePosted,
+    CertificatePurchased,
+    CommissionAcquired,
+    Event,
+    PoolAttached,
+    PoolReplenished,
+    PoolWithdrawn,
+    WithdrawalWarned,
+)
+from schemas.payments import Settlement
+from schemas.rejections import Rejection
+
+DEFAULT_PARTITIONS = 4
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    union: object
+    schema: str  # file stem under schemas/json/
+    producer: str
+    description: str
+    # the members of the union this topic carries (None: all of them)
+    members: tuple[type, ...] | None = None
+
+    def message_types(self) -> tuple[type, ...]:
+        return self.members or getattr(self.union, "__args__", (self.union,))
+
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec("commands", Command, "commands", "gateway; withdrawal timer (check_expiry)",
+              "Signed commands (HMAC-SHA256 in headers `key-id` and `signature`)."),
+    TopicSpec("certificate-events", Event, "events", "circulation",
+              "Accepted commands as facts: issued, attached, posted, circulated, purchased.",
+              (CertificateIssued, PoolAttached, CertificatePosted, CertificateCirculated,
+               CertificatePurchased)),
+    TopicSpec("allocations", Event, "events", "allocation",
+              "Acquisitions, claimable shares and replenishments of each pool.",
+              (CommissionAcquired, AcquisitionClaimable, PoolReplenished)),
+    TopicSpec("withdrawals", Event, "events", "withdrawal", "Warnings and withdrawals of pools.",
+              (WithdrawalWarned, PoolWithdrawn)),
+    TopicSpec("payments", Settlement, "payments", "cash-out",
+              "Settlement instructions for payment systems; dedupe on settlement_id."),
+    TopicSpec("rejections", Rejection, "rejections", "circulation",
+              "Every refused command with a reason code and the original bytes."),
+)

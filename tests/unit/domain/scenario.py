@@ -1,0 +1,96 @@
+"""A small driver for scenario tests: builds commands with fresh ids and a clock.
+
+It only assembles inputs; every expectation in the tests is written from the seed's
+own numbers, never read back from the code under test.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import msgspec
+
+from domain import Accepted, CertificateState, Duplicate, Rejected, check_invariants, handle
+from schemas import commands as c
+from schemas.payments import BudgetRelease, CommissionPayout, SellerPayment
+
+DAY_MS = 24 * 3600 * 1000
+
+
+class Scenario:
+    def __init__(self, certificate_id: str = "cert-1", *, start_ms: int = 1_700_000_000_000):
+        self.certificate_id = certificate_id
+        self.now_ms = start_ms
+        self.state: CertificateState | None = None
+        self.events: list = []
+        self.settlements: list = []
+        self._ids = itertools.count(1)
+
+    # --- driving --------------------------------------------------------------------
+
+    def advance(self, ms: int) -> None:
+        self.now_ms += ms
+
+    def send(self, kind: type, **fields):
+        fields.setdefault("command_id", f"cmd-{next(self._ids)}")
+        fields.setdefault("certificate_id", self.certificate_id)
+        fields.setdefault("at_ms", self.now_ms)
+        return self.apply(kind(**fields))
+
+    def apply(self, command):
+        outcome = handle(self.state, command)
+        if isinstance(outcome, Accepted):
+            self.state = outcome.state
+            self.events.extend(outcome.events)
+            self.settlements.extend(outcome.settlements)
+            check_invariants(self.state)
+        return outcome
+
+    def must(self, kind: type, **fields) -> Accepted:
+        outcome = self.send(kind, **fields)
+        assert isinstance(outcome, Accepted), outcome
+        return outcome
+
+    def refused(self, kind: type, **fields) -> Rejected:
+        before = msgspec.msgpack.encode(self.state)
+        outcome = self.send(kind, **fields)
+        assert isinstance(outcome, Rejected), outcome
+        assert msgspec.msgpack.encode(self.state) == before, "a refusal changed the state"
+        return outcome
+
+    def setup(self, *, price_minor: int, budget_minor: int, attached_minor: int,
+              seller: str = "seller", funder: str = "funder", currency: str = "USD",
+              time_limit_s: int | None = None, **pool) -> None:
+        self.must(c.IssueCertificate, account_id=seller, offer_id="offer-1", serial=1,
+                  copies=1, name="Espresso machine", price_minor=price_minor,
+                  currency=currency, time_limit_s=time_limit_s)
+        self.must(c.AttachPool, account_id=funder, funding_ref="escrow-1",
+                  budget_minor=budget_minor, attached_minor=attached_minor,
+                  currency=currency, **pool)
+        self.must(c.PostCertificate, account_id=seller)
+
+    def circulate(self, account: str, via: str | None = None) -> Accepted:
+        return self.must(c.Circulate, account_id=account, via=via)
+
+    def purchase(self, buyer: str = "buyer") -> Accepted:
+        return self.must(c.Purchase, account_id=buyer, payment_ref="pay-1")
+
+    # --- reading --------------------------------------------------------------------
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def payouts(self) -> dict[str, int]:
+        return {s.payee_id: s.amount_minor for s in self.settlements
+                if isinstance(s, CommissionPayout)}
+
+    def releases(self) -> list[tuple[str, int, str]]:
+        return [(s.payee_id, s.amount_minor, s.reason) for s in self.settlements
+                if isinstance(s, BudgetRelease)]
+
+    def seller_payments(self) -> list[tuple[str, int]]:
+        return [(s.payee_id, s.amount_minor) for s in self.settlements
+                if isinstance(s, SellerPayment)]
+
+
+__all__ = ["DAY_MS", "Duplicate", "Scenario"]
