@@ -47,6 +47,25 @@ STOP_TIMEOUT_S = 30.0
 KAFKA_HEAP = "-Xms256m -Xmx768m"
 
 
+# Processes this interpreter started, kept so they are reaped (and not reported by
+# Python as leaked) when stopped; `make down` in another process uses the pid files.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def _spawn(argv: list[str], log: Path) -> int:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    _CHILDREN[proc.pid] = proc
+    return proc.pid
+
+
+def _reap(pid: int) -> None:
+    proc = _CHILDREN.pop(pid, None)
+    if proc is not None:
+        proc.wait()
+
+
 def cache_dir() -> Path:
     root = os.environ.get("COMMISSION_CACHE") or str(Path.home() / ".cache" / "commission-engine")
     return Path(root) / f"kafka-{KAFKA_VERSION}"
@@ -93,6 +112,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def pid_alive(pid: int) -> bool:
+    proc = _CHILDREN.get(pid)
+    if proc is not None:
+        return proc.poll() is None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -128,6 +150,7 @@ def stop_pidfile(pidfile: Path, timeout_s: float = STOP_TIMEOUT_S) -> bool:
             os.kill(pid, signal.SIGKILL)
             while pid_alive(pid):
                 time.sleep(0.05)
+    _reap(pid)
     pidfile.unlink(missing_ok=True)
     return True
 
@@ -252,13 +275,8 @@ class Kafka:
                  "-t", str(uuid.uuid4()).replace("-", "")[:22], "-c", str(props)],
                 check=True, stdout=subprocess.DEVNULL,
             )
-        with open(self.log, "ab") as out:
-            proc = subprocess.Popen(
-                [*java, "kafka.Kafka", str(props)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.pidfile.write_text(f"{proc.pid}\n")
+        pid = _spawn([*java, "kafka.Kafka", str(props)], self.log)
+        self.pidfile.write_text(f"{pid}\n")
         wait_until(lambda: kafka_answers(self.port), KAFKA_START_TIMEOUT_S, "kafka", self.log)
 
     def running(self) -> bool:
@@ -275,6 +293,7 @@ class Kafka:
             os.kill(pid, signal.SIGKILL)
             while pid_alive(pid):
                 time.sleep(0.05)
+            _reap(pid)
         self.pidfile.unlink(missing_ok=True)
 
 
@@ -305,15 +324,13 @@ class Redis:
             raise SystemExit("redis-server is missing: run `make install` (apt-get install redis-server)")
         data = self.run_dir / "redis-data"
         data.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
-            proc = subprocess.Popen(
-                [server, "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--dir", str(data), "--appendonly", "yes", "--appendfsync", "always",
-                 "--save", "", "--daemonize", "no", "--protected-mode", "yes"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.pidfile.write_text(f"{proc.pid}\n")
+        pid = _spawn(
+            [server, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(data), "--appendonly", "yes", "--appendfsync", "always",
+             "--save", "", "--daemonize", "no", "--protected-mode", "yes"],
+            self.log,
+        )
+        self.pidfile.write_text(f"{pid}\n")
         wait_until(lambda: redis_answers(self.port), REDIS_START_TIMEOUT_S, "redis", self.log)
 
     def running(self) -> bool:

@@ -15,7 +15,8 @@ changes nothing either, and is not recorded as applied: it may be sent again.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Union
+from collections.abc import Callable
+from typing import Union
 
 import msgspec
 
@@ -23,7 +24,7 @@ from domain import pool as pools
 from domain.invariants import check_invariants
 from domain.recorder import Recorder
 from domain.state import MAX_CHAIN_HOPS, CertificateState, Hop, Pool
-from domain.thresholds import display_limit_ms
+from domain.thresholds import cumulative_limit_minor, display_limit_ms
 from schemas.commands import (
     AttachPool,
     CheckExpiry,
@@ -77,8 +78,8 @@ Outcome = Union[Accepted, Rejected, Duplicate]
 _encode = msgspec.msgpack.Encoder().encode
 
 
-def command_digest(command: Command) -> str:
-    return hashlib.blake2b(_encode(command), digest_size=12).hexdigest()
+def command_digest(command: Command) -> bytes:
+    return hashlib.blake2b(_encode(command), digest_size=12).digest()
 
 
 # --- shared checks ------------------------------------------------------------------
@@ -148,8 +149,10 @@ def _attach(state: CertificateState, c: AttachPool, now: int) -> Recorder:
     rec = Recorder(state, c.command_id, now)
     state.pool = Pool(
         funder_id=c.account_id, funding_ref=c.funding_ref, budget_minor=c.budget_minor,
-        attached_minor=c.attached_minor, reserve_minor=c.budget_minor - c.attached_minor,
+        initial_attached_minor=c.attached_minor, attached_minor=c.attached_minor, reserve_minor=c.budget_minor - c.attached_minor,
         acquisition=c.acquisition, replenish=c.replenish, thresholds=c.thresholds,
+        display_limit_ms=display_limit_ms(state, c.thresholds),
+        cumulative_limit_minor=cumulative_limit_minor(state, c.thresholds),
     )
     rec.event(PoolAttached, funder_id=c.account_id, funding_ref=c.funding_ref,
               currency=c.currency, budget_minor=c.budget_minor,
@@ -169,7 +172,7 @@ def _post(state: CertificateState, c: PostCertificate, now: int) -> Recorder:
     rec = Recorder(state, c.command_id, now)
     state.status = "posted"
     state.posted_at_ms = now
-    limit = display_limit_ms(state, state.pool)
+    limit = state.pool.display_limit_ms
     rec.event(CertificatePosted, seller_id=state.seller_id,
               display_deadline_ms=None if limit is None else now + limit)
     return rec
@@ -189,11 +192,14 @@ def _circulate(state: CertificateState, c: Circulate, now: int) -> Recorder:
     state.chain.append(Hop(c.account_id, c.via, now))
     state.holder = c.account_id
     state.circulations += 1
-    rec.event(CertificateCirculated, account_id=c.account_id, via=c.via,
-              previous_holder=previous, hop=len(state.chain), circulations=state.circulations)
+    rec.events.append(CertificateCirculated(
+        event_id=rec.next_event_id(), certificate_id=state.certificate_id,
+        command_id=c.command_id, seq=rec.seq, at_ms=now, account_id=c.account_id, via=c.via,
+        previous_holder=previous, hop=len(state.chain), circulations=state.circulations))
     # Seed [123]: the thresholds are checked first; a withdrawn pool pays nothing more.
     if pools.check_withdrawal(state, pool, now, rec, only=("display_time", "circulations")):
         return rec
+    pools.restore_before_acquiring(state, pool, rec)
     who = c.account_id if pool.acquisition.beneficiary == "circulator" else c.via
     acquired = 0
     if pools.may_gain(state, pool, who):
@@ -220,7 +226,7 @@ def _claim(state: CertificateState, c: Claim, now: int) -> Recorder:
         return rec
     acquired = pools.acquire(state, pool, c.account_id, rec)
     if acquired:
-        if isinstance(pool.replenish, ReplenishMatch):  # fixed and random top up per circulation
+        if isinstance(pool.replenish, ReplenishMatch) and not pool.replenish.from_second_circulation:
             pools.replenish(state, pool, acquired, rec)
         if not pools.check_withdrawal(state, pool, now, rec, only=("cumulative",)):
             pools.raise_warnings(state, pool, now, rec)

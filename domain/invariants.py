@@ -14,39 +14,50 @@ class InvariantViolation(AssertionError):
     pass
 
 
-def _require(ok: bool, what: str, state: CertificateState) -> None:
-    if not ok:
-        raise InvariantViolation(f"{state.certificate_id} seq={state.seq}: {what}")
+def _fail(what: str, state: CertificateState) -> None:
+    raise InvariantViolation(f"{state.certificate_id} seq={state.seq}: {what}")
 
 
-def check_invariants(state: CertificateState) -> None:
-    _require(len(state.chain) <= MAX_CHAIN_HOPS, "chain beyond its limit", state)
-    _require(state.circulations == len(state.chain), "circulations != hops", state)
-    _require(state.holder == (state.chain[-1].account_id if state.chain else None),
-             "holder is not the last hop", state)
+def check_invariants(state: CertificateState, *, full: bool = False) -> None:
+    """O(1) checks after every command; ``full`` adds the O(accounts) cross-checks
+    (tests run them after every step; the hot path cannot afford them per message).
+
+    Written as plain ``if`` statements: this runs once per message."""
+    chain = state.chain
+    if len(chain) > MAX_CHAIN_HOPS:
+        _fail("chain beyond its limit", state)
+    if state.circulations != len(chain):
+        _fail("circulations != hops", state)
+    if state.holder != (chain[-1].account_id if chain else None):
+        _fail("holder is not the last hop", state)
     pool = state.pool
     if pool is None:
-        _require(state.status == "issued", "posted without a pool", state)
+        if state.status != "issued":
+            _fail("posted without a pool", state)
         return
-    buckets = (pool.attached_minor, pool.reserve_minor, pool.pending_minor,
-               pool.paid_minor, pool.released_minor, pool.voided_minor, pool.cumulative_minor)
-    _require(min(buckets) >= 0, f"negative amount in {buckets}", state)
-    total = (pool.attached_minor + pool.reserve_minor + pool.pending_minor
-             + pool.paid_minor + pool.released_minor)
-    _require(total == pool.budget_minor, f"conservation: {total} != {pool.budget_minor}", state)
-    # The same facts seen from the other side: what was acquired is exactly what is
-    # now pending, paid out or voided.
-    acquired = sum(pool.acquired.values())
-    _require(acquired == pool.cumulative_minor, "cumulative != sum of acquisitions", state)
-    _require(acquired == pool.pending_minor + pool.paid_minor + pool.voided_minor,
-             "acquisitions != pending + paid + voided", state)
-    _require(pool.voided_minor <= pool.released_minor, "voided beyond released", state)
-    _require(min(pool.acquired.values(), default=1) > 0, "zero acquisition recorded", state)
-    _require(state.seller_id not in pool.acquired and pool.funder_id not in pool.acquired,
-             "seller or funder gained on their own certificate", state)
-    if pool.status == "withdrawn":
-        _require(pool.attached_minor == pool.reserve_minor == pool.pending_minor == 0,
-                 "withdrawn pool still holds money", state)
-    if state.status == "purchased":
-        _require(pool.attached_minor == pool.reserve_minor == pool.pending_minor == 0,
-                 "purchased certificate still holds money", state)
+    attached, reserve, pending = pool.attached_minor, pool.reserve_minor, pool.pending_minor
+    paid, released = pool.paid_minor, pool.released_minor
+    if (attached < 0 or reserve < 0 or pending < 0 or paid < 0 or released < 0
+            or pool.voided_minor < 0):
+        _fail(f"negative amount in {pool}", state)
+    if attached + reserve + pending + paid + released != pool.budget_minor:
+        _fail(f"conservation: {attached}+{reserve}+{pending}+{paid}+{released}"
+              f" != {pool.budget_minor}", state)
+    if pool.cumulative_minor != pending + paid + pool.voided_minor:
+        _fail("acquisitions != pending + paid + voided", state)
+    if pool.voided_minor > released:
+        _fail("voided beyond released", state)
+    if state.seller_id in pool.acquired or pool.funder_id in pool.acquired:
+        _fail("seller or funder gained on their own certificate", state)
+    if (pool.status == "withdrawn" or state.status == "purchased") and (attached or reserve or pending):
+        _fail(f"a {pool.status} pool of a {state.status} certificate still holds money", state)
+    if not full:
+        return
+    # The same facts seen from the other side: what was acquired, account by account,
+    # is exactly what is now pending, paid out or voided.
+    if len(state.members) != len({hop.account_id for hop in chain}):
+        _fail("members do not match the chain", state)
+    if sum(pool.acquired.values()) != pool.cumulative_minor:
+        _fail("cumulative != sum of acquisitions", state)
+    if min(pool.acquired.values(), default=1) <= 0:
+        _fail("zero acquisition recorded", state)

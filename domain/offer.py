@@ -5,6 +5,8 @@ from __future__ import annotations
 from schemas.commands import IssueCertificate, Terms
 from schemas.types import MAX_COPIES
 
+NO_TERMS = Terms()
+
 
 def certificate_id_for(offer_id: str, serial: int) -> str:
     return f"{offer_id}-{serial:05d}"
@@ -20,7 +22,7 @@ def issue_offer(
     currency: str,
     copies: int,
     at_ms: int,
-    terms: Terms = Terms(),
+    terms: Terms = NO_TERMS,
     time_limit_s: int | None = None,
 ) -> list[IssueCertificate]:
     """One IssueCertificate per copy; ids derive from the offer so a retry is idempotent."""

@@ -66,18 +66,44 @@ def acquire(state: CertificateState, pool: Pool, account_id: str, rec: Recorder)
     pool.cumulative_minor += amount
     pool.acquired[account_id] = amount
     pool.claimable.pop(account_id, None)
-    rec.event(CommissionAcquired, account_id=account_id, amount_minor=amount,
-              currency=state.currency, attached_after_minor=pool.attached_minor,
-              cumulative_minor=pool.cumulative_minor)
+    rec.events.append(CommissionAcquired(
+        event_id=rec.next_event_id(), certificate_id=rec.certificate_id,
+        command_id=rec.command_id, seq=rec.seq, at_ms=rec.at_ms, account_id=account_id,
+        amount_minor=amount, currency=state.currency, attached_after_minor=pool.attached_minor,
+        cumulative_minor=pool.cumulative_minor))
     return amount
 
 
+def _top_up(state: CertificateState, pool: Pool, wanted: int, rec: Recorder) -> None:
+    amount = min(wanted, pool.reserve_minor)
+    if amount <= 0:
+        return
+    pool.reserve_minor -= amount
+    pool.attached_minor += amount
+    rec.events.append(PoolReplenished(
+        event_id=rec.next_event_id(), certificate_id=rec.certificate_id,
+        command_id=rec.command_id, seq=rec.seq, at_ms=rec.at_ms, amount_minor=amount,
+        currency=state.currency, attached_after_minor=pool.attached_minor,
+        reserve_after_minor=pool.reserve_minor))
+
+
+def restore_before_acquiring(state: CertificateState, pool: Pool, rec: Recorder) -> None:
+    """Seed [120]/[123]: from the second circulation on, the pool is first topped up by
+    what earlier circulations took (back to its initial attached amount), then the
+    circulating account acquires. The first acquisition is never replenished."""
+    policy = pool.replenish
+    if isinstance(policy, ReplenishMatch) and policy.from_second_circulation \
+            and state.circulations >= 2:
+        _top_up(state, pool, pool.initial_attached_minor - pool.attached_minor, rec)
+
+
 def replenish(state: CertificateState, pool: Pool, acquired: int, rec: Recorder) -> None:
-    """Top the attached amount up from the reserve, never beyond the reserve."""
+    """Top the attached amount up from the reserve after a circulation, never beyond
+    the reserve: by what was just acquired (default), or a preset or random amount."""
     policy = pool.replenish
     if isinstance(policy, ReplenishMatch):
-        if policy.from_second_circulation and state.circulations < 2:
-            return
+        if policy.from_second_circulation:
+            return  # done before acquiring, see restore_before_acquiring
         wanted = acquired
     elif isinstance(policy, ReplenishFixed):
         wanted = policy.amount_minor
@@ -86,13 +112,7 @@ def replenish(state: CertificateState, pool: Pool, acquired: int, rec: Recorder)
                               state.certificate_id, rec.command_id, "replenish")
     else:
         return
-    amount = min(wanted, pool.reserve_minor)
-    if amount == 0:
-        return
-    pool.reserve_minor -= amount
-    pool.attached_minor += amount
-    rec.event(PoolReplenished, amount_minor=amount, currency=state.currency,
-              attached_after_minor=pool.attached_minor, reserve_after_minor=pool.reserve_minor)
+    _top_up(state, pool, wanted, rec)
 
 
 def withdraw(state: CertificateState, pool: Pool, threshold: ThresholdName, rec: Recorder) -> None:

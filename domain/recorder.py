@@ -15,7 +15,8 @@ from schemas.payments import Settlement
 
 
 class Recorder:
-    __slots__ = ("certificate_id", "command_id", "seq", "at_ms", "events", "settlements")
+    __slots__ = ("certificate_id", "command_id", "seq", "at_ms", "events", "settlements",
+                 "_id_prefix")
 
     def __init__(self, state: CertificateState, command_id: str, at_ms: int) -> None:
         self.certificate_id = state.certificate_id
@@ -24,10 +25,16 @@ class Recorder:
         self.at_ms = at_ms
         self.events: list[Event] = []
         self.settlements: list[Settlement] = []
+        self._id_prefix = f"{self.certificate_id}/{self.seq}/"
+
+    def next_event_id(self) -> str:
+        return self._id_prefix + str(len(self.events))
 
     def event(self, kind: type, **fields: Any) -> None:
+        # The three events of every circulation are built directly at their call
+        # sites with next_event_id(): merging **fields costs 0.5 us per event there.
         self.events.append(kind(
-            event_id=f"{self.certificate_id}/{self.seq}/{len(self.events)}",
+            event_id=self.next_event_id(),
             certificate_id=self.certificate_id,
             command_id=self.command_id,
             seq=self.seq,

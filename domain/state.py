@@ -38,11 +38,15 @@ class Pool(msgspec.Struct, kw_only=True):
     funder_id: str
     funding_ref: str
     budget_minor: int
+    initial_attached_minor: int
     attached_minor: int
     reserve_minor: int
     acquisition: AcquisitionPolicy
     replenish: ReplenishPolicy
     thresholds: Thresholds
+    # effective limits, fixed when the pool is attached (see domain.thresholds)
+    display_limit_ms: int | None = None
+    cumulative_limit_minor: int | None = None
     status: PoolStatus = "open"
     # money buckets; attached + reserve + pending + paid + released == budget
     pending_minor: int = 0
@@ -78,4 +82,4 @@ class CertificateState(msgspec.Struct, kw_only=True):
     members: dict[str, int] = msgspec.field(default_factory=dict)
     pool: Pool | None = None
     # command id -> digest of its body: one id, one effect; another body is refused
-    applied: dict[str, str] = msgspec.field(default_factory=dict)
+    applied: dict[str, bytes] = msgspec.field(default_factory=dict)

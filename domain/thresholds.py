@@ -19,19 +19,19 @@ A warning fires once per threshold when value * 10^4 >= warn_at_bp * limit
 from __future__ import annotations
 
 from domain.state import CertificateState, Pool
+from schemas.commands import Thresholds
 from schemas.events import ThresholdName
 
 # Evaluation order, which names the threshold reported when several are met at once.
 ORDER: tuple[ThresholdName, ...] = ("display_time", "circulations", "cumulative")
 
 
-def display_limit_ms(state: CertificateState, pool: Pool) -> int | None:
-    limits = [s for s in (pool.thresholds.max_display_s, state.time_limit_s) if s is not None]
+def display_limit_ms(state: CertificateState, t: Thresholds) -> int | None:
+    limits = [s for s in (t.max_display_s, state.time_limit_s) if s is not None]
     return min(limits) * 1000 if limits else None
 
 
-def cumulative_limit_minor(state: CertificateState, pool: Pool) -> int | None:
-    t = pool.thresholds
+def cumulative_limit_minor(state: CertificateState, t: Thresholds) -> int | None:
     limits = []
     if t.max_cumulative_minor is not None:
         limits.append(t.max_cumulative_minor)
@@ -40,42 +40,49 @@ def cumulative_limit_minor(state: CertificateState, pool: Pool) -> int | None:
     return min(limits) if limits else None
 
 
-def measures(
-    state: CertificateState, pool: Pool, now_ms: int
-) -> list[tuple[ThresholdName, int, int]]:
-    """(threshold, value, limit) for every threshold this pool has."""
-    out: list[tuple[ThresholdName, int, int]] = []
-    display = display_limit_ms(state, pool)
-    if display is not None and state.posted_at_ms is not None:
-        out.append(("display_time", now_ms - state.posted_at_ms, display))
-    if pool.thresholds.max_circulations is not None:
-        out.append(("circulations", state.circulations, pool.thresholds.max_circulations))
-    cumulative = cumulative_limit_minor(state, pool)
-    if cumulative is not None:
-        out.append(("cumulative", pool.cumulative_minor, cumulative))
-    return out
-
-
 def first_met(
     state: CertificateState, pool: Pool, now_ms: int, only: tuple[ThresholdName, ...] = ORDER
 ) -> ThresholdName | None:
-    for name, value, limit in measures(state, pool, now_ms):
-        if name in only and value >= limit:
-            return name
+    """The first threshold of ``only`` that is met (hot path: no allocation)."""
+    display = pool.display_limit_ms
+    if (display is not None and "display_time" in only and state.posted_at_ms is not None
+            and now_ms - state.posted_at_ms >= display):
+        return "display_time"
+    circulations = pool.thresholds.max_circulations
+    if circulations is not None and "circulations" in only and state.circulations >= circulations:
+        return "circulations"
+    cumulative = pool.cumulative_limit_minor
+    if cumulative is not None and "cumulative" in only and pool.cumulative_minor >= cumulative:
+        return "cumulative"
     return None
 
 
 def due_warnings(
     state: CertificateState, pool: Pool, now_ms: int
 ) -> list[tuple[ThresholdName, int, int]]:
+    """Thresholds close enough to warn about and not warned yet (hot path: returns
+    early unless a warning is due)."""
     bp = pool.thresholds.warn_at_bp
     if bp == 0 or pool.status != "open":
         return []
-    return [
-        (name, value, limit)
-        for name, value, limit in measures(state, pool, now_ms)
-        if name not in pool.warned and value * 10_000 >= bp * limit and value < limit
-    ]
+    due: list[tuple[ThresholdName, int, int]] = []
+    warned = pool.warned
+    display = pool.display_limit_ms
+    if display is not None and state.posted_at_ms is not None and "display_time" not in warned:
+        value = now_ms - state.posted_at_ms
+        if value * 10_000 >= bp * display and value < display:
+            due.append(("display_time", value, display))
+    limit = pool.thresholds.max_circulations
+    if limit is not None and "circulations" not in warned:
+        value = state.circulations
+        if value * 10_000 >= bp * limit and value < limit:
+            due.append(("circulations", value, limit))
+    limit = pool.cumulative_limit_minor
+    if limit is not None and "cumulative" not in warned:
+        value = pool.cumulative_minor
+        if value * 10_000 >= bp * limit and value < limit:
+            due.append(("cumulative", value, limit))
+    return due
 
 
 def next_deadline_ms(state: CertificateState) -> int | None:
@@ -87,7 +94,7 @@ def next_deadline_ms(state: CertificateState) -> int | None:
     pool = state.pool
     if pool is None or pool.status != "open" or state.status != "posted":
         return None
-    limit = display_limit_ms(state, pool)
+    limit = pool.display_limit_ms
     if limit is None or state.posted_at_ms is None:
         return None
     deadline = state.posted_at_ms + limit

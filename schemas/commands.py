@@ -19,12 +19,12 @@ import msgspec
 from schemas.types import (
     AmountMinor,
     BasisPoints,
-    PositiveBasisPoints,
     Count,
     Currency,
     DurationS,
     Id,
     PositiveAmountMinor,
+    PositiveBasisPoints,
     ShortText,
     Text,
     TimestampMs,

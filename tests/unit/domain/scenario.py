@@ -43,7 +43,7 @@ class Scenario:
             self.state = outcome.state
             self.events.extend(outcome.events)
             self.settlements.extend(outcome.settlements)
-            check_invariants(self.state)
+            check_invariants(self.state, full=True)
         return outcome
 
     def must(self, kind: type, **fields) -> Accepted:

@@ -1,0 +1,1 @@
+"""The pipeline's services: thin adapters between Kafka and the domain core."""
