@@ -177,3 +177,18 @@ Command = Union[
     IssueCertificate, AttachPool, PostCertificate, Circulate, Claim, Purchase, CheckExpiry
 ]
 COMMAND_TYPES: tuple[type, ...] = Command.__args__  # type: ignore[attr-defined]
+
+
+class AcceptedCommand(msgspec.Struct, frozen=True, kw_only=True, tag="accepted", tag_field="type"):
+    """Topic ``accepted`` (internal): the circulation service's verdict, in order.
+
+    ``seq`` is the certificate's sequence number after the command; the other stages
+    apply exactly these commands, in this order, to their own copy of the state.
+    ``received_ms`` is the broker timestamp of the original command, for end-to-end
+    latency.
+    """
+
+    v: int = COMMAND_VERSION
+    seq: int
+    received_ms: int
+    command: Command

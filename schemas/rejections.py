@@ -30,7 +30,9 @@ class Reason(str, enum.Enum):
     UNKNOWN_KEY = "unknown_key"
     BAD_SIGNATURE = "bad_signature"
     NOT_AUTHORIZED = "not_authorized"
+    STALE = "stale"  # at_ms too far from the broker's timestamp: a replayed capture
     # idempotency
+    DUPLICATE = "duplicate"  # this command id was applied already: no second effect
     DUPLICATE_CONFLICT = "duplicate_conflict"  # same command id, different body
     # lifecycle
     UNKNOWN_CERTIFICATE = "unknown_certificate"

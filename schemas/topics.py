@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.commands import Command
+from schemas.commands import AcceptedCommand, Command
 from schemas.events import (
     AcquisitionClaimable,
     CertificateCirculated,
@@ -46,6 +46,9 @@ class TopicSpec:
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("commands", Command, "commands", "gateway; withdrawal timer (check_expiry)",
               "Signed commands (HMAC-SHA256 in headers `key-id` and `signature`)."),
+    TopicSpec("accepted", AcceptedCommand, "accepted", "circulation",
+              "Internal: every accepted command with its per-certificate sequence number, "
+              "applied in order by allocation, withdrawal and cash-out."),
     TopicSpec("certificate-events", Event, "events", "circulation",
               "Accepted commands as facts: issued, attached, posted, circulated, purchased.",
               (CertificateIssued, PoolAttached, CertificatePosted, CertificateCirculated,

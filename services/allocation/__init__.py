@@ -1,0 +1,1 @@
+"""The allocation service: `python -m services.allocation`."""

@@ -1,0 +1,1 @@
+"""Independent reconciliation of the topics: `python -m services.audit`."""

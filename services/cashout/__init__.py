@@ -1,0 +1,1 @@
+"""The cashout service: `python -m services.cashout`."""

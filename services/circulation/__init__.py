@@ -1,0 +1,1 @@
+"""The circulation service: `python -m services.circulation`."""

@@ -1,0 +1,79 @@
+"""Prometheus metrics of one service, on its own registry, served over HTTP.
+
+Names follow Prometheus conventions: ``_total`` for counters, ``_seconds`` for
+durations; money is counted in the currency's minor unit (``_minor_units_total``),
+labelled by currency, never mixed across currencies. Labels never carry ids of
+certificates or accounts (unbounded cardinality) nor secrets.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from schemas.events import CommissionAcquired, Event, PoolReplenished, PoolWithdrawn
+from schemas.payments import BudgetRelease, CommissionPayout, SellerPayment, Settlement
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages_in = Counter("commission_messages_in_total", "Messages consumed, by type.",
+                                   ["service", "type"], registry=r)
+        self.messages_out = Counter("commission_messages_out_total",
+                                    "Messages published, by topic and type.",
+                                    ["service", "topic", "type"], registry=r)
+        self.rejections = Counter("commission_rejections_total", "Refused commands, by reason.",
+                                  ["service", "reason"], registry=r)
+        self.processing = Histogram("commission_processing_seconds",
+                                    "Time to handle one message in the service.",
+                                    ["service"], buckets=LATENCY_BUCKETS, registry=r)
+        self.end_to_end = Histogram("commission_end_to_end_seconds",
+                                    "From the command's broker timestamp to its last effect "
+                                    "published by this service.",
+                                    ["service"], buckets=LATENCY_BUCKETS, registry=r)
+        self.lag = Gauge("commission_consumer_lag_messages",
+                         "Messages in the input partition not yet consumed.",
+                         ["service", "topic", "partition"], registry=r)
+        self.table_rows = Gauge("commission_table_rows", "Certificates in the service's table.",
+                                ["service"], registry=r)
+        self.money = Counter("commission_money_minor_units_total",
+                             "Money moved, in minor units of the currency, by flow.",
+                             ["service", "flow", "currency"], registry=r)
+        self.determinism_errors = Counter(
+            "commission_determinism_errors_total",
+            "Accepted commands this stage could not apply identically (a bug; nothing "
+            "was published for them).", ["service"], registry=r)
+        self.timer_commands = Counter("commission_timer_commands_total",
+                                      "check_expiry commands sent by the withdrawal timer.",
+                                      ["service"], registry=r)
+
+    def serve(self, port: int) -> None:
+        if port:
+            start_http_server(port, addr="127.0.0.1", registry=self.registry)
+
+    def count_out(self, topic: str, items: list) -> None:
+        for item in items:
+            self.messages_out.labels(self.service, topic, type(item).__name__).inc()
+
+    def count_money(self, events: list[Event], settlements: list[Settlement]) -> None:
+        """Count each money flow once; items of other kinds in either list are ignored."""
+        m = self.money
+        s = self.service
+        for e in events:
+            if isinstance(e, CommissionAcquired):
+                m.labels(s, "acquired", e.currency).inc(e.amount_minor)
+            elif isinstance(e, PoolReplenished):
+                m.labels(s, "replenished", e.currency).inc(e.amount_minor)
+            elif isinstance(e, PoolWithdrawn) and e.voided_minor:
+                m.labels(s, "voided", e.currency).inc(e.voided_minor)
+        for x in settlements:
+            if isinstance(x, CommissionPayout):
+                m.labels(s, "paid_out", x.currency).inc(x.amount_minor)
+            elif isinstance(x, BudgetRelease):
+                m.labels(s, "released", x.currency).inc(x.amount_minor)
+            elif isinstance(x, SellerPayment):
+                m.labels(s, "seller_paid", x.currency).inc(x.amount_minor)

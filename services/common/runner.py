@@ -1,0 +1,331 @@
+"""The stage runner: consume, apply, and publish exactly once, with Kafka transactions.
+
+Why not faust's ``processing_guarantee="exactly_once"``: in faust-streaming 0.15.3
+its TransactionManager sends to a topic outside the app's topic groups without a
+transactional id when the consumer has no metadata for it (so `payments` could
+leave outside the transaction), and the aiokafka driver logs rather than raises
+failed begin/commit calls (see ../shared/NOTES.md for the open issues). Money
+cannot rest on that, so each stage runs this loop on aiokafka (faust's own driver).
+
+For every batch of records from one input partition ``p``, in ONE transaction of
+the producer whose transactional id is ``{group}-{p}``:
+
+  1. apply each record to the certificate's state (the table row), in order;
+  2. send the outputs, to partition ``p`` of every output topic (all topics are
+     co-partitioned: same key, same partition count, so one certificate's messages
+     stay in one partition everywhere and keep their order);
+  3. send the new table rows to the compacted changelog topic, partition ``p``;
+  4. send the input offset (last + 1) to the transaction for the consumer group;
+  5. commit.
+
+Either all of it becomes visible to ``read_committed`` readers or none of it does.
+A crash anywhere before 5 aborts everything; the input is consumed again from the
+committed offset, and the table is rebuilt from the committed changelog, so the
+replay recomputes exactly what was lost. A rebalance moves partition ``p`` with its
+transactional id: the new owner's ``init_transactions`` fences the old one (whose
+commit then fails and whose open transaction is aborted) before it restores the
+table. Any failure inside a batch stops the process (crash-only): the in-memory
+table may be ahead of what was committed, and a restart is the one way back that
+is always right.
+
+Limits: at most ``MAX_BATCH_RECORDS`` records per transaction; a transaction stays
+open no longer than one batch (``commit_interval_s`` bounds the wait for records).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from domain import CertificateState
+from services.common.metrics import Metrics
+from services.common.settings import Settings
+from services.common.topics import ensure_topics
+
+log = logging.getLogger("commission.runner")
+
+MAX_BATCH_RECORDS = 500
+RESTORE_TIMEOUT_S = 120.0
+
+_encode_state = msgspec.msgpack.Encoder().encode
+_decode_state = msgspec.msgpack.Decoder(CertificateState).decode
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: str
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass
+class Applied:
+    """What a stage made of one record."""
+
+    state: CertificateState | None
+    changed: bool
+    outputs: list[Output]
+    received_ms: int | None = None  # for end-to-end latency, when outputs were published
+
+
+class Stage(Protocol):
+    name: str
+
+    def input_topic(self) -> str: ...
+
+    def output_topics(self) -> list[str]: ...
+
+    def apply(self, state: CertificateState | None, record: ConsumerRecord) -> Applied: ...
+
+
+class TickingStage(Stage, Protocol):
+    def due(self, now_ms: int, rows: Iterable[tuple[bytes, CertificateState]]) -> list[tuple[str, bytes, bytes, list]]: ...
+
+
+class Fatal(RuntimeError):
+    """Stop the process: the table may be ahead of what is committed."""
+
+
+class Table:
+    """Certificate states of the partitions this worker owns, keyed by certificate id."""
+
+    def __init__(self) -> None:
+        self.partitions: dict[int, dict[bytes, CertificateState]] = {}
+
+    def get(self, partition: int, key: bytes) -> CertificateState | None:
+        return self.partitions[partition].get(key)
+
+    def rows(self) -> Iterable[tuple[bytes, CertificateState]]:
+        for rows in self.partitions.values():
+            yield from rows.items()
+
+    def __len__(self) -> int:
+        return sum(len(rows) for rows in self.partitions.values())
+
+
+class StageRunner:
+    def __init__(self, stage: Stage, settings: Settings, metrics: Metrics) -> None:
+        self.stage = stage
+        self.settings = settings
+        self.metrics = metrics
+        self.group = f"{settings.group_prefix}-{stage.name}"
+        self.changelog = f"{settings.topics.prefix}{self.group}-state-changelog"
+        self.table = Table()
+        self.producers: dict[int, AIOKafkaProducer] = {}
+        self.lock = asyncio.Lock()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.plain_producer: AIOKafkaProducer | None = None
+        self.assigned_event = asyncio.Event()
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        topics = [self.stage.input_topic(), *self.stage.output_topics()]
+        ensure_topics(self.settings, topics, compacted=[self.changelog])
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap, group_id=self.group,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            isolation_level="read_committed", max_poll_records=MAX_BATCH_RECORDS,
+            client_id=f"{self.group}-consumer",
+        )
+        self.plain_producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap, acks="all", enable_idempotence=True,
+            client_id=f"{self.group}-plain")
+        await self.plain_producer.start()
+        await self.consumer.start()
+        self.consumer.subscribe([self.stage.input_topic()], listener=_Listener(self))
+        ticker = asyncio.create_task(self._tick_loop(stop)) if hasattr(self.stage, "due") else None
+        try:
+            while not stop.is_set():
+                batch = await self.consumer.getmany(
+                    timeout_ms=int(self.settings.commit_interval_s * 1000),
+                    max_records=MAX_BATCH_RECORDS)
+                for tp, records in batch.items():
+                    await self._process(tp, records)
+                self._update_gauges()
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        async with self.lock:
+            if self.consumer is not None:
+                await self.consumer.stop()
+            for producer in self.producers.values():
+                await producer.stop()
+            self.producers.clear()
+            if self.plain_producer is not None:
+                await self.plain_producer.stop()
+
+    # --- the transaction per batch ----------------------------------------------------
+
+    async def _process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        async with self.lock:
+            producer = self.producers.get(tp.partition)
+            if producer is None:
+                return  # revoked while fetched: the new owner processes these records
+            p = tp.partition
+            started = time.perf_counter()
+            try:
+                await producer.begin_transaction()
+                touched: dict[bytes, CertificateState] = {}
+                sends = []
+                latencies = []
+                for record in records:
+                    key = record.key
+                    applied = self.stage.apply(
+                        None if key is None else self.table.get(p, key), record)
+                    if applied.changed and applied.state is not None:
+                        self.table.partitions[p][key] = applied.state
+                        touched[key] = applied.state
+                    for out in applied.outputs:
+                        sends.append(await producer.send(
+                            out.topic, key=key, value=out.value, partition=p,
+                            headers=list(out.headers) or None))
+                    if applied.outputs and applied.received_ms is not None:
+                        latencies.append(applied.received_ms)
+                for key, state in touched.items():
+                    sends.append(await producer.send(
+                        self.changelog, key=key, value=_encode_state(state), partition=p))
+                await asyncio.gather(*sends)
+                await producer.send_offsets_to_transaction(
+                    {tp: records[-1].offset + 1}, self.group)
+                await producer.commit_transaction()
+            except Exception as exc:
+                log.critical("transaction failed; stopping (a restart restores the table)",
+                             extra={"topic": tp.topic, "partition": p,
+                                    "offset": records[0].offset}, exc_info=True)
+                raise Fatal(str(exc)) from exc
+            done = time.time()
+            self.metrics.processing.labels(self.stage.name).observe(
+                (time.perf_counter() - started) / len(records))
+            for received_ms in latencies:
+                self.metrics.end_to_end.labels(self.stage.name).observe(
+                    max(0.0, done - received_ms / 1000))
+            for key, state in touched.items():
+                self.on_row(p, key, state)
+
+    def on_row(self, partition: int, key: bytes, state: CertificateState) -> None:
+        hook = getattr(self.stage, "on_row", None)
+        if hook is not None:
+            hook(partition, key, state)
+
+    def _update_gauges(self) -> None:
+        self.metrics.table_rows.labels(self.stage.name).set(len(self.table))
+        consumer = self.consumer
+        if consumer is None:
+            return
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = consumer._subscription.subscription.assignment.state_value(tp).position
+            except Exception:
+                continue
+            if position is not None:
+                self.metrics.lag.labels(self.stage.name, tp.topic, str(tp.partition)).set(
+                    max(0, high - position))
+
+    # --- the timer (withdrawal) -------------------------------------------------------
+
+    async def _tick_loop(self, stop: asyncio.Event) -> None:
+        stage: TickingStage = self.stage  # type: ignore[assignment]
+        while not stop.is_set():
+            await asyncio.sleep(self.settings.timer_interval_s)
+            async with self.lock:
+                # Only the partitions this worker owns are in the table: one worker
+                # acts on a certificate. A duplicate after a rebalance is harmless:
+                # the command id is deterministic and the core applies it once.
+                due = stage.due(int(time.time() * 1000), self.table.rows())
+                for topic, key, value, headers in due:
+                    await self.plain_producer.send(topic, key=key, value=value, headers=headers)
+                    self.metrics.timer_commands.labels(self.stage.name).inc()
+            if due:
+                await self.plain_producer.flush()
+
+    # --- rebalances -------------------------------------------------------------------
+
+    async def revoke(self, revoked: set[TopicPartition]) -> None:
+        async with self.lock:
+            for tp in revoked:
+                producer = self.producers.pop(tp.partition, None)
+                if producer is not None:
+                    await producer.stop()
+                self.table.partitions.pop(tp.partition, None)
+                forget = getattr(self.stage, "forget_partition", None)
+                if forget is not None:
+                    forget(tp.partition)
+
+    async def assign(self, assigned: set[TopicPartition]) -> None:
+        async with self.lock:
+            fresh = sorted(tp.partition for tp in assigned if tp.partition not in self.producers)
+            for p in fresh:
+                # Starting the producer runs init_transactions: it fences any previous
+                # owner of this partition and aborts its open transaction, so the
+                # changelog read below ends at a committed state.
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self.settings.bootstrap,
+                    transactional_id=f"{self.group}-{p}", enable_idempotence=True, acks="all",
+                    client_id=f"{self.group}-{p}")
+                await producer.start()
+                self.producers[p] = producer
+            if fresh:
+                await self._restore(fresh)
+            self.assigned_event.set()
+
+    async def _restore(self, partitions: list[int]) -> None:
+        started = time.monotonic()
+        reader = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap,
+                                  enable_auto_commit=False, isolation_level="read_committed",
+                                  client_id=f"{self.group}-restore")
+        await reader.start()
+        try:
+            tps = [TopicPartition(self.changelog, p) for p in partitions]
+            reader.assign(tps)
+            await reader.seek_to_beginning(*tps)
+            end = await reader.end_offsets(tps)
+            for p in partitions:
+                self.table.partitions[p] = {}
+            remaining = {tp for tp in tps if end[tp] > 0}
+            while remaining:
+                if time.monotonic() - started > RESTORE_TIMEOUT_S:
+                    raise Fatal(f"restoring {self.changelog} took over {RESTORE_TIMEOUT_S}s")
+                batch = await reader.getmany(timeout_ms=500, max_records=5000)
+                for tp, records in batch.items():
+                    rows = self.table.partitions[tp.partition]
+                    for record in records:
+                        if record.value is None:
+                            rows.pop(record.key, None)
+                        else:
+                            rows[record.key] = _decode_state(record.value)
+                for tp in list(remaining):
+                    if await reader.position(tp) >= end[tp]:
+                        remaining.discard(tp)
+        finally:
+            await reader.stop()
+        for p in partitions:
+            for key, state in self.table.partitions[p].items():
+                self.on_row(p, key, state)
+        log.info(f"restored {sum(len(self.table.partitions[p]) for p in partitions)} rows "
+                 f"of partitions {partitions} in {time.monotonic() - started:.2f}s")
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, runner: StageRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked):
+        await self.runner.revoke(set(revoked))
+
+    async def on_partitions_assigned(self, assigned):
+        await self.runner.assign(set(assigned))

@@ -1,0 +1,157 @@
+"""What each stage does with one message, without Kafka: decode, authenticate, call
+the core, and say what to publish. The faust agents only move these results.
+
+Circulation (the sequencer) turns raw signed command bytes into either an
+:class:`AcceptedCommand` (plus its own events) or a :class:`Rejection`. The other
+stages apply accepted commands to their own copy of the state with
+:func:`follow`, which must reach the same verdict: the core is deterministic, so
+any disagreement is a bug, reported and never published.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgspec
+
+from domain import Accepted, CertificateState, Duplicate, Rejected, handle
+from schemas.commands import COMMAND_VERSION, AcceptedCommand, CheckExpiry, Command
+from schemas.events import Event
+from schemas.payments import Settlement
+from schemas.rejections import Reason, Rejection
+from services.common.auth import AuthError, Keyring
+
+_decode_command = msgspec.json.Decoder(Command).decode
+_decode_any = msgspec.json.Decoder().decode
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a message came from: goes into every rejection."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    headers: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class StepResult:
+    state: CertificateState | None = None
+    changed: bool = False
+    accepted: AcceptedCommand | None = None
+    events: list[Event] = field(default_factory=list)
+    settlements: list[Settlement] = field(default_factory=list)
+    rejection: Rejection | None = None
+    duplicate: bool = False
+
+
+class DeterminismError(RuntimeError):
+    """A follower reached another verdict than the sequencer: never publish then."""
+
+
+def reject(raw: bytes, source: Source, reason: Reason, detail: str,
+           command: Command | None = None) -> StepResult:
+    certificate_id = command.certificate_id if command is not None else (
+        source.key.decode("utf-8", "replace") if source.key else None)
+    return StepResult(rejection=Rejection(
+        reason=reason, detail=detail,
+        command_id=command.command_id if command is not None else None,
+        certificate_id=certificate_id, source_topic=source.topic,
+        source_partition=source.partition, source_offset=source.offset, original=raw,
+        at_ms=source.timestamp_ms,
+    ))
+
+
+def _validation_reason(raw: bytes, error: msgspec.ValidationError) -> tuple[Reason, str]:
+    try:
+        body = _decode_any(raw)
+    except msgspec.DecodeError:
+        return Reason.UNDECODABLE, "the command is not valid JSON"
+    if isinstance(body, dict) and body.get("v", COMMAND_VERSION) != COMMAND_VERSION:
+        return Reason.UNSUPPORTED_VERSION, f"schema version {body.get('v')!r} is not supported"
+    text = str(error)
+    if "_minor" in text and ("Expected `int`" in text or ">=" in text or "<=" in text):
+        return Reason.AMOUNT_OUT_OF_RANGE, text
+    return Reason.INVALID_FIELD, text
+
+
+def decode(raw: bytes, source: Source, keyring: Keyring, max_skew_ms: int
+           ) -> Command | StepResult:
+    """Authenticate, then decode and validate. The signature is checked first: an
+    unauthenticated sender learns nothing about what the decoder thinks."""
+    try:
+        key = keyring.verify(raw, source.headers)
+    except AuthError as err:
+        return reject(raw, source, err.reason, err.detail)
+    try:
+        command = _decode_command(raw)
+    except msgspec.ValidationError as err:
+        reason, detail = _validation_reason(raw, err)
+        return reject(raw, source, reason, detail)
+    except msgspec.DecodeError:
+        return reject(raw, source, Reason.UNDECODABLE, "the command is not valid JSON")
+    if command.v != COMMAND_VERSION:
+        return reject(raw, source, Reason.UNSUPPORTED_VERSION,
+                      f"schema version {command.v} is not supported", command)
+    if source.key is None or source.key.decode("utf-8", "replace") != command.certificate_id:
+        return reject(raw, source, Reason.KEY_MISMATCH,
+                      "the Kafka key must be the command's certificate id", command)
+    if (key.scope == "system") != isinstance(command, CheckExpiry):
+        return reject(raw, source, Reason.NOT_AUTHORIZED,
+                      f"a {key.scope} key cannot sign this command", command)
+    if abs(source.timestamp_ms - command.at_ms) > max_skew_ms:
+        return reject(raw, source, Reason.STALE,
+                      "at_ms is too far from the time the broker received the command", command)
+    return command
+
+
+def sequence(state: CertificateState | None, raw: bytes, source: Source, keyring: Keyring,
+             max_skew_ms: int) -> StepResult:
+    """The circulation stage: one raw command in, a verdict out."""
+    decoded = decode(raw, source, keyring, max_skew_ms)
+    if isinstance(decoded, StepResult):
+        return decoded
+    command = decoded
+    outcome = handle(state, command)
+    if isinstance(outcome, Rejected):
+        return reject(raw, source, outcome.reason, outcome.detail, command)
+    if isinstance(outcome, Duplicate):
+        if isinstance(command, CheckExpiry):
+            return StepResult(duplicate=True)  # timers may fire twice; not an error
+        result = reject(raw, source, Reason.DUPLICATE,
+                        "this command id was applied already; it has no second effect", command)
+        result.duplicate = True
+        return result
+    assert isinstance(outcome, Accepted)
+    if not outcome.events:
+        return StepResult(state=outcome.state)  # nothing to do (a tick with nothing due)
+    return StepResult(
+        state=outcome.state, changed=True,
+        accepted=AcceptedCommand(seq=outcome.state.seq, received_ms=source.timestamp_ms,
+                                 command=command),
+        events=outcome.events, settlements=outcome.settlements,
+    )
+
+
+def follow(state: CertificateState | None, accepted: AcceptedCommand) -> StepResult:
+    """Allocation, withdrawal, cash-out: apply an accepted command to this stage's copy.
+
+    A seq at or below the row's is a replay of something already applied (the
+    table and the outputs were committed together), so it has no effect.
+    """
+    if state is not None and accepted.seq <= state.seq:
+        return StepResult(state=state, duplicate=True)
+    expected = 1 if state is None else state.seq + 1
+    if accepted.seq != expected:
+        raise DeterminismError(
+            f"{accepted.command.certificate_id}: got seq {accepted.seq}, expected {expected}")
+    outcome = handle(state, accepted.command)
+    if not isinstance(outcome, Accepted) or outcome.state.seq != accepted.seq:
+        raise DeterminismError(
+            f"{accepted.command.certificate_id} seq {accepted.seq}: the sequencer accepted "
+            f"{accepted.command.command_id} but this stage got {outcome!r}")
+    return StepResult(state=outcome.state, changed=True, events=outcome.events,
+                      settlements=outcome.settlements)

@@ -1,0 +1,43 @@
+"""The producing side of the gateway: signs commands and puts them on `commands`.
+
+Used by the demo feeder, the load generator and the tests. The HTTP gateway where
+users log in (issue 5) will use the same class. kafka-python, synchronous: one
+producer per process, idempotent, acks from all in-sync replicas.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from kafka import KafkaProducer
+
+from schemas.commands import Command
+from services.common.auth import Key, Keyring
+from services.common.settings import Settings
+
+_encode = msgspec.json.Encoder().encode
+
+
+class CommandSender:
+    def __init__(self, settings: Settings, keyring: Keyring, key: Key | None = None) -> None:
+        self.topic = settings.topics.commands
+        self.keyring = keyring
+        self.key = key or keyring.first("gateway")
+        self.producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
+                                      enable_idempotence=True, linger_ms=5,
+                                      client_id="commission-gateway")
+
+    def send(self, command: Command) -> None:
+        self.send_raw(command.certificate_id.encode(), _encode(command))
+
+    def send_raw(self, key: bytes | None, body: bytes, *, sign: bool = True,
+                 headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Send bytes as they are (tests use this for forged and malformed input)."""
+        if headers is None:
+            headers = self.keyring.sign(body, self.key) if sign else []
+        self.producer.send(self.topic, key=key, value=body, headers=headers)
+
+    def flush(self) -> None:
+        self.producer.flush()
+
+    def close(self) -> None:
+        self.producer.close()

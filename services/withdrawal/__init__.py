@@ -1,0 +1,1 @@
+"""The withdrawal service: `python -m services.withdrawal`."""
