@@ -1,0 +1,117 @@
+"""Kill every service several times while 10,000 commands over 200 certificates flow.
+
+Afterwards every output topic holds exactly what the domain core computes from the
+same command sequence, each record once; every rejection appears once; each
+service's table (its committed changelog) equals the core's final state of every
+certificate; and the audit passes.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections import Counter
+
+import msgspec
+import pytest
+
+from domain import CertificateState
+from schemas.rejections import Rejection
+from tests.e2e.pipeline import SERVICES
+from tests.e2e.traffic import build, expect
+
+N_CERTS = 200
+N_COMMANDS = 10_000
+KILLS_PER_SERVICE = 3
+
+decode_rejection = msgspec.json.Decoder(Rejection).decode
+encode_state = msgspec.msgpack.Encoder().encode
+decode_state = msgspec.msgpack.Decoder(CertificateState).decode
+
+
+def changelog_states(pipeline, service: str) -> dict[str, bytes]:
+    topic = f"{pipeline.topics.prefix}{pipeline.settings.group_prefix}-{service}-state-changelog"
+    consumer_values = {}
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=pipeline.settings.bootstrap,
+                             isolation_level="read_committed", enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        deadline = time.monotonic() + 120
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            assert time.monotonic() < deadline, f"{topic} not read to its end"
+            for records in consumer.poll(timeout_ms=500).values():
+                for r in records:
+                    consumer_values[r.key.decode()] = r.value
+    finally:
+        consumer.close()
+    return consumer_values
+
+
+@pytest.mark.timeout(900)
+def test_kill_every_service_repeatedly_while_traffic_flows(pipeline):
+    commands = build(N_CERTS, N_COMMANDS, seed=11, t0_ms=int(time.time() * 1000))
+    assert len(commands) >= N_COMMANDS
+    assert len({x.certificate_id for x in commands}) >= N_CERTS
+    expected = expect(commands)
+    assert sum(expected.topics["payments"].values()) > 100, "the traffic must move money"
+
+    pipeline.start_all()
+    done_sending = threading.Event()
+
+    def feed() -> None:
+        for i, command in enumerate(commands):
+            pipeline.sender.send(command)
+            if i % 250 == 249:
+                pipeline.sender.flush()
+                time.sleep(0.5)  # ~500 commands/s: the kills land mid-stream
+        pipeline.sender.flush()
+        done_sending.set()
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    rng = random.Random(5)
+    schedule = [s for s in SERVICES for _ in range(KILLS_PER_SERVICE)]
+    rng.shuffle(schedule)
+    kills = Counter()
+    for service in schedule:
+        time.sleep(rng.uniform(0.5, 2.5))
+        pipeline.signal(service, sig=signal.SIGKILL)
+        kills[service] += 1
+        time.sleep(rng.uniform(0.0, 1.0))
+        pipeline.start(service)
+    feeder.join(timeout=300)
+    assert done_sending.is_set()
+    assert all(kills[s] == KILLS_PER_SERVICE for s in SERVICES)
+
+    t = pipeline.topics
+    want_payments = sum(expected.topics["payments"].values())
+    pipeline.wait_for(t.payments, want_payments, timeout_s=400)
+    for base, want in expected.topics.items():
+        got = Counter(pipeline.wait_for(t.name(base), sum(want.values()), timeout_s=300))
+        missing, extra = want - got, got - want
+        assert not missing and not extra, (
+            f"{base}: {sum(missing.values())} missing, {sum(extra.values())} extra")
+    got_rejections = Counter(
+        (r.command_id, r.reason.value)
+        for r in map(decode_rejection,
+                     pipeline.wait_for(t.rejections, sum(expected.rejections.values()))))
+    assert got_rejections == expected.rejections
+    pipeline.assert_running()
+
+    want_states = {cid: encode_state(s) for cid, s in expected.states.items()}
+    for service in SERVICES:
+        got_states = changelog_states(pipeline, service)
+        assert got_states.keys() == want_states.keys(), service
+        wrong = [cid for cid in want_states if got_states[cid] != want_states[cid]]
+        assert not wrong, f"{service}: {len(wrong)} certificates differ, e.g. {wrong[:3]}"
+
+    report = pipeline.audit()
+    assert report.ok, report.problems[:10]
+    assert report.certificates >= N_CERTS

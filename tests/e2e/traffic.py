@@ -1,0 +1,117 @@
+"""Deterministic command traffic for end-to-end tests, and what the core says it
+must produce. The expectation is computed by the domain core from the same command
+sequence, independently of the services (which run it after Kafka, restarts and
+rebalances)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+import msgspec
+
+from domain import Accepted, CertificateState, Duplicate, Rejected, handle
+from schemas import commands as c
+from schemas.commands import CheckExpiry
+from schemas.topics import TOPICS
+
+encode = msgspec.json.Encoder().encode
+MEMBERS = {t.name: t.message_types() for t in TOPICS}
+
+
+def build(n_certs: int, n_commands: int, seed: int, t0_ms: int) -> list[c.Command]:
+    rng = random.Random(seed)
+    accounts = [f"acct-{i}" for i in range(400)]
+    certs = [f"cert-{seed}-{i:04d}" for i in range(n_certs)]
+    commands: list[c.Command] = []
+    t = t0_ms
+
+    def at() -> int:
+        nonlocal t
+        t += 1
+        return t
+
+    for cid in certs:
+        price = rng.randrange(1_000, 500_000)
+        budget = rng.randrange(1_000, 200_000)
+        amount = rng.choice([
+            c.FixedAmount(amount_minor=rng.randrange(1, 5_000)),
+            c.PercentOfAttached(basis_points=rng.randrange(100, 10_000)),
+            c.RandomAmount(min_minor=0, max_minor=rng.randrange(1, 3_000)),
+            c.AllAttached(),
+        ])
+        replenish = rng.choice([c.ReplenishMatch(), c.ReplenishMatch(from_second_circulation=True),
+                                c.ReplenishFixed(amount_minor=rng.randrange(1, 2_000)),
+                                c.ReplenishNone()])
+        thresholds = c.Thresholds(
+            max_circulations=rng.choice([None, rng.randrange(5, 80)]),
+            max_cumulative_minor=rng.choice([None, rng.randrange(1_000, 100_000)]),
+            on_withdraw=rng.choice(["void", "freeze"]))
+        commands += [
+            c.IssueCertificate(command_id=f"{cid}-i", certificate_id=cid, at_ms=at(),
+                               account_id="seller", offer_id="load", serial=1, copies=1,
+                               name="Load item", price_minor=price, currency="EUR"),
+            c.AttachPool(command_id=f"{cid}-a", certificate_id=cid, at_ms=at(),
+                         account_id="funder", funding_ref=f"esc-{cid}", currency="EUR",
+                         budget_minor=budget, attached_minor=rng.randrange(1, budget + 1),
+                         acquisition=c.AcquisitionPolicy(
+                             beneficiary=rng.choice(["circulator", "circulator", "upstream"]),
+                             trigger=rng.choice(["auto", "auto", "auto", "claim"]),
+                             amount=amount),
+                         replenish=replenish, thresholds=thresholds),
+            c.PostCertificate(command_id=f"{cid}-p", certificate_id=cid, at_ms=at(),
+                              account_id="seller"),
+        ]
+    chains: dict[str, list[str]] = {cid: [] for cid in certs}
+    buy_after = {cid: rng.randrange(10, 120) for cid in certs if rng.random() < 0.6}
+    weights = [1 / (i + 1) ** 0.8 for i in range(n_certs)]  # Zipf-like popularity
+    n = 0
+    while len(commands) < n_commands:
+        n += 1
+        cid = rng.choices(certs, weights)[0]
+        account = rng.choice(accounts)
+        chain = chains[cid]
+        roll = rng.random()
+        if roll < 0.02 and commands:
+            commands.append(rng.choice(commands[-200:]))  # a resent command: no second effect
+        elif roll < 0.06:
+            commands.append(c.Claim(command_id=f"{cid}-c{n}", certificate_id=cid, at_ms=at(),
+                                    account_id=rng.choice(chain) if chain else account))
+        else:
+            via = rng.choice(chain) if chain and rng.random() < 0.7 else None
+            commands.append(c.Circulate(command_id=f"{cid}-s{n}", certificate_id=cid, at_ms=at(),
+                                        account_id=account, via=via))
+            chain.append(account)
+        if cid in buy_after and len(chain) >= buy_after[cid]:
+            commands.append(c.Purchase(command_id=f"{cid}-buy", certificate_id=cid, at_ms=at(),
+                                       account_id=rng.choice(accounts), payment_ref=f"pay-{cid}"))
+            del buy_after[cid]
+    return commands
+
+
+@dataclass
+class Expected:
+    topics: dict[str, Counter] = field(default_factory=dict)  # base topic -> Counter(bytes)
+    rejections: Counter = field(default_factory=Counter)  # (command id, reason)
+    states: dict[str, CertificateState] = field(default_factory=dict)
+
+
+def expect(commands: list[c.Command]) -> Expected:
+    out = Expected(topics={"certificate-events": Counter(), "allocations": Counter(),
+                           "withdrawals": Counter(), "payments": Counter()})
+    for command in commands:
+        cid = command.certificate_id
+        outcome = handle(out.states.get(cid), command)
+        if isinstance(outcome, Rejected):
+            out.rejections[(command.command_id, outcome.reason.value)] += 1
+        elif isinstance(outcome, Duplicate):
+            if not isinstance(command, CheckExpiry):
+                out.rejections[(command.command_id, "duplicate")] += 1
+        elif isinstance(outcome, Accepted) and outcome.events:
+            out.states[cid] = outcome.state
+            for item in (*outcome.events, *outcome.settlements):
+                for topic, counter in out.topics.items():
+                    if isinstance(item, MEMBERS[topic]):
+                        counter[encode(item)] += 1
+    return out
