@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -29,10 +30,24 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: list[str] = 
                 admin.create_topics(new)
             except TopicAlreadyExistsError:
                 pass  # another service created it at the same time
-        for meta in admin.describe_topics(list(wanted)):
-            count = len(meta["partitions"])
+        counts = _partition_counts(admin, list(wanted))
+        for name, count in counts.items():
             if count != settings.partitions:
-                raise SystemExit(f"topic {meta['topic']} has {count} partitions, "
+                raise SystemExit(f"topic {name} has {count} partitions, "
                                  f"expected {settings.partitions}: co-partitioning broken")
     finally:
         admin.close()
+
+
+def _partition_counts(admin: KafkaAdminClient, topics: list[str],
+                      timeout_s: float = 30.0) -> dict[str, int]:
+    """Partition count of each topic; a topic created a moment ago may show none yet."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts = {}
+        for meta in admin.describe_topics(topics):
+            name = meta.get("topic") or meta.get("name")
+            counts[name] = len(meta.get("partitions") or [])
+        if all(counts.get(t) for t in topics) or time.monotonic() > deadline:
+            return {t: counts.get(t, 0) for t in topics}
+        time.sleep(0.2)
