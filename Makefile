@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install up down run test test-unit test-integration test-e2e bench lint schemas clean
+.PHONY: install up down run watch audit test test-unit test-integration test-e2e bench lint schemas clean
 
 install: $(STAMP)
 
@@ -25,8 +25,15 @@ up: install
 down:
 	@if [ -x $(PY) ]; then $(PY) -m deploy.localstack down; else python3 -m deploy.localstack down; fi
 
-run: up
+run: install
 	$(PY) -m services.demo
+
+TOPIC ?= payments
+watch: install
+	$(PY) -m services.watch $(TOPIC)
+
+audit: install
+	$(PY) -m services.audit
 
 test: install
 	$(PY) -m pytest tests

@@ -32,7 +32,7 @@ def issue_offer(
         raise ValueError("offer_id too long: certificate ids are at most 64 characters")
     return [
         IssueCertificate(
-            command_id=f"{command_id}/{serial}",
+            command_id=f"{command_id}:{serial}",
             certificate_id=certificate_id_for(offer_id, serial),
             at_ms=at_ms,
             account_id=seller_id,

@@ -28,6 +28,9 @@ def test_offer_of_n_copies_is_n_certificates_with_serials():
         ("kettle-00001", 1, 3), ("kettle-00002", 2, 3), ("kettle-00003", 3, 3)]
     states = [handle(None, x).state for x in cmds]
     assert len({s.certificate_id for s in states}) == 3
+    # what the core builds must pass the wire contract's validation, too
+    decode = msgspec.json.Decoder(c.Command).decode
+    assert [decode(msgspec.json.encode(x)) for x in cmds] == cmds
 
 
 def test_unknown_certificate():

@@ -1,0 +1,213 @@
+"""`make run`: start the stack if needed, the four services and a demo feeder, and
+show a live one-screen summary until Ctrl-C (or DEMO_SECONDS), then shut down
+cleanly and run the audit.
+
+    DEMO_RATE=100       commands per second from the feeder
+    DEMO_SECONDS=0      stop by itself after this many seconds (0: until Ctrl-C)
+
+Watch the settlements from a second terminal with `make watch` (or
+`python -m services.watch payments`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import msgspec
+from kafka import KafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from deploy.localstack import REPO_ROOT, default_run_dir, default_stack, pid_alive, read_pid
+from schemas.payments import Settlement
+from schemas.rejections import Rejection
+from services.audit.__main__ import main as audit
+from services.common.auth import Keyring
+from services.common.settings import Settings
+from services.common.topics import ensure_topics
+from services.demo.feeder import Feeder
+from services.gateway import CommandSender
+
+SERVICES = ("circulation", "allocation", "withdrawal", "cashout")
+METRICS_BASE_PORT = 9101
+
+
+class Services:
+    """The four services as child processes, with pid files and restart on exit 75."""
+
+    def __init__(self, settings: Settings, folder: Path) -> None:
+        self.settings = settings
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.restarts: Counter = Counter()
+
+    def port(self, name: str) -> int:
+        return METRICS_BASE_PORT + SERVICES.index(name)
+
+    def start(self, name: str) -> None:
+        pidfile = self.folder / f"{name}.pid"
+        old = read_pid(pidfile)
+        if old is not None and pid_alive(old):
+            os.kill(old, signal.SIGTERM)  # ours, from an earlier run that did not stop
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.settings.bootstrap,
+               "METRICS_PORT": str(self.port(name))}
+        with open(self.folder / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env,
+                                    cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        pidfile.write_text(f"{proc.pid}\n")
+        self.procs[name] = proc
+
+    def supervise(self) -> None:
+        for name, proc in list(self.procs.items()):
+            if proc.poll() is not None:
+                self.restarts[name] += 1
+                self.start(name)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            (self.folder / f"{name}.pid").unlink(missing_ok=True)
+
+    def lag(self, name: str) -> int | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port(name)}/metrics",
+                                        timeout=1) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        total = 0
+        for family in text_string_to_metric_families(text):
+            if family.name == "commission_consumer_lag_messages":
+                total += int(sum(s.value for s in family.samples))
+        return total
+
+
+class Tally(threading.Thread):
+    """Counts settlements and rejections published since the demo started."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(daemon=True)
+        self.settings = settings
+        self.settlements: Counter = Counter()
+        self.money: dict[tuple[str, str], int] = defaultdict(int)
+        self.rejections: Counter = Counter()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        t = self.settings.topics
+        consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap, group_id=None,
+                                 isolation_level="read_committed", enable_auto_commit=False)
+        tps = [TopicPartition(topic, p) for topic in (t.payments, t.rejections)
+               for p in range(self.settings.partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_end(*tps)
+        decode_s = msgspec.json.Decoder(Settlement).decode
+        decode_r = msgspec.json.Decoder(Rejection).decode
+        while not self.stopping.is_set():
+            for tp, records in consumer.poll(timeout_ms=300).items():
+                for record in records:
+                    if tp.topic == t.payments:
+                        s = decode_s(record.value)
+                        kind = type(s).__name__
+                        self.settlements[kind] += 1
+                        self.money[(kind, s.currency)] += s.amount_minor
+                    else:
+                        self.rejections[decode_r(record.value).reason.value] += 1
+        consumer.close()
+
+
+def draw(tty: bool, started: float, feeder: Feeder, tally: Tally, services: Services,
+         rate: float) -> None:
+    elapsed = time.monotonic() - started
+    lines = [
+        f"commission engine demo  {elapsed:6.0f} s   (Ctrl-C to stop; `make watch` in "
+        "another terminal shows payments)",
+        "",
+        f"commands sent   {feeder.sent:>8}   {feeder.sent / max(elapsed, 1e-9):7.1f}/s "
+        f"(target {rate:.0f}/s)   offers {feeder.offers}   certificates live {len(feeder.live)}",
+        f"settlements     {sum(tally.settlements.values()):>8}   "
+        + "  ".join(f"{k} {v}" for k, v in sorted(tally.settlements.items())),
+    ]
+    for (kind, currency), amount in sorted(tally.money.items()):
+        lines.append(f"    {kind:<18} {amount / 100:>14,.2f} {currency}")
+    lines.append(f"rejections      {sum(tally.rejections.values()):>8}   "
+                 + "  ".join(f"{k} {v}" for k, v in sorted(tally.rejections.items())))
+    lines.append("lag (messages)  " + "   ".join(
+        f"{s} {services.lag(s) if services.lag(s) is not None else '-'}" for s in SERVICES))
+    if services.restarts:
+        lines.append("restarts        " + "  ".join(f"{k} {v}" for k, v in services.restarts.items()))
+    if tty:
+        sys.stdout.write("\x1b[2J\x1b[H" + "\n".join(lines) + "\n")
+    else:
+        sys.stdout.write(" | ".join(line.strip() for line in lines[2:] if line.strip()) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> int:
+    rate = float(os.environ.get("DEMO_RATE", "100"))
+    seconds = float(os.environ.get("DEMO_SECONDS", "0"))
+    kafka, redis = default_stack()
+    stack_was_up = kafka.running() and redis.running()
+    kafka.start()
+    redis.start()
+    settings = Settings.from_env(bootstrap=kafka.bootstrap)
+    ensure_topics(settings, settings.topics.all())
+    services = Services(settings, default_run_dir() / "services")
+    tally = Tally(settings)
+    tally.start()
+    for name in SERVICES:
+        services.start(name)
+    sender = CommandSender(settings, Keyring.from_env())
+    feeder = Feeder(sender)
+    tty = sys.stdout.isatty()
+    started = time.monotonic()
+    next_draw = started
+    interval = 1.0 / rate
+    try:
+        while not seconds or time.monotonic() - started < seconds:
+            feeder.step()
+            now = time.monotonic()
+            if now >= next_draw:
+                sender.flush()
+                services.supervise()
+                draw(tty, started, feeder, tally, services, rate)
+                next_draw = now + (1.0 if tty else 5.0)
+            time.sleep(max(0.0, started + feeder.sent * interval - time.monotonic()))
+    except KeyboardInterrupt:
+        print("\nstopping: draining the pipeline ...")
+    finally:
+        sender.flush()
+        sender.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(services.lag(s) for s in SERVICES):
+            time.sleep(0.5)
+        services.stop()
+        tally.stopping.set()
+        tally.join(timeout=5)
+    print("services stopped; running the audit:")
+    status = audit([])
+    if not stack_was_up:
+        redis.stop()
+        kafka.stop()
+        print("stopped the Kafka broker and Redis this run started")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Demo traffic: offers of several copies, viral shares, purchases, and a little
+bad input (forged and malformed commands) so every counter on the screen moves."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+
+from domain import issue_offer
+from schemas import commands as c
+from services.common.auth import Key
+from services.gateway import CommandSender
+
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass
+class Live:
+    certificate_id: str
+    chain: list[str] = field(default_factory=list)
+    buy_after: int = 0
+
+
+class Feeder:
+    def __init__(self, sender: CommandSender, seed: int = 1) -> None:
+        self.sender = sender
+        self.rng = random.Random(seed)
+        self.live: list[Live] = []
+        self.offers = 0
+        self.ids = 0
+        self.sent = 0
+        self.accounts = [f"user-{i}" for i in range(300)]
+        self.forged = Key("dev-gw-1", "gateway", b"an-attacker-guessing-the-secret")
+
+    def _id(self, prefix: str) -> str:
+        self.ids += 1
+        return f"{prefix}-{self.ids}"
+
+    def _send(self, command: c.Command) -> None:
+        self.sender.send(command)
+        self.sent += 1
+
+    def new_offer(self) -> None:
+        self.offers += 1
+        now = int(time.time() * 1000)
+        offer = f"offer-{int(time.time())}-{self.offers}"
+        copies = self.rng.randint(1, 4)
+        for issue in issue_offer(offer_id=offer, command_id=self._id("issue"),
+                                 seller_id=f"seller-{self.offers % 7}",
+                                 name=f"Product {self.offers}",
+                                 price_minor=self.rng.randrange(5_000, 200_000),
+                                 currency=self.rng.choice(["EUR", "USD"]), copies=copies,
+                                 at_ms=now, time_limit_s=self.rng.choice([None, 60, 180])):
+            budget = self.rng.randrange(2_000, 20_000)
+            self._send(issue)
+            self._send(c.AttachPool(
+                command_id=self._id("attach"), certificate_id=issue.certificate_id, at_ms=now,
+                account_id=f"funder-{self.offers % 5}", funding_ref=self._id("escrow"),
+                budget_minor=budget, attached_minor=budget // 10, currency=issue.currency,
+                acquisition=c.AcquisitionPolicy(
+                    beneficiary=self.rng.choice(["circulator", "upstream"]),
+                    amount=self.rng.choice([c.AllAttached(),
+                                            c.PercentOfAttached(basis_points=5_000)])),
+                thresholds=c.Thresholds(max_circulations=self.rng.choice([20, 40, None]),
+                                        max_cumulative_bp_of_price=3_000)))
+            self._send(c.PostCertificate(command_id=self._id("post"),
+                                         certificate_id=issue.certificate_id, at_ms=now,
+                                         account_id=issue.account_id))
+            self.live.append(Live(issue.certificate_id, buy_after=self.rng.randint(3, 15)))
+
+    def step(self) -> None:
+        """One user action: mostly a share, sometimes a purchase or a bad command."""
+        if len(self.live) < 40:
+            self.new_offer()
+            return
+        now = int(time.time() * 1000)
+        cert = self.live[min(int(self.rng.expovariate(0.08)), len(self.live) - 1)]
+        roll = self.rng.random()
+        if roll < 0.01:
+            body = _encode({"type": "circulate", "command_id": self._id("forged"),
+                            "certificate_id": cert.certificate_id, "at_ms": now,
+                            "account_id": "mallory"})
+            self.sender.send_raw(cert.certificate_id.encode(), body,
+                                 headers=self.sender.keyring.sign(body, self.forged))
+            self.sent += 1
+        elif roll < 0.02:
+            self.sender.send_raw(cert.certificate_id.encode(), b'{"type": "circulate", ')
+            self.sent += 1
+        elif len(cert.chain) >= cert.buy_after:
+            self._send(c.Purchase(command_id=self._id("buy"), certificate_id=cert.certificate_id,
+                                  at_ms=now, account_id=self.rng.choice(self.accounts),
+                                  payment_ref=self._id("pay")))
+            self.live.remove(cert)
+        else:
+            account = self.rng.choice(self.accounts)
+            via = cert.chain[-1] if cert.chain and self.rng.random() < 0.8 else None
+            self._send(c.Circulate(command_id=self._id("share"), certificate_id=cert.certificate_id,
+                                   at_ms=now, account_id=account, via=via))
+            if account != (cert.chain[-1] if cert.chain else None):
+                cert.chain.append(account)
