@@ -29,8 +29,11 @@ class Metrics:
         self.rejections = Counter("commission_rejections_total", "Refused commands, by reason.",
                                   ["service", "reason"], registry=r)
         self.processing = Histogram("commission_processing_seconds",
-                                    "Time to handle one message in the service.",
+                                    "Time to decode, decide and encode one message.",
                                     ["service"], buckets=LATENCY_BUCKETS, registry=r)
+        self.transaction = Histogram("commission_transaction_seconds",
+                                     "Time of one batch's Kafka transaction, begin to commit.",
+                                     ["service"], buckets=LATENCY_BUCKETS, registry=r)
         self.end_to_end = Histogram("commission_end_to_end_seconds",
                                     "From the command's broker timestamp to its last effect "
                                     "published by this service.",

@@ -180,10 +180,13 @@ class StageRunner:
                 touched: dict[bytes, CertificateState] = {}
                 sends = []
                 latencies = []
+                step_seconds: list[float] = []
                 for record in records:
                     key = record.key
+                    step_started = time.perf_counter()
                     applied = self.stage.apply(
                         None if key is None else self.table.get(p, key), record)
+                    step_seconds.append(time.perf_counter() - step_started)
                     if applied.changed and applied.state is not None:
                         self.table.partitions[p][key] = applied.state
                         touched[key] = applied.state
@@ -206,8 +209,11 @@ class StageRunner:
                                     "offset": records[0].offset}, exc_info=True)
                 raise Fatal(str(exc)) from exc
             done = time.time()
-            self.metrics.processing.labels(self.stage.name).observe(
-                (time.perf_counter() - started) / len(records))
+            self.metrics.transaction.labels(self.stage.name).observe(
+                time.perf_counter() - started)
+            processing = self.metrics.processing.labels(self.stage.name)
+            for seconds in step_seconds:
+                processing.observe(seconds)
             for received_ms in latencies:
                 self.metrics.end_to_end.labels(self.stage.name).observe(
                     max(0.0, done - received_ms / 1000))

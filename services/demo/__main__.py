@@ -4,6 +4,7 @@ cleanly and run the audit.
 
     DEMO_RATE=100       commands per second from the feeder
     DEMO_SECONDS=0      stop by itself after this many seconds (0: until Ctrl-C)
+    DEMO_METRICS_BASE_PORT=9101   the services' metrics on 9101..9104
 
 Watch the settlements from a second terminal with `make watch` (or
 `python -m services.watch payments`).
@@ -36,7 +37,7 @@ from services.demo.feeder import Feeder
 from services.gateway import CommandSender
 
 SERVICES = ("circulation", "allocation", "withdrawal", "cashout")
-METRICS_BASE_PORT = 9101
+METRICS_BASE_PORT = int(os.environ.get("DEMO_METRICS_BASE_PORT", "9101"))
 
 
 class Services:

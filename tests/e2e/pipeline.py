@@ -50,10 +50,11 @@ class Pipeline:
     def topics(self) -> Topics:
         return self.settings.topics
 
-    def start(self, service: str, instance: int = 0) -> subprocess.Popen:
+    def start(self, service: str, instance: int = 0, metrics_port: int = 0) -> subprocess.Popen:
         log = open(self.logs / f"{service}-{instance}.log", "ab")  # noqa: SIM115
+        env = {**self.env, "METRICS_PORT": str(metrics_port)}
         proc = subprocess.Popen([sys.executable, "-m", f"services.{service}"], cwd=ROOT,
-                                env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.procs[(service, instance)] = proc
         return proc
