@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import msgspec
@@ -16,6 +17,7 @@ from services.common.runner import Applied, Output
 from services.common.settings import Settings
 from services.common.steps import Source, StepResult, follow, sequence
 
+log = logging.getLogger("commission.stages")
 _encode = msgspec.json.Encoder().encode
 _decode_accepted = msgspec.json.Decoder(AcceptedCommand).decode
 _MEMBERS = {t.name: t.message_types() for t in TOPICS}
@@ -51,9 +53,18 @@ class CirculationStage:
         kind = type(result.accepted.command).__name__ if result.accepted else "refused"
         self.metrics.messages_in.labels(self.name, kind).inc()
         if result.rejection is not None:
-            self.metrics.rejections.labels(self.name, result.rejection.reason.value).inc()
+            r = result.rejection
+            self.metrics.rejections.labels(self.name, r.reason.value).inc()
+            log.info("command refused", extra={
+                "certificate_id": r.certificate_id, "command_id": r.command_id,
+                "reason": r.reason.value, "topic": record.topic, "partition": record.partition,
+                "offset": record.offset})
             outputs.append(Output(self.topics.rejections, _encode(result.rejection)))
         if result.accepted is not None:
+            log.debug("command accepted", extra={
+                "certificate_id": result.accepted.command.certificate_id,
+                "command_id": result.accepted.command.command_id, "seq": result.accepted.seq,
+                "topic": record.topic, "partition": record.partition, "offset": record.offset})
             outputs.append(Output(self.topics.accepted, _encode(result.accepted)))
             own = [e for e in result.events if isinstance(e, self.own)]
             outputs.extend(Output(self.topics.certificate_events, _encode(e)) for e in own)

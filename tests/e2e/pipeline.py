@@ -69,6 +69,14 @@ class Pipeline:
             proc.send_signal(sig)
         proc.wait(timeout=60)
 
+    def restart_exited(self) -> list[tuple[str, int]]:
+        """What a supervisor does: start again every service that exited (a service
+        exits with 75 when a transaction fails, e.g. while the broker is down)."""
+        exited = [k for k, p in self.procs.items() if p.poll() is not None]
+        for service, instance in exited:
+            self.start(service, instance)
+        return exited
+
     def assert_running(self) -> None:
         dead = {k: p.returncode for k, p in self.procs.items() if p.poll() is not None}
         assert not dead, f"services exited: {dead}; see {self.logs}"
