@@ -53,6 +53,8 @@ from services.common.topics import ensure_topics
 log = logging.getLogger("commission.runner")
 
 MAX_BATCH_RECORDS = 500
+FETCH_MAX_WAIT_MS = 50
+TXN_RETRY_BACKOFF_MS = 5
 RESTORE_TIMEOUT_S = 120.0
 
 _encode_state = msgspec.msgpack.Encoder().encode
@@ -135,6 +137,8 @@ class StageRunner:
             enable_auto_commit=False, auto_offset_reset="earliest",
             isolation_level="read_committed", max_poll_records=MAX_BATCH_RECORDS,
             client_id=f"{self.group}-consumer",
+            # a fetch waits at most this long for committed records: a latency floor
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         )
         self.plain_producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.bootstrap, acks="all", enable_idempotence=True,
@@ -145,16 +149,43 @@ class StageRunner:
         ticker = asyncio.create_task(self._tick_loop(stop)) if hasattr(self.stage, "due") else None
         try:
             while not stop.is_set():
-                batch = await self.consumer.getmany(
-                    timeout_ms=int(self.settings.commit_interval_s * 1000),
-                    max_records=MAX_BATCH_RECORDS)
-                for tp, records in batch.items():
-                    await self._process(tp, records)
+                batch = await self._next_batch()
+                if batch:
+                    # Partitions are independent (own producer, own table partition,
+                    # own transaction), so their transactions run concurrently; the
+                    # records of one partition are still applied in order.
+                    async with self.lock:
+                        await asyncio.gather(*(self._process(tp, records)
+                                               for tp, records in batch.items()))
                 self._update_gauges()
         finally:
             if ticker is not None:
                 ticker.cancel()
             await self._shutdown()
+
+    async def _next_batch(self) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """Records for the next round of transactions: wait up to commit_interval_s
+        for the first ones, then up to batch_linger_ms more to fill the batch. Fewer,
+        fuller transactions cost the broker less: on a small machine that is what
+        keeps latency low under load."""
+        consumer = self.consumer
+        batch = await consumer.getmany(timeout_ms=int(self.settings.commit_interval_s * 1000),
+                                       max_records=MAX_BATCH_RECORDS)
+        linger_s = self.settings.batch_linger_ms / 1000
+        if not batch or linger_s <= 0:
+            return batch
+        deadline = time.monotonic() + linger_s
+        count = sum(len(r) for r in batch.values())
+        while count < MAX_BATCH_RECORDS:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            more = await consumer.getmany(timeout_ms=left_ms,
+                                          max_records=MAX_BATCH_RECORDS - count)
+            for tp, records in more.items():
+                batch.setdefault(tp, []).extend(records)
+                count += len(records)
+        return batch
 
     async def _shutdown(self) -> None:
         async with self.lock:
@@ -169,56 +200,56 @@ class StageRunner:
     # --- the transaction per batch ----------------------------------------------------
 
     async def _process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
-        async with self.lock:
-            producer = self.producers.get(tp.partition)
-            if producer is None:
-                return  # revoked while fetched: the new owner processes these records
-            p = tp.partition
-            started = time.perf_counter()
-            try:
-                await producer.begin_transaction()
-                touched: dict[bytes, CertificateState] = {}
-                sends = []
-                latencies = []
-                step_seconds: list[float] = []
-                for record in records:
-                    key = record.key
-                    step_started = time.perf_counter()
-                    applied = self.stage.apply(
-                        None if key is None else self.table.get(p, key), record)
-                    step_seconds.append(time.perf_counter() - step_started)
-                    if applied.changed and applied.state is not None:
-                        self.table.partitions[p][key] = applied.state
-                        touched[key] = applied.state
-                    for out in applied.outputs:
-                        sends.append(await producer.send(
-                            out.topic, key=key, value=out.value, partition=p,
-                            headers=list(out.headers) or None))
-                    if applied.outputs and applied.received_ms is not None:
-                        latencies.append(applied.received_ms)
-                for key, state in touched.items():
+        """One transaction for a batch of one partition. Called with self.lock held."""
+        producer = self.producers.get(tp.partition)
+        if producer is None:
+            return  # revoked while fetched: the new owner processes these records
+        p = tp.partition
+        started = time.perf_counter()
+        try:
+            await producer.begin_transaction()
+            touched: dict[bytes, CertificateState] = {}
+            sends = []
+            latencies = []
+            step_seconds: list[float] = []
+            for record in records:
+                key = record.key
+                step_started = time.perf_counter()
+                applied = self.stage.apply(
+                    None if key is None else self.table.get(p, key), record)
+                step_seconds.append(time.perf_counter() - step_started)
+                if applied.changed and applied.state is not None:
+                    self.table.partitions[p][key] = applied.state
+                    touched[key] = applied.state
+                for out in applied.outputs:
                     sends.append(await producer.send(
-                        self.changelog, key=key, value=_encode_state(state), partition=p))
-                await asyncio.gather(*sends)
-                await producer.send_offsets_to_transaction(
-                    {tp: records[-1].offset + 1}, self.group)
-                await producer.commit_transaction()
-            except Exception as exc:
-                log.critical("transaction failed; stopping (a restart restores the table)",
-                             extra={"topic": tp.topic, "partition": p,
-                                    "offset": records[0].offset}, exc_info=True)
-                raise Fatal(str(exc)) from exc
-            done = time.time()
-            self.metrics.transaction.labels(self.stage.name).observe(
-                time.perf_counter() - started)
-            processing = self.metrics.processing.labels(self.stage.name)
-            for seconds in step_seconds:
-                processing.observe(seconds)
-            for received_ms in latencies:
-                self.metrics.end_to_end.labels(self.stage.name).observe(
-                    max(0.0, done - received_ms / 1000))
+                        out.topic, key=key, value=out.value, partition=p,
+                        headers=list(out.headers) or None))
+                if applied.outputs and applied.received_ms is not None:
+                    latencies.append(applied.received_ms)
             for key, state in touched.items():
-                self.on_row(p, key, state)
+                sends.append(await producer.send(
+                    self.changelog, key=key, value=_encode_state(state), partition=p))
+            await asyncio.gather(*sends)
+            await producer.send_offsets_to_transaction(
+                {tp: records[-1].offset + 1}, self.group)
+            await producer.commit_transaction()
+        except Exception as exc:
+            log.critical("transaction failed; stopping (a restart restores the table)",
+                         extra={"topic": tp.topic, "partition": p,
+                                "offset": records[0].offset}, exc_info=True)
+            raise Fatal(str(exc)) from exc
+        done = time.time()
+        self.metrics.transaction.labels(self.stage.name).observe(
+            time.perf_counter() - started)
+        processing = self.metrics.processing.labels(self.stage.name)
+        for seconds in step_seconds:
+            processing.observe(seconds)
+        for received_ms in latencies:
+            self.metrics.end_to_end.labels(self.stage.name).observe(
+                max(0.0, done - received_ms / 1000))
+        for key, state in touched.items():
+            self.on_row(p, key, state)
 
     def on_row(self, partition: int, key: bytes, state: CertificateState) -> None:
         hook = getattr(self.stage, "on_row", None)
@@ -282,7 +313,10 @@ class StageRunner:
                 producer = AIOKafkaProducer(
                     bootstrap_servers=self.settings.bootstrap,
                     transactional_id=f"{self.group}-{p}", enable_idempotence=True, acks="all",
-                    client_id=f"{self.group}-{p}")
+                    client_id=f"{self.group}-{p}",
+                    # the broker answers CONCURRENT_TRANSACTIONS while the previous
+                    # commit's markers are written; retry soon, not after 100 ms
+                    retry_backoff_ms=TXN_RETRY_BACKOFF_MS)
                 await producer.start()
                 self.producers[p] = producer
             if fresh:

@@ -66,6 +66,8 @@ class Settings:
     data_dir: str = "run/services"
     # how long a transaction may stay open: the latency floor of read_committed readers
     commit_interval_s: float = 0.1
+    # after the first records of a round arrive, wait this long for more (see runner)
+    batch_linger_ms: int = 20
     # a signed command whose at_ms is further than this from the broker's record
     # timestamp is refused as stale: a captured command cannot be replayed later
     max_clock_skew_ms: int = 10 * 60 * 1000
@@ -82,6 +84,7 @@ class Settings:
             metrics_port=int(_env("METRICS_PORT", "0")),
             data_dir=_env("COMMISSION_DATA_DIR", cls.data_dir),
             commit_interval_s=float(_env("COMMISSION_COMMIT_INTERVAL_S", str(cls.commit_interval_s))),
+            batch_linger_ms=int(_env("COMMISSION_BATCH_LINGER_MS", str(cls.batch_linger_ms))),
             max_clock_skew_ms=int(_env("COMMISSION_MAX_CLOCK_SKEW_MS", str(cls.max_clock_skew_ms))),
             timer_interval_s=float(_env("COMMISSION_TIMER_INTERVAL_S", str(cls.timer_interval_s))),
             log_level=_env("LOG_LEVEL", cls.log_level),

@@ -55,6 +55,7 @@ class CirculationStage:
         if result.rejection is not None:
             r = result.rejection
             self.metrics.rejections.labels(self.name, r.reason.value).inc()
+            self.metrics.count_out(self.topics.rejections, [r])
             log.info("command refused", extra={
                 "certificate_id": r.certificate_id, "command_id": r.command_id,
                 "reason": r.reason.value, "topic": record.topic, "partition": record.partition,
@@ -66,6 +67,7 @@ class CirculationStage:
                 "command_id": result.accepted.command.command_id, "seq": result.accepted.seq,
                 "topic": record.topic, "partition": record.partition, "offset": record.offset})
             outputs.append(Output(self.topics.accepted, _encode(result.accepted)))
+            self.metrics.count_out(self.topics.accepted, [result.accepted])
             own = [e for e in result.events if isinstance(e, self.own)]
             outputs.extend(Output(self.topics.certificate_events, _encode(e)) for e in own)
             self.metrics.count_out(self.topics.certificate_events, own)

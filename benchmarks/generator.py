@@ -1,0 +1,234 @@
+"""Share-traffic generator: signed commands with the shape of real share traffic.
+
+    python -m benchmarks.generator --commands 20000 --rate 2000 [--hot] [--seed 1]
+
+* viral cascades: a branching process; each share spawns Poisson(R) further shares
+  (``--reproduction``) from the sharer's feed (``via``), down to ``--depth`` levels;
+* Zipf popularity across certificates (``--zipf``), or ``--hot``: one certificate
+  gets ``--hot-share`` of all shares;
+* purchases at ``--purchase-rate`` per share; a certificate is bought once;
+* bad input: ``--bad-rate`` malformed bodies, ``--duplicate-rate`` resent commands,
+  ``--forged-rate`` commands signed with a wrong secret.
+
+Same seed, same traffic: the command sequence (ids, accounts, amounts) depends only
+on the arguments. ``at_ms`` is stamped when a command is sent (the services refuse
+commands stamped far from the broker's clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import msgspec
+
+from schemas import commands as c
+from services.common.auth import Key, Keyring
+from services.common.settings import Settings
+from services.gateway import CommandSender
+
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(frozen=True)
+class TrafficSpec:
+    certificates: int = 200
+    commands: int = 20_000
+    reproduction: float = 1.5
+    depth: int = 12
+    zipf: float = 1.1
+    hot: bool = False
+    hot_share: float = 0.9
+    purchase_rate: float = 0.002
+    bad_rate: float = 0.0
+    duplicate_rate: float = 0.0
+    forged_rate: float = 0.0
+    seed: int = 1
+    prefix: str = "gen"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One message to send: a command, or raw bytes for bad input."""
+
+    command: c.Command | None = None
+    raw: bytes | None = None
+    key: bytes | None = None
+    forged: bool = False
+
+
+def _poisson(rng: random.Random, lam: float) -> int:
+    # Knuth; lam is small (a reproduction number)
+    limit, k, p = math.exp(-lam), 0, 1.0
+    while True:
+        p *= rng.random()
+        if p <= limit:
+            return k
+        k += 1
+
+
+def traffic(spec: TrafficSpec) -> Iterator[Item]:
+    rng = random.Random(spec.seed)
+    certs = [f"{spec.prefix}-{spec.seed}-{i:05d}" for i in range(spec.certificates)]
+    for cid in certs:
+        budget = rng.randrange(10_000, 1_000_000)
+        yield Item(c.IssueCertificate(command_id=f"{cid}-i", certificate_id=cid, at_ms=0,
+                                      account_id=f"seller-{rng.randrange(50)}", offer_id="gen",
+                                      serial=1, copies=1, name="Generated product",
+                                      price_minor=rng.randrange(1_000, 1_000_000),
+                                      currency="EUR"))
+        yield Item(c.AttachPool(
+            command_id=f"{cid}-a", certificate_id=cid, at_ms=0,
+            account_id=f"funder-{rng.randrange(20)}", funding_ref=f"esc-{cid}",
+            budget_minor=budget, attached_minor=max(1, budget // 20), currency="EUR",
+            acquisition=c.AcquisitionPolicy(
+                amount=c.RandomAmount(min_minor=1, max_minor=max(2, budget // 40))),
+            thresholds=c.Thresholds(max_circulations=None if spec.hot else 5_000)))
+        yield Item(c.PostCertificate(command_id=f"{cid}-p", certificate_id=cid, at_ms=0,
+                                     account_id="placeholder"))
+    weights = [1.0 / (i + 1) ** spec.zipf for i in range(len(certs))]
+    sent = 3 * len(certs)
+    account = 0
+    bought: set[str] = set()
+    # active cascades: (certificate, via account, depth), breadth first, interleaved
+    frontier: deque[tuple[str, str | None, int]] = deque()
+    recent: deque[Item] = deque(maxlen=500)
+    n = 0
+    while sent < spec.commands:
+        while frontier and frontier[0][0] in bought:
+            frontier.popleft()  # a bought certificate's cascade ends
+        if not frontier or rng.random() < 0.05:
+            if spec.hot and rng.random() < spec.hot_share:
+                cid = certs[0]
+            else:
+                cid = rng.choices(certs, weights)[0]
+            frontier.append((cid, None, 0))
+        cid, via, depth = frontier.popleft()
+        n += 1
+        roll = rng.random()
+        if roll < spec.bad_rate:
+            yield Item(raw=b'{"type":"circulate","command_id":', key=cid.encode())
+        elif roll < spec.bad_rate + spec.duplicate_rate and recent:
+            yield rng.choice(recent)
+        elif roll < spec.bad_rate + spec.duplicate_rate + spec.forged_rate:
+            yield Item(c.Circulate(command_id=f"{cid}-f{n}", certificate_id=cid, at_ms=0,
+                                   account_id="mallory"), forged=True)
+        elif cid not in bought and rng.random() < spec.purchase_rate:
+            bought.add(cid)
+            yield Item(c.Purchase(command_id=f"{cid}-buy", certificate_id=cid, at_ms=0,
+                                  account_id=f"buyer-{rng.randrange(10_000)}",
+                                  payment_ref=f"pay-{cid}"))
+        else:
+            account += 1
+            who = f"acct-{spec.seed}-{account}"
+            item = Item(c.Circulate(command_id=f"{cid}-s{n}", certificate_id=cid, at_ms=0,
+                                    account_id=who, via=via))
+            recent.append(item)
+            yield item
+            if depth < spec.depth:
+                frontier.extend((cid, who, depth + 1) for _ in range(_poisson(rng, spec.reproduction)))
+        sent += 1
+
+
+def _seller_fix(items: Iterator[Item]) -> Iterator[Item]:
+    """PostCertificate must come from the seller of its IssueCertificate."""
+    sellers: dict[str, str] = {}
+    for item in items:
+        cmd = item.command
+        if isinstance(cmd, c.IssueCertificate):
+            sellers[cmd.certificate_id] = cmd.account_id
+        elif isinstance(cmd, c.PostCertificate):
+            item = Item(msgspec.structs.replace(cmd, account_id=sellers[cmd.certificate_id]))
+        yield item
+
+
+def generate(spec: TrafficSpec) -> list[Item]:
+    return list(_seller_fix(traffic(spec)))
+
+
+Prepared = tuple[bytes | None, bytes, list, str | None]  # key, body, headers, command id
+
+
+class Sender:
+    """Stamps, encodes and signs items up front, then sends them, paced to ``rate``
+    per second (0: as fast as the producer goes)."""
+
+    def __init__(self, sender: CommandSender, keyring: Keyring) -> None:
+        self.sender = sender
+        self.keyring = keyring
+        self.forger = Key(keyring.first("gateway").key_id, "gateway", b"forged-forged-forged-x")
+        self.sent_ms: dict[str, int] = {}
+
+    def prepare(self, items: list[Item], start_ms: int, rate: float = 0.0) -> list[Prepared]:
+        out: list[Prepared] = []
+        for i, item in enumerate(items):
+            if item.command is None:
+                out.append((item.key, item.raw, [], None))
+                continue
+            at_ms = start_ms + (int(i * 1000 / rate) if rate else 0)
+            command = msgspec.structs.replace(item.command, at_ms=at_ms)
+            body = _encode(command)
+            key = self.forger if item.forged else self.sender.key
+            out.append((command.certificate_id.encode(), body, self.keyring.sign(body, key),
+                        command.command_id))
+        return out
+
+    def send(self, items: list[Item], rate: float = 0.0, progress: bool = False) -> float:
+        lead_ms = 200 if rate else 0  # time to sign before the first send is due
+        return self.send_prepared(
+            self.prepare(items, int(time.time() * 1000) + lead_ms, rate), rate, progress)
+
+    def send_prepared(self, prepared: list[Prepared], rate: float = 0.0,
+                      progress: bool = False) -> float:
+        started = time.monotonic()
+        produce = self.sender.producer.send
+        topic = self.sender.topic
+        for i, (key, body, headers, command_id) in enumerate(prepared):
+            if rate:
+                delay = started + i / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            produce(topic, key=key, value=body, headers=headers)
+            if command_id is not None and command_id not in self.sent_ms:
+                self.sent_ms[command_id] = int(time.time() * 1000)
+            if progress and i % 1000 == 0:
+                bar = "#" * int(30 * i / len(prepared))
+                sys.stderr.write(f"\r[{bar:<30}] {i}/{len(prepared)}")
+        self.sender.flush()
+        if progress:
+            sys.stderr.write(f"\r[{'#' * 30}] {len(prepared)}/{len(prepared)}\n")
+        return time.monotonic() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.generator")
+    defaults = TrafficSpec()
+    for name, value in defaults.__dict__.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parser.add_argument(flag, action="store_true")
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+    parser.add_argument("--rate", type=float, default=0.0, help="commands/s (0: flat out)")
+    args = vars(parser.parse_args(argv))
+    rate = args.pop("rate")
+    spec = TrafficSpec(**args)
+    items = generate(spec)
+    settings = Settings.from_env()
+    keyring = Keyring.from_env()
+    sender = CommandSender(settings, keyring)
+    seconds = Sender(sender, keyring).send(items, rate=rate, progress=True)
+    sender.close()
+    print(f"sent {len(items)} commands in {seconds:.1f}s ({len(items) / seconds:,.0f}/s) "
+          f"to {settings.topics.commands} at {settings.bootstrap}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,444 @@
+"""End-to-end benchmark of the pipeline against the raw Kafka limit, on one broker.
+
+    make bench        # core benchmark, then this one
+    python -m benchmarks.pipeline [--commands 20000] [--latency-seconds 30] [--hot 8000]
+
+Scenarios, each on fresh topics and consumer groups:
+1. raw: the same topology (commands -> accepted -> 3 outputs) through the same
+   runner and client, copying records without processing (benchmarks/passthrough.py);
+2. pipeline at its maximum: the generated traffic sent flat out; the rate is the
+   number of commands divided by the time until every stage has consumed them all;
+3. pipeline at half that rate, paced, for latency: from the command's timestamp to
+   the moment its last effect (any output record carrying its command id) is
+   readable with read_committed;
+4. one hot certificate: every share on one certificate, sent flat out.
+
+Reports sustained commands/s, latency percentiles, CPU seconds and peak RSS per
+service, state bytes per certificate; writes benchmarks/results/pipeline.json, a
+table in docs/benchmarks.md and docs/benchmark-pipeline.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import psutil
+from kafka import KafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.core import machine
+from benchmarks.generator import Item, Sender, TrafficSpec, generate
+from deploy.localstack import Kafka, free_port
+from domain import CertificateState
+from services.common.auth import Keyring
+from services.common.settings import Settings, Topics
+from services.common.topics import ensure_topics
+from services.gateway import CommandSender
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_JSON = ROOT / "benchmarks" / "results" / "pipeline.json"
+RESULTS_MD = ROOT / "docs" / "benchmarks.md"
+CHART = ROOT / "docs" / "benchmark-pipeline.png"
+SERVICES = ("circulation", "allocation", "withdrawal", "cashout")
+OUTPUT_TOPICS = ("certificate-events", "allocations", "withdrawals", "payments", "rejections")
+DRAIN_TIMEOUT_S = 240.0
+
+
+class _CommandId(msgspec.Struct):
+    command_id: str | None = None
+
+
+_decode_id = msgspec.json.Decoder(_CommandId).decode
+
+
+@dataclass
+class Run:
+    name: str
+    commands: int = 0
+    seconds: float = 0.0
+    rate: float = 0.0
+    progress: list[tuple[float, int]] = field(default_factory=list)  # (t, commands done)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    latency_series: list[tuple[float, float, float, int]] = field(default_factory=list)
+    processes: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: dict[str, object] = field(default_factory=dict)
+
+
+class Deployment:
+    """One scenario's services (real or passthrough) on their own topic prefix."""
+
+    def __init__(self, bootstrap: str, prefix: str, module: str, logs: Path) -> None:
+        self.settings = Settings(bootstrap=bootstrap, topics=Topics(prefix=f"{prefix}."),
+                                 group_prefix=prefix)
+        ensure_topics(self.settings, self.settings.topics.all())
+        self.ports = {s: free_port() for s in SERVICES}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.module = module
+        self.prefix = prefix
+        self.logs = logs
+        self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                    "COMMISSION_TOPIC_PREFIX": f"{prefix}.", "COMMISSION_GROUP_PREFIX": prefix,
+                    "LOG_LEVEL": "warning"}
+        logs.mkdir(parents=True, exist_ok=True)
+        keyring = Keyring.from_env()
+        self.sender = Sender(CommandSender(self.settings, keyring), keyring)
+
+    def start(self) -> None:
+        for s in SERVICES:
+            argv = ([sys.executable, "-m", self.module, s]
+                    if self.module == "benchmarks.passthrough"
+                    else [sys.executable, "-m", f"services.{s}"])
+            with open(self.logs / f"{self.prefix}-{s}.log", "ab") as log:
+                self.procs[s] = subprocess.Popen(
+                    argv, cwd=ROOT, env={**self.env, "METRICS_PORT": str(self.ports[s])},
+                    stdout=log, stderr=subprocess.STDOUT)
+
+    def counter(self, service: str, name: str, **labels: str) -> float:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[service]}/metrics",
+                                        timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return -1.0
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v
+                                               for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def done(self) -> tuple[int, bool]:
+        """(commands the sequencer consumed, whether every follower caught up)."""
+        t = self.settings.topics
+        consumed = self.counter("circulation", "commission_messages_in_total")
+        handed = self.counter("circulation", "commission_messages_out_total", topic=t.accepted)
+        followers = [self.counter(s, "commission_messages_in_total") for s in SERVICES[1:]]
+        return int(consumed), all(f >= handed for f in followers)
+
+    def wait_ready(self, warmup: list[Item]) -> None:
+        self.sender.send(warmup)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            consumed, caught_up = self.done()
+            if consumed >= len(warmup) and caught_up and all(
+                    self.counter(s, "commission_messages_in_total") > 0 for s in SERVICES):
+                return
+            time.sleep(0.3)
+        raise RuntimeError("services did not start within 90 s")
+
+    def process_stats(self) -> dict[str, dict[str, float]]:
+        stats = {}
+        for s, proc in self.procs.items():
+            p = psutil.Process(proc.pid)
+            cpu = p.cpu_times()
+            peak_kib = 0
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak_kib = int(line.split()[1])
+            stats[s] = {"cpu_seconds": round(cpu.user + cpu.system, 2),
+                        "peak_rss_mib": round(peak_kib / 1024, 1)}
+        return stats
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.sender.sender.close()
+
+
+def throughput(dep: Deployment, name: str, items: list[Item]) -> Run:
+    """Load the whole backlog first, then start the services and time the drain: the
+    rate is the pipeline's, not the load generator's."""
+    dep.sender.send(items)
+    dep.start()
+    run = Run(name, commands=len(items))
+    first = None
+    started = time.monotonic()
+    while True:
+        consumed, caught_up = dep.done()
+        now = time.monotonic()
+        if consumed > 0 and first is None:
+            first = now
+        if first is not None:
+            run.progress.append((round(now - first, 2), consumed))
+        if consumed >= len(items) and caught_up:
+            break
+        if now - started > DRAIN_TIMEOUT_S:
+            raise RuntimeError(f"{name}: {consumed}/{len(items)} after {now - started:.0f}s")
+        time.sleep(0.1)
+    run.seconds = round(time.monotonic() - first, 2)
+    run.rate = round(len(items) / run.seconds, 1)
+    run.processes = dep.process_stats()
+    return run
+
+
+class EffectReader(threading.Thread):
+    """Records when each command's effects become readable (read_committed)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(daemon=True)
+        self.settings = settings
+        self.last_ms: dict[str, int] = {}
+        self.stopping = threading.Event()
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap, group_id=None,
+                                 isolation_level="read_committed", enable_auto_commit=False,
+                                 fetch_max_wait_ms=10)
+        tps = [TopicPartition(self.settings.topics.name(t), p) for t in OUTPUT_TOPICS
+               for p in range(self.settings.partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_end(*tps)
+        for tp in tps:
+            consumer.position(tp)
+        self.ready.set()
+        while not self.stopping.is_set():
+            for records in consumer.poll(timeout_ms=50).values():
+                now = int(time.time() * 1000)
+                for r in records:
+                    cid = _decode_id(r.value).command_id
+                    if cid is not None:
+                        self.last_ms[cid] = now
+        consumer.close()
+
+
+def latency(dep: Deployment, items: list[Item], rate: float, warmup: list[Item]) -> Run:
+    dep.start()
+    dep.wait_ready(warmup)
+    reader = EffectReader(dep.settings)
+    reader.start()
+    reader.ready.wait(30)
+    run = Run("pipeline at half rate", commands=len(items))
+    started = time.monotonic()
+    dep.sender.send(items, rate=rate)
+    deadline = time.monotonic() + 60
+    sent = dep.sender.sent_ms
+    wanted = {i.command.command_id for i in items if i.command is not None and not i.forged}
+    while time.monotonic() < deadline and not wanted <= reader.last_ms.keys():
+        time.sleep(0.2)
+    reader.stopping.set()
+    run.seconds = round(time.monotonic() - started, 2)
+    run.rate = round(rate, 1)
+    lat = sorted((reader.last_ms[c] - sent[c], sent[c]) for c in wanted if c in reader.last_ms)
+    values = sorted(v for v, _ in lat)
+    run.notes["commands_with_an_effect"] = len(values)
+    run.notes["commands_without_one"] = len(wanted) - len(values)
+
+    def pct(q: float, xs: list[int]) -> float:
+        return float(xs[min(len(xs) - 1, int(q * len(xs)))]) if xs else float("nan")
+
+    run.latency_ms = {"p50": pct(0.50, values), "p95": pct(0.95, values),
+                      "p99": pct(0.99, values), "max": float(values[-1]) if values else 0.0}
+    if lat:
+        t0 = min(s for _, s in lat)
+        buckets: dict[int, list[int]] = {}
+        for v, s in lat:
+            buckets.setdefault((s - t0) // 1000, []).append(v)
+        for second, xs in sorted(buckets.items()):
+            xs.sort()
+            run.latency_series.append((second, pct(0.5, xs), pct(0.99, xs), len(xs)))
+    run.processes = dep.process_stats()
+    return run
+
+
+def state_bytes(dep: Deployment) -> dict[str, float]:
+    """Row sizes in the cash-out table: whole, and without what grows with each hop."""
+    topic = f"{dep.settings.topics.prefix}{dep.settings.group_prefix}-cashout-state-changelog"
+    consumer = KafkaConsumer(bootstrap_servers=dep.settings.bootstrap, group_id=None,
+                             isolation_level="read_committed", enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in range(dep.settings.partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    end = consumer.end_offsets(tps)
+    rows: dict[bytes, bytes] = {}
+    while any(consumer.position(tp) < end[tp] for tp in tps):
+        for records in consumer.poll(timeout_ms=500).values():
+            for r in records:
+                rows[r.key] = r.value
+    consumer.close()
+    decode = msgspec.msgpack.Decoder(CertificateState).decode
+    encode = msgspec.msgpack.Encoder().encode
+    whole, fixed, per_hop = [], [], []
+    for raw in rows.values():
+        state = decode(raw)
+        pool = state.pool
+        core = msgspec.structs.replace(
+            state, chain=[], members={}, applied={},
+            pool=None if pool is None else msgspec.structs.replace(pool, acquired={},
+                                                                   claimable={}))
+        whole.append(len(raw))
+        fixed.append(len(encode(core)))
+        if state.chain:
+            per_hop.append((len(raw) - fixed[-1]) / len(state.chain))
+    return {"certificates": len(rows), "row_bytes_mean": round(sum(whole) / len(whole), 1),
+            "row_bytes_max": max(whole),
+            "fixed_bytes_mean": round(sum(fixed) / len(fixed), 1),
+            "fixed_bytes_max": max(fixed),
+            "bytes_per_hop_mean": round(sum(per_hop) / max(1, len(per_hop)), 1)}
+
+
+def chart(runs: list[Run], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7))
+    for run in runs:
+        if len(run.progress) > 2:
+            xs = [t for t, _ in run.progress[1:]]
+            ys = [(b - a) / (tb - ta) if tb > ta else 0 for (ta, a), (tb, b)
+                  in zip(run.progress, run.progress[1:], strict=False)]
+            top.plot(xs, ys, label=f"{run.name} ({run.rate:,.0f}/s)")
+    top.set_title("Commands consumed per second by the sequencer")
+    top.set_xlabel("seconds")
+    top.set_ylabel("commands/s")
+    top.legend()
+    for run in runs:
+        if run.latency_series:
+            xs = [s for s, *_ in run.latency_series]
+            bottom.plot(xs, [p50 for _, p50, _, _ in run.latency_series], label="p50")
+            bottom.plot(xs, [p99 for _, _, p99, _ in run.latency_series], label="p99")
+            bottom.set_title(f"End-to-end latency at {run.rate:,.0f} commands/s")
+    bottom.set_xlabel("seconds")
+    bottom.set_ylabel("ms")
+    bottom.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def markdown(result: dict) -> str:
+    r = result["runs"]
+    raw, peak, half, hot = (r["raw"], r["pipeline"], r["latency"], r["hot"])
+    lines = [
+        f"\n### Pipeline end to end, {result['when']}\n",
+        f"Command: `{result['command']}`  ",
+        f"Machine: {result['machine']}; one Kafka {result['kafka']} broker, "
+        f"{result['partitions']} partitions, all processes on this machine.  ",
+        "Chart: `docs/benchmark-pipeline.png`; raw figures: "
+        "`benchmarks/results/pipeline.json`.\n",
+        "| scenario | commands | seconds | commands/s | vs raw | target |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+        f"| raw limit (passthrough, same runner) | {raw['commands']} | {raw['seconds']} "
+        f"| {raw['rate']:,.0f} | 100 % | |",
+        f"| pipeline, flat out | {peak['commands']} | {peak['seconds']} | {peak['rate']:,.0f} "
+        f"| {100 * peak['rate'] / raw['rate']:.0f} % | >= 25 % of raw |",
+        f"| one hot certificate | {hot['commands']} | {hot['seconds']} | {hot['rate']:,.0f} "
+        f"| | >= 2,000 circulations/s |",
+        "",
+        f"Latency at half the maximum ({half['rate']:,.0f} commands/s paced, "
+        f"{half['commands']} commands), command timestamp to last effect readable "
+        f"(read_committed): p50 {half['latency_ms']['p50']:.0f} ms, "
+        f"p95 {half['latency_ms']['p95']:.0f} ms, **p99 {half['latency_ms']['p99']:.0f} ms** "
+        f"(target <= 250 ms), max {half['latency_ms']['max']:.0f} ms.\n",
+        "| service | scenario | CPU seconds | peak RSS MiB |",
+        "| --- | --- | ---: | ---: |",
+    ]
+    for key in ("raw", "pipeline", "hot"):
+        for service, stats in r[key]["processes"].items():
+            lines.append(f"| {service} | {key} | {stats['cpu_seconds']} | "
+                         f"{stats['peak_rss_mib']} |")
+    s = result["state"]
+    lines += [
+        "",
+        f"State per certificate (cash-out table, {s['certificates']} certificates after the "
+        f"flat-out run): whole row mean {s['row_bytes_mean']:,.0f} B, max "
+        f"{s['row_bytes_max']:,} B; without what grows with each hop (the chain, its "
+        f"index, the command ids and the per-account gains) mean "
+        f"{s['fixed_bytes_mean']:,.0f} B, max {s['fixed_bytes_max']:,} B (target <= 2 KiB); "
+        f"{s['bytes_per_hop_mean']:.0f} B per hop.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pipeline")
+    parser.add_argument("--commands", type=int, default=20_000)
+    parser.add_argument("--latency-seconds", type=float, default=30.0)
+    parser.add_argument("--hot", type=int, default=8_000)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="commission-bench-"))
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    kafka = None
+    if not bootstrap:
+        kafka = Kafka(run_dir=workdir / "kafka", port=free_port(), controller_port=free_port())
+        kafka.start()
+        bootstrap = kafka.bootstrap
+    stamp = int(time.time())
+    runs: dict[str, Run] = {}
+    try:
+        spec = TrafficSpec(commands=args.commands, seed=3)
+        items = generate(spec)
+        warm = generate(TrafficSpec(certificates=2, commands=6, seed=99, prefix="warm"))
+
+        def deploy(name: str, module: str) -> Deployment:
+            return Deployment(bootstrap, f"bench-{stamp}-{name}", module, workdir / "logs")
+
+        for key, module in (("raw", "benchmarks.passthrough"), ("pipeline", "services")):
+            dep = deploy(key, module)
+            try:
+                runs[key] = throughput(dep, key, items)
+                print(f"{key}: {runs[key].rate:,.0f} commands/s", flush=True)
+                if key == "pipeline":
+                    state = state_bytes(dep)
+            finally:
+                dep.stop()
+        half = runs["pipeline"].rate / 2
+        n = int(half * args.latency_seconds)
+        dep = deploy("latency", "services")
+        try:
+            lat_items = generate(TrafficSpec(commands=n, seed=5, prefix="lat"))
+            runs["latency"] = latency(dep, lat_items, half, warm)
+            print(f"latency at {half:,.0f}/s: {runs['latency'].latency_ms}", flush=True)
+        finally:
+            dep.stop()
+        dep = deploy("hot", "services")
+        try:
+            hot_items = generate(TrafficSpec(certificates=1, commands=args.hot + 3, hot=True,
+                                             purchase_rate=0.0, seed=7, prefix="hot"))
+            runs["hot"] = throughput(dep, "one hot certificate", hot_items)
+            print(f"hot: {runs['hot'].rate:,.0f} commands/s", flush=True)
+        finally:
+            dep.stop()
+    finally:
+        if kafka is not None:
+            kafka.stop()
+    result = {
+        "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python -m benchmarks.pipeline " + " ".join(argv or sys.argv[1:]),
+        "machine": machine(), "kafka": "3.9.1", "partitions": 4,
+        "runs": {k: msgspec.to_builtins(v) for k, v in runs.items()},
+        "state": state,
+    }
+    print(markdown(result))
+    if not args.no_write:
+        RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS_JSON.write_text(json.dumps(result, indent=2) + "\n")
+        with RESULTS_MD.open("a") as f:
+            f.write(markdown(result))
+        chart(list(runs.values()), CHART)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
