@@ -49,6 +49,7 @@ test-e2e: install
 
 bench: install
 	$(PY) -m benchmarks.core
+	$(PY) -m benchmarks.pipeline
 
 lint: install
 	$(PY) -m ruff check domain schemas services deploy tests benchmarks

@@ -53,7 +53,7 @@ from services.common.topics import ensure_topics
 log = logging.getLogger("commission.runner")
 
 MAX_BATCH_RECORDS = 500
-FETCH_MAX_WAIT_MS = 50
+FETCH_MAX_WAIT_MS = 500
 TXN_RETRY_BACKOFF_MS = 5
 RESTORE_TIMEOUT_S = 120.0
 
