@@ -42,6 +42,7 @@ from benchmarks.core import machine
 from benchmarks.generator import Item, Sender, TrafficSpec, generate
 from deploy.localstack import Kafka, free_port
 from domain import CertificateState
+from services.audit.read import read_table
 from services.common.auth import Keyring
 from services.common.settings import Settings, Topics
 from services.common.topics import ensure_topics
@@ -271,18 +272,7 @@ def latency(dep: Deployment, items: list[Item], rate: float, warmup: list[Item])
 def state_bytes(dep: Deployment) -> dict[str, float]:
     """Row sizes in the cash-out table: whole, and without what grows with each hop."""
     topic = f"{dep.settings.topics.prefix}{dep.settings.group_prefix}-cashout-state-changelog"
-    consumer = KafkaConsumer(bootstrap_servers=dep.settings.bootstrap, group_id=None,
-                             isolation_level="read_committed", enable_auto_commit=False)
-    tps = [TopicPartition(topic, p) for p in range(dep.settings.partitions)]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    end = consumer.end_offsets(tps)
-    rows: dict[bytes, bytes] = {}
-    while any(consumer.position(tp) < end[tp] for tp in tps):
-        for records in consumer.poll(timeout_ms=500).values():
-            for r in records:
-                rows[r.key] = r.value
-    consumer.close()
+    rows = read_table(dep.settings.bootstrap, topic, 120)
     decode = msgspec.msgpack.Decoder(CertificateState).decode
     encode = msgspec.msgpack.Encoder().encode
     whole, fixed, per_hop = [], [], []

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[bytes]:
+def read_records(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[ConsumerRecord]:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                              isolation_level="read_committed", group_id=None)
     try:
@@ -19,13 +20,28 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[byte
         consumer.seek_to_beginning(*tps)
         # with read_committed, end_offsets is the last stable offset
         end = consumer.end_offsets(tps)
-        values: list[bytes] = []
+        records: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout_s
         while any(consumer.position(tp) < end[tp] for tp in tps):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{topic}: not read to its end within {timeout_s}s")
-            for records in consumer.poll(timeout_ms=500).values():
-                values.extend(r.value for r in records)
-        return values
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        return records
     finally:
         consumer.close()
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[bytes]:
+    return [r.value for r in read_records(bootstrap, topic, timeout_s)]
+
+
+def read_table(bootstrap: str, topic: str, timeout_s: float = 60.0) -> dict[bytes, bytes]:
+    """The last value of every key of a (compacted) changelog topic."""
+    rows: dict[bytes, bytes] = {}
+    for r in read_records(bootstrap, topic, timeout_s):
+        if r.value is None:
+            rows.pop(r.key, None)
+        else:
+            rows[r.key] = r.value
+    return rows

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -89,6 +90,24 @@ class Pipeline:
         for command in commands:
             self.sender.send(command)
         self.sender.flush()
+
+    def feed_in_background(self, commands: list[Command], every: int,
+                           pause_s: float) -> threading.Event:
+        """Send from a thread, pausing ``pause_s`` after every ``every`` commands, so
+        that what the test does meanwhile lands mid-stream. Set when all are sent."""
+        done = threading.Event()
+
+        def feed() -> None:
+            for i, command in enumerate(commands):
+                self.sender.send(command)
+                if i % every == every - 1:
+                    self.sender.flush()
+                    time.sleep(pause_s)
+            self.sender.flush()
+            done.set()
+
+        threading.Thread(target=feed, daemon=True).start()
+        return done
 
     def read(self, topic: str) -> list[bytes]:
         return read_topic(self.settings.bootstrap, topic, timeout_s=60)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import signal
-import threading
 import time
 from collections import Counter
 
@@ -19,6 +18,7 @@ import pytest
 
 from domain import CertificateState
 from schemas.rejections import Rejection
+from services.audit.read import read_table
 from tests.e2e.pipeline import SERVICES
 from tests.e2e.traffic import build, expect
 
@@ -33,25 +33,7 @@ decode_state = msgspec.msgpack.Decoder(CertificateState).decode
 
 def changelog_states(pipeline, service: str) -> dict[str, bytes]:
     topic = f"{pipeline.topics.prefix}{pipeline.settings.group_prefix}-{service}-state-changelog"
-    consumer_values = {}
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=pipeline.settings.bootstrap,
-                             isolation_level="read_committed", enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        deadline = time.monotonic() + 120
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            assert time.monotonic() < deadline, f"{topic} not read to its end"
-            for records in consumer.poll(timeout_ms=500).values():
-                for r in records:
-                    consumer_values[r.key.decode()] = r.value
-    finally:
-        consumer.close()
-    return consumer_values
+    return {k.decode(): v for k, v in read_table(pipeline.settings.bootstrap, topic, 120).items()}
 
 
 @pytest.mark.timeout(900)
@@ -63,19 +45,7 @@ def test_kill_every_service_repeatedly_while_traffic_flows(pipeline):
     assert sum(expected.topics["payments"].values()) > 100, "the traffic must move money"
 
     pipeline.start_all()
-    done_sending = threading.Event()
-
-    def feed() -> None:
-        for i, command in enumerate(commands):
-            pipeline.sender.send(command)
-            if i % 250 == 249:
-                pipeline.sender.flush()
-                time.sleep(0.5)  # ~500 commands/s: the kills land mid-stream
-        pipeline.sender.flush()
-        done_sending.set()
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
+    done_sending = pipeline.feed_in_background(commands, every=250, pause_s=0.5)  # ~500/s
     rng = random.Random(5)
     schedule = [s for s in SERVICES for _ in range(KILLS_PER_SERVICE)]
     rng.shuffle(schedule)
@@ -86,8 +56,7 @@ def test_kill_every_service_repeatedly_while_traffic_flows(pipeline):
         kills[service] += 1
         time.sleep(rng.uniform(0.0, 1.0))
         pipeline.start(service)
-    feeder.join(timeout=300)
-    assert done_sending.is_set()
+    assert done_sending.wait(300)
     assert all(kills[s] == KILLS_PER_SERVICE for s in SERVICES)
 
     t = pipeline.topics

@@ -4,7 +4,6 @@ stopped and started again mid-stream. Outputs stay exactly what the core compute
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections import Counter
 
@@ -17,18 +16,7 @@ def test_second_worker_leaves_and_rejoins_mid_stream(pipeline):
     pipeline.start_all()
     for service in ("allocation", "withdrawal", "cashout"):
         pipeline.start(service, instance=1)
-    done = threading.Event()
-
-    def feed() -> None:
-        for i, command in enumerate(commands):
-            pipeline.sender.send(command)
-            if i % 200 == 199:
-                pipeline.sender.flush()
-                time.sleep(0.4)
-        pipeline.sender.flush()
-        done.set()
-
-    threading.Thread(target=feed, daemon=True).start()
+    done = pipeline.feed_in_background(commands, every=200, pause_s=0.4)
     time.sleep(3)
     for service in ("allocation", "withdrawal", "cashout"):
         pipeline.signal(service, instance=1, sig=signal.SIGTERM)  # a clean leave
