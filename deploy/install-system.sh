@@ -10,6 +10,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
 # validates deploy/compose.yaml without a Docker engine (tests/integration/test_deploy.py)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+# promtool checks and unit-tests the alert rules (deploy/prometheus)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

@@ -3,39 +3,89 @@
 Exits 0 when every certificate reconciles, 1 on any discrepancy (each printed on
 its own line), 2 when the topics cannot be read. Uses the same environment as the
 services (KAFKA_BOOTSTRAP_SERVERS, COMMISSION_TOPIC_PREFIX).
+
+    --metrics-file F       also write the result for the node_exporter textfile collector
+    --every S --port P     run every S seconds and serve the result on :P/metrics
+                           (how deployments run it; alerts fire on its gauges)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Gauge, start_http_server, write_to_textfile
 
 from services.audit.read import read_topic
-from services.audit.report import reconcile
+from services.audit.report import Report, reconcile
 from services.common.settings import Settings
+
+
+class AuditGauges:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.success = Gauge("commission_audit_success",
+                             "1 if the last audit read the topics and found no discrepancy.",
+                             registry=r)
+        self.discrepancies = Gauge("commission_audit_discrepancies",
+                                   "Discrepancies found by the last audit.", registry=r)
+        self.certificates = Gauge("commission_audit_certificates",
+                                  "Certificates reconciled by the last audit.", registry=r)
+        self.last_run = Gauge("commission_audit_last_run_timestamp_seconds",
+                              "When the last audit finished.", registry=r)
+
+    def record(self, report: Report | None) -> None:
+        self.success.set(int(report is not None and report.ok))
+        if report is not None:
+            self.discrepancies.set(len(report.problems))
+            self.certificates.set(report.certificates)
+        self.last_run.set(time.time())
+
+
+def audit_once(timeout_s: float) -> Report | None:
+    """The report, or None when the topics could not be read (never a silent pass)."""
+    settings = Settings.from_env()
+    t = settings.topics
+    try:
+        events = read_topic(settings.bootstrap, t.certificate_events, timeout_s)
+        accepted = read_topic(settings.bootstrap, t.accepted, timeout_s)
+        payments = read_topic(settings.bootstrap, t.payments, timeout_s)
+    except Exception as exc:
+        print(f"audit: cannot read the topics: {exc}", file=sys.stderr)
+        return None
+    report = reconcile(events, accepted, payments)
+    for problem in report.problems:
+        print(f"DISCREPANCY {problem}")
+    verdict = "OK" if report.ok else "FAILED"
+    print(f"audit {verdict}: {report.certificates} certificates, {report.settlements} "
+          f"settlements, {len(report.problems)} discrepancies", flush=True)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.audit")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds allowed to read each topic to its end")
+    parser.add_argument("--metrics-file", type=Path)
+    parser.add_argument("--every", type=float, default=0.0)
+    parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
-    t = settings.topics
-    try:
-        events = read_topic(settings.bootstrap, t.certificate_events, args.timeout)
-        accepted = read_topic(settings.bootstrap, t.accepted, args.timeout)
-        payments = read_topic(settings.bootstrap, t.payments, args.timeout)
-    except Exception as exc:  # the audit must say it could not look, not pass
-        print(f"audit: cannot read the topics: {exc}", file=sys.stderr)
-        return 2
-    report = reconcile(events, accepted, payments)
-    for problem in report.problems:
-        print(f"DISCREPANCY {problem}")
-    verdict = "OK" if report.ok else "FAILED"
-    print(f"audit {verdict}: {report.certificates} certificates, {report.settlements} "
-          f"settlements, {len(report.problems)} discrepancies")
-    return 0 if report.ok else 1
+    gauges = AuditGauges()
+    if args.port:
+        start_http_server(args.port, addr=os.environ.get("OPS_BIND_HOST", "127.0.0.1"),
+                          registry=gauges.registry)
+    while True:
+        report = audit_once(args.timeout)
+        gauges.record(report)
+        if args.metrics_file:
+            write_to_textfile(str(args.metrics_file), gauges.registry)
+        if not args.every:
+            return 2 if report is None else (0 if report.ok else 1)
+        time.sleep(args.every)
 
 
 if __name__ == "__main__":

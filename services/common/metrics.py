@@ -8,7 +8,7 @@ certificates or accounts (unbounded cardinality) nor secrets.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from schemas.events import CommissionAcquired, Event, PoolReplenished, PoolWithdrawn
 from schemas.payments import BudgetRelease, CommissionPayout, SellerPayment, Settlement
@@ -53,10 +53,6 @@ class Metrics:
         self.timer_commands = Counter("commission_timer_commands_total",
                                       "check_expiry commands sent by the withdrawal timer.",
                                       ["service"], registry=r)
-
-    def serve(self, port: int) -> None:
-        if port:
-            start_http_server(port, addr="127.0.0.1", registry=self.registry)
 
     def count_out(self, topic: str, items: list) -> None:
         for item in items:

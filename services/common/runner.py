@@ -126,6 +126,7 @@ class StageRunner:
         self.consumer: AIOKafkaConsumer | None = None
         self.plain_producer: AIOKafkaProducer | None = None
         self.assigned_event = asyncio.Event()
+        self.last_loop_monotonic = time.monotonic()
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -149,6 +150,7 @@ class StageRunner:
         ticker = asyncio.create_task(self._tick_loop(stop)) if hasattr(self.stage, "due") else None
         try:
             while not stop.is_set():
+                self.last_loop_monotonic = time.monotonic()
                 batch = await self._next_batch()
                 if batch:
                     # Partitions are independent (own producer, own table partition,

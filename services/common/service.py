@@ -18,6 +18,7 @@ from domain import InvariantViolation
 from services.common.auth import Keyring
 from services.common.logs import json_handler
 from services.common.metrics import Metrics
+from services.common.ops import start_ops_server
 from services.common.runner import Fatal, Stage, StageRunner
 from services.common.settings import Settings
 from services.common.steps import DeterminismError
@@ -35,12 +36,17 @@ def setup_logging(service: str, level: str) -> None:
     logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
-async def _serve(runner: StageRunner) -> None:
+async def _serve(runner: StageRunner, metrics: Metrics, port: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await runner.run(stop)
+    ops = await start_ops_server(port, runner, metrics) if port else None
+    try:
+        await runner.run(stop)
+    finally:
+        if ops is not None:
+            await ops.cleanup()
 
 
 def run_service(name: str, factory: StageFactory) -> None:
@@ -48,13 +54,12 @@ def run_service(name: str, factory: StageFactory) -> None:
     setup_logging(name, settings.log_level)
     log = logging.getLogger(f"commission.{name}")
     metrics = Metrics(name)
-    metrics.serve(settings.metrics_port)
     stage = factory(settings, Keyring.from_env(), metrics)
     runner = StageRunner(stage, settings, metrics)
     log.info(f"starting: group {runner.group}, input {stage.input_topic()}, "
              f"metrics port {settings.metrics_port or 'off'}")
     try:
-        asyncio.run(_serve(runner))
+        asyncio.run(_serve(runner, metrics, settings.metrics_port))
     except (Fatal, DeterminismError, InvariantViolation) as exc:
         log.critical(f"stopping for a restart: {exc}")
         sys.exit(EXIT_RESTART)

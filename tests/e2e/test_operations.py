@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.localstack import free_port
@@ -70,6 +72,21 @@ def test_metrics_and_logs(pipeline):
     alloc = scrape(ports["allocation"])
     assert value(alloc["commission_money_minor_units"], "commission_money_minor_units_total",
                  flow="acquired", currency="USD") == 10_000
+
+    for service, port in ports.items():
+        for path in ("healthz", "readyz"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=5) as r:
+                body = json.loads(r.read())
+            assert r.status == 200 and body["ok"] and body["joined"], (service, path, body)
+        assert body["partitions"] == [0, 1, 2, 3]
+    # a frozen process answers nothing: its liveness probe fails (then recovers)
+    frozen = pipeline.procs[("allocation", 0)]
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{ports['allocation']}/healthz", timeout=2)
+    finally:
+        frozen.send_signal(signal.SIGCONT)
 
     secrets = [entry.split(":", 2)[2] for entry in DEV_KEYS.split(",")]
     for service in ports:

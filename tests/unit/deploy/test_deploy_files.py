@@ -1,0 +1,119 @@
+"""Deployment files: compose, Kubernetes, Prometheus rules and the Grafana dashboard
+are valid, wired to each other, and name only metrics the services export."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.audit.__main__ import AuditGauges
+from services.common.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parents[3]
+DEPLOY = ROOT / "deploy"
+SERVICES = ("circulation", "allocation", "withdrawal", "cashout")
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (deploy/install-system.sh installs it)")
+    return path
+
+
+def exported_metric_names() -> set[str]:
+    suffixes = {"counter": ("_total",), "gauge": ("",),
+                "histogram": ("_bucket", "_count", "_sum")}
+    names = {"up"}
+    for registry in (Metrics("probe").registry, AuditGauges().registry):
+        for family in registry.collect():  # families exist before any label is used
+            names.update(family.name + suffix for suffix in suffixes[family.type])
+    return names
+
+
+def referenced_metrics(text: str) -> set[str]:
+    return set(re.findall(r"\b(commission_[a-z_]+)", text))
+
+
+def test_compose_file_is_valid_and_wires_every_part():
+    out = subprocess.run([tool("docker-compose"), "-f", str(DEPLOY / "compose.yaml"), "config"],
+                         capture_output=True, text=True, check=True)
+    services = yaml.safe_load(out.stdout)["services"]
+    assert {"kafka", "redis", "prometheus", "grafana", "audit", *SERVICES} <= set(services)
+    for name in SERVICES:
+        assert services[name]["command"] == ["python", "-m", f"services.{name}"]
+        env = services[name]["environment"]
+        assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092" and env["OPS_BIND_HOST"] == "0.0.0.0"
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for job in scrape["scrape_configs"] for sc in job["static_configs"]
+               for t in sc["targets"]}
+    assert targets == {f"{s}:9100" for s in (*SERVICES, "audit")}
+
+
+def test_alert_rules_pass_promtool_check_and_unit_tests():
+    promtool = tool("promtool")
+    rules = DEPLOY / "prometheus" / "alerts.yml"
+    subprocess.run([promtool, "check", "rules", str(rules)], check=True, capture_output=True)
+    out = subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=rules.parent,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_alerts_and_dashboard_use_only_exported_metrics():
+    exported = exported_metric_names()
+    alerts = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "commission.json").read_text())
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    used = referenced_metrics(alerts) | referenced_metrics(exprs)
+    assert used and used <= exported, used - exported
+    names = {rule["alert"] for group in yaml.safe_load(alerts)["groups"]
+             for rule in group["rules"]}
+    runbook = (ROOT / "docs" / "runbook.md").read_text().lower()
+    for name in names:
+        assert f"## {name.lower()}" in runbook, f"no runbook section for {name}"
+
+
+def k8s_documents() -> list[dict]:
+    docs = []
+    for path in sorted((DEPLOY / "k8s" / "base").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def test_kubernetes_manifests_have_probes_resources_and_budgets():
+    docs = k8s_documents()
+    kustomization = next(d for d in docs if d["kind"] == "Kustomization")
+    for resource in kustomization["resources"]:
+        assert (DEPLOY / "k8s" / "base" / resource).exists()
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    budgets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PodDisruptionBudget"}
+    assert set(SERVICES) <= set(deployments) and set(SERVICES) <= set(budgets)
+    for name, d in deployments.items():
+        pod = d["spec"]["template"]
+        assert d["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": name}
+        assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == name
+        assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        [container] = pod["spec"]["containers"]
+        assert container["readinessProbe"] and container["livenessProbe"]
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+        assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+        if name in SERVICES:
+            assert container["command"] == ["python", "-m", f"services.{name}"]
+            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+            assert budgets[name]["spec"]["selector"]["matchLabels"] == \
+                d["spec"]["selector"]["matchLabels"]
+    config = next(d for d in docs if d["kind"] == "ConfigMap")
+    partitions = int(config["data"]["COMMISSION_PARTITIONS"])
+    prod = yaml.safe_load((DEPLOY / "k8s" / "overlays" / "prod" / "kustomization.yaml").read_text())
+    for replica in prod["replicas"]:
+        assert replica["name"] in deployments
+        assert replica["count"] <= partitions, "replicas beyond the partitions sit idle"
+    dev = yaml.safe_load((DEPLOY / "k8s" / "overlays" / "dev" / "kustomization.yaml").read_text())
+    assert dev["resources"] == ["../../base"]
