@@ -58,19 +58,18 @@ class Metrics:
         for item in items:
             self.messages_out.labels(self.service, topic, type(item).__name__).inc()
 
-    def count_money(self, events: list[Event], settlements: list[Settlement]) -> None:
-        """Count each money flow once; items of other kinds in either list are ignored."""
+    def count_money(self, items: list[Event | Settlement]) -> None:
+        """Count the money flows of the published events and settlements."""
         m = self.money
         s = self.service
-        for e in events:
-            if isinstance(e, CommissionAcquired):
-                m.labels(s, "acquired", e.currency).inc(e.amount_minor)
-            elif isinstance(e, PoolReplenished):
-                m.labels(s, "replenished", e.currency).inc(e.amount_minor)
-            elif isinstance(e, PoolWithdrawn) and e.voided_minor:
-                m.labels(s, "voided", e.currency).inc(e.voided_minor)
-        for x in settlements:
-            if isinstance(x, CommissionPayout):
+        for x in items:
+            if isinstance(x, CommissionAcquired):
+                m.labels(s, "acquired", x.currency).inc(x.amount_minor)
+            elif isinstance(x, PoolReplenished):
+                m.labels(s, "replenished", x.currency).inc(x.amount_minor)
+            elif isinstance(x, PoolWithdrawn) and x.voided_minor:
+                m.labels(s, "voided", x.currency).inc(x.voided_minor)
+            elif isinstance(x, CommissionPayout):
                 m.labels(s, "paid_out", x.currency).inc(x.amount_minor)
             elif isinstance(x, BudgetRelease):
                 m.labels(s, "released", x.currency).inc(x.amount_minor)

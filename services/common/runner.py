@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -89,7 +88,8 @@ class Stage(Protocol):
 
 
 class TickingStage(Stage, Protocol):
-    def due(self, now_ms: int, rows: Iterable[tuple[bytes, CertificateState]]) -> list[tuple[str, bytes, bytes, list]]: ...
+    def due(self, now_ms: int) -> list[tuple[str, bytes, bytes, list]]:
+        """Commands to send now: (topic, key, value, headers)."""
 
 
 class Fatal(RuntimeError):
@@ -104,10 +104,6 @@ class Table:
 
     def get(self, partition: int, key: bytes) -> CertificateState | None:
         return self.partitions[partition].get(key)
-
-    def rows(self) -> Iterable[tuple[bytes, CertificateState]]:
-        for rows in self.partitions.values():
-            yield from rows.items()
 
     def __len__(self) -> int:
         return sum(len(rows) for rows in self.partitions.values())
@@ -159,7 +155,7 @@ class StageRunner:
                     async with self.lock:
                         await asyncio.gather(*(self._process(tp, records)
                                                for tp, records in batch.items()))
-                self._update_gauges()
+                await self._update_gauges()
         finally:
             if ticker is not None:
                 ticker.cancel()
@@ -258,20 +254,13 @@ class StageRunner:
         if hook is not None:
             hook(partition, key, state)
 
-    def _update_gauges(self) -> None:
+    async def _update_gauges(self) -> None:
         self.metrics.table_rows.labels(self.stage.name).set(len(self.table))
         consumer = self.consumer
-        if consumer is None:
-            return
         for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            if high is None:
-                continue
-            try:
-                position = consumer._subscription.subscription.assignment.state_value(tp).position
-            except Exception:
-                continue
-            if position is not None:
+            high = consumer.highwater(tp)  # includes transaction markers: lag >= 0, ~1 idle
+            if high is not None:
+                position = await consumer.position(tp)
                 self.metrics.lag.labels(self.stage.name, tp.topic, str(tp.partition)).set(
                     max(0, high - position))
 
@@ -285,7 +274,7 @@ class StageRunner:
                 # Only the partitions this worker owns are in the table: one worker
                 # acts on a certificate. A duplicate after a rebalance is harmless:
                 # the command id is deterministic and the core applies it once.
-                due = stage.due(int(time.time() * 1000), self.table.rows())
+                due = stage.due(int(time.time() * 1000))
                 for topic, key, value, headers in due:
                     await self.plain_producer.send(topic, key=key, value=value, headers=headers)
                     self.metrics.timer_commands.labels(self.stage.name).inc()
@@ -301,6 +290,10 @@ class StageRunner:
                 if producer is not None:
                     await producer.stop()
                 self.table.partitions.pop(tp.partition, None)
+                try:
+                    self.metrics.lag.remove(self.stage.name, tp.topic, str(tp.partition))
+                except KeyError:
+                    pass  # never measured
                 forget = getattr(self.stage, "forget_partition", None)
                 if forget is not None:
                     forget(tp.partition)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 import msgspec
 from aiokafka.structs import ConsumerRecord
@@ -103,7 +102,7 @@ class FollowerStage:
             return Applied(state, False, [])
         mine = self.select(result)
         self.metrics.count_out(self.output_topic, mine)
-        self.metrics.count_money(mine, mine)
+        self.metrics.count_money(mine)
         return Applied(result.state, True, [Output(self.output_topic, _encode(x)) for x in mine],
                        received_ms=accepted.received_ms)
 
@@ -133,7 +132,7 @@ class WithdrawalStage(FollowerStage):
             del self.deadlines[key]
             self.sent.pop(key, None)
 
-    def due(self, now_ms: int, rows: Iterable) -> list[tuple[str, bytes, bytes, list]]:
+    def due(self, now_ms: int) -> list[tuple[str, bytes, bytes, list]]:
         out = []
         for key, (_, deadline) in self.deadlines.items():
             if deadline > now_ms:
