@@ -12,6 +12,7 @@ Watch the settlements from a second terminal with `make watch` (or
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -153,14 +154,23 @@ def draw(tty: bool, started: float, feeder: Feeder, tally: Tally, services: Serv
         f"{s} {services.lag(s) if services.lag(s) is not None else '-'}" for s in SERVICES))
     if services.restarts:
         lines.append("restarts        " + "  ".join(f"{k} {v}" for k, v in services.restarts.items()))
-    if tty:
-        sys.stdout.write("\x1b[2J\x1b[H" + "\n".join(lines) + "\n")
-    else:
-        sys.stdout.write(" | ".join(line.strip() for line in lines[2:] if line.strip()) + "\n")
-    sys.stdout.flush()
+    try:
+        if tty:
+            sys.stdout.write("\x1b[2J\x1b[H" + "\n".join(lines) + "\n")
+        else:
+            sys.stdout.write(" | ".join(line.strip() for line in lines[2:] if line.strip()) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise KeyboardInterrupt from None  # whoever read our output is gone: stop cleanly
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM and SIGHUP (terminal closed) stop like Ctrl-C
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     rate = float(os.environ.get("DEMO_RATE", "100"))
     seconds = float(os.environ.get("DEMO_SECONDS", "0"))
     kafka, redis = default_stack()
@@ -201,12 +211,18 @@ def main() -> int:
         services.stop()
         tally.stopping.set()
         tally.join(timeout=5)
-    print("services stopped; running the audit:")
-    status = audit([])
-    if not stack_was_up:
-        redis.stop()
-        kafka.stop()
-        print("stopped the Kafka broker and Redis this run started")
+    status = 2
+    try:
+        print("services stopped; running the audit:")
+        status = audit([])
+    except BrokenPipeError:
+        pass
+    finally:
+        if not stack_was_up:
+            redis.stop()
+            kafka.stop()
+            with contextlib.suppress(BrokenPipeError):
+                print("stopped the Kafka broker and Redis this run started")
     return status
 
 
