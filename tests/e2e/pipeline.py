@@ -51,9 +51,10 @@ class Pipeline:
     def topics(self) -> Topics:
         return self.settings.topics
 
-    def start(self, service: str, instance: int = 0, metrics_port: int = 0) -> subprocess.Popen:
+    def start(self, service: str, instance: int = 0, metrics_port: int = 0,
+              **env_overrides: str) -> subprocess.Popen:
         log = open(self.logs / f"{service}-{instance}.log", "ab")  # noqa: SIM115
-        env = {**self.env, "METRICS_PORT": str(metrics_port)}
+        env = {**self.env, "METRICS_PORT": str(metrics_port), **env_overrides}
         proc = subprocess.Popen([sys.executable, "-m", f"services.{service}"], cwd=ROOT,
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -68,7 +69,12 @@ class Pipeline:
         proc = self.procs.pop((service, instance))
         if proc.poll() is None:
             proc.send_signal(sig)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"{service}-{instance} did not stop within 60 s of {sig}")
 
     def restart_exited(self) -> list[tuple[str, int]]:
         """What a supervisor does: start again every service that exited (a service

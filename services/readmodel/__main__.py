@@ -1,0 +1,78 @@
+"""`python -m services.readmodel`: a faust-streaming app projecting ``accepted`` into Redis.
+
+Why faust here and not in the money path: the read model publishes nothing, and its
+effects are made exactly-once by the sequence number stored with each projection
+(services/readmodel/store.py), so faust's at-least-once agent is all it needs.
+
+faust consumes with ``read_uncommitted`` unless its (experimental) exactly-once mode
+is on, and that mode hangs on shutdown here ("Not in the middle of a transaction").
+Reading uncommitted ``accepted`` records is safe for this projection: a record of an
+aborted transaction is always produced again, identical (same seq, same command),
+when the circulation service reprocesses the same input from its committed
+position with its committed state, so whichever copy arrives first is applied and
+the other is skipped by its sequence number.
+
+Environment: as the services, plus REDIS_URL (default redis://127.0.0.1:6379/0) and
+COMMISSION_READMODEL_GROUP (default "{group prefix}-readmodel"; a new group replays
+the topic from the start, which is how the projections are rebuilt).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import faust
+import msgspec
+import redis.asyncio as aioredis
+
+from schemas.commands import AcceptedCommand
+from services.common.logs import json_handler
+from services.common.settings import Settings
+from services.readmodel.projection import Keys
+from services.readmodel.store import ReadModelStore
+
+log = logging.getLogger("commission.readmodel")
+_decode = msgspec.json.Decoder(AcceptedCommand).decode
+
+
+def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
+    app = faust.App(
+        group, broker=f"kafka://{settings.bootstrap}", store="memory://", web_enabled=False,
+        topic_partitions=settings.partitions, consumer_auto_offset_reset="earliest",
+        datadir=os.path.join(settings.data_dir, group),
+        loghandlers=[json_handler("readmodel")],
+    )
+    source = app.topic(settings.topics.accepted, key_type=bytes, value_type=bytes,
+                       key_serializer="raw", value_serializer="raw")
+    store = ReadModelStore(aioredis.from_url(redis_url), Keys(settings.topics.prefix))
+
+    @app.agent(source)  # concurrency 1: each partition's records in order
+    async def project_accepted(stream):
+        async for value in stream:
+            accepted = _decode(value)
+            # An exception here would still see the record acknowledged (faust #315):
+            # let it stop the worker instead, so that the record is redelivered.
+            try:
+                await store.apply(accepted)
+            except Exception:
+                log.critical("projection failed; stopping", exc_info=True,
+                             extra={"certificate_id": accepted.command.certificate_id,
+                                    "command_id": accepted.command.command_id})
+                os._exit(75)
+
+    return app
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    group = os.environ.get("COMMISSION_READMODEL_GROUP", f"{settings.group_prefix}-readmodel")
+    app = build_app(settings, redis_url, group)
+    level = {"warning": "warn", "critical": "crit"}.get(settings.log_level, settings.log_level)
+    worker = faust.Worker(app, loglevel=level)
+    worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

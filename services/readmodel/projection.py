@@ -1,0 +1,144 @@
+"""What a user sees, computed from a certificate's state after each accepted command.
+
+The read model consumes ``accepted`` (one ordered stream per certificate), applies
+each command with the domain core to its own copy of the state, and writes, in ONE
+Redis transaction, the projections and the state with its sequence number. A
+redelivered command (seq at or below the stored one) is skipped, so at-least-once
+delivery gives exactly-once projections, and replaying the topic from the start
+after Redis is wiped rebuilds the same projections.
+
+Keys (all under ``rm:{prefix}``):
+  state:{cert}          msgpack CertificateState (the read model's own copy)
+  cert:{cert}           hash: the certificate page
+  catalogue:commission  sorted set: posted, unsold certificates by attached amount
+  catalogue:deadline    sorted set: the same by display deadline (ms; none: 2^53)
+  offer:{offer}         hash: copies, purchased
+  feed:{account}        sorted set: certificates the account holds, by time
+  earn:{account}        hash: "{currency}:acquired|paid|voided" (minor units)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from domain import CertificateState, next_deadline_ms
+from domain.thresholds import cumulative_limit_minor, display_limit_ms
+from schemas.events import (
+    CertificateCirculated,
+    CertificateIssued,
+    CertificatePurchased,
+    CommissionAcquired,
+    Event,
+    PoolWithdrawn,
+)
+from schemas.payments import CommissionPayout, Settlement
+
+NO_DEADLINE = 2**53
+
+
+class Keys:
+    def __init__(self, prefix: str = "") -> None:
+        self.p = f"rm:{prefix}"
+
+    def state(self, cid: str) -> str:
+        return f"{self.p}state:{cid}"
+
+    def cert(self, cid: str) -> str:
+        return f"{self.p}cert:{cid}"
+
+    def offer(self, oid: str) -> str:
+        return f"{self.p}offer:{oid}"
+
+    def feed(self, account: str) -> str:
+        return f"{self.p}feed:{account}"
+
+    def earnings(self, account: str) -> str:
+        return f"{self.p}earn:{account}"
+
+    @property
+    def by_commission(self) -> str:
+        return f"{self.p}catalogue:commission"
+
+    @property
+    def by_deadline(self) -> str:
+        return f"{self.p}catalogue:deadline"
+
+
+@dataclass
+class Writes:
+    """Redis writes for one command, applied atomically by the store."""
+
+    hset: dict[str, dict[str, str]] = field(default_factory=dict)
+    hincrby: list[tuple[str, str, int]] = field(default_factory=list)
+    zadd: list[tuple[str, str, float]] = field(default_factory=list)
+    zrem: list[tuple[str, str]] = field(default_factory=list)
+
+
+def page(state: CertificateState) -> dict[str, str]:
+    """The certificate page: status, holder, pool, and how close each threshold is."""
+    pool = state.pool
+    out = {
+        "id": state.certificate_id, "offer_id": state.offer_id, "serial": str(state.serial),
+        "seller_id": state.seller_id, "price_minor": str(state.price_minor),
+        "currency": state.currency, "status": state.status, "seq": str(state.seq),
+        "holder": state.holder or "", "chain_length": str(len(state.chain)),
+    }
+    if state.posted_at_ms is not None:
+        out["posted_at_ms"] = str(state.posted_at_ms)
+    if pool is not None:
+        limit_ms = display_limit_ms(state, pool.thresholds)
+        thresholds = {
+            "circulations": [state.circulations, pool.thresholds.max_circulations],
+            "cumulative_minor": [pool.cumulative_minor,
+                                 cumulative_limit_minor(state, pool.thresholds)],
+            "display_ms": [None, limit_ms],
+        }
+        out.update({
+            "pool_status": pool.status, "attached_minor": str(pool.attached_minor),
+            "reserve_minor": str(pool.reserve_minor), "budget_minor": str(pool.budget_minor),
+            "funder_id": pool.funder_id, "warnings": json.dumps(sorted(pool.warned)),
+            "thresholds": json.dumps(thresholds),
+            "display_deadline_ms": "" if limit_ms is None or state.posted_at_ms is None
+            else str(state.posted_at_ms + limit_ms),
+        })
+    return out
+
+
+def project(k: Keys, state: CertificateState, events: list[Event],
+            settlements: list[Settlement]) -> Writes:
+    w = Writes()
+    cid = state.certificate_id
+    w.hset[k.cert(cid)] = page(state)
+    pool = state.pool
+    for e in events:
+        if isinstance(e, CertificateIssued):
+            w.hset[k.cert(cid)].update({"name": e.name, "terms": json.dumps(
+                {"trade": e.terms.trade, "logistics": e.terms.logistics,
+                 "insurance": e.terms.insurance, "trade_rules": e.terms.trade_rules})})
+            w.hset[k.offer(e.offer_id)] = {"copies": str(e.copies)}
+        elif isinstance(e, CertificateCirculated):
+            if e.previous_holder is not None:
+                w.zrem.append((k.feed(e.previous_holder), cid))
+            w.zadd.append((k.feed(e.account_id), cid, e.at_ms))
+        elif isinstance(e, CommissionAcquired):
+            w.hincrby.append((k.earnings(e.account_id), f"{e.currency}:acquired", e.amount_minor))
+        elif isinstance(e, PoolWithdrawn):
+            for v in e.voided:
+                w.hincrby.append((k.earnings(v.account_id), f"{e.currency}:voided",
+                                  v.amount_minor))
+        elif isinstance(e, CertificatePurchased):
+            w.hincrby.append((k.offer(state.offer_id), "purchased", 1))
+    for s in settlements:
+        if isinstance(s, CommissionPayout):
+            w.hincrby.append((k.earnings(s.payee_id), f"{s.currency}:paid", s.amount_minor))
+    if state.status == "posted" and pool is not None:
+        w.zadd.append((k.by_commission, cid,
+                       pool.attached_minor if pool.status == "open" else 0))
+        deadline = next_deadline_ms(state)
+        limit = display_limit_ms(state, pool.thresholds)
+        end = state.posted_at_ms + limit if limit is not None and deadline is not None else None
+        w.zadd.append((k.by_deadline, cid, end if end is not None else NO_DEADLINE))
+    elif state.status == "purchased":
+        w.zrem += [(k.by_commission, cid), (k.by_deadline, cid)]
+    return w

@@ -1,0 +1,45 @@
+"""Applies one accepted command to the Redis read model, exactly once."""
+
+from __future__ import annotations
+
+import msgspec
+import redis.asyncio as aioredis
+
+from domain import CertificateState
+from schemas.commands import AcceptedCommand
+from services.common.steps import follow
+from services.readmodel.projection import Keys, project
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(CertificateState).decode
+
+
+class ReadModelStore:
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self.redis = client
+        self.keys = keys
+
+    async def apply(self, accepted: AcceptedCommand) -> bool:
+        """False when this command was projected already (a redelivery)."""
+        cid = accepted.command.certificate_id
+        state_key = self.keys.state(cid)
+        raw = await self.redis.get(state_key)
+        before = None if raw is None else _decode(raw)
+        if before is not None and accepted.seq <= before.seq:
+            return False
+        result = follow(before, accepted)
+        w = project(self.keys, result.state, result.events, result.settlements)
+        # One certificate is applied by one consumer at a time (its partition's), so
+        # nothing else writes its state key between the read above and this commit.
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.set(state_key, _encode(result.state))
+            for key, mapping in w.hset.items():
+                tx.hset(key, mapping=mapping)
+            for key, fieldname, amount in w.hincrby:
+                tx.hincrby(key, fieldname, amount)
+            for key, member, score in w.zadd:
+                tx.zadd(key, {member: score})
+            for key, member in w.zrem:
+                tx.zrem(key, member)
+            await tx.execute()
+        return True
