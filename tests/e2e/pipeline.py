@@ -74,7 +74,7 @@ class Pipeline:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            raise AssertionError(f"{service}-{instance} did not stop within 60 s of {sig}")
+            raise AssertionError(f"{service}-{instance} did not stop within 60 s of {sig}") from None
 
     def restart_exited(self) -> list[tuple[str, int]]:
         """What a supervisor does: start again every service that exited (a service
