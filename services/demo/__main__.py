@@ -38,14 +38,18 @@ from services.demo.feeder import Feeder
 from services.gateway import CommandSender
 
 SERVICES = ("circulation", "allocation", "withdrawal", "cashout")
+# the platform side: the read model (faust) and the read API over it
+PLATFORM = ("readmodel", "api")
 METRICS_BASE_PORT = int(os.environ.get("DEMO_METRICS_BASE_PORT", "9101"))
+API_PORT = int(os.environ.get("DEMO_API_PORT", "8080"))
 
 
 class Services:
     """The four services as child processes, with pid files and restart on exit 75."""
 
-    def __init__(self, settings: Settings, folder: Path) -> None:
+    def __init__(self, settings: Settings, folder: Path, redis_url: str) -> None:
         self.settings = settings
+        self.redis_url = redis_url
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
@@ -60,7 +64,8 @@ class Services:
         if old is not None and pid_alive(old):
             os.kill(old, signal.SIGTERM)  # ours, from an earlier run that did not stop
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.settings.bootstrap,
-               "METRICS_PORT": str(self.port(name))}
+               "REDIS_URL": self.redis_url, "API_PORT": str(API_PORT),
+               "METRICS_PORT": str(self.port(name)) if name in SERVICES else "0"}
         with open(self.folder / f"{name}.log", "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env,
                                     cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -140,6 +145,8 @@ def draw(tty: bool, started: float, feeder: Feeder, tally: Tally, services: Serv
     lines = [
         f"commission engine demo  {elapsed:6.0f} s   (Ctrl-C to stop; `make watch` in "
         "another terminal shows payments)",
+        f"read API: http://127.0.0.1:{API_PORT}/catalogue   /certificates/ID   "
+        "/accounts/ID/feed   /accounts/ID/earnings",
         "",
         f"commands sent   {feeder.sent:>8}   {feeder.sent / max(elapsed, 1e-9):7.1f}/s "
         f"(target {rate:.0f}/s)   offers {feeder.offers}   certificates live {len(feeder.live)}",
@@ -179,10 +186,10 @@ def main() -> int:
     redis.start()
     settings = Settings.from_env(bootstrap=kafka.bootstrap)
     ensure_topics(settings, settings.topics.all())
-    services = Services(settings, default_run_dir() / "services")
+    services = Services(settings, default_run_dir() / "services", redis.url)
     tally = Tally(settings)
     tally.start()
-    for name in SERVICES:
+    for name in (*SERVICES, *PLATFORM):
         services.start(name)
     sender = CommandSender(settings, Keyring.from_env())
     feeder = Feeder(sender)

@@ -4,11 +4,14 @@ stops what it started."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 from deploy.localstack import free_port, pid_alive, read_pid
@@ -38,13 +41,26 @@ def test_make_run_shows_the_system_working_and_stops_cleanly(tmp_path):
     env = {**os.environ, "DEMO_SECONDS": "15", "DEMO_RATE": "120",
            "COMMISSION_RUN_DIR": str(run_dir), "KAFKA_PORT": str(free_port()),
            "KAFKA_CONTROLLER_PORT": str(free_port()), "REDIS_PORT": str(free_port()),
-           "DEMO_METRICS_BASE_PORT": str(four_free_ports())}
+           "DEMO_METRICS_BASE_PORT": str(four_free_ports()), "DEMO_API_PORT": str(free_port())}
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "COMMISSION_TOPIC_PREFIX"):
         env.pop(name, None)
     env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{env['KAFKA_PORT']}"
-    out = subprocess.run([sys.executable, "-m", "services.demo"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=240)
+    demo = subprocess.Popen([sys.executable, "-m", "services.demo"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    catalogue = None
+    deadline = time.monotonic() + 60
+    while demo.poll() is None and time.monotonic() < deadline and not catalogue:
+        try:
+            url = f"http://127.0.0.1:{env['DEMO_API_PORT']}/catalogue?sort=commission"
+            with urllib.request.urlopen(url, timeout=2) as r:
+                catalogue = json.loads(r.read())["items"]
+        except OSError:
+            pass
+        time.sleep(1)
+    stdout, stderr = demo.communicate(timeout=240)
+    out = subprocess.CompletedProcess(demo.args, demo.returncode, stdout, stderr)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert catalogue, "the read API served no catalogue while the demo ran"
     settled = [int(n) for n in re.findall(r"settlements\s+(\d+)", out.stdout)]
     assert settled and settled[-1] > 0, out.stdout[-2000:]
     assert re.search(r"audit OK: \d+ certificates, [1-9]\d* settlements, 0 discrepancies",

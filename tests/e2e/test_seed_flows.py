@@ -22,7 +22,7 @@ def setup(cert: str, **pool) -> list:
     t = now_ms()
     return [
         c.IssueCertificate(command_id=f"{cert}-issue", certificate_id=cert, at_ms=t,
-                           account_id="seller", offer_id="offer", serial=1, copies=1,
+                           account_id="seller", offer_id=f"offer-{cert}", serial=1, copies=1,
                            name="Espresso machine", price_minor=200_000, currency="USD"),
         c.AttachPool(command_id=f"{cert}-attach", certificate_id=cert, at_ms=t,
                      account_id="funder", funding_ref=f"escrow-{cert}", currency="USD",

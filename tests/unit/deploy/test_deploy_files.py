@@ -45,7 +45,9 @@ def test_compose_file_is_valid_and_wires_every_part():
     out = subprocess.run([tool("docker-compose"), "-f", str(DEPLOY / "compose.yaml"), "config"],
                          capture_output=True, text=True, check=True)
     services = yaml.safe_load(out.stdout)["services"]
-    assert {"kafka", "redis", "prometheus", "grafana", "audit", *SERVICES} <= set(services)
+    assert {"kafka", "redis", "prometheus", "grafana", "audit", "readmodel", "api",
+            *SERVICES} <= set(services)
+    assert services["api"]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
     for name in SERVICES:
         assert services[name]["command"] == ["python", "-m", f"services.{name}"]
         env = services[name]["environment"]

@@ -1,0 +1,1 @@
+"""Read API over the Redis read model (`python -m services.api`)."""
