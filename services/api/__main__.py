@@ -1,150 +1,87 @@
-"""`python -m services.api`: the platform's JSON reads, served from the read model.
+"""`python -m services.api`: the platform's HTTP JSON API.
 
-    GET /catalogue?sort=commission|time_left&page=1&size=20
-    GET /certificates/{id}
-    GET /c/{id}?via={account}          share-link resolution
-    GET /accounts/{id}/feed
-    GET /accounts/{id}/earnings
+Reads (from the Redis read model):
+    GET  /catalogue?sort=commission|time_left&page=1&size=20
+    GET  /certificates/{id}
+    GET  /c/{id}?via={account}                 share-link resolution
+    GET  /accounts/{id}/feed
+    GET  /accounts/{id}/earnings
+Writes (bearer token from POST /login; each answers 202 with command ids):
+    POST /login                                {"account_id", "password"}
+    POST /offers                               issue an offer of N copies (seller)
+    POST /certificates/{id}/pool               attach a commission pool (funder)
+    POST /certificates/{id}/post               post to the catalogue (seller)
+    POST /certificates/{id}/circulate          {"via": account?}
+    POST /certificates/{id}/claim
+    POST /certificates/{id}/purchase           {"payment_ref"}
+    GET  /commands/{id}                        pending | accepted | rejected + reason
 
-Errors are JSON: {"error": code, "detail": text} with 400 or 404, never a stack
-trace. Environment: REDIS_URL, COMMISSION_TOPIC_PREFIX, API_PORT (8080),
-OPS_BIND_HOST. Writes (login, signed commands through the gateway) are issue 5's
-next part.
+Errors are JSON {"error": code, "detail": text}: 400 malformed JSON, 401, 404,
+422 invalid body, 429 rate limited (with Retry-After). Environment: REDIS_URL,
+KAFKA_BOOTSTRAP_SERVERS, COMMISSION_TOPIC_PREFIX, API_PORT (8080), OPS_BIND_HOST,
+API_WRITES_PER_S (20 per account), COMMISSION_ACCOUNTS, COMMISSION_KEYS.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
 
-import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 
-from domain import CertificateState
-from services.readmodel.projection import NO_DEADLINE, Keys
-
-MAX_PAGE_SIZE = 100
-_decode_state = msgspec.msgpack.Decoder(CertificateState).decode
-
-
-def error(status: int, code: str, detail: str) -> web.Response:
-    return web.json_response({"error": code, "detail": detail}, status=status)
+from services.api.accounts import Accounts
+from services.api.reads import ReadApi
+from services.api.writes import Gateway
+from services.common.auth import Keyring
+from services.common.settings import Settings
+from services.readmodel.projection import Keys
 
 
-def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name, str(default))
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
-        raise web.HTTPBadRequest(text=json.dumps(
-            {"error": "invalid_parameter", "detail": f"{name} must be an integer in {lo}..{hi}"}),
-            content_type="application/json")
-    return int(raw)
-
-
-class ReadApi:
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
-        self.redis = client
-        self.keys = keys
-
-    async def summary(self, cid: str, now_ms: int) -> dict | None:
-        raw = await self.redis.hgetall(self.keys.cert(cid))
-        if not raw:
-            return None
-        page = {k.decode(): v.decode() for k, v in raw.items()}
-        out: dict = {
-            "id": cid, "name": page.get("name", ""), "status": page["status"],
-            "price": {"amount_minor": int(page["price_minor"]), "currency": page["currency"]},
-            "commission": {"amount_minor": int(page.get("attached_minor", 0))
-                           if page.get("pool_status") == "open" else 0,
-                           "currency": page["currency"]},
-            "pool_status": page.get("pool_status"), "holder": page.get("holder") or None,
-            "chain_length": int(page["chain_length"]),
-            "warnings": json.loads(page.get("warnings", "[]")),
-            "thresholds": json.loads(page.get("thresholds", "{}")),
-            "share_link": f"/c/{cid}",
-        }
-        deadline = page.get("display_deadline_ms")
-        out["time_left_ms"] = max(0, int(deadline) - now_ms) if deadline else None
-        offer = await self.redis.hgetall(self.keys.offer(page["offer_id"]))
-        if offer:
-            copies = int(offer.get(b"copies", 0))
-            out["copies_left"] = copies - int(offer.get(b"purchased", 0))
-        return out
-
-    async def catalogue(self, request: web.Request) -> web.Response:
-        sort = request.query.get("sort", "commission")
-        if sort not in ("commission", "time_left"):
-            return error(400, "invalid_parameter", "sort is commission or time_left")
-        page = _int_param(request, "page", 1, 1, 10**6)
-        size = _int_param(request, "size", 20, 1, MAX_PAGE_SIZE)
-        start, stop = (page - 1) * size, page * size - 1
-        if sort == "commission":
-            ids = await self.redis.zrevrange(self.keys.by_commission, start, stop)
-            total = await self.redis.zcard(self.keys.by_commission)
-        else:
-            ids = await self.redis.zrangebyscore(self.keys.by_deadline, 0, NO_DEADLINE - 1,
-                                                 start=start, num=size)
-            total = await self.redis.zcount(self.keys.by_deadline, 0, NO_DEADLINE - 1)
-        now = int(time.time() * 1000)
-        items = [s for s in [await self.summary(i.decode(), now) for i in ids] if s]
-        return web.json_response({"sort": sort, "page": page, "size": size, "total": total,
-                                  "items": items})
-
-    async def certificate(self, request: web.Request) -> web.Response:
-        found = await self.summary(request.match_info["id"], int(time.time() * 1000))
-        if found is None:
-            return error(404, "unknown_certificate", "no certificate with this id")
-        return web.json_response(found)
-
-    async def share_link(self, request: web.Request) -> web.Response:
-        cid = request.match_info["id"]
-        found = await self.summary(cid, int(time.time() * 1000))
-        if found is None:
-            return error(404, "unknown_certificate", "no certificate with this id")
-        via = request.query.get("via")
-        raw = await self.redis.get(self.keys.state(cid))
-        members = _decode_state(raw).members if raw else {}
-        valid = via is not None and via in members
-        return web.json_response({"certificate": found, "via": via, "via_valid": valid,
-                                  "circulate": {"certificate_id": cid,
-                                                "via": via if valid else None}})
-
-    async def feed(self, request: web.Request) -> web.Response:
-        account = request.match_info["id"]
-        ids = await self.redis.zrevrange(self.keys.feed(account), 0, MAX_PAGE_SIZE - 1)
-        now = int(time.time() * 1000)
-        items = [s for s in [await self.summary(i.decode(), now) for i in ids] if s]
-        return web.json_response({"account_id": account, "items": items})
-
-    async def earnings(self, request: web.Request) -> web.Response:
-        account = request.match_info["id"]
-        raw = await self.redis.hgetall(self.keys.earnings(account))
-        sums: dict[str, dict[str, int]] = {}
-        for k, v in raw.items():
-            currency, kind = k.decode().split(":")
-            sums.setdefault(currency, {"acquired": 0, "paid": 0, "voided": 0})[kind] = int(v)
-        out = {c: {"pending_minor": s["acquired"] - s["paid"] - s["voided"],
-                   "paid_minor": s["paid"], "voided_minor": s["voided"]}
-               for c, s in sorted(sums.items())}
-        return web.json_response({"account_id": account, "earnings": out})
-
-
-def build(client: aioredis.Redis, keys: Keys) -> web.Application:
-    api = ReadApi(client, keys)
+def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
+          passwords: dict[str, str], rate_per_s: int) -> web.Application:
+    keys = Keys(settings.topics.prefix)
+    reads = ReadApi(client, keys)
     app = web.Application()
-    app.router.add_get("/catalogue", api.catalogue)
-    app.router.add_get("/certificates/{id}", api.certificate)
-    app.router.add_get("/c/{id}", api.share_link)
-    app.router.add_get("/accounts/{id}/feed", api.feed)
-    app.router.add_get("/accounts/{id}/earnings", api.earnings)
+
+    async def producer_lifecycle(app: web.Application):
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
+                                    enable_idempotence=True, client_id="commission-api")
+        await producer.start()
+        app["gateway"] = Gateway(client, keys.p, Accounts(client, keys.p, passwords), keyring,
+                                 producer, settings.topics.commands, rate_per_s)
+        yield
+        await producer.stop()
+
+    app.cleanup_ctx.append(producer_lifecycle)
+
+    def write(name: str):
+        async def handler(request: web.Request) -> web.Response:
+            return await getattr(request.app["gateway"], name)(request)
+        return handler
+
+    app.router.add_get("/catalogue", reads.catalogue)
+    app.router.add_get("/certificates/{id}", reads.certificate)
+    app.router.add_get("/c/{id}", reads.share_link)
+    app.router.add_get("/accounts/{id}/feed", reads.feed)
+    app.router.add_get("/accounts/{id}/earnings", reads.earnings)
+    app.router.add_post("/login", write("login"))
+    app.router.add_post("/offers", write("offer"))
+    app.router.add_post("/certificates/{id}/pool", write("attach"))
+    app.router.add_post("/certificates/{id}/post", write("post"))
+    app.router.add_post("/certificates/{id}/circulate", write("circulate"))
+    app.router.add_post("/certificates/{id}/claim", write("claim"))
+    app.router.add_post("/certificates/{id}/purchase", write("purchase"))
+    app.router.add_get("/commands/{id}", write("outcome"))
     return app
 
 
 def main() -> None:
+    settings = Settings.from_env()
     client = aioredis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    keys = Keys(os.environ.get("COMMISSION_TOPIC_PREFIX", ""))
-    web.run_app(build(client, keys), host=os.environ.get("OPS_BIND_HOST", "127.0.0.1"),
+    app = build(settings, client, Keyring.from_env(), Accounts.passwords_from_env(),
+                int(os.environ.get("API_WRITES_PER_S", "20")))
+    web.run_app(app, host=os.environ.get("OPS_BIND_HOST", "127.0.0.1"),
                 port=int(os.environ.get("API_PORT", "8080")), access_log=None,
                 print=lambda *_: None)
 

@@ -27,6 +27,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from schemas.commands import AcceptedCommand
+from schemas.rejections import Rejection
 from services.common.logs import json_handler
 from services.common.settings import Settings
 from services.readmodel.projection import Keys
@@ -34,6 +35,7 @@ from services.readmodel.store import ReadModelStore
 
 log = logging.getLogger("commission.readmodel")
 _decode = msgspec.json.Decoder(AcceptedCommand).decode
+_decode_rejection = msgspec.json.Decoder(Rejection).decode
 
 
 def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
@@ -46,6 +48,14 @@ def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
     source = app.topic(settings.topics.accepted, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
     store = ReadModelStore(aioredis.from_url(redis_url), Keys(settings.topics.prefix))
+
+    refused = app.topic(settings.topics.rejections, key_type=bytes, value_type=bytes,
+                        key_serializer="raw", value_serializer="raw")
+
+    @app.agent(refused)
+    async def record_rejections(stream):
+        async for value in stream:
+            await store.reject(_decode_rejection(value))
 
     @app.agent(source)  # concurrency 1: each partition's records in order
     async def project_accepted(stream):

@@ -15,6 +15,7 @@ Keys (all under ``rm:{prefix}``):
   offer:{offer}         hash: copies, purchased
   feed:{account}        sorted set: certificates the account holds, by time
   earn:{account}        hash: "{currency}:acquired|paid|voided" (minor units)
+  cmd:{command id}      hash: the command's outcome (accepted or rejected with reason)
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class Keys:
 
     def earnings(self, account: str) -> str:
         return f"{self.p}earn:{account}"
+
+    def outcome(self, command_id: str) -> str:
+        return f"{self.p}cmd:{command_id}"
 
     @property
     def by_commission(self) -> str:

@@ -20,9 +20,11 @@ def get(port: int, path: str) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-def wait_for(port: int, path: str, check, timeout_s: float = 60) -> dict:
+def wait_for(port: int, path: str, check, timeout_s: float = 60, pipeline=None) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
+        if pipeline is not None:
+            pipeline.assert_running()
         try:
             status, body = get(port, path)
             if status == 200 and check(body):
@@ -50,7 +52,7 @@ def test_catalogue_certificate_share_link_feed_and_earnings(pipeline):
                    payment_ref="pay-b"),
     )
     catalogue = wait_for(port, "/catalogue?sort=commission",
-                         lambda b: [i["id"] for i in b["items"]] == ["api-a"])
+                         lambda b: [i["id"] for i in b["items"]] == ["api-a"], pipeline=pipeline)
     [item] = catalogue["items"]
     assert item["commission"] == {"amount_minor": 10_000, "currency": "USD"}
     assert (item["holder"], item["chain_length"], item["status"]) == ("ben", 2, "posted")

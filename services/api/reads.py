@@ -1,0 +1,119 @@
+"""Reads, served from the Redis read model (services/readmodel)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import msgspec
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from domain import CertificateState
+from services.readmodel.projection import NO_DEADLINE, Keys
+
+MAX_PAGE_SIZE = 100
+_decode_state = msgspec.msgpack.Decoder(CertificateState).decode
+
+
+def error(status: int, code: str, detail: str) -> web.Response:
+    return web.json_response({"error": code, "detail": detail}, status=status)
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name, str(default))
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise web.HTTPBadRequest(text=json.dumps(
+            {"error": "invalid_parameter", "detail": f"{name} must be an integer in {lo}..{hi}"}),
+            content_type="application/json")
+    return int(raw)
+
+
+class ReadApi:
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self.redis = client
+        self.keys = keys
+
+    async def summary(self, cid: str, now_ms: int) -> dict | None:
+        raw = await self.redis.hgetall(self.keys.cert(cid))
+        if not raw:
+            return None
+        page = {k.decode(): v.decode() for k, v in raw.items()}
+        out: dict = {
+            "id": cid, "name": page.get("name", ""), "status": page["status"],
+            "price": {"amount_minor": int(page["price_minor"]), "currency": page["currency"]},
+            "commission": {"amount_minor": int(page.get("attached_minor", 0))
+                           if page.get("pool_status") == "open" else 0,
+                           "currency": page["currency"]},
+            "pool_status": page.get("pool_status"), "holder": page.get("holder") or None,
+            "chain_length": int(page["chain_length"]),
+            "warnings": json.loads(page.get("warnings", "[]")),
+            "thresholds": json.loads(page.get("thresholds", "{}")),
+            "share_link": f"/c/{cid}",
+        }
+        deadline = page.get("display_deadline_ms")
+        out["time_left_ms"] = max(0, int(deadline) - now_ms) if deadline else None
+        offer = await self.redis.hgetall(self.keys.offer(page["offer_id"]))
+        if offer:
+            copies = int(offer.get(b"copies", 0))
+            out["copies_left"] = copies - int(offer.get(b"purchased", 0))
+        return out
+
+    async def catalogue(self, request: web.Request) -> web.Response:
+        sort = request.query.get("sort", "commission")
+        if sort not in ("commission", "time_left"):
+            return error(400, "invalid_parameter", "sort is commission or time_left")
+        page = _int_param(request, "page", 1, 1, 10**6)
+        size = _int_param(request, "size", 20, 1, MAX_PAGE_SIZE)
+        start, stop = (page - 1) * size, page * size - 1
+        if sort == "commission":
+            ids = await self.redis.zrevrange(self.keys.by_commission, start, stop)
+            total = await self.redis.zcard(self.keys.by_commission)
+        else:
+            ids = await self.redis.zrangebyscore(self.keys.by_deadline, 0, NO_DEADLINE - 1,
+                                                 start=start, num=size)
+            total = await self.redis.zcount(self.keys.by_deadline, 0, NO_DEADLINE - 1)
+        now = int(time.time() * 1000)
+        items = [s for s in [await self.summary(i.decode(), now) for i in ids] if s]
+        return web.json_response({"sort": sort, "page": page, "size": size, "total": total,
+                                  "items": items})
+
+    async def certificate(self, request: web.Request) -> web.Response:
+        found = await self.summary(request.match_info["id"], int(time.time() * 1000))
+        if found is None:
+            return error(404, "unknown_certificate", "no certificate with this id")
+        return web.json_response(found)
+
+    async def share_link(self, request: web.Request) -> web.Response:
+        cid = request.match_info["id"]
+        found = await self.summary(cid, int(time.time() * 1000))
+        if found is None:
+            return error(404, "unknown_certificate", "no certificate with this id")
+        via = request.query.get("via")
+        raw = await self.redis.get(self.keys.state(cid))
+        members = _decode_state(raw).members if raw else {}
+        valid = via is not None and via in members
+        return web.json_response({"certificate": found, "via": via, "via_valid": valid,
+                                  "circulate": {"certificate_id": cid,
+                                                "via": via if valid else None}})
+
+    async def feed(self, request: web.Request) -> web.Response:
+        account = request.match_info["id"]
+        ids = await self.redis.zrevrange(self.keys.feed(account), 0, MAX_PAGE_SIZE - 1)
+        now = int(time.time() * 1000)
+        items = [s for s in [await self.summary(i.decode(), now) for i in ids] if s]
+        return web.json_response({"account_id": account, "items": items})
+
+    async def earnings(self, request: web.Request) -> web.Response:
+        account = request.match_info["id"]
+        raw = await self.redis.hgetall(self.keys.earnings(account))
+        sums: dict[str, dict[str, int]] = {}
+        for k, v in raw.items():
+            currency, kind = k.decode().split(":")
+            sums.setdefault(currency, {"acquired": 0, "paid": 0, "voided": 0})[kind] = int(v)
+        out = {c: {"pending_minor": s["acquired"] - s["paid"] - s["voided"],
+                   "paid_minor": s["paid"], "voided_minor": s["voided"]}
+               for c, s in sorted(sums.items())}
+        return web.json_response({"account_id": account, "earnings": out})
+
+

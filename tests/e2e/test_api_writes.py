@@ -1,0 +1,104 @@
+"""Writes through the API: login, signed commands, outcomes, and every refusal a
+client can get (401, 400, 422, 429)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+from deploy.localstack import free_port
+from tests.e2e.test_api import get, wait_for
+
+
+def call(port: int, method: str, path: str, body=None, token: str | None = None,
+         raw: bytes | None = None, headers: dict | None = None) -> tuple[int, dict, dict]:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read()), dict(r.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), dict(err.headers)
+
+
+def login(port: int, account: str) -> str:
+    status, body, _ = call(port, "POST", "/login",
+                           {"account_id": account, "password": f"demo-{account}"})
+    assert status == 200, body
+    return body["token"]
+
+
+def outcome(port: int, token: str, command_id: str) -> dict:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        _, body, _ = call(port, "GET", f"/commands/{command_id}", token=token)
+        if body["status"] != "pending":
+            return body
+        time.sleep(0.3)
+    raise AssertionError(f"{command_id} still pending")
+
+
+def test_a_user_flow_through_the_api(pipeline):
+    port = free_port()
+    pipeline.start_all()
+    pipeline.start("readmodel")
+    pipeline.start("api", API_PORT=str(port), API_WRITES_PER_S="5")
+    wait_for(port, "/catalogue", lambda b: True, pipeline=pipeline)
+    seller, funder, alice, bob = (login(port, a) for a in ("seller", "funder", "alice", "bob"))
+
+    status, offer, _ = call(port, "POST", "/offers", {"offer_id": "lamp", "name": "Lamp",
+                                                      "price_minor": 5_000, "currency": "EUR",
+                                                      "copies": 2}, seller)
+    assert status == 202 and offer["certificate_ids"] == ["lamp-00001", "lamp-00002"]
+    cid = "lamp-00001"
+    _, pool, _ = call(port, "POST", f"/certificates/{cid}/pool",
+                      {"funding_ref": "esc-lamp", "budget_minor": 1_000, "attached_minor": 100,
+                       "currency": "EUR"}, funder)
+    _, post, _ = call(port, "POST", f"/certificates/{cid}/post", {}, seller)
+    _, share, _ = call(port, "POST", f"/certificates/{cid}/circulate", {}, alice)
+    again_key = {"Idempotency-Key": "bob-share-1"}
+    _, bob_share, _ = call(port, "POST", f"/certificates/{cid}/circulate", {"via": "alice"},
+                           bob, headers=again_key)
+    _, bob_retry, _ = call(port, "POST", f"/certificates/{cid}/circulate", {"via": "alice"},
+                           bob, headers=again_key)
+    assert bob_retry["command_ids"] == bob_share["command_ids"]  # same key, same command
+    _, twice, _ = call(port, "POST", f"/certificates/{cid}/circulate", {}, bob)
+    _, buy, _ = call(port, "POST", f"/certificates/{cid}/purchase", {"payment_ref": "p-1"},
+                     login(port, "carol"))
+
+    for response, token in ((pool, funder), (post, seller), (share, alice),
+                            (bob_share, bob)):
+        assert outcome(port, token, response["command_ids"][0])["status"] == "accepted"
+    refused = outcome(port, bob, twice["command_ids"][0])
+    assert (refused["status"], refused["reason"]) == ("rejected", "already_holder")
+    assert outcome(port, bob, buy["command_ids"][0])["status"] == "accepted"
+    earned = wait_for(port, "/accounts/alice/earnings",
+                      lambda b: b["earnings"].get("EUR", {}).get("paid_minor"))
+    assert earned["earnings"]["EUR"] == {"pending_minor": 0, "paid_minor": 100,
+                                         "voided_minor": 0}
+
+    # every refusal is JSON with a machine-readable code
+    assert call(port, "POST", f"/certificates/{cid}/circulate", {})[0:2] == (401, {
+        "error": "unauthenticated",
+        "detail": "log in at POST /login and send Authorization: Bearer <token>"})
+    assert call(port, "POST", "/login", {"account_id": "alice", "password": "x"})[0] == 401
+    status, body, _ = call(port, "POST", f"/certificates/{cid}/circulate", raw=b"{nope",
+                           token=alice)
+    assert (status, body["error"]) == (400, "malformed_json")
+    status, body, _ = call(port, "POST", f"/certificates/{cid}/purchase",
+                           {"payment_ref": "p", "price_minor": 1}, alice)
+    assert (status, body["error"]) == (422, "invalid_body")
+    status, body, _ = call(port, "POST", "/offers", {"name": "x", "price_minor": -1,
+                                                     "currency": "EUR"}, seller)
+    assert (status, body["error"]) == (422, "invalid_body")
+    statuses = [call(port, "POST", "/certificates/lamp-00002/circulate", {}, alice)
+                for _ in range(12)]  # 12 in well under 2 s: one second sees >= 6
+    limited = [s for s in statuses if s[0] == 429]
+    assert limited and limited[0][1]["error"] == "rate_limited"
+    assert limited[0][2]["Retry-After"] == "1"
+    assert get(port, "/certificates/lamp-00002")[0] == 200
