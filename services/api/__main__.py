@@ -15,6 +15,7 @@ Writes (bearer token from POST /login; each answers 202 with command ids):
     POST /certificates/{id}/claim
     POST /certificates/{id}/purchase           {"payment_ref"}
     GET  /commands/{id}                        pending | accepted | rejected + reason
+    GET  /openapi.json                         this API as OpenAPI 3.1
 
 Errors are JSON {"error": code, "detail": text}: 400 malformed JSON, 401, 404,
 422 invalid body, 429 rate limited (with Retry-After). Environment: REDIS_URL,
@@ -31,6 +32,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from services.api.accounts import Accounts
+from services.api.openapi import document
 from services.api.reads import ReadApi
 from services.api.writes import Gateway
 from services.common.auth import Keyring
@@ -73,6 +75,12 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
     app.router.add_post("/certificates/{id}/claim", write("claim"))
     app.router.add_post("/certificates/{id}/purchase", write("purchase"))
     app.router.add_get("/commands/{id}", write("outcome"))
+    spec = document()
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(spec)
+
+    app.router.add_get("/openapi.json", openapi)
     return app
 
 

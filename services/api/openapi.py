@@ -1,0 +1,148 @@
+"""The OpenAPI 3.1 document of the HTTP API, served at GET /openapi.json.
+
+Request bodies come from the same msgspec types the handlers decode with, so the
+document cannot drift from what the server accepts; responses are written out here
+and checked against the running server by tests/e2e/test_api_contract.py
+(schemathesis).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from services.api.writes import CirculateBody, Login, OfferBody, PoolBody, PurchaseBody
+
+REF = "#/components/schemas/{name}"
+
+ERROR = {"type": "object", "required": ["error", "detail"],
+         "properties": {"error": {"type": "string"}, "detail": {"type": "string"}}}
+MONEY = {"type": "object", "required": ["amount_minor", "currency"],
+         "properties": {"amount_minor": {"type": "integer", "minimum": 0},
+                        "currency": {"type": "string"}}}
+SUMMARY = {
+    "type": "object",
+    "required": ["id", "status", "price", "commission", "chain_length", "share_link"],
+    "properties": {
+        "id": {"type": "string"}, "name": {"type": "string"},
+        "status": {"enum": ["issued", "posted", "purchased"]},
+        "price": MONEY, "commission": MONEY,
+        "pool_status": {"enum": ["open", "withdrawn", "frozen", None]},
+        "holder": {"type": ["string", "null"]}, "chain_length": {"type": "integer"},
+        "warnings": {"type": "array", "items": {"type": "string"}},
+        "thresholds": {"type": "object"}, "share_link": {"type": "string"},
+        "time_left_ms": {"type": ["integer", "null"]}, "copies_left": {"type": "integer"},
+    },
+}
+ACCEPTED = {"type": "object", "required": ["command_ids", "status_urls"],
+            "properties": {"command_ids": {"type": "array", "items": {"type": "string"}},
+                           "status_urls": {"type": "array", "items": {"type": "string"}},
+                           "certificate_ids": {"type": "array", "items": {"type": "string"}}}}
+
+
+def _json(schema: dict) -> dict:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict:
+    texts = {400: "malformed JSON or parameter", 401: "not logged in", 404: "not found",
+             422: "invalid body", 429: "rate limited (see Retry-After)"}
+    return {str(c): {"description": texts[c], **_json(ERROR)} for c in codes}
+
+
+def _path_id() -> list[dict]:
+    return [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+
+def _write(summary: str, body: type | None, *, path_id: bool = True) -> dict:
+    op = {"summary": summary, "security": [{"bearer": []}],
+          "responses": {"202": {"description": "sent; see status_urls", **_json(ACCEPTED)},
+                        **_errors(400, 401, 422, 429)}}
+    if path_id:
+        op["parameters"] = _path_id()
+    if body is not None:
+        op["requestBody"] = {"required": True,
+                             **_json({"$ref": REF.format(name=body.__name__)})}
+    return {"post": op}
+
+
+def document() -> dict:
+    bodies = [Login, OfferBody, PoolBody, CirculateBody, PurchaseBody]
+    _, components = msgspec.json.schema_components(bodies, ref_template=REF)
+    page = {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}}
+    size = {"name": "size", "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 100}}
+    sort = {"name": "sort", "in": "query", "schema": {"enum": ["commission", "time_left"]}}
+    read = {"description": "OK"}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Commission engine API", "version": "1.0.0",
+                 "description": "Catalogue, certificates, share links, feeds and earnings; "
+                                "commands as the logged-in account. Money is an integer "
+                                "amount in minor units with an ISO 4217 currency."},
+        "components": {"schemas": components,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/catalogue": {"get": {"summary": "Posted certificates", "parameters": [sort, page, size],
+                                   "responses": {"200": {**read, **_json({
+                                       "type": "object",
+                                       "required": ["items", "total", "page", "size", "sort"],
+                                       "properties": {"items": {"type": "array", "items": SUMMARY},
+                                                      "total": {"type": "integer"},
+                                                      "page": {"type": "integer"},
+                                                      "size": {"type": "integer"},
+                                                      "sort": {"type": "string"}}})},
+                                                 **_errors(400)}}},
+            "/certificates/{id}": {"get": {"summary": "A certificate", "parameters": _path_id(),
+                                           "responses": {"200": {**read, **_json(SUMMARY)},
+                                                         **_errors(404)}}},
+            "/c/{id}": {"get": {"summary": "Resolve a share link",
+                                "parameters": [*_path_id(), {"name": "via", "in": "query",
+                                                             "schema": {"type": "string"}}],
+                                "responses": {"200": {**read, **_json({
+                                    "type": "object",
+                                    "required": ["certificate", "via_valid", "circulate"],
+                                    "properties": {"certificate": SUMMARY,
+                                                   "via": {"type": ["string", "null"]},
+                                                   "via_valid": {"type": "boolean"},
+                                                   "circulate": {"type": "object"}}})},
+                                              **_errors(404)}}},
+            "/accounts/{id}/feed": {"get": {"summary": "Certificates an account holds",
+                                            "parameters": _path_id(),
+                                            "responses": {"200": {**read, **_json({
+                                                "type": "object",
+                                                "required": ["account_id", "items"],
+                                                "properties": {"account_id": {"type": "string"},
+                                                               "items": {"type": "array",
+                                                                         "items": SUMMARY}}})}}}},
+            "/accounts/{id}/earnings": {"get": {"summary": "Pending, paid and voided earnings",
+                                                "parameters": _path_id(),
+                                                "responses": {"200": {**read, **_json({
+                                                    "type": "object",
+                                                    "required": ["account_id", "earnings"],
+                                                    "properties": {
+                                                        "account_id": {"type": "string"},
+                                                        "earnings": {"type": "object"}}})}}}},
+            "/login": {"post": {"summary": "Log in; returns a bearer token",
+                                "requestBody": {"required": True,
+                                                **_json({"$ref": REF.format(name="Login")})},
+                                "responses": {"200": {**read, **_json({
+                                    "type": "object", "required": ["token", "account_id"],
+                                    "properties": {"token": {"type": "string"},
+                                                   "account_id": {"type": "string"}}})},
+                                              **_errors(400, 401, 422)}}},
+            "/offers": _write("Issue an offer of N copies (the seller)", OfferBody,
+                              path_id=False),
+            "/certificates/{id}/pool": _write("Attach a commission pool (the funder)", PoolBody),
+            "/certificates/{id}/post": _write("Post to the catalogue (the seller)", None),
+            "/certificates/{id}/circulate": _write("Circulate (share)", CirculateBody),
+            "/certificates/{id}/claim": _write("Claim a claimable commission", None),
+            "/certificates/{id}/purchase": _write("Purchase", PurchaseBody),
+            "/commands/{id}": {"get": {"summary": "A command's outcome",
+                                       "security": [{"bearer": []}], "parameters": _path_id(),
+                                       "responses": {"200": {**read, **_json({
+                                           "type": "object", "required": ["status"],
+                                           "properties": {"status": {"enum": [
+                                               "pending", "accepted", "rejected"]}}})},
+                                                     **_errors(401)}}},
+        },
+    }
