@@ -12,6 +12,9 @@ python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 # promtool checks and unit-tests the alert rules (deploy/prometheus)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# the browser test of the web pages (tests/e2e/test_browser.py)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

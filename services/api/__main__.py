@@ -16,6 +16,8 @@ Writes (bearer token from POST /login; each answers 202 with command ids):
     POST /certificates/{id}/purchase           {"payment_ref"}
     GET  /commands/{id}                        pending | accepted | rejected + reason
     GET  /openapi.json                         this API as OpenAPI 3.1
+Pages (HTML, services/api/pages.py): / (catalogue), /page/certificates/{id},
+/page/accounts/{id}, with a login form, share link, circulate and buy buttons.
 
 Errors are JSON {"error": code, "detail": text}: 400 malformed JSON, 401, 404,
 422 invalid body, 429 rate limited (with Retry-After). Environment: REDIS_URL,
@@ -31,6 +33,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
+from services.api import pages
 from services.api.accounts import Accounts
 from services.api.openapi import document
 from services.api.reads import ReadApi
@@ -81,6 +84,7 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
         return web.json_response(spec)
 
     app.router.add_get("/openapi.json", openapi)
+    pages.routes(app, reads)
     return app
 
 

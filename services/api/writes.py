@@ -113,6 +113,10 @@ class Gateway:
 
     async def _account(self, request: web.Request, limited: bool = True) -> str:
         account = await self.accounts.account_for(request.headers.get("Authorization"))
+        return await self.admit(account, limited)
+
+    async def admit(self, account: str | None, limited: bool = True) -> str:
+        """The account, if logged in and within its rate; else the HTTP error."""
         if account is None:
             raise web.HTTPUnauthorized(
                 text=_encode({"error": "unauthenticated",
@@ -159,15 +163,19 @@ class Gateway:
             return problem(401, "bad_credentials", "unknown account or wrong password")
         return web.json_response({"token": token, "account_id": body.account_id})
 
+    async def send_for(self, account: str, kind: type, certificate_id: str, command_id: str,
+                       **fields) -> None:
+        """Sign and send one certificate command as ``account`` (API and web pages)."""
+        await self._send(kind(command_id=command_id, certificate_id=certificate_id,
+                              at_ms=int(time.time() * 1000), account_id=account, **fields))
+
     async def _certificate_command(self, request: web.Request, kind: type, body_type: type,
                                    **fields) -> web.Response:
         account = await self._account(request)
         body = await self._body(request, body_type)
         command_id = self._command_id(request, account)
-        values = {**msgspec.structs.asdict(body), **fields}
-        command = kind(command_id=command_id, certificate_id=request.match_info["id"],
-                       at_ms=int(time.time() * 1000), account_id=account, **values)
-        await self._send(command)
+        await self.send_for(account, kind, request.match_info["id"], command_id,
+                            **msgspec.structs.asdict(body), **fields)
         return self._accepted([command_id])
 
     async def circulate(self, request: web.Request) -> web.Response:

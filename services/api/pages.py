@@ -1,0 +1,162 @@
+"""Server-rendered pages: the catalogue, a certificate, an account.
+
+The session is a cookie holding the same bearer token the JSON API uses (HttpOnly,
+SameSite=Strict, so other sites cannot make a logged-in browser post the forms).
+Buttons are plain HTML forms; the share link has a copy button (one line of JS).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+import uuid
+
+from aiohttp import web
+
+from schemas import commands as c
+from services.api.reads import ReadApi
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222}
+table{border-collapse:collapse;width:100%}td,th{padding:.4rem;border-bottom:1px solid #ddd;
+text-align:left}.label{background:#c62828;color:#fff;border-radius:1rem;padding:.1rem .6rem}
+.warn{background:#fff3cd;border:1px solid #e0a800;padding:.5rem;margin:.5rem 0}
+.msg{background:#e8f5e9;padding:.5rem}form.inline{display:inline}input{margin:.2rem}"""
+
+
+def money(amount_minor: int, currency: str) -> str:
+    return f"{amount_minor / 100:,.2f} {currency}"
+
+
+def esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+class Pages:
+    def __init__(self, reads: ReadApi) -> None:
+        self.reads = reads
+
+    async def _me(self, request: web.Request) -> str | None:
+        token = request.cookies.get("session")
+        if not token:
+            return None
+        return await request.app["gateway"].accounts.account_for(f"Bearer {token}")
+
+    def _layout(self, title: str, me: str | None, body: str, back: str) -> web.Response:
+        if me:
+            who = f'logged in as <b id="me">{esc(me)}</b> · <a href="/page/accounts/{esc(me)}">my earnings</a>'
+        else:
+            who = (f'<form class="inline" method="post" action="/page/login">'
+                   f'<input type="hidden" name="next" value="{esc(back)}">'
+                   f'<input name="account_id" placeholder="account" required>'
+                   f'<input name="password" type="password" placeholder="password" required>'
+                   f'<button id="login">Log in</button></form>')
+        page = (f"<!doctype html><html><head><meta charset=utf-8><title>{esc(title)}</title>"
+                f"<style>{STYLE}</style></head><body><p><a href='/'>Catalogue</a> · {who}</p>"
+                f"{body}</body></html>")
+        return web.Response(text=page, content_type="text/html")
+
+    async def catalogue(self, request: web.Request) -> web.Response:
+        me = await self._me(request)
+        keys = self.reads.keys
+        ids = await self.reads.redis.zrevrange(keys.by_commission, 0, 49)
+        now = int(time.time() * 1000)
+        rows = []
+        for raw in ids:
+            s = await self.reads.summary(raw.decode(), now)
+            if s is None:
+                continue
+            warn = " ⚠ withdrawal near" if s["warnings"] else ""
+            left = "" if s["time_left_ms"] is None else f"{s['time_left_ms'] // 1000} s"
+            rows.append(
+                f"<tr><td><a class='cert' href='/page/certificates/{esc(s['id'])}'>"
+                f"{esc(s['name'] or s['id'])}</a></td><td>{money(**s['price'])}</td>"
+                f"<td><span class='label'>{money(**s['commission'])}</span>{warn}</td>"
+                f"<td>{left}</td></tr>")
+        body = ("<h1>Catalogue</h1><table><tr><th>Product</th><th>Price</th>"
+                "<th>Commission</th><th>Time left</th></tr>" + "".join(rows) + "</table>")
+        return self._layout("Catalogue", me, body, "/")
+
+    async def certificate(self, request: web.Request) -> web.Response:
+        cid = request.match_info["id"]
+        me = await self._me(request)
+        s = await self.reads.summary(cid, int(time.time() * 1000))
+        if s is None:
+            raise web.HTTPNotFound(text="no such certificate")
+        via = request.query.get("via", "")
+        here = f"/page/certificates/{cid}" + (f"?via={via}" if via else "")
+        parts = [f"<h1>{esc(s['name'] or cid)}</h1>",
+                 f"<p>Price {money(**s['price'])} · commission "
+                 f"<span class='label' id='commission'>{money(**s['commission'])}</span> · "
+                 f"status <b id='status'>{esc(s['status'])}</b> · held by "
+                 f"<b id='holder'>{esc(s['holder'] or '-')}</b> · "
+                 f"{s['chain_length']} circulations</p>"]
+        if s["warnings"]:
+            parts.append("<p class='warn' id='warning'>The commission on this certificate will "
+                         "soon be withdrawn: buy now.</p>")
+        if request.query.get("sent"):
+            parts.append(f"<p class='msg' id='sent'>Sent: command {esc(request.query['sent'])}"
+                         "</p>")
+        if me:
+            link = f"{request.scheme}://{request.host}/page/certificates/{cid}?via={me}"
+            parts.append(
+                f"<p>Your share link: <input id='share' size=60 readonly value='{esc(link)}'>"
+                "<button onclick=\"navigator.clipboard.writeText("
+                "document.getElementById('share').value)\">Copy</button></p>")
+            for action, label in (("circulate", "Circulate to my feed"), ("purchase", "Buy")):
+                parts.append(
+                    f"<form class='inline' method='post' action='/page/certificates/{esc(cid)}/"
+                    f"{action}'><input type='hidden' name='via' value='{esc(via)}'>"
+                    f"<button id='{action}'>{label}</button></form> ")
+        return self._layout(s["name"] or cid, me, "".join(parts), here)
+
+    async def account(self, request: web.Request) -> web.Response:
+        account = request.match_info["id"]
+        me = await self._me(request)
+        earnings = (await self.reads.earnings(request)).text
+        rows = "".join(
+            f"<tr id='earn-{esc(cur)}'><td>{esc(cur)}</td><td>{money(e['pending_minor'], cur)}"
+            f"</td><td class='paid'>{money(e['paid_minor'], cur)}</td>"
+            f"<td>{money(e['voided_minor'], cur)}</td></tr>"
+            for cur, e in json.loads(earnings)["earnings"].items())
+        body = (f"<h1>{esc(account)}</h1><h2>Earnings</h2><table><tr><th>Currency</th>"
+                f"<th>Pending</th><th>Paid</th><th>Voided</th></tr>{rows}</table>")
+        return self._layout(account, me, body, f"/page/accounts/{account}")
+
+    async def login(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        token = await request.app["gateway"].accounts.login(
+            str(form.get("account_id", "")), str(form.get("password", "")))
+        target = str(form.get("next", "/"))
+        if not target.startswith("/"):
+            target = "/"  # never redirect off-site
+        response = web.HTTPSeeOther(target)
+        if token:
+            response.set_cookie("session", token, httponly=True, samesite="Strict")
+        raise response
+
+    async def act(self, request: web.Request) -> web.Response:
+        cid = request.match_info["id"]
+        action = request.match_info["action"]
+        gateway = request.app["gateway"]
+        me = await gateway.admit(await self._me(request))
+        form = await request.post()
+        via = str(form.get("via") or "") or None
+        command_id = f"web-{uuid.uuid4().hex}"
+        if action == "circulate":
+            await gateway.send_for(me, c.Circulate, cid, command_id,
+                                   via=via if via != me else None)
+        elif action == "purchase":
+            await gateway.send_for(me, c.Purchase, cid, command_id, payment_ref=command_id)
+        else:
+            raise web.HTTPNotFound()
+        raise web.HTTPSeeOther(f"/page/certificates/{cid}?sent={command_id}")
+
+
+def routes(app: web.Application, reads: ReadApi) -> None:
+    pages = Pages(reads)
+    app.router.add_get("/", pages.catalogue)
+    app.router.add_get("/page/certificates/{id}", pages.certificate)
+    app.router.add_get("/page/accounts/{id}", pages.account)
+    app.router.add_post("/page/login", pages.login)
+    app.router.add_post("/page/certificates/{id}/{action}", pages.act)

@@ -1,0 +1,113 @@
+"""The web page in headless Chromium (Debian's chromium + chromedriver, via selenium):
+alice circulates from the catalogue, bob follows alice's share link and circulates,
+carol buys; alice's earnings page then shows her commission paid."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy.localstack import free_port
+from schemas import commands as c
+from tests.e2e.test_api import wait_for
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if CHROMIUM is None or DRIVER is None:
+        pytest.skip("chromium and chromedriver are not installed (deploy/install-system.sh)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chrome'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def until(driver, url: str, check, timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        driver.get(url)
+        found = check(driver)
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url}: not as expected; page was:\n{driver.page_source[:2000]}")
+        time.sleep(0.5)
+
+
+def log_in(driver, base: str, account: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.delete_all_cookies()
+    driver.get(base + "/")
+    driver.find_element(By.NAME, "account_id").send_keys(account)
+    driver.find_element(By.NAME, "password").send_keys(f"demo-{account}")
+    driver.find_element(By.ID, "login").click()
+    assert driver.find_element(By.ID, "me").text == account
+
+
+def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    pipeline.start_all()
+    pipeline.start("readmodel")
+    pipeline.start("api", API_PORT=str(port))
+    t, cid = int(time.time() * 1000), "web-lamp-00001"
+    pipeline.send(
+        c.IssueCertificate(command_id="w-i", certificate_id=cid, at_ms=t, account_id="seller",
+                           offer_id="web-lamp", serial=1, copies=1, name="Desk lamp",
+                           price_minor=4_500, currency="EUR"),
+        c.AttachPool(command_id="w-a", certificate_id=cid, at_ms=t, account_id="funder",
+                     funding_ref="esc-w", budget_minor=2_000, attached_minor=250,
+                     currency="EUR",
+                     thresholds=c.Thresholds(max_circulations=4, warn_at_bp=5_000)),
+        c.PostCertificate(command_id="w-p", certificate_id=cid, at_ms=t, account_id="seller"),
+    )
+    wait_for(port, f"/certificates/{cid}", lambda b: b["status"] == "posted", pipeline=pipeline)
+
+    log_in(browser, base, "alice")
+    until(browser, base + "/", lambda d: d.find_elements(By.CLASS_NAME, "cert"))[0].click()
+    assert browser.find_element(By.ID, "commission").text == "2.50 EUR"
+    share_link = browser.find_element(By.ID, "share").get_attribute("value")
+    assert share_link.endswith(f"/page/certificates/{cid}?via=alice")
+    browser.find_element(By.ID, "circulate").click()
+    WebDriverWait(browser, 10).until(lambda d: "sent=" in d.current_url)
+    assert browser.find_element(By.ID, "sent").text.startswith("Sent: command web-")
+    until(browser, f"{base}/page/certificates/{cid}",
+          lambda d: d.find_element(By.ID, "holder").text == "alice")
+
+    log_in(browser, base, "bob")
+    browser.get(share_link)
+    browser.find_element(By.ID, "circulate").click()
+    # the 2nd circulation of at most 4 reaches the 50 % warning ratio: the page warns
+    until(browser, share_link, lambda d: d.find_element(By.ID, "holder").text == "bob"
+          and d.find_elements(By.ID, "warning"))
+
+    log_in(browser, base, "carol")
+    browser.get(f"{base}/page/certificates/{cid}")
+    browser.find_element(By.ID, "purchase").click()
+    until(browser, f"{base}/page/certificates/{cid}",
+          lambda d: d.find_element(By.ID, "status").text == "purchased")
+
+    until(browser, f"{base}/page/accounts/alice",
+          lambda d: d.find_elements(By.ID, "earn-EUR")
+          and d.find_element(By.CSS_SELECTOR, "#earn-EUR .paid").text == "2.50 EUR")
+    browser.save_screenshot(str(Path(tmp_path) / "earnings.png"))
+    pipeline.assert_running()
