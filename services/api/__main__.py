@@ -27,6 +27,7 @@ API_WRITES_PER_S (20 per account), COMMISSION_ACCOUNTS, COMMISSION_KEYS.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import redis.asyncio as aioredis
@@ -39,15 +40,34 @@ from services.api.openapi import document
 from services.api.reads import ReadApi
 from services.api.writes import Gateway
 from services.common.auth import Keyring
+from services.common.service import setup_logging
 from services.common.settings import Settings
 from services.readmodel.projection import Keys
+
+log = logging.getLogger("commission.api")
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """Every error is JSON with a code; an unexpected one is logged, never shown."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json" or exc.status < 400:
+            raise
+        return web.json_response({"error": exc.reason.lower().replace(" ", "_"),
+                                  "detail": exc.text or exc.reason}, status=exc.status)
+    except Exception:
+        log.exception("unexpected error", extra={"topic": request.path})
+        return web.json_response({"error": "internal", "detail": "unexpected error; logged"},
+                                 status=500)
 
 
 def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
           passwords: dict[str, str], rate_per_s: int) -> web.Application:
     keys = Keys(settings.topics.prefix)
     reads = ReadApi(client, keys)
-    app = web.Application()
+    app = web.Application(middlewares=[json_errors])
 
     async def producer_lifecycle(app: web.Application):
         producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
@@ -90,6 +110,7 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
 
 def main() -> None:
     settings = Settings.from_env()
+    setup_logging("api", settings.log_level)
     client = aioredis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     app = build(settings, client, Keyring.from_env(), Accounts.passwords_from_env(),
                 int(os.environ.get("API_WRITES_PER_S", "20")))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import faust
 import msgspec
@@ -39,10 +40,12 @@ _decode_rejection = msgspec.json.Decoder(Rejection).decode
 
 
 def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
+    datadir = Path(settings.data_dir) / group
+    datadir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = faust.App(
         group, broker=f"kafka://{settings.bootstrap}", store="memory://", web_enabled=False,
         topic_partitions=settings.partitions, consumer_auto_offset_reset="earliest",
-        datadir=os.path.join(settings.data_dir, group),
+        datadir=str(datadir),
         loghandlers=[json_handler("readmodel")],
     )
     source = app.topic(settings.topics.accepted, key_type=bytes, value_type=bytes,
@@ -59,12 +62,13 @@ def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
 
     @app.agent(source)  # concurrency 1: each partition's records in order
     async def project_accepted(stream):
-        async for value in stream:
-            accepted = _decode(value)
+        async for event in stream.events():
+            accepted = _decode(event.value)
+            accepted_ms = int(event.message.timestamp * 1000)
             # An exception here would still see the record acknowledged (faust #315):
             # let it stop the worker instead, so that the record is redelivered.
             try:
-                await store.apply(accepted)
+                await store.apply(accepted, accepted_ms)
             except Exception:
                 log.critical("projection failed; stopping", exc_info=True,
                              extra={"certificate_id": accepted.command.certificate_id,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 import redis.asyncio as aioredis
 
@@ -21,8 +23,11 @@ class ReadModelStore:
         self.redis = client
         self.keys = keys
 
-    async def apply(self, accepted: AcceptedCommand) -> bool:
-        """False when this command was projected already (a redelivery)."""
+    async def apply(self, accepted: AcceptedCommand, accepted_ms: int | None = None) -> bool:
+        """False when this command was projected already (a redelivery). ``accepted_ms``
+        is when the sequencer committed the command (its record's timestamp): the
+        outcome records it with the projection time, so how far the read model trails
+        the pipeline can be measured."""
         cid = accepted.command.certificate_id
         state_key = self.keys.state(cid)
         raw = await self.redis.get(state_key)
@@ -38,7 +43,9 @@ class ReadModelStore:
             tx.set(state_key, _encode(result.state))
             # the outcome the API's /commands/{id} shows; accepted wins over any rejection
             tx.hset(outcome, mapping={"status": "accepted", "certificate_id": cid,
-                                      "seq": str(accepted.seq)})
+                                      "seq": str(accepted.seq),
+                                      "accepted_ms": str(accepted_ms or ""),
+                                      "projected_ms": str(int(time.time() * 1000))})
             tx.expire(outcome, OUTCOME_TTL_S)
             for key, mapping in w.hset.items():
                 tx.hset(key, mapping=mapping)

@@ -39,6 +39,7 @@ class Pipeline:
             "COMMISSION_PARTITIONS": str(partitions),
             "COMMISSION_TIMER_INTERVAL_S": str(timer_interval_s),
             "LOG_LEVEL": "info",
+            "COMMISSION_DATA_DIR": str(logs.parent / "data"),
             **(extra_env or {}),
         }
         self.env.pop("COMMISSION_KEYS_FILE", None)
