@@ -5,7 +5,7 @@ Reads (from the Redis read model):
     GET  /certificates/{id}
     GET  /c/{id}?via={account}                 share-link resolution
     GET  /accounts/{id}/feed
-    GET  /accounts/{id}/earnings
+    GET  /accounts/{id}/earnings               the logged-in account's own only
 Writes (bearer token from POST /login; each answers 202 with command ids):
     POST /login                                {"account_id", "password"}
     POST /offers                               issue an offer of N copies (seller)
@@ -89,7 +89,22 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
     app.router.add_get("/certificates/{id}", reads.certificate)
     app.router.add_get("/c/{id}", reads.share_link)
     app.router.add_get("/accounts/{id}/feed", reads.feed)
-    app.router.add_get("/accounts/{id}/earnings", reads.earnings)
+    async def earnings(request: web.Request) -> web.Response:
+        # earnings are private: an account sees its own only
+        account = request.match_info["id"]
+        me = await request.app["gateway"].accounts.account_for(
+            request.headers.get("Authorization"))
+        if me is None:
+            return web.json_response({"error": "unauthenticated",
+                                      "detail": "log in to see your earnings"}, status=401)
+        if me != account:
+            return web.json_response({"error": "forbidden",
+                                      "detail": "an account sees only its own earnings"},
+                                     status=403)
+        return web.json_response({"account_id": account,
+                                  "earnings": await reads.earnings_of(account)})
+
+    app.router.add_get("/accounts/{id}/earnings", earnings)
     app.router.add_post("/login", write("login"))
     app.router.add_post("/offers", write("offer"))
     app.router.add_post("/certificates/{id}/pool", write("attach"))

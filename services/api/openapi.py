@@ -44,7 +44,8 @@ def _json(schema: dict) -> dict:
 
 
 def _errors(*codes: int) -> dict:
-    texts = {400: "malformed JSON or parameter", 401: "not logged in", 404: "not found",
+    texts = {400: "malformed JSON or parameter", 401: "not logged in",
+             403: "not this account's", 404: "not found",
              422: "invalid body", 429: "rate limited (see Retry-After)"}
     return {str(c): {"description": texts[c], **_json(ERROR)} for c in codes}
 
@@ -114,14 +115,17 @@ def document() -> dict:
                                                 "properties": {"account_id": {"type": "string"},
                                                                "items": {"type": "array",
                                                                          "items": SUMMARY}}})}}}},
-            "/accounts/{id}/earnings": {"get": {"summary": "Pending, paid and voided earnings",
+            "/accounts/{id}/earnings": {"get": {"summary": "Pending, paid and voided earnings "
+                                                           "(the logged-in account's own)",
                                                 "parameters": _path_id(),
+                                                "security": [{"bearer": []}],
                                                 "responses": {"200": {**read, **_json({
                                                     "type": "object",
                                                     "required": ["account_id", "earnings"],
                                                     "properties": {
                                                         "account_id": {"type": "string"},
-                                                        "earnings": {"type": "object"}}})}}}},
+                                                        "earnings": {"type": "object"}}})},
+                                                    **_errors(401, 403)}}},
             "/login": {"post": {"summary": "Log in; returns a bearer token",
                                 "requestBody": {"required": True,
                                                 **_json({"$ref": REF.format(name="Login")})},

@@ -104,16 +104,12 @@ class ReadApi:
         items = [s for s in [await self.summary(i.decode(), now) for i in ids] if s]
         return web.json_response({"account_id": account, "items": items})
 
-    async def earnings(self, request: web.Request) -> web.Response:
-        account = request.match_info["id"]
+    async def earnings_of(self, account: str) -> dict[str, dict[str, int]]:
         raw = await self.redis.hgetall(self.keys.earnings(account))
         sums: dict[str, dict[str, int]] = {}
         for k, v in raw.items():
             currency, kind = k.decode().split(":")
             sums.setdefault(currency, {"acquired": 0, "paid": 0, "voided": 0})[kind] = int(v)
-        out = {c: {"pending_minor": s["acquired"] - s["paid"] - s["voided"],
-                   "paid_minor": s["paid"], "voided_minor": s["voided"]}
-               for c, s in sorted(sums.items())}
-        return web.json_response({"account_id": account, "earnings": out})
-
-
+        return {c: {"pending_minor": s["acquired"] - s["paid"] - s["voided"],
+                    "paid_minor": s["paid"], "voided_minor": s["voided"]}
+                for c, s in sorted(sums.items())}

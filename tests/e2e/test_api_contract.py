@@ -10,8 +10,7 @@ import subprocess
 import pytest
 
 from deploy.localstack import free_port
-from tests.e2e.test_api import wait_for
-from tests.e2e.test_api_writes import login
+from tests.e2e.http import login, wait_for
 
 
 def test_openapi_document_holds_for_the_running_server(pipeline, tmp_path):

@@ -3,44 +3,8 @@ client can get (401, 400, 422, 429)."""
 
 from __future__ import annotations
 
-import json
-import time
-import urllib.error
-import urllib.request
-
 from deploy.localstack import free_port
-from tests.e2e.test_api import get, wait_for
-
-
-def call(port: int, method: str, path: str, body=None, token: str | None = None,
-         raw: bytes | None = None, headers: dict | None = None) -> tuple[int, dict, dict]:
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read()), dict(r.headers)
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read()), dict(err.headers)
-
-
-def login(port: int, account: str) -> str:
-    status, body, _ = call(port, "POST", "/login",
-                           {"account_id": account, "password": f"demo-{account}"})
-    assert status == 200, body
-    return body["token"]
-
-
-def outcome(port: int, token: str, command_id: str) -> dict:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        _, body, _ = call(port, "GET", f"/commands/{command_id}", token=token)
-        if body["status"] != "pending":
-            return body
-        time.sleep(0.3)
-    raise AssertionError(f"{command_id} still pending")
+from tests.e2e.http import call, get, login, outcome, wait_for
 
 
 def test_a_user_flow_through_the_api(pipeline):
@@ -78,7 +42,7 @@ def test_a_user_flow_through_the_api(pipeline):
     assert (refused["status"], refused["reason"]) == ("rejected", "already_holder")
     assert outcome(port, bob, buy["command_ids"][0])["status"] == "accepted"
     earned = wait_for(port, "/accounts/alice/earnings",
-                      lambda b: b["earnings"].get("EUR", {}).get("paid_minor"))
+                      lambda b: b["earnings"].get("EUR", {}).get("paid_minor"), token=alice)
     assert earned["earnings"]["EUR"] == {"pending_minor": 0, "paid_minor": 100,
                                          "voided_minor": 0}
 

@@ -12,7 +12,7 @@ import pytest
 
 from deploy.localstack import free_port
 from schemas import commands as c
-from tests.e2e.test_api import wait_for
+from tests.e2e.http import wait_for
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
@@ -106,6 +106,7 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     until(browser, f"{base}/page/certificates/{cid}",
           lambda d: d.find_element(By.ID, "status").text == "purchased")
 
+    log_in(browser, base, "alice")  # earnings are private
     until(browser, f"{base}/page/accounts/alice",
           lambda d: d.find_elements(By.ID, "earn-EUR")
           and d.find_element(By.CSS_SELECTOR, "#earn-EUR .paid").text == "2.50 EUR")
