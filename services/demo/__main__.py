@@ -145,8 +145,8 @@ def draw(tty: bool, started: float, feeder: Feeder, tally: Tally, services: Serv
     lines = [
         f"commission engine demo  {elapsed:6.0f} s   (Ctrl-C to stop; `make watch` in "
         "another terminal shows payments)",
-        f"read API: http://127.0.0.1:{API_PORT}/catalogue   /certificates/ID   "
-        "/accounts/ID/feed   /accounts/ID/earnings",
+        f"web: http://127.0.0.1:{API_PORT}/  (log in as alice / demo-alice)   "
+        f"API: http://127.0.0.1:{API_PORT}/openapi.json",
         "",
         f"commands sent   {feeder.sent:>8}   {feeder.sent / max(elapsed, 1e-9):7.1f}/s "
         f"(target {rate:.0f}/s)   offers {feeder.offers}   certificates live {len(feeder.live)}",
