@@ -120,6 +120,20 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
 
     app.router.add_get("/openapi.json", openapi)
     pages.routes(app, reads)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def readyz(request: web.Request) -> web.Response:
+        try:
+            redis_ok = bool(await client.ping())
+        except Exception:
+            redis_ok = False
+        ok = redis_ok and "gateway" in request.app
+        return web.json_response({"ok": ok, "redis": redis_ok}, status=200 if ok else 503)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     return app
 
 

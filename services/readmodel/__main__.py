@@ -43,14 +43,33 @@ def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
     datadir = Path(settings.data_dir) / group
     datadir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = faust.App(
-        group, broker=f"kafka://{settings.bootstrap}", store="memory://", web_enabled=False,
+        group, broker=f"kafka://{settings.bootstrap}", store="memory://",
+        # faust's web server answers the probes when METRICS_PORT is set
+        web_enabled=bool(settings.metrics_port), web_port=settings.metrics_port or 6066,
+        web_bind=os.environ.get("OPS_BIND_HOST", "127.0.0.1"),
         topic_partitions=settings.partitions, consumer_auto_offset_reset="earliest",
         datadir=str(datadir),
         loghandlers=[json_handler("readmodel")],
     )
     source = app.topic(settings.topics.accepted, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
-    store = ReadModelStore(aioredis.from_url(redis_url), Keys(settings.topics.prefix))
+    client = aioredis.from_url(redis_url)
+    store = ReadModelStore(client, Keys(settings.topics.prefix))
+
+    @app.page("/healthz")
+    async def healthz(web, request):
+        return web.json({"ok": True})
+
+    @app.page("/readyz")
+    async def readyz(web, request):
+        # ready: not in the middle of a rebalance, and Redis answers
+        try:
+            redis_ok = bool(await client.ping())
+        except Exception:
+            redis_ok = False
+        ok = redis_ok and not app.rebalancing
+        return web.json({"ok": ok, "redis": redis_ok, "rebalancing": app.rebalancing},
+                        status=200 if ok else 503)
 
     refused = app.topic(settings.topics.rejections, key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw")

@@ -48,6 +48,8 @@ def test_catalogue_certificate_share_link_feed_and_earnings(pipeline):
     assert earnings["earnings"] == {"USD": {"pending_minor": 10_000, "paid_minor": 10_000,
                                             "voided_minor": 0}}
 
+    assert get(port, "/readyz") == (200, {"ok": True, "redis": True})
+    assert get(port, "/healthz") == (200, {"ok": True})
     assert get(port, "/accounts/alice/earnings")[0] == 401
     assert get(port, "/accounts/bob/earnings", alice) == (
         403, {"error": "forbidden", "detail": "an account sees only its own earnings"})

@@ -10,8 +10,10 @@ from collections import defaultdict
 import msgspec
 import redis
 
+from deploy.localstack import free_port
 from domain import CertificateState
 from services.readmodel.projection import NO_DEADLINE, Keys, page
+from tests.e2e.http import wait_for
 from tests.e2e.traffic import build, expect
 
 decode_state = msgspec.msgpack.Decoder(CertificateState).decode
@@ -75,13 +77,16 @@ def test_projections_match_the_core_and_rebuild_after_a_wipe(pipeline, stack):
     commands = build(30, 1_500, seed=41, t0_ms=int(time.time() * 1000))
     states = expect(commands).states
     pipeline.start_all()
-    pipeline.start("readmodel")
+    probe_port = free_port()
+    pipeline.start("readmodel", metrics_port=probe_port)
     pipeline.send(*commands)
     client = redis.Redis.from_url(stack.redis_url)
     keys = Keys(pipeline.topics.prefix)
     try:
         wait_projected(pipeline, client, keys, states)
         check(client, keys, states)
+        ready = wait_for(probe_port, "/readyz", lambda b: b["ok"], pipeline=pipeline)
+        assert ready == {"ok": True, "redis": True, "rebalancing": False}
 
         # wipe every key of this read model, replay the topic from the start
         pipeline.signal("readmodel")

@@ -95,12 +95,18 @@ def test_kubernetes_manifests_have_probes_resources_and_budgets():
         assert (DEPLOY / "k8s" / "base" / resource).exists()
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     budgets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PodDisruptionBudget"}
-    assert set(SERVICES) <= set(deployments) and set(SERVICES) <= set(budgets)
+    assert {*SERVICES, "readmodel", "api"} <= set(deployments)
+    assert {*SERVICES, "readmodel", "api"} <= set(budgets)
+    for name in ("readmodel", "api"):
+        [container] = deployments[name]["spec"]["template"]["spec"]["containers"]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert {"name": "REDIS_URL", "value": "redis://redis:6379/0"} in container["env"]
     for name, d in deployments.items():
         pod = d["spec"]["template"]
         assert d["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": name}
         assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == name
-        assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        if name in (*SERVICES, "audit"):  # the ones that export metrics
+            assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
         [container] = pod["spec"]["containers"]
         assert container["readinessProbe"] and container["livenessProbe"]
         assert {"cpu", "memory"} <= set(container["resources"]["requests"])
