@@ -51,12 +51,15 @@ def until(driver, url: str, check, timeout_s: float = 60):
 
 def log_in(driver, base: str, account: str) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     driver.delete_all_cookies()
     driver.get(base + "/")
     driver.find_element(By.NAME, "account_id").send_keys(account)
     driver.find_element(By.NAME, "password").send_keys(f"demo-{account}")
     driver.find_element(By.ID, "login").click()
+    # the click returns before the redirect after login has loaded
+    WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.ID, "me"))
     assert driver.find_element(By.ID, "me").text == account
 
 
@@ -88,7 +91,7 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     share_link = browser.find_element(By.ID, "share").get_attribute("value")
     assert share_link.endswith(f"/page/certificates/{cid}?via=alice")
     browser.find_element(By.ID, "circulate").click()
-    WebDriverWait(browser, 10).until(lambda d: "sent=" in d.current_url)
+    WebDriverWait(browser, 20).until(lambda d: "sent=" in d.current_url)
     assert browser.find_element(By.ID, "sent").text.startswith("Sent: command web-")
     until(browser, f"{base}/page/certificates/{cid}",
           lambda d: d.find_element(By.ID, "holder").text == "alice")
@@ -96,6 +99,7 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     log_in(browser, base, "bob")
     browser.get(share_link)
     browser.find_element(By.ID, "circulate").click()
+    WebDriverWait(browser, 20).until(lambda d: "sent=" in d.current_url)
     # the 2nd circulation of at most 4 reaches the 50 % warning ratio: the page warns
     until(browser, share_link, lambda d: d.find_element(By.ID, "holder").text == "bob"
           and d.find_elements(By.ID, "warning"))
@@ -103,6 +107,7 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     log_in(browser, base, "carol")
     browser.get(f"{base}/page/certificates/{cid}")
     browser.find_element(By.ID, "purchase").click()
+    WebDriverWait(browser, 20).until(lambda d: "sent=" in d.current_url)
     until(browser, f"{base}/page/certificates/{cid}",
           lambda d: d.find_element(By.ID, "status").text == "purchased")
 
