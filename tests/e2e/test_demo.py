@@ -38,7 +38,7 @@ def four_free_ports() -> int:
 
 def test_make_run_shows_the_system_working_and_stops_cleanly(tmp_path):
     run_dir = tmp_path / "run"
-    env = {**os.environ, "DEMO_SECONDS": "15", "DEMO_RATE": "120",
+    env = {**os.environ, "DEMO_SECONDS": "30", "DEMO_RATE": "120",
            "COMMISSION_RUN_DIR": str(run_dir), "KAFKA_PORT": str(free_port()),
            "KAFKA_CONTROLLER_PORT": str(free_port()), "REDIS_PORT": str(free_port()),
            "DEMO_METRICS_BASE_PORT": str(four_free_ports()), "DEMO_API_PORT": str(free_port())}
