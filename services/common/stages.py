@@ -49,7 +49,10 @@ class CirculationStage:
                         record.key, header_dict(record.headers))
         result = sequence(state, record.value or b"", source, self.keyring, self.max_skew_ms)
         outputs: list[Output] = []
-        kind = type(result.accepted.command).__name__ if result.accepted else "refused"
+        if result.accepted is not None:
+            kind = type(result.accepted.command).__name__
+        else:
+            kind = "refused" if result.rejection is not None else "no_effect"
         self.metrics.messages_in.labels(self.name, kind).inc()
         if result.rejection is not None:
             r = result.rejection
