@@ -81,9 +81,10 @@ class Run:
 class Deployment:
     """One scenario's services (real or passthrough) on their own topic prefix."""
 
-    def __init__(self, bootstrap: str, prefix: str, module: str, logs: Path) -> None:
+    def __init__(self, bootstrap: str, prefix: str, module: str, logs: Path,
+                 partitions: int = 4) -> None:
         self.settings = Settings(bootstrap=bootstrap, topics=Topics(prefix=f"{prefix}."),
-                                 group_prefix=prefix)
+                                 group_prefix=prefix, partitions=partitions)
         ensure_topics(self.settings, self.settings.topics.all())
         self.ports = {s: free_port() for s in SERVICES}
         self.procs: dict[str, subprocess.Popen] = {}
@@ -92,7 +93,7 @@ class Deployment:
         self.logs = logs
         self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                     "COMMISSION_TOPIC_PREFIX": f"{prefix}.", "COMMISSION_GROUP_PREFIX": prefix,
-                    "LOG_LEVEL": "warning"}
+                    "COMMISSION_PARTITIONS": str(partitions), "LOG_LEVEL": "warning"}
         logs.mkdir(parents=True, exist_ok=True)
         keyring = Keyring.from_env()
         self.sender = Sender(CommandSender(self.settings, keyring), keyring)
@@ -380,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-seconds", type=float, default=30.0,
                         help="measured seconds at half rate, after a 15 s warm-up")
     parser.add_argument("--hot", type=int, default=8_000)
+    parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="commission-bench-"))
@@ -397,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         warm = generate(TrafficSpec(certificates=2, commands=6, seed=99, prefix="warm"))
 
         def deploy(name: str, module: str) -> Deployment:
-            return Deployment(bootstrap, f"bench-{stamp}-{name}", module, workdir / "logs")
+            return Deployment(bootstrap, f"bench-{stamp}-{name}", module, workdir / "logs",
+                              args.partitions)
 
         for key, module in (("raw", "benchmarks.passthrough"), ("pipeline", "services")):
             dep = deploy(key, module)
@@ -431,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m benchmarks.pipeline " + " ".join(argv or sys.argv[1:]),
-        "machine": machine(), "kafka": "3.9.1", "partitions": 4,
+        "machine": machine(), "kafka": "3.9.1", "partitions": args.partitions,
         "runs": {k: msgspec.to_builtins(v) for k, v in runs.items()},
         "state": state,
     }
