@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.api import pages
 from services.api.accounts import Accounts
+from services.api.errors import Problem, problem
 from services.api.openapi import document
 from services.api.reads import ReadApi
 from services.api.writes import Gateway
@@ -52,6 +53,8 @@ async def json_errors(request: web.Request, handler):
     """Every error is JSON with a code; an unexpected one is logged, never shown."""
     try:
         return await handler(request)
+    except Problem as exc:
+        return exc.response
     except web.HTTPException as exc:
         if exc.content_type == "application/json" or exc.status < 400:
             raise
@@ -95,12 +98,9 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
         me = await request.app["gateway"].accounts.account_for(
             request.headers.get("Authorization"))
         if me is None:
-            return web.json_response({"error": "unauthenticated",
-                                      "detail": "log in to see your earnings"}, status=401)
+            return problem(401, "unauthenticated", "log in to see your earnings")
         if me != account:
-            return web.json_response({"error": "forbidden",
-                                      "detail": "an account sees only its own earnings"},
-                                     status=403)
+            return problem(403, "forbidden", "an account sees only its own earnings")
         return web.json_response({"account_id": account,
                                   "earnings": await reads.earnings_of(account)})
 

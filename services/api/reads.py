@@ -10,22 +10,17 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from domain import CertificateState
+from services.api.errors import Problem, problem
 from services.readmodel.projection import NO_DEADLINE, Keys
 
 MAX_PAGE_SIZE = 100
 _decode_state = msgspec.msgpack.Decoder(CertificateState).decode
 
 
-def error(status: int, code: str, detail: str) -> web.Response:
-    return web.json_response({"error": code, "detail": detail}, status=status)
-
-
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name, str(default))
     if not raw.isdigit() or not lo <= int(raw) <= hi:
-        raise web.HTTPBadRequest(text=json.dumps(
-            {"error": "invalid_parameter", "detail": f"{name} must be an integer in {lo}..{hi}"}),
-            content_type="application/json")
+        raise Problem(400, "invalid_parameter", f"{name} must be an integer in {lo}..{hi}")
     return int(raw)
 
 
@@ -62,7 +57,7 @@ class ReadApi:
     async def catalogue(self, request: web.Request) -> web.Response:
         sort = request.query.get("sort", "commission")
         if sort not in ("commission", "time_left"):
-            return error(400, "invalid_parameter", "sort is commission or time_left")
+            return problem(400, "invalid_parameter", "sort is commission or time_left")
         page = _int_param(request, "page", 1, 1, 10**6)
         size = _int_param(request, "size", 20, 1, MAX_PAGE_SIZE)
         start, stop = (page - 1) * size, page * size - 1
@@ -81,14 +76,14 @@ class ReadApi:
     async def certificate(self, request: web.Request) -> web.Response:
         found = await self.summary(request.match_info["id"], int(time.time() * 1000))
         if found is None:
-            return error(404, "unknown_certificate", "no certificate with this id")
+            return problem(404, "unknown_certificate", "no certificate with this id")
         return web.json_response(found)
 
     async def share_link(self, request: web.Request) -> web.Response:
         cid = request.match_info["id"]
         found = await self.summary(cid, int(time.time() * 1000))
         if found is None:
-            return error(404, "unknown_certificate", "no certificate with this id")
+            return problem(404, "unknown_certificate", "no certificate with this id")
         via = request.query.get("via")
         raw = await self.redis.get(self.keys.state(cid))
         members = _decode_state(raw).members if raw else {}

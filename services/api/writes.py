@@ -29,6 +29,7 @@ from schemas.types import (
     ShortText,
 )
 from services.api.accounts import Accounts
+from services.api.errors import Problem, problem
 from services.common.auth import Keyring
 
 _encode = msgspec.json.Encoder().encode
@@ -78,11 +79,6 @@ class EmptyBody(_Body, kw_only=True):
     pass
 
 
-def problem(status: int, code: str, detail: str, **headers: str) -> web.Response:
-    return web.json_response({"error": code, "detail": detail}, status=status,
-                             headers=headers or None)
-
-
 class Gateway:
     def __init__(self, client: aioredis.Redis, prefix: str, accounts: Accounts,
                  keyring: Keyring, producer: AIOKafkaProducer, commands_topic: str,
@@ -103,13 +99,9 @@ class Gateway:
         try:
             return msgspec.json.decode(raw or b"{}", type=kind)
         except msgspec.ValidationError as err:
-            raise web.HTTPUnprocessableEntity(
-                text=_encode({"error": "invalid_body", "detail": str(err)}).decode(),
-                content_type="application/json") from None
+            raise Problem(422, "invalid_body", str(err)) from None
         except msgspec.DecodeError:
-            raise web.HTTPBadRequest(
-                text=_encode({"error": "malformed_json", "detail": "the body is not JSON"})
-                .decode(), content_type="application/json") from None
+            raise Problem(400, "malformed_json", "the body is not JSON") from None
 
     async def _account(self, request: web.Request, limited: bool = True) -> str:
         account = await self.accounts.account_for(request.headers.get("Authorization"))
@@ -118,11 +110,8 @@ class Gateway:
     async def admit(self, account: str | None, limited: bool = True) -> str:
         """The account, if logged in and within its rate; else the HTTP error."""
         if account is None:
-            raise web.HTTPUnauthorized(
-                text=_encode({"error": "unauthenticated",
-                              "detail": "log in at POST /login and send Authorization: "
-                                        "Bearer <token>"}).decode(),
-                content_type="application/json")
+            raise Problem(401, "unauthenticated",
+                          "log in at POST /login and send Authorization: Bearer <token>")
         if not limited:
             return account
         window = int(time.time())
@@ -132,10 +121,8 @@ class Gateway:
             tx.expire(key, 2)
             count, _ = await tx.execute()
         if count > self.rate_per_s:
-            raise web.HTTPTooManyRequests(
-                text=_encode({"error": "rate_limited",
-                              "detail": f"at most {self.rate_per_s} writes per second"})
-                .decode(), content_type="application/json", headers={"Retry-After": "1"})
+            raise Problem(429, "rate_limited", f"at most {self.rate_per_s} writes per second",
+                          **{"Retry-After": "1"})
         return account
 
     def _command_id(self, request: web.Request, account: str) -> str:
