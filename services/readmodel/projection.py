@@ -23,8 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from domain import CertificateState, next_deadline_ms
-from domain.thresholds import cumulative_limit_minor, display_limit_ms
+from domain import CertificateState
 from schemas.events import (
     CertificateCirculated,
     CertificateIssued,
@@ -79,6 +78,14 @@ class Writes:
     zrem: list[tuple[str, str]] = field(default_factory=list)
 
 
+def display_deadline_ms(state: CertificateState) -> int | None:
+    """When the display-time threshold is met, if the certificate has one and is posted."""
+    pool = state.pool
+    if pool is None or pool.display_limit_ms is None or state.posted_at_ms is None:
+        return None
+    return state.posted_at_ms + pool.display_limit_ms
+
+
 def page(state: CertificateState) -> dict[str, str]:
     """The certificate page: status, holder, pool, and how close each threshold is."""
     pool = state.pool
@@ -91,20 +98,18 @@ def page(state: CertificateState) -> dict[str, str]:
     if state.posted_at_ms is not None:
         out["posted_at_ms"] = str(state.posted_at_ms)
     if pool is not None:
-        limit_ms = display_limit_ms(state, pool.thresholds)
+        deadline = display_deadline_ms(state)
         thresholds = {
             "circulations": [state.circulations, pool.thresholds.max_circulations],
-            "cumulative_minor": [pool.cumulative_minor,
-                                 cumulative_limit_minor(state, pool.thresholds)],
-            "display_ms": [None, limit_ms],
+            "cumulative_minor": [pool.cumulative_minor, pool.cumulative_limit_minor],
+            "display_ms": [None, pool.display_limit_ms],
         }
         out.update({
             "pool_status": pool.status, "attached_minor": str(pool.attached_minor),
             "reserve_minor": str(pool.reserve_minor), "budget_minor": str(pool.budget_minor),
             "funder_id": pool.funder_id, "warnings": json.dumps(sorted(pool.warned)),
             "thresholds": json.dumps(thresholds),
-            "display_deadline_ms": "" if limit_ms is None or state.posted_at_ms is None
-            else str(state.posted_at_ms + limit_ms),
+            "display_deadline_ms": "" if deadline is None else str(deadline),
         })
     return out
 
@@ -139,10 +144,9 @@ def project(k: Keys, state: CertificateState, events: list[Event],
     if state.status == "posted" and pool is not None:
         w.zadd.append((k.by_commission, cid,
                        pool.attached_minor if pool.status == "open" else 0))
-        deadline = next_deadline_ms(state)
-        limit = display_limit_ms(state, pool.thresholds)
-        end = state.posted_at_ms + limit if limit is not None and deadline is not None else None
-        w.zadd.append((k.by_deadline, cid, end if end is not None else NO_DEADLINE))
+        # a withdrawn pool's deadline no longer matters: it sorts last, with the timeless
+        end = display_deadline_ms(state) if pool.status == "open" else None
+        w.zadd.append((k.by_deadline, cid, NO_DEADLINE if end is None else end))
     elif state.status == "purchased":
         w.zrem += [(k.by_commission, cid), (k.by_deadline, cid)]
     return w
