@@ -29,14 +29,12 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 import psutil
 from kafka import KafkaConsumer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.core import machine
 from benchmarks.generator import Item, Sender, TrafficSpec, generate
@@ -44,6 +42,7 @@ from deploy.localstack import Kafka, free_port
 from domain import CertificateState
 from services.audit.read import read_table
 from services.common.auth import Keyring
+from services.common.metrics import scrape, total
 from services.common.settings import Settings, Topics
 from services.common.topics import ensure_topics
 from services.gateway import CommandSender
@@ -110,18 +109,9 @@ class Deployment:
 
     def counter(self, service: str, name: str, **labels: str) -> float:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[service]}/metrics",
-                                        timeout=2) as r:
-                text = r.read().decode()
+            return total(scrape(self.ports[service]), name, **labels)
         except OSError:
             return -1.0
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v
-                                               for k, v in labels.items()):
-                    total += sample.value
-        return total
 
     def done(self) -> tuple[int, bool]:
         """(commands the sequencer consumed, whether every follower caught up)."""

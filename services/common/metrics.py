@@ -8,7 +8,11 @@ certificates or accounts (unbounded cardinality) nor secrets.
 
 from __future__ import annotations
 
+import urllib.request
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from schemas.events import CommissionAcquired, Event, PoolReplenished, PoolWithdrawn
 from schemas.payments import BudgetRelease, CommissionPayout, SellerPayment, Settlement
@@ -75,3 +79,17 @@ class Metrics:
                 m.labels(s, "released", x.currency).inc(x.amount_minor)
             elif isinstance(x, SellerPayment):
                 m.labels(s, "seller_paid", x.currency).inc(x.amount_minor)
+
+
+def scrape(port: int, timeout_s: float = 2.0, host: str = "127.0.0.1") -> list[Sample]:
+    """Every sample a service's /metrics serves (raises OSError when it does not answer).
+    For the demo screen, the benchmark and the tests: one reader of the exposition."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout_s) as r:
+        text = r.read().decode()
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def total(samples: list[Sample], name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels``."""
+    return sum(s.value for s in samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))

@@ -19,19 +19,18 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import msgspec
 from kafka import KafkaConsumer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.localstack import REPO_ROOT, default_run_dir, default_stack, pid_alive, read_pid
 from schemas.payments import Settlement
 from schemas.rejections import Rejection
 from services.audit.__main__ import main as audit
 from services.common.auth import Keyring
+from services.common.metrics import scrape, total
 from services.common.settings import Settings
 from services.common.topics import ensure_topics
 from services.demo.feeder import Feeder
@@ -93,16 +92,10 @@ class Services:
 
     def lag(self, name: str) -> int | None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port(name)}/metrics",
-                                        timeout=1) as r:
-                text = r.read().decode()
+            return int(total(scrape(self.port(name), timeout_s=1),
+                             "commission_consumer_lag_messages"))
         except OSError:
             return None
-        total = 0
-        for family in text_string_to_metric_families(text):
-            if family.name == "commission_consumer_lag_messages":
-                total += int(sum(s.value for s in family.samples))
-        return total
 
 
 class Tally(threading.Thread):
@@ -157,8 +150,9 @@ def draw(tty: bool, started: float, feeder: Feeder, tally: Tally, services: Serv
         lines.append(f"    {kind:<18} {amount / 100:>14,.2f} {currency}")
     lines.append(f"rejections      {sum(tally.rejections.values()):>8}   "
                  + "  ".join(f"{k} {v}" for k, v in sorted(tally.rejections.items())))
+    lags = {s: services.lag(s) for s in SERVICES}  # one scrape per service
     lines.append("lag (messages)  " + "   ".join(
-        f"{s} {services.lag(s) if services.lag(s) is not None else '-'}" for s in SERVICES))
+        f"{s} {'-' if lag is None else lag}" for s, lag in lags.items()))
     if services.restarts:
         lines.append("restarts        " + "  ".join(f"{k} {v}" for k, v in services.restarts.items()))
     try:

@@ -9,8 +9,8 @@ import time
 from collections import Counter
 
 from deploy.localstack import free_port
+from services.common.metrics import scrape, total
 from tests.e2e.pipeline import SERVICES
-from tests.e2e.test_operations import scrape, value
 from tests.e2e.traffic import build, expect
 
 
@@ -19,7 +19,7 @@ def consumed(port: int) -> float:
         metrics = scrape(port)
     except OSError:
         return 0.0  # not serving yet
-    return value(metrics.get("commission_messages_in", []), "commission_messages_in_total")
+    return total(metrics, "commission_messages_in_total")
 
 
 def test_second_worker_leaves_and_rejoins_mid_stream(pipeline):
