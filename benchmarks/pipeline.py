@@ -39,10 +39,10 @@ from kafka import KafkaConsumer, TopicPartition
 from benchmarks.core import machine
 from benchmarks.generator import Item, Sender, TrafficSpec, generate
 from deploy.localstack import Kafka, free_port
-from domain import CertificateState
 from services.audit.read import read_table
 from services.common.auth import Keyring
 from services.common.metrics import scrape, total
+from services.common.rows import assemble, head_of
 from services.common.settings import Settings, Topics
 from services.common.topics import ensure_topics
 from services.gateway import CommandSender
@@ -261,23 +261,20 @@ def latency(dep: Deployment, items: list[Item], rate: float, warmup: list[Item])
 
 
 def state_bytes(dep: Deployment) -> dict[str, float]:
-    """Row sizes in the cash-out table: whole, and without what grows with each hop."""
+    """Row sizes in the cash-out table: whole (as one msgpack value), and without what
+    grows with each hop (the head record the changelog rewrites on every change)."""
     topic = f"{dep.settings.topics.prefix}{dep.settings.group_prefix}-cashout-state-changelog"
-    rows = read_table(dep.settings.bootstrap, topic, 120)
-    decode = msgspec.msgpack.Decoder(CertificateState).decode
+    records = read_table(dep.settings.bootstrap, topic, 120)
+    rows = assemble(records)
     encode = msgspec.msgpack.Encoder().encode
     whole, fixed, per_hop = [], [], []
-    for raw in rows.values():
-        state = decode(raw)
-        pool = state.pool
-        core = msgspec.structs.replace(
-            state, chain=[], members={}, applied={},
-            pool=None if pool is None else msgspec.structs.replace(pool, acquired={},
-                                                                   claimable={}))
-        whole.append(len(raw))
-        fixed.append(len(encode(core)))
+    for key, state in rows.items():
+        size = len(encode(state))
+        head = len(records[key])
+        whole.append(size)
+        fixed.append(head)
         if state.chain:
-            per_hop.append((len(raw) - fixed[-1]) / len(state.chain))
+            per_hop.append((size - len(encode(head_of(state)))) / len(state.chain))
     return {"certificates": len(rows), "row_bytes_mean": round(sum(whole) / len(whole), 1),
             "row_bytes_max": max(whole),
             "fixed_bytes_mean": round(sum(fixed) / len(fixed), 1),

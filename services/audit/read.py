@@ -7,6 +7,9 @@ import time
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from domain import CertificateState
+from services.common.rows import assemble
+
 
 def read_records(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[ConsumerRecord]:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
@@ -45,3 +48,9 @@ def read_table(bootstrap: str, topic: str, timeout_s: float = 60.0) -> dict[byte
         else:
             rows[r.key] = r.value
     return rows
+
+
+def read_rows(bootstrap: str, changelog: str, timeout_s: float = 60.0
+              ) -> dict[str, CertificateState]:
+    """A stage's committed table, from its changelog (see services/common/rows.py)."""
+    return {k.decode(): v for k, v in assemble(read_table(bootstrap, changelog, timeout_s)).items()}

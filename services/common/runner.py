@@ -40,12 +40,12 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from domain import CertificateState
 from services.common.metrics import Metrics
+from services.common.rows import RowStore
 from services.common.settings import Settings
 from services.common.topics import ensure_topics
 
@@ -55,9 +55,6 @@ MAX_BATCH_RECORDS = 500
 FETCH_MAX_WAIT_MS = 500
 TXN_RETRY_BACKOFF_MS = 5
 RESTORE_TIMEOUT_S = 120.0
-
-_encode_state = msgspec.msgpack.Encoder().encode
-_decode_state = msgspec.msgpack.Decoder(CertificateState).decode
 
 
 @dataclass(frozen=True)
@@ -100,13 +97,13 @@ class Table:
     """Certificate states of the partitions this worker owns, keyed by certificate id."""
 
     def __init__(self) -> None:
-        self.partitions: dict[int, dict[bytes, CertificateState]] = {}
+        self.partitions: dict[int, RowStore] = {}
 
     def get(self, partition: int, key: bytes) -> CertificateState | None:
-        return self.partitions[partition].get(key)
+        return self.partitions[partition].rows.get(key)
 
     def __len__(self) -> int:
-        return sum(len(rows) for rows in self.partitions.values())
+        return sum(len(store.rows) for store in self.partitions.values())
 
 
 class StageRunner:
@@ -123,6 +120,7 @@ class StageRunner:
         self.plain_producer: AIOKafkaProducer | None = None
         self.assigned_event = asyncio.Event()
         self.last_loop_monotonic = time.monotonic()
+        self.failure: BaseException | None = None  # from the rebalance listener
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -148,6 +146,8 @@ class StageRunner:
             while not stop.is_set():
                 self.last_loop_monotonic = time.monotonic()
                 batch = await self._next_batch()
+                if self.failure is not None:
+                    raise Fatal(f"taking over partitions failed: {self.failure}")
                 if batch:
                     # Partitions are independent (own producer, own table partition,
                     # own transaction), so their transactions run concurrently; the
@@ -206,6 +206,7 @@ class StageRunner:
         started = time.perf_counter()
         try:
             await producer.begin_transaction()
+            store = self.table.partitions[p]
             touched: dict[bytes, CertificateState] = {}
             sends = []
             latencies = []
@@ -217,7 +218,7 @@ class StageRunner:
                     None if key is None else self.table.get(p, key), record)
                 step_seconds.append(time.perf_counter() - step_started)
                 if applied.changed and applied.state is not None:
-                    self.table.partitions[p][key] = applied.state
+                    store.rows[key] = applied.state
                     touched[key] = applied.state
                 for out in applied.outputs:
                     sends.append(await producer.send(
@@ -226,8 +227,10 @@ class StageRunner:
                 if applied.outputs and applied.received_ms is not None:
                     latencies.append(applied.received_ms)
             for key, state in touched.items():
-                sends.append(await producer.send(
-                    self.changelog, key=key, value=_encode_state(state), partition=p))
+                # the row's head and only the segments that changed (services/common/rows.py)
+                for row_key, value in store.changes(key, state):
+                    sends.append(await producer.send(
+                        self.changelog, key=row_key, value=value, partition=p))
             await asyncio.gather(*sends)
             await producer.send_offsets_to_transaction(
                 {tp: records[-1].offset + 1}, self.group)
@@ -329,29 +332,28 @@ class StageRunner:
             reader.assign(tps)
             await reader.seek_to_beginning(*tps)
             end = await reader.end_offsets(tps)
-            for p in partitions:
-                self.table.partitions[p] = {}
+            records: dict[int, dict[bytes, bytes | None]] = {p: {} for p in partitions}
             remaining = {tp for tp in tps if end[tp] > 0}
             while remaining:
                 if time.monotonic() - started > RESTORE_TIMEOUT_S:
                     raise Fatal(f"restoring {self.changelog} took over {RESTORE_TIMEOUT_S}s")
                 batch = await reader.getmany(timeout_ms=500, max_records=5000)
-                for tp, records in batch.items():
-                    rows = self.table.partitions[tp.partition]
-                    for record in records:
-                        if record.value is None:
-                            rows.pop(record.key, None)
-                        else:
-                            rows[record.key] = _decode_state(record.value)
+                for tp, fetched in batch.items():
+                    last = records[tp.partition]
+                    for record in fetched:
+                        last[record.key] = record.value
                 for tp in list(remaining):
                     if await reader.position(tp) >= end[tp]:
                         remaining.discard(tp)
         finally:
             await reader.stop()
         for p in partitions:
-            for key, state in self.table.partitions[p].items():
+            store = RowStore()
+            store.restore({k: v for k, v in records[p].items() if v is not None})
+            self.table.partitions[p] = store
+            for key, state in store.rows.items():
                 self.on_row(p, key, state)
-        log.info(f"restored {sum(len(self.table.partitions[p]) for p in partitions)} rows "
+        log.info(f"restored {sum(len(self.table.partitions[p].rows) for p in partitions)} rows "
                  f"of partitions {partitions} in {time.monotonic() - started:.2f}s")
 
 
@@ -363,4 +365,10 @@ class _Listener(ConsumerRebalanceListener):
         await self.runner.revoke(set(revoked))
 
     async def on_partitions_assigned(self, assigned):
-        await self.runner.assign(set(assigned))
+        # aiokafka logs and swallows a listener's exception; keep it for the loop to
+        # raise, so that a worker whose table could not be restored stops
+        try:
+            await self.runner.assign(set(assigned))
+        except Exception as exc:
+            log.critical("taking over partitions failed", exc_info=True)
+            self.runner.failure = exc

@@ -16,9 +16,8 @@ from collections import Counter
 import msgspec
 import pytest
 
-from domain import CertificateState
 from schemas.rejections import Rejection
-from services.audit.read import read_table
+from services.audit.read import read_rows
 from tests.e2e.pipeline import SERVICES
 from tests.e2e.traffic import build, expect
 
@@ -28,12 +27,11 @@ KILLS_PER_SERVICE = 3
 
 decode_rejection = msgspec.json.Decoder(Rejection).decode
 encode_state = msgspec.msgpack.Encoder().encode
-decode_state = msgspec.msgpack.Decoder(CertificateState).decode
 
 
 def changelog_states(pipeline, service: str) -> dict[str, bytes]:
     topic = f"{pipeline.topics.prefix}{pipeline.settings.group_prefix}-{service}-state-changelog"
-    return {k.decode(): v for k, v in read_table(pipeline.settings.bootstrap, topic, 120).items()}
+    return {k: encode_state(v) for k, v in read_rows(pipeline.settings.bootstrap, topic, 120).items()}
 
 
 @pytest.mark.timeout(900)
