@@ -6,7 +6,9 @@
   (``--reproduction``) from the sharer's feed (``via``), down to ``--depth`` levels;
 * Zipf popularity across certificates (``--zipf``), or ``--hot``: one certificate
   gets ``--hot-share`` of all shares;
-* purchases at ``--purchase-rate`` per share; a certificate is bought once;
+* purchases at ``--purchase-rate`` per share; a certificate is bought once, and a
+  bought certificate (or one whose pool reached its circulation limit) is replaced
+  by a newly issued one, so the traffic's mix stays the same over a long run;
 * bad input: ``--bad-rate`` malformed bodies, ``--duplicate-rate`` resent commands,
   ``--forged-rate`` commands signed with a wrong secret.
 
@@ -73,41 +75,72 @@ def _poisson(rng: random.Random, lam: float) -> int:
         k += 1
 
 
-def traffic(spec: TrafficSpec) -> Iterator[Item]:
-    rng = random.Random(spec.seed)
-    certs = [f"{spec.prefix}-{spec.seed}-{i:05d}" for i in range(spec.certificates)]
-    for cid in certs:
-        budget = rng.randrange(10_000, 1_000_000)
-        yield Item(c.IssueCertificate(command_id=f"{cid}-i", certificate_id=cid, at_ms=0,
-                                      account_id=f"seller-{rng.randrange(50)}", offer_id="gen",
-                                      serial=1, copies=1, name="Generated product",
-                                      price_minor=rng.randrange(1_000, 1_000_000),
-                                      currency="EUR"))
-        yield Item(c.AttachPool(
+CIRCULATION_LIMIT = 5_000  # the generated pools withdraw after this many circulations
+
+
+def _issue(rng: random.Random, spec: TrafficSpec, cid: str) -> list[Item]:
+    budget = rng.randrange(10_000, 1_000_000)
+    return [
+        Item(c.IssueCertificate(command_id=f"{cid}-i", certificate_id=cid, at_ms=0,
+                                account_id=f"seller-{rng.randrange(50)}", offer_id="gen",
+                                serial=1, copies=1, name="Generated product",
+                                price_minor=rng.randrange(1_000, 1_000_000), currency="EUR")),
+        Item(c.AttachPool(
             command_id=f"{cid}-a", certificate_id=cid, at_ms=0,
             account_id=f"funder-{rng.randrange(20)}", funding_ref=f"esc-{cid}",
             budget_minor=budget, attached_minor=max(1, budget // 20), currency="EUR",
             acquisition=c.AcquisitionPolicy(
                 amount=c.RandomAmount(min_minor=1, max_minor=max(2, budget // 40))),
-            thresholds=c.Thresholds(max_circulations=None if spec.hot else 5_000)))
-        yield Item(c.PostCertificate(command_id=f"{cid}-p", certificate_id=cid, at_ms=0,
-                                     account_id="placeholder"))
-    weights = [1.0 / (i + 1) ** spec.zipf for i in range(len(certs))]
-    sent = 3 * len(certs)
+            thresholds=c.Thresholds(max_circulations=None if spec.hot else CIRCULATION_LIMIT))),
+        Item(c.PostCertificate(command_id=f"{cid}-p", certificate_id=cid, at_ms=0,
+                               account_id="placeholder")),
+    ]
+
+
+def traffic(spec: TrafficSpec) -> Iterator[Item]:
+    """The traffic is stationary: ``certificates`` are on offer at any time; one that
+    is bought or reaches its pool's circulation limit leaves the catalogue and a new
+    one is issued in its popularity slot. (Without that, a long run ends with most
+    shares aimed at bought or withdrawn certificates: cheap refusals, which would
+    flatter the latency measured late in a run.)"""
+    rng = random.Random(spec.seed)
+    issued = 0
+
+    def new_certificate() -> str:
+        nonlocal issued
+        issued += 1
+        return f"{spec.prefix}-{spec.seed}-{issued - 1:05d}"
+
+    slots: list[str] = []
+    for _ in range(spec.certificates):
+        slots.append(new_certificate())
+        yield from _issue(rng, spec, slots[-1])
+    slot_of = {cid: i for i, cid in enumerate(slots)}
+    weights = [1.0 / (i + 1) ** spec.zipf for i in range(len(slots))]
+    sent = 3 * len(slots)
     account = 0
-    bought: set[str] = set()
+    shares: dict[str, int] = {}
+    retired: set[str] = set()
     # active cascades: (certificate, via account, depth), breadth first, interleaved
     frontier: deque[tuple[str, str | None, int]] = deque()
     recent: deque[Item] = deque(maxlen=500)
     n = 0
+
+    def retire(cid: str) -> list[Item]:
+        retired.add(cid)
+        slot = slot_of.pop(cid)
+        slots[slot] = new_certificate()
+        slot_of[slots[slot]] = slot
+        return _issue(rng, spec, slots[slot])
+
     while sent < spec.commands:
-        while frontier and frontier[0][0] in bought:
-            frontier.popleft()  # a bought certificate's cascade ends
+        while frontier and frontier[0][0] in retired:
+            frontier.popleft()  # a retired certificate's cascade ends
         if not frontier or rng.random() < 0.05:
             if spec.hot and rng.random() < spec.hot_share:
-                cid = certs[0]
+                cid = slots[0]
             else:
-                cid = rng.choices(certs, weights)[0]
+                cid = rng.choices(slots, weights)[0]
             frontier.append((cid, None, 0))
         cid, via, depth = frontier.popleft()
         n += 1
@@ -119,11 +152,13 @@ def traffic(spec: TrafficSpec) -> Iterator[Item]:
         elif roll < spec.bad_rate + spec.duplicate_rate + spec.forged_rate:
             yield Item(c.Circulate(command_id=f"{cid}-f{n}", certificate_id=cid, at_ms=0,
                                    account_id="mallory"), forged=True)
-        elif cid not in bought and rng.random() < spec.purchase_rate:
-            bought.add(cid)
+        elif rng.random() < spec.purchase_rate:
             yield Item(c.Purchase(command_id=f"{cid}-buy", certificate_id=cid, at_ms=0,
                                   account_id=f"buyer-{rng.randrange(10_000)}",
                                   payment_ref=f"pay-{cid}"))
+            for item in retire(cid):
+                yield item
+                sent += 1
         else:
             account += 1
             who = f"acct-{spec.seed}-{account}"
@@ -131,7 +166,12 @@ def traffic(spec: TrafficSpec) -> Iterator[Item]:
                                     account_id=who, via=via))
             recent.append(item)
             yield item
-            if depth < spec.depth:
+            shares[cid] = shares.get(cid, 0) + 1
+            if not spec.hot and shares[cid] >= CIRCULATION_LIMIT:
+                for setup in retire(cid):
+                    yield setup
+                    sent += 1
+            elif depth < spec.depth:
                 frontier.extend((cid, who, depth + 1) for _ in range(_poisson(rng, spec.reproduction)))
         sent += 1
 
