@@ -6,6 +6,11 @@ from the chain of hops, the set of accounts that gained, and the command ids see
 (all of which grow with the traffic a certificate gets, and are bounded by
 MAX_CHAIN_HOPS), a row is a few hundred bytes of msgpack.
 
+The state is stored as msgpack arrays (``array_like``): the head of a row is ~230 B
+instead of ~650 B with field names, and it is rewritten on every change (see
+services/common/rows.py). The field order is therefore the storage format: add a
+field only at the end of its struct, with a default, so stored rows still decode.
+
 Dicts, not sets, hold account ids: insertion order makes the encoding of a state,
 and the order of payouts, deterministic across processes (str hashes are salted
 per process, so set order is not).
@@ -34,7 +39,7 @@ class Hop(msgspec.Struct, array_like=True, frozen=True):
     at_ms: int
 
 
-class Pool(msgspec.Struct, kw_only=True):
+class Pool(msgspec.Struct, kw_only=True, array_like=True):
     funder_id: str
     funding_ref: str
     budget_minor: int
@@ -61,7 +66,7 @@ class Pool(msgspec.Struct, kw_only=True):
     warned: list[str] = msgspec.field(default_factory=list)
 
 
-class CertificateState(msgspec.Struct, kw_only=True):
+class CertificateState(msgspec.Struct, kw_only=True, array_like=True):
     certificate_id: str
     offer_id: str
     serial: int

@@ -17,8 +17,10 @@ in the same transaction:
     {id}#g{n}      the same slice of the gains, as (account, amount) pairs
 
 A write sends the head and only the segments that changed since the row was last
-written (the last, partly filled one and any new ones): a few kB however long the
-chain. ``#`` cannot occur in a certificate id (schemas.types.Id), so segment keys
+written (the last, partly filled one and any new ones), however long the chain:
+~600 B per command on the benchmark's traffic when every command is its own batch
+(1,860 B with 32-item segments and a head with field names; segments of 8 keep the
+rewritten part small, and restoring reads more, smaller records). ``#`` cannot occur in a certificate id (schemas.types.Id), so segment keys
 never collide with row keys. Compaction keeps the last record of every key, which
 is exactly the newest head and the newest version of every segment.
 """
@@ -34,7 +36,7 @@ import msgspec
 from domain import CertificateState
 from domain.state import Hop
 
-SEGMENT = 32
+SEGMENT = 8
 _SEP = b"#"
 
 _encode = msgspec.msgpack.Encoder().encode
