@@ -16,6 +16,7 @@ Writes (bearer token from POST /login; each answers 202 with command ids):
     POST /certificates/{id}/purchase           {"payment_ref"}
     GET  /commands/{id}                        pending | accepted | rejected + reason
     GET  /openapi.json                         this API as OpenAPI 3.1
+Operations: GET /metrics (Prometheus), /healthz, /readyz.
 Pages (HTML, services/api/pages.py): / (catalogue), /page/certificates/{id},
 /page/accounts/{id}, with a login form, share link, circulate and buy buttons.
 
@@ -29,10 +30,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.api import pages
 from services.api.accounts import Accounts
@@ -41,11 +44,35 @@ from services.api.openapi import document
 from services.api.reads import ReadApi
 from services.api.writes import Gateway
 from services.common.auth import Keyring
+from services.common.metrics import ApiMetrics
 from services.common.service import setup_logging
 from services.common.settings import Settings
 from services.readmodel.projection import Keys
 
 log = logging.getLogger("commission.api")
+
+
+def measured(metrics: ApiMetrics):
+    """Counts and times every answer by its route's template (bounded labels)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            metrics.requests.labels(route, request.method, str(status)).inc()
+            metrics.duration.labels(route).observe(time.perf_counter() - started)
+
+    return middleware
 
 
 @web.middleware
@@ -70,7 +97,8 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
           passwords: dict[str, str], rate_per_s: int) -> web.Application:
     keys = Keys(settings.topics.prefix)
     reads = ReadApi(client, keys)
-    app = web.Application(middlewares=[json_errors])
+    metrics = ApiMetrics()
+    app = web.Application(middlewares=[measured(metrics), json_errors])
 
     async def producer_lifecycle(app: web.Application):
         producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
@@ -132,6 +160,11 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
         ok = redis_ok and "gateway" in request.app
         return web.json_response({"ok": ok, "redis": redis_ok}, status=200 if ok else 503)
 
+    async def prometheus(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/metrics", prometheus)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app

@@ -81,6 +81,35 @@ class Metrics:
                 m.labels(s, "seller_paid", x.currency).inc(x.amount_minor)
 
 
+class ReadModelMetrics:
+    """The read model (services/readmodel): how far it trails the pipeline."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.commands = Counter("commission_readmodel_commands_total",
+                                "Accepted commands consumed, by outcome: projected, or "
+                                "skipped as projected already (a redelivery).",
+                                ["outcome"], registry=r)
+        self.rejections = Counter("commission_readmodel_rejections_total",
+                                  "Refused commands recorded as outcomes.", registry=r)
+        self.trail = Histogram("commission_readmodel_trail_seconds",
+                               "From the accepted record's timestamp to its projection "
+                               "committed in Redis.", buckets=LATENCY_BUCKETS, registry=r)
+
+
+class ApiMetrics:
+    """The HTTP API (services/api). ``route`` is the route's template, never a raw path."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("commission_api_requests_total",
+                                "HTTP requests answered, by route, method and status.",
+                                ["route", "method", "status"], registry=r)
+        self.duration = Histogram("commission_api_request_seconds",
+                                  "Time to answer an HTTP request, by route.",
+                                  ["route"], buckets=LATENCY_BUCKETS, registry=r)
+
+
 def scrape(port: int, timeout_s: float = 2.0, host: str = "127.0.0.1") -> list[Sample]:
     """Every sample a service's /metrics serves (raises OSError when it does not answer).
     For the demo screen, the benchmark and the tests: one reader of the exposition."""

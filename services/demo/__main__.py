@@ -55,7 +55,9 @@ class Services:
         self.restarts: Counter = Counter()
 
     def port(self, name: str) -> int:
-        return METRICS_BASE_PORT + SERVICES.index(name)
+        """9101-9104 the four services, 9105 the read model (the API serves its own
+        /metrics on API_PORT)."""
+        return METRICS_BASE_PORT + (*SERVICES, "readmodel").index(name)
 
     def start(self, name: str) -> None:
         pidfile = self.folder / f"{name}.pid"
@@ -64,7 +66,7 @@ class Services:
             os.kill(old, signal.SIGTERM)  # ours, from an earlier run that did not stop
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.settings.bootstrap,
                "REDIS_URL": self.redis_url, "API_PORT": str(API_PORT),
-               "METRICS_PORT": str(self.port(name)) if name in SERVICES else "0"}
+               "METRICS_PORT": str(self.port(name)) if name != "api" else "0"}
         with open(self.folder / f"{name}.log", "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env,
                                     cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,

@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import faust
 import msgspec
 import redis.asyncio as aioredis
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.commands import AcceptedCommand
 from schemas.rejections import Rejection
 from services.common.logs import json_handler
+from services.common.metrics import ReadModelMetrics
 from services.common.settings import Settings
 from services.readmodel.projection import Keys
 from services.readmodel.store import ReadModelStore
@@ -44,7 +47,7 @@ def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
     datadir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = faust.App(
         group, broker=f"kafka://{settings.bootstrap}", store="memory://",
-        # faust's web server answers the probes when METRICS_PORT is set
+        # faust's web server answers the probes and /metrics when METRICS_PORT is set
         web_enabled=bool(settings.metrics_port), web_port=settings.metrics_port or 6066,
         web_bind=os.environ.get("OPS_BIND_HOST", "127.0.0.1"),
         topic_partitions=settings.partitions, consumer_auto_offset_reset="earliest",
@@ -55,6 +58,15 @@ def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
                        key_serializer="raw", value_serializer="raw")
     client = aioredis.from_url(redis_url)
     store = ReadModelStore(client, Keys(settings.topics.prefix))
+    metrics = ReadModelMetrics()
+    projected = metrics.commands.labels("projected")
+    skipped = metrics.commands.labels("skipped")
+
+    @app.page("/metrics")
+    async def prometheus(web, request):
+        # the exposition type carries a charset, which aiohttp refuses as content_type
+        return web.bytes(generate_latest(metrics.registry),
+                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.page("/healthz")
     async def healthz(web, request):
@@ -78,6 +90,7 @@ def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
     async def record_rejections(stream):
         async for value in stream:
             await store.reject(_decode_rejection(value))
+            metrics.rejections.inc()
 
     @app.agent(source)  # concurrency 1: each partition's records in order
     async def project_accepted(stream):
@@ -87,12 +100,17 @@ def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
             # An exception here would still see the record acknowledged (faust #315):
             # let it stop the worker instead, so that the record is redelivered.
             try:
-                await store.apply(accepted, accepted_ms)
+                applied = await store.apply(accepted, accepted_ms)
             except Exception:
                 log.critical("projection failed; stopping", exc_info=True,
                              extra={"certificate_id": accepted.command.certificate_id,
                                     "command_id": accepted.command.command_id})
                 os._exit(75)
+            if applied:
+                projected.inc()
+                metrics.trail.observe(max(0.0, time.time() - accepted_ms / 1000))
+            else:
+                skipped.inc()
 
     return app
 

@@ -6,6 +6,7 @@ import time
 
 from deploy.localstack import free_port
 from schemas import commands as c
+from services.common.metrics import scrape, total
 from tests.e2e.http import get, login, wait_for
 from tests.e2e.test_seed_flows import setup
 
@@ -59,3 +60,20 @@ def test_catalogue_certificate_share_link_feed_and_earnings(pipeline):
     assert status == 400 and body["error"] == "invalid_parameter"
     status, body = get(port, "/catalogue?sort=price")
     assert status == 400 and body["error"] == "invalid_parameter"
+
+    # what an SRE dashboard scrapes: answers by route template and status, no raw paths
+    samples = scrape(port)
+    requests = [x for x in samples if x.name == "commission_api_requests_total"]
+
+    def answered(route: str, status: str, method: str = "GET") -> float:
+        return total(requests, "commission_api_requests_total", route=route, method=method,
+                     status=status)
+
+    assert answered("/catalogue", "400") == 2
+    assert answered("/certificates/{id}", "404") == 1
+    assert answered("/certificates/{id}", "200") == 1
+    assert answered("/accounts/{id}/earnings", "401") == 1
+    assert answered("/accounts/{id}/earnings", "403") == 1
+    assert answered("/login", "200", method="POST") == 1
+    assert not [x for x in requests if "api-" in x.labels["route"] or "nope" in x.labels["route"]]
+    assert total(samples, "commission_api_request_seconds_count", route="/catalogue") >= 3

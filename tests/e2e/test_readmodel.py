@@ -12,6 +12,7 @@ import redis
 
 from deploy.localstack import free_port
 from domain import CertificateState
+from services.common.metrics import scrape, total
 from services.readmodel.projection import NO_DEADLINE, Keys, page
 from tests.e2e.http import wait_for
 from tests.e2e.traffic import build, expect
@@ -87,6 +88,24 @@ def test_projections_match_the_core_and_rebuild_after_a_wipe(pipeline, stack):
         check(client, keys, states)
         ready = wait_for(probe_port, "/readyz", lambda b: b["ok"], pipeline=pipeline)
         assert ready == {"ok": True, "redis": True, "rebalancing": False}
+        # each accepted command projected once, and timed; every refusal recorded
+        accepted = sum(state.seq for state in states.values())
+        want = {("commission_readmodel_commands_total", "projected"): accepted,
+                ("commission_readmodel_commands_total", "skipped"): 0,
+                ("commission_readmodel_trail_seconds_count", None): accepted,
+                ("commission_readmodel_rejections_total", None): sum(
+                    expect(commands).rejections.values())}
+
+        def counted() -> dict:
+            samples = scrape(probe_port)
+            return {(name, outcome): total(samples, name, **({"outcome": outcome}
+                                                              if outcome else {}))
+                    for name, outcome in want}
+
+        deadline = time.monotonic() + 30
+        while (got := counted()) != want and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert got == want
 
         # wipe every key of this read model, replay the topic from the start
         pipeline.signal("readmodel")

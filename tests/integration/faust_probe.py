@@ -4,6 +4,7 @@ consumes from TOPIC to OUT, one per line. Run as a subprocess, as services are.
     python -m tests.integration.faust_probe BOOTSTRAP TOPIC GROUP OUT
 """
 
+import os
 import sys
 
 import faust
@@ -12,7 +13,9 @@ import faust
 def main() -> None:
     bootstrap, topic, group, out = sys.argv[1:5]
     app = faust.App(group, broker=f"kafka://{bootstrap}", store="memory://",
-                    web_enabled=False, topic_partitions=4, consumer_auto_offset_reset="earliest")
+                    web_enabled=False, topic_partitions=4, consumer_auto_offset_reset="earliest",
+                    # next to OUT (a test's tmp_path), not in the working directory
+                    datadir=os.path.join(os.path.dirname(os.path.abspath(out)), "faust-data"))
     source = app.topic(topic, value_type=bytes, value_serializer="raw")
 
     @app.agent(source)

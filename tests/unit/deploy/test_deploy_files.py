@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from services.audit.__main__ import AuditGauges
-from services.common.metrics import Metrics
+from services.common.metrics import ApiMetrics, Metrics, ReadModelMetrics
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
@@ -31,7 +31,8 @@ def exported_metric_names() -> set[str]:
     suffixes = {"counter": ("_total",), "gauge": ("",),
                 "histogram": ("_bucket", "_count", "_sum")}
     names = {"up"}
-    for registry in (Metrics("probe").registry, AuditGauges().registry):
+    for registry in (Metrics("probe").registry, AuditGauges().registry,
+                     ReadModelMetrics().registry, ApiMetrics().registry):
         for family in registry.collect():  # families exist before any label is used
             names.update(family.name + suffix for suffix in suffixes[family.type])
     return names
@@ -55,7 +56,7 @@ def test_compose_file_is_valid_and_wires_every_part():
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     targets = {t for job in scrape["scrape_configs"] for sc in job["static_configs"]
                for t in sc["targets"]}
-    assert targets == {f"{s}:9100" for s in (*SERVICES, "audit")}
+    assert targets == {f"{s}:9100" for s in (*SERVICES, "audit", "readmodel")} | {"api:8080"}
 
 
 def test_alert_rules_pass_promtool_check_and_unit_tests():
@@ -105,7 +106,7 @@ def test_kubernetes_manifests_have_probes_resources_and_budgets():
         pod = d["spec"]["template"]
         assert d["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": name}
         assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == name
-        if name in (*SERVICES, "audit"):  # the ones that export metrics
+        if name in (*SERVICES, "audit", "readmodel", "api"):  # every one exports metrics
             assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
         [container] = pod["spec"]["containers"]
         assert container["readinessProbe"] and container["livenessProbe"]
