@@ -58,9 +58,27 @@ class Metrics:
                                       "check_expiry commands sent by the withdrawal timer.",
                                       ["service"], registry=r)
 
+        # bound children by label values: ``labels()`` costs ~1.8 us a call against
+        # ~0.4 us for ``inc()``, and it ran several times per message (~8 % of the
+        # sequencer's CPU under load)
+        self._in: dict[str, Counter] = {}
+        self._out: dict[tuple[str, type], Counter] = {}
+
+    def count_in(self, kind: str) -> None:
+        child = self._in.get(kind)
+        if child is None:
+            child = self._in[kind] = self.messages_in.labels(self.service, kind)
+        child.inc()
+
     def count_out(self, topic: str, items: list) -> None:
+        out = self._out
         for item in items:
-            self.messages_out.labels(self.service, topic, type(item).__name__).inc()
+            key = (topic, type(item))
+            child = out.get(key)
+            if child is None:
+                child = out[key] = self.messages_out.labels(self.service, topic,
+                                                            type(item).__name__)
+            child.inc()
 
     def count_money(self, items: list[Event | Settlement]) -> None:
         """Count the money flows of the published events and settlements."""

@@ -53,7 +53,7 @@ class CirculationStage:
             kind = type(result.accepted.command).__name__
         else:
             kind = "refused" if result.rejection is not None else "no_effect"
-        self.metrics.messages_in.labels(self.name, kind).inc()
+        self.metrics.count_in(kind)
         if result.rejection is not None:
             r = result.rejection
             self.metrics.rejections.labels(self.name, r.reason.value).inc()
@@ -99,7 +99,7 @@ class FollowerStage:
 
     def apply(self, state: CertificateState | None, record: ConsumerRecord) -> Applied:
         accepted = _decode_accepted(record.value)
-        self.metrics.messages_in.labels(self.name, type(accepted.command).__name__).inc()
+        self.metrics.count_in(type(accepted.command).__name__)
         result = follow(state, accepted)
         if result.duplicate:
             return Applied(state, False, [])
