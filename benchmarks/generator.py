@@ -79,10 +79,12 @@ CIRCULATION_LIMIT = 5_000  # the generated pools withdraw after this many circul
 
 
 def _issue(rng: random.Random, spec: TrafficSpec, cid: str) -> list[Item]:
+    """Issue, attach a pool, post (by the seller who issued)."""
     budget = rng.randrange(10_000, 1_000_000)
+    seller = f"seller-{rng.randrange(50)}"
     return [
         Item(c.IssueCertificate(command_id=f"{cid}-i", certificate_id=cid, at_ms=0,
-                                account_id=f"seller-{rng.randrange(50)}", offer_id="gen",
+                                account_id=seller, offer_id="gen",
                                 serial=1, copies=1, name="Generated product",
                                 price_minor=rng.randrange(1_000, 1_000_000), currency="EUR")),
         Item(c.AttachPool(
@@ -93,7 +95,7 @@ def _issue(rng: random.Random, spec: TrafficSpec, cid: str) -> list[Item]:
                 amount=c.RandomAmount(min_minor=1, max_minor=max(2, budget // 40))),
             thresholds=c.Thresholds(max_circulations=None if spec.hot else CIRCULATION_LIMIT))),
         Item(c.PostCertificate(command_id=f"{cid}-p", certificate_id=cid, at_ms=0,
-                               account_id="placeholder")),
+                               account_id=seller)),
     ]
 
 
@@ -120,21 +122,20 @@ def traffic(spec: TrafficSpec) -> Iterator[Item]:
     sent = 3 * len(slots)
     account = 0
     shares: dict[str, int] = {}
-    retired: set[str] = set()
     # active cascades: (certificate, via account, depth), breadth first, interleaved
     frontier: deque[tuple[str, str | None, int]] = deque()
     recent: deque[Item] = deque(maxlen=500)
     n = 0
 
     def retire(cid: str) -> list[Item]:
-        retired.add(cid)
+        """The certificate leaves the catalogue (and slot_of); a new one takes its slot."""
         slot = slot_of.pop(cid)
         slots[slot] = new_certificate()
         slot_of[slots[slot]] = slot
         return _issue(rng, spec, slots[slot])
 
     while sent < spec.commands:
-        while frontier and frontier[0][0] in retired:
+        while frontier and frontier[0][0] not in slot_of:
             frontier.popleft()  # a retired certificate's cascade ends
         if not frontier or rng.random() < 0.05:
             if spec.hot and rng.random() < spec.hot_share:
@@ -156,9 +157,9 @@ def traffic(spec: TrafficSpec) -> Iterator[Item]:
             yield Item(c.Purchase(command_id=f"{cid}-buy", certificate_id=cid, at_ms=0,
                                   account_id=f"buyer-{rng.randrange(10_000)}",
                                   payment_ref=f"pay-{cid}"))
-            for item in retire(cid):
-                yield item
-                sent += 1
+            setup = retire(cid)
+            yield from setup
+            sent += len(setup)
         else:
             account += 1
             who = f"acct-{spec.seed}-{account}"
@@ -168,28 +169,16 @@ def traffic(spec: TrafficSpec) -> Iterator[Item]:
             yield item
             shares[cid] = shares.get(cid, 0) + 1
             if not spec.hot and shares[cid] >= CIRCULATION_LIMIT:
-                for setup in retire(cid):
-                    yield setup
-                    sent += 1
+                setup = retire(cid)
+                yield from setup
+                sent += len(setup)
             elif depth < spec.depth:
                 frontier.extend((cid, who, depth + 1) for _ in range(_poisson(rng, spec.reproduction)))
         sent += 1
 
 
-def _seller_fix(items: Iterator[Item]) -> Iterator[Item]:
-    """PostCertificate must come from the seller of its IssueCertificate."""
-    sellers: dict[str, str] = {}
-    for item in items:
-        cmd = item.command
-        if isinstance(cmd, c.IssueCertificate):
-            sellers[cmd.certificate_id] = cmd.account_id
-        elif isinstance(cmd, c.PostCertificate):
-            item = Item(msgspec.structs.replace(cmd, account_id=sellers[cmd.certificate_id]))
-        yield item
-
-
 def generate(spec: TrafficSpec) -> list[Item]:
-    return list(_seller_fix(traffic(spec)))
+    return list(traffic(spec))
 
 
 Prepared = tuple[bytes | None, bytes, list, str | None]  # key, body, headers, command id
@@ -219,10 +208,14 @@ class Sender:
                         command.command_id))
         return out
 
+    def prepare_now(self, items: list[Item], rate: float = 0.0) -> list[Prepared]:
+        """Prepared to be sent from now on (paced: from a moment from now, the time it
+        takes to sign them)."""
+        lead_ms = 200 if rate else 0
+        return self.prepare(items, int(time.time() * 1000) + lead_ms, rate)
+
     def send(self, items: list[Item], rate: float = 0.0, progress: bool = False) -> float:
-        lead_ms = 200 if rate else 0  # time to sign before the first send is due
-        return self.send_prepared(
-            self.prepare(items, int(time.time() * 1000) + lead_ms, rate), rate, progress)
+        return self.send_prepared(self.prepare_now(items, rate), rate, progress)
 
     def send_prepared(self, prepared: list[Prepared], rate: float = 0.0,
                       progress: bool = False) -> float:

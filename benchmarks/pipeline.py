@@ -236,7 +236,7 @@ def latency(dep: Deployment, items: list[Item], rate: float, warmup: list[Item])
     # The instrument must not pause: a full collection over the ~100,000 prepared
     # commands stalls the sending and the reading thread alike (and shows up as
     # latency of the pipeline). Freeze what exists now out of the collector's reach.
-    prepared = dep.sender.prepare(items, int(time.time() * 1000) + 200, rate)
+    prepared = dep.sender.prepare_now(items, rate)
     gc.collect()
     gc.freeze()
     started = time.monotonic()
