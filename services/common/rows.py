@@ -82,11 +82,12 @@ def head_of(state: CertificateState) -> CertificateState:
 
 def _segments(tag: bytes, key: bytes, items: Iterable, written: int, now: int
               ) -> list[tuple[bytes, bytes]]:
-    """The segments holding items written..now-1 (the first may be partly old)."""
+    """The segments holding items written..now-1 of ``items`` (the first segment may
+    be partly old: it is written whole)."""
     if now == written:
         return []
     first = written // SEGMENT
-    it = iter(items)
+    it = islice(items, first * SEGMENT, None)
     out = []
     for n in range(first, (now - 1) // SEGMENT + 1):
         chunk = list(islice(it, SEGMENT))
@@ -101,22 +102,12 @@ def encode_row(key: bytes, state: CertificateState, written: Lengths | None
     now = lengths(state)
     if now.hops < old.hops or now.applied < old.applied or now.gains < old.gains:
         raise CorruptRow(f"{key!r}: an append-only part shrank ({old} -> {now})")
-    start = (old.hops // SEGMENT) * SEGMENT
     records = [(key, _encode(Head(head_of(state), *now)))]
-    records += _segments(b"h", key, islice(state.chain, start, None), old.hops, now.hops)
-    start = (old.applied // SEGMENT) * SEGMENT
-    records += _segments(b"a", key, islice(state.applied.items(), start, None),
-                         old.applied, now.applied)
+    records += _segments(b"h", key, state.chain, old.hops, now.hops)
+    records += _segments(b"a", key, state.applied.items(), old.applied, now.applied)
     if state.pool is not None:
-        start = (old.gains // SEGMENT) * SEGMENT
-        records += _segments(b"g", key, islice(state.pool.acquired.items(), start, None),
-                             old.gains, now.gains)
+        records += _segments(b"g", key, state.pool.acquired.items(), old.gains, now.gains)
     return records, now
-
-
-def row_key(key: bytes) -> bytes:
-    """The certificate id a changelog key belongs to."""
-    return key.split(_SEP, 1)[0]
 
 
 def assemble(records: dict[bytes, bytes]) -> dict[bytes, CertificateState]:
