@@ -35,7 +35,6 @@ import time
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.api import pages
 from services.api.accounts import Accounts
@@ -44,7 +43,7 @@ from services.api.openapi import document
 from services.api.reads import ReadApi
 from services.api.writes import Gateway
 from services.common.auth import Keyring
-from services.common.metrics import ApiMetrics
+from services.common.metrics import ApiMetrics, exposition
 from services.common.service import setup_logging
 from services.common.settings import Settings
 from services.readmodel.projection import Keys
@@ -161,8 +160,8 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
         return web.json_response({"ok": ok, "redis": redis_ok}, status=200 if ok else 503)
 
     async def prometheus(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body, headers = exposition(metrics.registry)
+        return web.Response(body=body, headers=headers)
 
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/healthz", healthz)

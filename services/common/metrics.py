@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import urllib.request
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -126,6 +133,12 @@ class ApiMetrics:
         self.duration = Histogram("commission_api_request_seconds",
                                   "Time to answer an HTTP request, by route.",
                                   ["route"], buckets=LATENCY_BUCKETS, registry=r)
+
+
+def exposition(registry: CollectorRegistry) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of a /metrics answer. The content type goes in the headers:
+    it carries a charset, which aiohttp refuses as a ``content_type`` argument."""
+    return generate_latest(registry), {"Content-Type": CONTENT_TYPE_LATEST}
 
 
 def scrape(port: int, timeout_s: float = 2.0, host: str = "127.0.0.1") -> list[Sample]:

@@ -15,9 +15,8 @@ from __future__ import annotations
 import time
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.common.metrics import Metrics
+from services.common.metrics import Metrics, exposition
 from services.common.runner import StageRunner
 
 LIVE_WITHIN_S = 120.0
@@ -34,8 +33,8 @@ def _status(runner: StageRunner, within_s: float, need_join: bool) -> tuple[bool
 
 async def start_ops_server(port: int, runner: StageRunner, metrics: Metrics) -> web.AppRunner:
     async def metrics_view(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body, headers = exposition(metrics.registry)
+        return web.Response(body=body, headers=headers)
 
     async def healthz(request: web.Request) -> web.Response:
         ok, info = _status(runner, LIVE_WITHIN_S, need_join=False)

@@ -27,12 +27,11 @@ from pathlib import Path
 import faust
 import msgspec
 import redis.asyncio as aioredis
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.commands import AcceptedCommand
 from schemas.rejections import Rejection
 from services.common.logs import json_handler
-from services.common.metrics import ReadModelMetrics
+from services.common.metrics import ReadModelMetrics, exposition
 from services.common.settings import Settings
 from services.readmodel.projection import Keys
 from services.readmodel.store import ReadModelStore
@@ -64,9 +63,8 @@ def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
 
     @app.page("/metrics")
     async def prometheus(web, request):
-        # the exposition type carries a charset, which aiohttp refuses as content_type
-        return web.bytes(generate_latest(metrics.registry),
-                         headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body, headers = exposition(metrics.registry)
+        return web.bytes(body, headers=headers)
 
     @app.page("/healthz")
     async def healthz(web, request):
