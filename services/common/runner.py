@@ -109,9 +109,6 @@ class Table:
     def __init__(self) -> None:
         self.partitions: dict[int, RowStore] = {}
 
-    def get(self, partition: int, key: bytes) -> CertificateState | None:
-        return self.partitions[partition].rows.get(key)
-
     def __len__(self) -> int:
         return sum(len(store.rows) for store in self.partitions.values())
 
@@ -225,7 +222,7 @@ class StageRunner:
                 key = record.key
                 step_started = time.perf_counter()
                 applied = self.stage.apply(
-                    None if key is None else self.table.get(p, key), record)
+                    None if key is None else store.rows.get(key), record)
                 step_seconds.append(time.perf_counter() - step_started)
                 if applied.changed and applied.state is not None:
                     store.rows[key] = applied.state
