@@ -8,6 +8,7 @@ certificate; and the audit passes.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import time
@@ -24,6 +25,9 @@ from tests.e2e.traffic import build, expect
 N_CERTS = 200
 N_COMMANDS = 10_000
 KILLS_PER_SERVICE = 3
+# The kill moments come from this seed; CI keeps 5, a soak run varies it
+# (CRASH_SEED=17 make test-e2e) to land the kills elsewhere.
+KILL_SEED = int(os.environ.get("CRASH_SEED", "5"))
 
 decode_rejection = msgspec.json.Decoder(Rejection).decode
 encode_state = msgspec.msgpack.Encoder().encode
@@ -42,9 +46,10 @@ def test_kill_every_service_repeatedly_while_traffic_flows(pipeline):
     expected = expect(commands)
     assert sum(expected.topics["payments"].values()) > 100, "the traffic must move money"
 
+    print(f"kill seed {KILL_SEED}")  # shown with a failure
     pipeline.start_all()
     done_sending = pipeline.feed_in_background(commands, every=250, pause_s=0.5)  # ~500/s
-    rng = random.Random(5)
+    rng = random.Random(KILL_SEED)
     schedule = [s for s in SERVICES for _ in range(KILLS_PER_SERVICE)]
     rng.shuffle(schedule)
     kills = Counter()
