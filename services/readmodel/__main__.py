@@ -4,13 +4,9 @@ Why faust here and not in the money path: the read model publishes nothing, and 
 effects are made exactly-once by the sequence number stored with each projection
 (services/readmodel/store.py), so faust's at-least-once agent is all it needs.
 
-faust consumes with ``read_uncommitted`` unless its (experimental) exactly-once mode
-is on, and that mode hangs on shutdown here ("Not in the middle of a transaction").
-Reading uncommitted ``accepted`` records is safe for this projection: a record of an
-aborted transaction is always produced again, identical (same seq, same command),
-when the circulation service reprocesses the same input from its committed
-position with its committed state, so whichever copy arrives first is applied and
-the other is skipped by its sequence number.
+The app reads only committed records (``services/readmodel/committed.py``: faust
+would read uncommitted ones outside its exactly-once mode, and a record of an
+aborted transaction is not always decided the same way again).
 
 Environment: as the services, plus REDIS_URL (default redis://127.0.0.1:6379/0) and
 COMMISSION_READMODEL_GROUP (default "{group prefix}-readmodel"; a new group replays
@@ -33,6 +29,7 @@ from schemas.rejections import Rejection
 from services.common.logs import json_handler
 from services.common.metrics import ReadModelMetrics, exposition
 from services.common.settings import Settings
+from services.readmodel.committed import CommittedApp
 from services.readmodel.projection import Keys
 from services.readmodel.store import ReadModelStore
 
@@ -44,7 +41,7 @@ _decode_rejection = msgspec.json.Decoder(Rejection).decode
 def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
     datadir = Path(settings.data_dir) / group
     datadir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
-    app = faust.App(
+    app = CommittedApp(
         group, broker=f"kafka://{settings.bootstrap}", store="memory://",
         # faust's web server answers the probes and /metrics when METRICS_PORT is set
         web_enabled=bool(settings.metrics_port), web_port=settings.metrics_port or 6066,

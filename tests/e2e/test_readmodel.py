@@ -4,14 +4,17 @@ final states; after Redis is wiped, replaying the topic rebuilds the same thing.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 
 import msgspec
 import redis
+from aiokafka import AIOKafkaProducer
 
 from deploy.localstack import free_port
 from domain import CertificateState
+from schemas.commands import AcceptedCommand
 from services.common.metrics import scrape, total
 from services.readmodel.projection import NO_DEADLINE, Keys, page
 from tests.e2e.http import wait_for
@@ -145,5 +148,49 @@ def test_read_model_trails_the_pipeline_by_under_a_second_at_demo_load(pipeline,
         p99 = trails[int(0.99 * len(trails))]
         print(f"read model trail: p50 {trails[len(trails) // 2]} ms, p99 {p99} ms, n={len(trails)}")
         assert p99 < 1_000, f"read model trails by p99 {p99} ms (p50 {trails[len(trails) // 2]})"
+    finally:
+        client.close()
+
+
+def test_a_record_of_an_aborted_transaction_is_not_projected(pipeline, stack):
+    """The circulation service publishes ``accepted`` in transactions; one it aborts
+    (killed, fenced) may never be decided the same way again (a signing key removed,
+    a deploy in between), so the read model must not show it."""
+    commands = build(2, 2, seed=47, t0_ms=int(time.time() * 1000))
+    issued = {}
+    for command in commands:
+        issued.setdefault(command.certificate_id, command)
+    (ghost, ghost_cmd), (real, real_cmd) = issued.items()
+    now_ms = int(time.time() * 1000)
+    encode = msgspec.json.Encoder().encode
+
+    async def publish() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, enable_idempotence=True,
+                                    transactional_id=f"{pipeline.settings.group_prefix}-tx")
+        await producer.start()
+        try:
+            for cid, command, commit in ((ghost, ghost_cmd, False), (real, real_cmd, True)):
+                await producer.begin_transaction()
+                # one partition, the aborted record first: once the real one is
+                # projected, the read model has read past the ghost
+                await producer.send_and_wait(
+                    pipeline.topics.accepted, key=cid.encode(), partition=0,
+                    value=encode(AcceptedCommand(seq=1, received_ms=now_ms, command=command)))
+                if commit:
+                    await producer.commit_transaction()
+                else:
+                    await producer.abort_transaction()
+        finally:
+            await producer.stop()
+
+    asyncio.run(publish())
+    pipeline.start("readmodel")
+    client = redis.Redis.from_url(stack.redis_url)
+    keys = Keys(pipeline.topics.prefix)
+    try:
+        wait_projected(pipeline, client, keys, {real: expect([real_cmd]).states[real]})
+        assert client.get(keys.state(ghost)) is None
+        assert client.hgetall(keys.cert(ghost)) == {}
+        assert client.hgetall(keys.outcome(ghost_cmd.command_id)) == {}
     finally:
         client.close()
