@@ -30,11 +30,14 @@ class CommandSender:
         self.send_raw(command.certificate_id.encode(), _encode(command))
 
     def send_raw(self, key: bytes | None, body: bytes, *, sign: bool = True,
-                 headers: list[tuple[str, bytes]] | None = None) -> None:
-        """Send bytes as they are (tests use this for forged and malformed input)."""
+                 headers: list[tuple[str, bytes]] | None = None,
+                 timestamp_ms: int | None = None) -> None:
+        """Send bytes as they are (tests use this for forged and malformed input, and
+        ``timestamp_ms`` for a record timestamp set by the producer)."""
         if headers is None:
             headers = self.keyring.sign(body, self.key) if sign else []
-        self.producer.send(self.topic, key=key, value=body, headers=headers)
+        self.producer.send(self.topic, key=key, value=body, headers=headers,
+                           timestamp_ms=timestamp_ms)
 
     def flush(self) -> None:
         self.producer.flush()

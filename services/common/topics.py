@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from services.common.settings import Settings
@@ -13,23 +13,41 @@ from services.common.settings import Settings
 log = logging.getLogger("commission.topics")
 
 
+# The circulation service refuses a command whose at_ms is far from its record's
+# timestamp (`stale`), so that a captured command cannot be replayed later. That only
+# holds if the broker stamps the time: with the default CreateTime the producer does,
+# and a replay can carry a backdated timestamp (tests/e2e/test_poison.py).
+BROKER_TIME = {"message.timestamp.type": "LogAppendTime"}
+
+
 def ensure_topics(settings: Settings, topics: list[str], compacted: list[str] = ()) -> None:
     """Create missing topics; refuse to run when an existing one has another partition
-    count (co-partitioning is what keeps one certificate's messages in order)."""
+    count (co-partitioning is what keeps one certificate's messages in order). The
+    commands topic gets the broker's time, also when it exists already."""
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="commission-admin")
     try:
         wanted = {t: False for t in topics} | {t: True for t in compacted}
         existing = set(admin.list_topics())
-        new = [
-            NewTopic(name, settings.partitions, 1,
-                     topic_configs={"cleanup.policy": "compact"} if is_compacted else {})
-            for name, is_compacted in wanted.items() if name not in existing
-        ]
+
+        def configs(name: str, is_compacted: bool) -> dict[str, str]:
+            out = {"cleanup.policy": "compact"} if is_compacted else {}
+            return out | (BROKER_TIME if name == settings.topics.commands else {})
+
+        new = [NewTopic(name, settings.partitions, 1, topic_configs=configs(name, is_compacted))
+               for name, is_compacted in wanted.items() if name not in existing]
         if new:
             try:
                 admin.create_topics(new)
             except TopicAlreadyExistsError:
                 pass  # another service created it at the same time
+        if settings.topics.commands in wanted and settings.topics.commands in existing:
+            # created before this rule, or by hand: set it (idempotent)
+            result = admin.alter_configs([ConfigResource(
+                ConfigResourceType.TOPIC, settings.topics.commands, BROKER_TIME)])
+            outcome = result.get("topic", {}).get(settings.topics.commands)
+            if outcome != "OK":
+                raise SystemExit(f"could not give {settings.topics.commands} the broker's "
+                                 f"time (message.timestamp.type): {outcome}")
         counts = _partition_counts(admin, list(wanted))
         for name, count in counts.items():
             if count != settings.partitions:

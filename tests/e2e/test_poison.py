@@ -60,6 +60,10 @@ def test_poison_input_is_rejected_once_and_changes_nothing(pipeline):
         (encode({**circ, "command_id": "b-nokey"}), key, "unknown_key",
          {"headers": [("key-id", b"who-knows"), ("signature", b"00" * 32)]}),
         (encode({**circ, "command_id": "b-stale", "at_ms": t - 3_600_000}), key, "stale", {}),
+        # a command captured an hour ago, replayed with its record timestamp backdated to
+        # match: the broker stamps the time on `commands`, not the producer
+        (encode({**circ, "command_id": "b-backdated", "at_ms": t - 3_600_000}), key, "stale",
+         {"timestamp_ms": t - 3_600_000}),
         (encode({"type": "check_expiry", "command_id": "b-scope", "certificate_id": cid,
                  "at_ms": t}), key, "not_authorized", {}),
     ]
