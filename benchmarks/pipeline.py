@@ -204,7 +204,8 @@ class EffectReader(threading.Thread):
     async def _read(self) -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, group_id=None,
                                     isolation_level="read_committed",
-                                    enable_auto_commit=False, fetch_max_wait_ms=100)
+                                    enable_auto_commit=False, fetch_max_wait_ms=100,
+                                    **self.settings.kafka_auth.aiokafka())
         await consumer.start()
         try:
             tps = [TopicPartition(self.settings.topics.name(t), p) for t in OUTPUT_TOPICS

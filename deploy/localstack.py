@@ -45,6 +45,8 @@ REDIS_START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 30.0
 # The broker shares 2 cores and the memory with Redis, the services and the tests.
 KAFKA_HEAP = "-Xms256m -Xmx768m"
+# the login of the optional SASL listener (local test broker only; not a secret)
+SASL_USER = ("commission", "commission-local-secret")
 
 
 # Processes this interpreter started, kept so they are reaped (and not reported by
@@ -208,10 +210,17 @@ class Kafka:
     port: int
     controller_port: int
     default_partitions: int = 4
+    # optional second listener that needs a login (SASL PLAIN or SCRAM-SHA-256 with
+    # SASL_USER), for the tests of authenticated clients
+    sasl_port: int | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str | None:
+        return None if self.sasl_port is None else f"127.0.0.1:{self.sasl_port}"
 
     @property
     def pidfile(self) -> Path:
@@ -224,15 +233,30 @@ class Kafka:
     def properties(self) -> str:
         # One node: every internal topic has replication factor and min ISR 1, or
         # the group coordinator and the transaction coordinator never become ready.
+        listeners = [f"PLAINTEXT://127.0.0.1:{self.port}"]
+        sasl = []
+        if self.sasl_port is not None:
+            listeners.append(f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}")
+            user, password = SASL_USER
+            sasl = [
+                "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256",
+                "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'user_{user}="{password}";',
+                "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config="
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            ]
         return "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners={','.join(listeners)}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
+            "SASL_PLAINTEXT:SASL_PLAINTEXT",
+            *sasl,
             f"log.dirs={self.run_dir / 'data'}",
             f"num.partitions={self.default_partitions}",
             "default.replication.factor=1",
@@ -270,9 +294,13 @@ class Kafka:
         java = ["java", f"-Dlog4j.configuration=file:{log4j}", *KAFKA_HEAP.split(),
                 "-XX:+UseSerialGC", "-cp", f"{libs}/*"]
         if not (self.run_dir / "data" / "meta.properties").exists():
+            scram = []
+            if self.sasl_port is not None:
+                user, password = SASL_USER
+                scram = ["--add-scram", f"SCRAM-SHA-256=[name={user},password={password}]"]
             subprocess.run(
                 [*java, "kafka.tools.StorageTool", "format", "--ignore-formatted",
-                 "-t", str(uuid.uuid4()).replace("-", "")[:22], "-c", str(props)],
+                 "-t", str(uuid.uuid4()).replace("-", "")[:22], "-c", str(props), *scram],
                 check=True, stdout=subprocess.DEVNULL,
             )
         pid = _spawn([*java, "kafka.Kafka", str(props)], self.log)

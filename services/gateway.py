@@ -24,7 +24,8 @@ class CommandSender:
         self.key = key or keyring.first("gateway")
         self.producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
                                       enable_idempotence=True, linger_ms=5,
-                                      client_id="commission-gateway")
+                                      client_id="commission-gateway",
+                                      **settings.kafka_auth.kafka_python())
 
     def send(self, command: Command) -> None:
         self.send_raw(command.certificate_id.encode(), _encode(command))

@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     topic = settings.topics.name(args.topic)
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None,
-                             isolation_level="read_committed", enable_auto_commit=False)
+                             isolation_level="read_committed", enable_auto_commit=False,
+                             **settings.kafka_auth.kafka_python())
     tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
     if not tps:
         print(f"no topic {topic}", file=sys.stderr)

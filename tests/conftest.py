@@ -52,6 +52,11 @@ class Stack:
     redis: Redis | None = None
     source: str = "local"
 
+    @property
+    def sasl_bootstrap(self) -> str | None:
+        """The broker's listener that needs a login (only on a broker this session runs)."""
+        return None if self.kafka is None else self.kafka.sasl_bootstrap
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Iterator[Stack]:
@@ -69,7 +74,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             yield Stack(k.get_bootstrap_server(), f"redis://{host}:{port}/0", source="docker")
         return
     run = tmp_path_factory.mktemp("stack")
-    kafka = Kafka(run_dir=run / "kafka", port=free_port(), controller_port=free_port())
+    kafka = Kafka(run_dir=run / "kafka", port=free_port(), controller_port=free_port(),
+                  sasl_port=free_port())
     redis = Redis(run_dir=run / "redis", port=free_port())
     kafka.start()
     redis.start()

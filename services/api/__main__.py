@@ -101,7 +101,8 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
 
     async def producer_lifecycle(app: web.Application):
         producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
-                                    enable_idempotence=True, client_id="commission-api")
+                                    enable_idempotence=True, client_id="commission-api",
+                                    **settings.kafka_auth.aiokafka())
         await producer.start()
         app["gateway"] = Gateway(client, keys.p, Accounts(client, keys.p, passwords), keyring,
                                  producer, settings.topics.commands, rate_per_s)

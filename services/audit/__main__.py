@@ -51,9 +51,9 @@ def audit_once(timeout_s: float) -> Report | None:
     settings = Settings.from_env()
     t = settings.topics
     try:
-        events = read_topic(settings.bootstrap, t.certificate_events, timeout_s)
-        accepted = read_topic(settings.bootstrap, t.accepted, timeout_s)
-        payments = read_topic(settings.bootstrap, t.payments, timeout_s)
+        events = read_topic(settings.bootstrap, t.certificate_events, timeout_s, settings.kafka_auth)
+        accepted = read_topic(settings.bootstrap, t.accepted, timeout_s, settings.kafka_auth)
+        payments = read_topic(settings.bootstrap, t.payments, timeout_s, settings.kafka_auth)
     except Exception as exc:
         print(f"audit: cannot read the topics: {exc}", file=sys.stderr)
         return None

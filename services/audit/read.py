@@ -9,11 +9,14 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from domain import CertificateState
 from services.common.rows import assemble
+from services.common.settings import PLAINTEXT, KafkaAuth
 
 
-def read_records(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[ConsumerRecord]:
+def read_records(bootstrap: str, topic: str, timeout_s: float = 60.0,
+                 auth: KafkaAuth = PLAINTEXT) -> list[ConsumerRecord]:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             isolation_level="read_committed", group_id=None)
+                             isolation_level="read_committed", group_id=None,
+                             **auth.kafka_python())
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
@@ -35,8 +38,9 @@ def read_records(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[Co
         consumer.close()
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[bytes]:
-    return [r.value for r in read_records(bootstrap, topic, timeout_s)]
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0,
+               auth: KafkaAuth = PLAINTEXT) -> list[bytes]:
+    return [r.value for r in read_records(bootstrap, topic, timeout_s, auth)]
 
 
 def read_table(bootstrap: str, topic: str, timeout_s: float = 60.0) -> dict[bytes, bytes]:

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.producer import sender as _aiokafka_sender
 from aiokafka.structs import ConsumerRecord
 
@@ -132,6 +133,10 @@ class StageRunner:
     # --- lifecycle ------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.plain_producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap, acks="all", enable_idempotence=True,
+            client_id=f"{self.group}-plain", **self.settings.kafka_auth.aiokafka())
+        await self._connect(self.plain_producer)
         topics = [self.stage.input_topic(), *self.stage.output_topics()]
         ensure_topics(self.settings, topics, compacted=[self.changelog])
         self.consumer = AIOKafkaConsumer(
@@ -141,11 +146,8 @@ class StageRunner:
             client_id=f"{self.group}-consumer",
             # a fetch waits at most this long for committed records: a latency floor
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            **self.settings.kafka_auth.aiokafka(),
         )
-        self.plain_producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap, acks="all", enable_idempotence=True,
-            client_id=f"{self.group}-plain")
-        await self.plain_producer.start()
         await self.consumer.start()
         self.consumer.subscribe([self.stage.input_topic()], listener=_Listener(self))
         ticker = asyncio.create_task(self._tick_loop(stop)) if hasattr(self.stage, "due") else None
@@ -167,6 +169,18 @@ class StageRunner:
             if ticker is not None:
                 ticker.cancel()
             await self._shutdown()
+
+    async def _connect(self, producer: AIOKafkaProducer) -> None:
+        """The first connection, with a message that names what to check: aiokafka gives
+        up at once on a refused login (kafka-python's admin client would retry for 30 s)."""
+        auth = self.settings.kafka_auth
+        try:
+            await producer.start()
+        except KafkaConnectionError as exc:
+            login = f" as {auth.username} ({auth.sasl_mechanism})" if auth.sasl else ""
+            raise Fatal(f"cannot connect to Kafka at {self.settings.bootstrap} over "
+                        f"{auth.security_protocol}{login}: {exc}; check the address, the "
+                        f"login and the broker's log") from exc
 
     async def _next_batch(self) -> dict[TopicPartition, list[ConsumerRecord]]:
         """Records for the next round of transactions: wait up to commit_interval_s
@@ -321,7 +335,7 @@ class StageRunner:
                     client_id=f"{self.group}-{p}",
                     # the broker answers CONCURRENT_TRANSACTIONS while the previous
                     # commit's markers are written; retry soon, not after 100 ms
-                    retry_backoff_ms=TXN_RETRY_BACKOFF_MS)
+                    retry_backoff_ms=TXN_RETRY_BACKOFF_MS, **self.settings.kafka_auth.aiokafka())
                 await producer.start()
                 self.producers[p] = producer
             if fresh:
@@ -332,7 +346,8 @@ class StageRunner:
         started = time.monotonic()
         reader = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap,
                                   enable_auto_commit=False, isolation_level="read_committed",
-                                  client_id=f"{self.group}-restore")
+                                  client_id=f"{self.group}-restore",
+                                  **self.settings.kafka_auth.aiokafka())
         await reader.start()
         try:
             tps = [TopicPartition(self.changelog, p) for p in partitions]

@@ -55,10 +55,116 @@ class Topics:
                 self.withdrawals, self.payments, self.rejections]
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class KafkaAuth:
+    """How every Kafka client of this process connects: PLAINTEXT (the local stack) by
+    default; TLS and SASL (PLAIN, SCRAM) for a real cluster. The password comes from
+    the environment or a file (a mounted secret) and never appears in ``repr``, logs
+    or metrics. The HMAC on commands authenticates their *authors*; this authenticates
+    the *processes*, so that a broker with ACLs can let only the circulation service
+    write ``accepted``, only the cash-out service write ``payments``, and so on
+    (docs/runbook.md, "Access control")."""
+
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None  # TLS: the CA that signed the brokers' certificates
+
+    def __post_init__(self) -> None:
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise SystemExit(f"KAFKA_SECURITY_PROTOCOL must be one of {SECURITY_PROTOCOLS}, "
+                             f"not {self.security_protocol!r}")
+        if self.sasl:
+            if self.sasl_mechanism not in SASL_MECHANISMS:
+                raise SystemExit(f"KAFKA_SASL_MECHANISM must be one of {SASL_MECHANISMS}, "
+                                 f"not {self.sasl_mechanism!r}")
+            if not self.username or not self.password:
+                raise SystemExit("SASL needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD "
+                                 "(or KAFKA_SASL_PASSWORD_FILE)")
+
+    @property
+    def sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL")
+
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol.endswith("SSL")
+
+    @classmethod
+    def from_env(cls) -> KafkaAuth:
+        protocol = _env("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
+        sasl = protocol.startswith("SASL")
+        password = os.environ.get("KAFKA_SASL_PASSWORD")
+        path = os.environ.get("KAFKA_SASL_PASSWORD_FILE")
+        if sasl and password is None and path:  # without SASL the file may not be mounted
+            with open(path, encoding="utf-8") as f:
+                password = f.read().strip()
+        mechanism = os.environ.get("KAFKA_SASL_MECHANISM", "PLAIN").upper()
+        return cls(security_protocol=protocol, sasl_mechanism=mechanism if sasl else None,
+                   username=os.environ.get("KAFKA_SASL_USERNAME"), password=password,
+                   ca_file=os.environ.get("KAFKA_SSL_CAFILE"))
+
+    def env(self) -> dict[str, str]:
+        """The environment that makes a child process connect the same way."""
+        out = {"KAFKA_SECURITY_PROTOCOL": self.security_protocol}
+        if self.sasl:
+            out |= {"KAFKA_SASL_MECHANISM": self.sasl_mechanism,
+                    "KAFKA_SASL_USERNAME": self.username, "KAFKA_SASL_PASSWORD": self.password}
+        if self.ca_file:
+            out["KAFKA_SSL_CAFILE"] = self.ca_file
+        return out
+
+    def kafka_python(self) -> dict:
+        """Keyword arguments for kafka-python's clients."""
+        out: dict = {"security_protocol": self.security_protocol}
+        if self.sasl:
+            out |= {"sasl_mechanism": self.sasl_mechanism,
+                    "sasl_plain_username": self.username, "sasl_plain_password": self.password}
+        if self.tls and self.ca_file:
+            out["ssl_cafile"] = self.ca_file
+        return out
+
+    def aiokafka(self) -> dict:
+        """Keyword arguments for aiokafka's clients."""
+        out: dict = {"security_protocol": self.security_protocol}
+        if self.sasl:
+            out |= {"sasl_mechanism": self.sasl_mechanism,
+                    "sasl_plain_username": self.username, "sasl_plain_password": self.password}
+        if self.tls:
+            out["ssl_context"] = self.ssl_context()
+        return out
+
+    def faust(self):
+        """faust's ``broker_credentials`` (None: PLAINTEXT)."""
+        import faust  # only the read model uses faust; keep it out of the services' imports
+
+        if self.sasl:
+            return faust.SASLCredentials(
+                username=self.username, password=self.password, mechanism=self.sasl_mechanism,
+                ssl_context=self.ssl_context() if self.tls else None)
+        if self.tls:
+            return faust.SSLCredentials(self.ssl_context())
+        return None
+
+    def ssl_context(self):
+        from aiokafka.helpers import create_ssl_context
+
+        return create_ssl_context(cafile=self.ca_file)
+
+
+PLAINTEXT = KafkaAuth()
+
+
 @dataclass(frozen=True)
 class Settings:
     bootstrap: str = "127.0.0.1:9092"
     topics: Topics = field(default_factory=Topics)
+    kafka_auth: KafkaAuth = PLAINTEXT
     partitions: int = DEFAULT_PARTITIONS
     # prefix of the consumer groups and transactional ids ({prefix}-{service}[-{partition}])
     group_prefix: str = "commission"
@@ -80,6 +186,7 @@ class Settings:
     def from_env(cls, **overrides) -> Settings:
         values = dict(
             bootstrap=_env("KAFKA_BOOTSTRAP_SERVERS", cls.bootstrap),
+            kafka_auth=KafkaAuth.from_env(),
             topics=Topics(prefix=_env("COMMISSION_TOPIC_PREFIX", "")),
             partitions=int(_env("COMMISSION_PARTITIONS", str(cls.partitions))),
             group_prefix=_env("COMMISSION_GROUP_PREFIX", cls.group_prefix),

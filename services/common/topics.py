@@ -24,7 +24,8 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: list[str] = 
     """Create missing topics; refuse to run when an existing one has another partition
     count (co-partitioning is what keeps one certificate's messages in order). The
     commands topic gets the broker's time, also when it exists already."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="commission-admin")
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="commission-admin",
+                             **settings.kafka_auth.kafka_python())
     try:
         wanted = {t: False for t in topics} | {t: True for t in compacted}
         existing = set(admin.list_topics())
@@ -41,13 +42,7 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: list[str] = 
             except TopicAlreadyExistsError:
                 pass  # another service created it at the same time
         if settings.topics.commands in wanted and settings.topics.commands in existing:
-            # created before this rule, or by hand: set it (idempotent)
-            result = admin.alter_configs([ConfigResource(
-                ConfigResourceType.TOPIC, settings.topics.commands, BROKER_TIME)])
-            outcome = result.get("topic", {}).get(settings.topics.commands)
-            if outcome != "OK":
-                raise SystemExit(f"could not give {settings.topics.commands} the broker's "
-                                 f"time (message.timestamp.type): {outcome}")
+            _ensure_broker_time(admin, settings.topics.commands)
         counts = _partition_counts(admin, list(wanted))
         for name, count in counts.items():
             if count != settings.partitions:
@@ -55,6 +50,24 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: list[str] = 
                                  f"expected {settings.partitions}: co-partitioning broken")
     finally:
         admin.close()
+
+
+def _ensure_broker_time(admin: KafkaAdminClient, topic: str) -> None:
+    """Set LogAppendTime on a topic created before this rule, or by hand; with a user
+    that may not alter configs, an operator sets it once and this only checks."""
+    ((key, want),) = BROKER_TIME.items()
+    described = admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, topic, {key: None})], config_filter="all")
+    if described.get("topic", {}).get(topic, {}).get(key, {}).get("value") == want:
+        return
+    try:
+        outcome = admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, BROKER_TIME)])["topic"][topic]
+    except Exception as exc:  # refused (no AlterConfigs permission) or unreachable
+        outcome = exc
+    if outcome != "OK":
+        raise SystemExit(f"{topic} must have {key}={want} (the broker stamps the time that "
+                         f"the stale check compares with) and it could not be set: {outcome}")
 
 
 def _partition_counts(admin: KafkaAdminClient, topics: list[str],

@@ -114,7 +114,8 @@ class Tally(threading.Thread):
     def run(self) -> None:
         t = self.settings.topics
         consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap, group_id=None,
-                                 isolation_level="read_committed", enable_auto_commit=False)
+                                 isolation_level="read_committed", enable_auto_commit=False,
+                                 **self.settings.kafka_auth.kafka_python())
         tps = [TopicPartition(topic, p) for topic in (t.payments, t.rejections)
                for p in range(self.settings.partitions)]
         consumer.assign(tps)

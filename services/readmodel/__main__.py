@@ -43,6 +43,7 @@ def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
     datadir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = CommittedApp(
         group, broker=f"kafka://{settings.bootstrap}", store="memory://",
+        broker_credentials=settings.kafka_auth.faust(),
         # faust's web server answers the probes and /metrics when METRICS_PORT is set
         web_enabled=bool(settings.metrics_port), web_port=settings.metrics_port or 6066,
         web_bind=os.environ.get("OPS_BIND_HOST", "127.0.0.1"),

@@ -15,7 +15,7 @@ from schemas.commands import Command
 from services.audit.read import read_topic
 from services.audit.report import Report, reconcile
 from services.common.auth import Keyring
-from services.common.settings import Settings, Topics
+from services.common.settings import PLAINTEXT, KafkaAuth, Settings, Topics
 from services.common.topics import ensure_topics
 from services.gateway import CommandSender
 
@@ -25,10 +25,11 @@ SERVICES = ("circulation", "allocation", "withdrawal", "cashout")
 
 class Pipeline:
     def __init__(self, bootstrap: str, prefix: str, logs: Path, *, partitions: int = 4,
-                 timer_interval_s: float = 0.5, extra_env: dict[str, str] | None = None):
+                 timer_interval_s: float = 0.5, extra_env: dict[str, str] | None = None,
+                 kafka_auth: KafkaAuth = PLAINTEXT):
         self.settings = Settings(bootstrap=bootstrap, topics=Topics(prefix=f"{prefix}."),
                                  partitions=partitions, group_prefix=prefix,
-                                 timer_interval_s=timer_interval_s)
+                                 timer_interval_s=timer_interval_s, kafka_auth=kafka_auth)
         self.logs = logs
         self.logs.mkdir(parents=True, exist_ok=True)
         self.env = {
@@ -40,6 +41,7 @@ class Pipeline:
             "COMMISSION_TIMER_INTERVAL_S": str(timer_interval_s),
             "LOG_LEVEL": "info",
             "COMMISSION_DATA_DIR": str(logs.parent / "data"),
+            **kafka_auth.env(),
             **(extra_env or {}),
         }
         self.env.pop("COMMISSION_KEYS_FILE", None)
@@ -117,7 +119,8 @@ class Pipeline:
         return done
 
     def read(self, topic: str) -> list[bytes]:
-        return read_topic(self.settings.bootstrap, topic, timeout_s=60)
+        return read_topic(self.settings.bootstrap, topic, timeout_s=60,
+                          auth=self.settings.kafka_auth)
 
     def wait_for(self, topic: str, count: int, timeout_s: float = 90.0) -> list[bytes]:
         """Committed records of ``topic`` once there are at least ``count``."""

@@ -1,0 +1,80 @@
+"""The services, the read model, the gateway and the audit on a broker listener that
+needs a SASL login (SCRAM-SHA-256), as on a managed cluster; and a wrong password
+stops a service instead of leaving it waiting."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+import redis
+
+from deploy.localstack import SASL_USER
+from services.common.settings import KafkaAuth
+from services.readmodel.projection import Keys
+from tests.e2e.pipeline import SERVICES, Pipeline
+from tests.e2e.test_readmodel import wait_projected
+from tests.e2e.traffic import build, expect
+
+
+def _auth(password: str) -> KafkaAuth:
+    return KafkaAuth(security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-256",
+                     username=SASL_USER[0], password=password)
+
+
+@pytest.fixture
+def sasl_pipeline(stack, names, tmp_path):
+    if stack.sasl_bootstrap is None:
+        pytest.skip(f"Kafka comes from {stack.source}; this session cannot add a SASL listener")
+    p = Pipeline(stack.sasl_bootstrap, names.prefix, tmp_path / "logs",
+                 extra_env={"REDIS_URL": stack.redis_url}, kafka_auth=_auth(SASL_USER[1]))
+    try:
+        yield p
+    finally:
+        p.stop_all()
+        p.sender.close()
+
+
+def test_the_pipeline_runs_on_a_listener_that_needs_a_login(sasl_pipeline, stack):
+    pipeline = sasl_pipeline
+    commands = build(10, 300, seed=53, t0_ms=int(time.time() * 1000))
+    want = expect(commands)
+    pipeline.start_all()
+    pipeline.start("readmodel")
+    pipeline.send(*commands)
+    t = pipeline.topics
+    for base, counter in want.topics.items():
+        got = Counter(pipeline.wait_for(t.name(base), sum(counter.values()), timeout_s=120))
+        assert got == counter, base
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        wait_projected(pipeline, client, Keys(t.prefix), want.states)
+    finally:
+        client.close()
+    assert pipeline.audit().ok
+    pipeline.assert_running()
+
+
+def test_a_wrong_password_stops_the_service(stack, names, tmp_path):
+    if stack.sasl_bootstrap is None:
+        pytest.skip(f"Kafka comes from {stack.source}; this session cannot add a SASL listener")
+    pipeline = Pipeline(stack.sasl_bootstrap, names.prefix, tmp_path / "logs",
+                        kafka_auth=_auth(SASL_USER[1]))  # the test's own clients log in
+    try:
+        for service in SERVICES:
+            pipeline.start(service, KAFKA_SASL_PASSWORD="not-the-password")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and any(
+                p.poll() is None for p in pipeline.procs.values()):
+            time.sleep(0.5)
+        codes = {key[0]: p.poll() for key, p in pipeline.procs.items()}
+        assert all(code not in (None, 0) for code in codes.values()), codes
+        for service in SERVICES:
+            log = (tmp_path / "logs" / f"{service}-0.log").read_text()
+            assert f"as {SASL_USER[0]} (SCRAM-SHA-256)" in log, service  # says what to check
+            assert "SaslAuthenticationFailed" in log, service
+            assert "not-the-password" not in log, service
+    finally:
+        pipeline.stop_all()
+        pipeline.sender.close()
