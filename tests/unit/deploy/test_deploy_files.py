@@ -124,5 +124,20 @@ def test_kubernetes_manifests_have_probes_resources_and_budgets():
     for replica in prod["replicas"]:
         assert replica["name"] in deployments
         assert replica["count"] <= partitions, "replicas beyond the partitions sit idle"
+    # every process that talks to Kafka logs in as itself when the cluster needs a login
+    for name in (*SERVICES, "readmodel", "api", "audit"):
+        pod = deployments[name]["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["KAFKA_SASL_USERNAME"]["valueFrom"]["secretKeyRef"]["name"] == \
+            f"commission-kafka-{name}"
+        login = next(v for v in pod["volumes"] if v["name"] == "kafka-login")
+        assert login["secret"] == {"secretName": f"commission-kafka-{name}", "optional": True}
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "kafka-login")
+        assert env["KAFKA_SASL_PASSWORD_FILE"]["value"] == f"{mount['mountPath']}/password"
+    assert config["data"]["KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT"
+    [patch] = prod["patches"]
+    assert {(op["path"], op["value"]) for op in yaml.safe_load(patch["patch"])} == {
+        ("/data/KAFKA_SECURITY_PROTOCOL", "SASL_SSL"), ("/data/KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")}
     dev = yaml.safe_load((DEPLOY / "k8s" / "overlays" / "dev" / "kustomization.yaml").read_text())
     assert dev["resources"] == ["../../base"]
