@@ -47,6 +47,7 @@ STOP_TIMEOUT_S = 30.0
 KAFKA_HEAP = "-Xms256m -Xmx768m"
 # the login of the optional SASL listener (local test broker only; not a secret)
 SASL_USER = ("commission", "commission-local-secret")
+TLS_STORE_PASSWORD = "commission-local-store"
 
 
 # Processes this interpreter started, kept so they are reaped (and not reported by
@@ -210,9 +211,11 @@ class Kafka:
     port: int
     controller_port: int
     default_partitions: int = 4
-    # optional second listener that needs a login (SASL PLAIN or SCRAM-SHA-256 with
-    # SASL_USER), for the tests of authenticated clients
+    # optional listeners that need a login (SASL PLAIN or SCRAM-SHA-256 with SASL_USER),
+    # in the clear and over TLS (a certificate for 127.0.0.1 made at start, its PEM in
+    # tls_ca_file), for the tests of authenticated clients
     sasl_port: int | None = None
+    tls_port: int | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -221,6 +224,33 @@ class Kafka:
     @property
     def sasl_bootstrap(self) -> str | None:
         return None if self.sasl_port is None else f"127.0.0.1:{self.sasl_port}"
+
+    @property
+    def tls_bootstrap(self) -> str | None:
+        return None if self.tls_port is None else f"127.0.0.1:{self.tls_port}"
+
+    @property
+    def tls_ca_file(self) -> Path:
+        return self.run_dir / "tls" / "broker.pem"
+
+    @property
+    def _keystore(self) -> Path:
+        return self.run_dir / "tls" / "broker.p12"
+
+    def _make_certificate(self) -> None:
+        """A self-signed certificate for 127.0.0.1: its own CA, trusted by the tests."""
+        if self._keystore.exists():
+            return
+        self._keystore.parent.mkdir(parents=True, exist_ok=True)
+        store = ["-keystore", str(self._keystore), "-storetype", "PKCS12",
+                 "-storepass", TLS_STORE_PASSWORD]
+        subprocess.run(["keytool", "-genkeypair", "-alias", "broker", "-keyalg", "RSA",
+                        "-keysize", "2048", "-validity", "30", "-dname", "CN=127.0.0.1",
+                        "-ext", "SAN=IP:127.0.0.1,DNS:localhost", *store],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(["keytool", "-exportcert", "-rfc", "-alias", "broker",
+                        "-file", str(self.tls_ca_file), *store],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     @property
     def pidfile(self) -> Path:
@@ -235,17 +265,26 @@ class Kafka:
         # the group coordinator and the transaction coordinator never become ready.
         listeners = [f"PLAINTEXT://127.0.0.1:{self.port}"]
         sasl = []
-        if self.sasl_port is not None:
-            listeners.append(f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}")
+        logins = [(name, port) for name, port in (("SASL_PLAINTEXT", self.sasl_port),
+                                                  ("SASL_SSL", self.tls_port))
+                  if port is not None]
+        if logins:
+            sasl.append("sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256")
+        for name, port in logins:
+            listeners.append(f"{name}://127.0.0.1:{port}")
             user, password = SASL_USER
-            sasl = [
-                "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256",
-                "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+            prefix = f"listener.name.{name.lower()}"
+            sasl += [
+                f"{prefix}.plain.sasl.jaas.config="
                 "org.apache.kafka.common.security.plain.PlainLoginModule required "
                 f'user_{user}="{password}";',
-                "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config="
+                f"{prefix}.scram-sha-256.sasl.jaas.config="
                 "org.apache.kafka.common.security.scram.ScramLoginModule required;",
             ]
+        if self.tls_port is not None:
+            sasl += ["ssl.keystore.type=PKCS12", f"ssl.keystore.location={self._keystore}",
+                     f"ssl.keystore.password={TLS_STORE_PASSWORD}",
+                     f"ssl.key.password={TLS_STORE_PASSWORD}"]
         return "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
@@ -255,7 +294,7 @@ class Kafka:
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
-            "SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL",
             *sasl,
             f"log.dirs={self.run_dir / 'data'}",
             f"num.partitions={self.default_partitions}",
@@ -280,6 +319,8 @@ class Kafka:
             return
         libs = ensure_kafka_jars()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.tls_port is not None:
+            self._make_certificate()
         props = self.run_dir / "server.properties"
         props.write_text(self.properties())
         log4j = self.run_dir / "log4j.properties"
@@ -295,7 +336,7 @@ class Kafka:
                 "-XX:+UseSerialGC", "-cp", f"{libs}/*"]
         if not (self.run_dir / "data" / "meta.properties").exists():
             scram = []
-            if self.sasl_port is not None:
+            if self.sasl_port is not None or self.tls_port is not None:
                 user, password = SASL_USER
                 scram = ["--add-scram", f"SCRAM-SHA-256=[name={user},password={password}]"]
             subprocess.run(

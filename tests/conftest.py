@@ -52,10 +52,14 @@ class Stack:
     redis: Redis | None = None
     source: str = "local"
 
-    @property
-    def sasl_bootstrap(self) -> str | None:
-        """The broker's listener that needs a login (only on a broker this session runs)."""
-        return None if self.kafka is None else self.kafka.sasl_bootstrap
+    def login_listener(self, protocol: str) -> tuple[str, str | None] | None:
+        """(bootstrap, CA file) of the broker's listener that needs a login, in the
+        clear (SASL_PLAINTEXT) or over TLS (SASL_SSL); only on a broker this session runs."""
+        if self.kafka is None:
+            return None
+        if protocol == "SASL_SSL":
+            return self.kafka.tls_bootstrap, str(self.kafka.tls_ca_file)
+        return self.kafka.sasl_bootstrap, None
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +79,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         return
     run = tmp_path_factory.mktemp("stack")
     kafka = Kafka(run_dir=run / "kafka", port=free_port(), controller_port=free_port(),
-                  sasl_port=free_port())
+                  sasl_port=free_port(), tls_port=free_port())
     redis = Redis(run_dir=run / "redis", port=free_port())
     kafka.start()
     redis.start()

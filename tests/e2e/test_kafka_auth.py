@@ -1,6 +1,6 @@
-"""The services, the read model, the gateway and the audit on a broker listener that
-needs a SASL login (SCRAM-SHA-256), as on a managed cluster; and a wrong password
-stops a service instead of leaving it waiting."""
+"""The services, the read model, the gateway and the audit on broker listeners that
+need a SASL login (SCRAM-SHA-256), in the clear and over TLS as on a managed cluster;
+and a wrong password stops a service instead of leaving it waiting."""
 
 from __future__ import annotations
 
@@ -18,17 +18,20 @@ from tests.e2e.test_readmodel import wait_projected
 from tests.e2e.traffic import build, expect
 
 
-def _auth(password: str) -> KafkaAuth:
-    return KafkaAuth(security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-256",
-                     username=SASL_USER[0], password=password)
+def _auth(stack, protocol: str, password: str) -> tuple[str, KafkaAuth]:
+    listener = stack.login_listener(protocol)
+    if listener is None:
+        pytest.skip(f"Kafka comes from {stack.source}; this session cannot add a listener")
+    bootstrap, ca_file = listener
+    return bootstrap, KafkaAuth(security_protocol=protocol, sasl_mechanism="SCRAM-SHA-256",
+                                username=SASL_USER[0], password=password, ca_file=ca_file)
 
 
-@pytest.fixture
-def sasl_pipeline(stack, names, tmp_path):
-    if stack.sasl_bootstrap is None:
-        pytest.skip(f"Kafka comes from {stack.source}; this session cannot add a SASL listener")
-    p = Pipeline(stack.sasl_bootstrap, names.prefix, tmp_path / "logs",
-                 extra_env={"REDIS_URL": stack.redis_url}, kafka_auth=_auth(SASL_USER[1]))
+@pytest.fixture(params=["SASL_PLAINTEXT", "SASL_SSL"])
+def login_pipeline(request, stack, names, tmp_path):
+    bootstrap, auth = _auth(stack, request.param, SASL_USER[1])
+    p = Pipeline(bootstrap, names.prefix, tmp_path / "logs",
+                 extra_env={"REDIS_URL": stack.redis_url}, kafka_auth=auth)
     try:
         yield p
     finally:
@@ -36,8 +39,8 @@ def sasl_pipeline(stack, names, tmp_path):
         p.sender.close()
 
 
-def test_the_pipeline_runs_on_a_listener_that_needs_a_login(sasl_pipeline, stack):
-    pipeline = sasl_pipeline
+def test_the_pipeline_runs_on_a_listener_that_needs_a_login(login_pipeline, stack):
+    pipeline = login_pipeline
     commands = build(10, 300, seed=53, t0_ms=int(time.time() * 1000))
     want = expect(commands)
     pipeline.start_all()
@@ -57,10 +60,9 @@ def test_the_pipeline_runs_on_a_listener_that_needs_a_login(sasl_pipeline, stack
 
 
 def test_a_wrong_password_stops_the_service(stack, names, tmp_path):
-    if stack.sasl_bootstrap is None:
-        pytest.skip(f"Kafka comes from {stack.source}; this session cannot add a SASL listener")
-    pipeline = Pipeline(stack.sasl_bootstrap, names.prefix, tmp_path / "logs",
-                        kafka_auth=_auth(SASL_USER[1]))  # the test's own clients log in
+    bootstrap, auth = _auth(stack, "SASL_PLAINTEXT", SASL_USER[1])
+    pipeline = Pipeline(bootstrap, names.prefix, tmp_path / "logs",
+                        kafka_auth=auth)  # the test's own clients log in
     try:
         for service in SERVICES:
             pipeline.start(service, KAFKA_SASL_PASSWORD="not-the-password")
