@@ -50,6 +50,11 @@ SASL_USER = ("commission", "commission-local-secret")
 TLS_STORE_PASSWORD = "commission-local-store"
 
 
+def local_password(user: str) -> str:
+    """The password of a test broker's extra SCRAM user (Kafka.acl_users)."""
+    return f"{user}-local-secret"
+
+
 # Processes this interpreter started, kept so they are reaped (and not reported by
 # Python as leaked) when stopped; `make down` in another process uses the pid files.
 _CHILDREN: dict[int, subprocess.Popen] = {}
@@ -216,6 +221,9 @@ class Kafka:
     # tls_ca_file), for the tests of authenticated clients
     sasl_port: int | None = None
     tls_port: int | None = None
+    # more SCRAM users (password: local_password(user)), whom the broker's ACLs then
+    # govern; SASL_USER and the listener in the clear (ANONYMOUS) stay super users
+    acl_users: tuple[str, ...] = ()
 
     @property
     def bootstrap(self) -> str:
@@ -281,6 +289,10 @@ class Kafka:
                 f"{prefix}.scram-sha-256.sasl.jaas.config="
                 "org.apache.kafka.common.security.scram.ScramLoginModule required;",
             ]
+        if logins:
+            sasl += ["authorizer.class.name="
+                     "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                     f"super.users=User:ANONYMOUS;User:{SASL_USER[0]}"]
         if self.tls_port is not None:
             sasl += ["ssl.keystore.type=PKCS12", f"ssl.keystore.location={self._keystore}",
                      f"ssl.keystore.password={TLS_STORE_PASSWORD}",
@@ -337,8 +349,9 @@ class Kafka:
         if not (self.run_dir / "data" / "meta.properties").exists():
             scram = []
             if self.sasl_port is not None or self.tls_port is not None:
-                user, password = SASL_USER
-                scram = ["--add-scram", f"SCRAM-SHA-256=[name={user},password={password}]"]
+                users = [SASL_USER, *((u, local_password(u)) for u in self.acl_users)]
+                scram = [arg for user, password in users for arg in (
+                    "--add-scram", f"SCRAM-SHA-256=[name={user},password={password}]")]
             subprocess.run(
                 [*java, "kafka.tools.StorageTool", "format", "--ignore-formatted",
                  "-t", str(uuid.uuid4()).replace("-", "")[:22], "-c", str(props), *scram],

@@ -79,7 +79,9 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         return
     run = tmp_path_factory.mktemp("stack")
     kafka = Kafka(run_dir=run / "kafka", port=free_port(), controller_port=free_port(),
-                  sasl_port=free_port(), tls_port=free_port())
+                  sasl_port=free_port(), tls_port=free_port(),
+                  acl_users=("circulation", "allocation", "withdrawal", "cashout", "readmodel",
+                             "api", "audit"))
     redis = Redis(run_dir=run / "redis", port=free_port())
     kafka.start()
     redis.start()

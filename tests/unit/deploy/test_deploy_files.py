@@ -141,3 +141,22 @@ def test_kubernetes_manifests_have_probes_resources_and_budgets():
         ("/data/KAFKA_SECURITY_PROTOCOL", "SASL_SSL"), ("/data/KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")}
     dev = yaml.safe_load((DEPLOY / "k8s" / "overlays" / "dev" / "kustomization.yaml").read_text())
     assert dev["resources"] == ["../../base"]
+
+
+def test_acl_commands_name_operations_kafka_acls_knows():
+    from deploy.acls import bindings, commands
+    from services.common.settings import Settings
+
+    settings = Settings()
+    lines = commands(settings, "kafka:9092")
+    assert len(lines) == len(bindings(settings))
+    known = {"Read", "Write", "Create", "Describe", "DescribeConfigs", "AlterConfigs"}
+    used = {re.search(r"--operation (\S+)", line).group(1) for line in lines}
+    assert used <= known, used - known
+    # the stages' money topics: written by their stage only
+    writers = {re.search(r"User:(\S+)", line).group(1) for line in lines
+               if "--operation Write --topic 'payments'" in line}
+    assert writers == {"cashout"}
+    writers = {re.search(r"User:(\S+)", line).group(1) for line in lines
+               if "--operation Write --topic 'accepted'" in line}
+    assert writers == {"circulation"}

@@ -1,0 +1,129 @@
+"""The Kafka ACLs of each process: what it may write, read, and which consumer group
+and transactional ids it uses. One table, used three ways: `python -m deploy.acls`
+prints it as `kafka-acls.sh` commands for an operator, `apply()` creates it with an
+admin client, and tests/e2e/test_kafka_acls.py runs the pipeline under it (and checks
+that a stage cannot write another stage's topic).
+
+Why it matters: the HMAC on a command authenticates its author, but the stages trust
+``accepted`` as the sequencer's verdict and payment systems trust ``payments``; only
+the broker can stop another process from writing them.
+
+    python -m deploy.acls [--topic-prefix P] [--group-prefix G] [--bootstrap HOST:PORT]
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from kafka.admin import (
+    ACL,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    ResourcePattern,
+    ResourceType,
+)
+
+from services.common.settings import Settings, Topics
+
+STAGES = ("circulation", "allocation", "withdrawal", "cashout")
+
+
+@dataclass(frozen=True)
+class Grant:
+    operation: ACLOperation
+    resource: ResourceType
+    name: str
+    prefixed: bool = False
+
+
+def changelog(topics: Topics, group_prefix: str, stage: str) -> str:
+    # the runner's name for a stage's table changelog (services/common/runner.py)
+    return f"{topics.prefix}{group_prefix}-{stage}-state-changelog"
+
+
+def grants(settings: Settings) -> dict[str, list[Grant]]:
+    """Each process's grants; its Kafka user is the process's name."""
+    t, g = settings.topics, settings.group_prefix
+    T, G, X = ResourceType.TOPIC, ResourceType.GROUP, ResourceType.TRANSACTIONAL_ID
+    R, W, C, D = ACLOperation.READ, ACLOperation.WRITE, ACLOperation.CREATE, ACLOperation.DESCRIBE
+    outputs = {"circulation": [t.accepted, t.certificate_events, t.rejections],
+               "allocation": [t.allocations], "withdrawal": [t.withdrawals, t.commands],
+               "cashout": [t.payments]}
+    out: dict[str, list[Grant]] = {}
+    for stage in STAGES:
+        source = t.commands if stage == "circulation" else t.accepted
+        table = changelog(t, g, stage)
+        out[stage] = [
+            Grant(R, T, source), Grant(R, G, f"{g}-{stage}"),
+            *(Grant(op, T, topic) for topic in outputs[stage] for op in (W, C)),
+            *(Grant(op, T, table) for op in (R, W, C)),
+            # the producers' transactional ids: {group}-{partition}
+            *(Grant(op, X, f"{g}-{stage}-", prefixed=True) for op in (W, D)),
+            # the input topic is created by whichever stage starts first
+            Grant(C, T, source),
+        ]
+    # the stale check needs the broker's time on commands: checked (and set) at start
+    out["circulation"] += [Grant(ACLOperation.DESCRIBE_CONFIGS, T, t.commands),
+                           Grant(ACLOperation.ALTER_CONFIGS, T, t.commands)]
+    readmodel = f"{g}-readmodel"  # faust's app id; a rebuild uses another suffix
+    out["readmodel"] = [
+        Grant(R, T, t.accepted), Grant(R, T, t.rejections),
+        Grant(R, G, readmodel, prefixed=True),
+        # faust's own topics ({app id}-__assignor-__leader)
+        *(Grant(op, T, readmodel, prefixed=True) for op in (R, W, C, D)),
+    ]
+    out["api"] = [Grant(W, T, t.commands), Grant(D, T, t.commands)]
+    out["audit"] = [Grant(R, T, topic) for topic in (t.accepted, t.certificate_events,
+                                                      t.payments)]
+    return out
+
+
+def bindings(settings: Settings) -> list[ACL]:
+    return [
+        ACL(principal=f"User:{user}", host="*", operation=grant.operation,
+            permission_type=ACLPermissionType.ALLOW,
+            resource_pattern=ResourcePattern(
+                grant.resource, grant.name,
+                ACLResourcePatternType.PREFIXED if grant.prefixed else ACLResourcePatternType.LITERAL))
+        for user, user_grants in grants(settings).items() for grant in user_grants
+    ]
+
+
+def apply(admin, settings: Settings) -> None:
+    """Create every binding (idempotent); raise if the broker refuses one."""
+    result = admin.create_acls(bindings(settings))
+    if result["failed"]:
+        raise RuntimeError(f"ACLs refused: {result['failed']}")
+
+
+def commands(settings: Settings, bootstrap: str) -> list[str]:
+    lines = []
+    for user, user_grants in grants(settings).items():
+        for grant in user_grants:
+            kind = {ResourceType.TOPIC: "--topic", ResourceType.GROUP: "--group",
+                    ResourceType.TRANSACTIONAL_ID: "--transactional-id"}[grant.resource]
+            pattern = " --resource-pattern-type prefixed" if grant.prefixed else ""
+            operation = grant.operation.name.replace("_", "").title()
+            operation = {"Describeconfigs": "DescribeConfigs",
+                         "Alterconfigs": "AlterConfigs"}.get(operation, operation)
+            lines.append(f"kafka-acls.sh --bootstrap-server {bootstrap} --add "
+                         f"--allow-principal User:{user} --operation {operation} "
+                         f"{kind} '{grant.name}'{pattern}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.acls")
+    parser.add_argument("--topic-prefix", default="")
+    parser.add_argument("--group-prefix", default=Settings.group_prefix)
+    parser.add_argument("--bootstrap", default="kafka:9092")
+    args = parser.parse_args(argv)
+    settings = Settings(topics=Topics(prefix=args.topic_prefix), group_prefix=args.group_prefix)
+    print("\n".join(commands(settings, args.bootstrap)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
