@@ -7,6 +7,8 @@ missing=()
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 # keytool makes the test broker's TLS certificate (deploy/localstack.py)
 command -v keytool >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+# openssl makes the client certificate of the test broker's mutual-TLS listener
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)

@@ -48,6 +48,7 @@ KAFKA_HEAP = "-Xms256m -Xmx768m"
 # the login of the optional SASL listener (local test broker only; not a secret)
 SASL_USER = ("commission", "commission-local-secret")
 TLS_STORE_PASSWORD = "commission-local-store"
+MTLS_CLIENT = "commission-client"  # the common name of the mutual-TLS client certificate
 
 
 def local_password(user: str) -> str:
@@ -221,6 +222,10 @@ class Kafka:
     # tls_ca_file), for the tests of authenticated clients
     sasl_port: int | None = None
     tls_port: int | None = None
+    # a TLS listener that logs clients in by their certificate (mutual TLS); the client's
+    # certificate and key are made at start (client_cert_files), its principal is a
+    # super user
+    mtls_port: int | None = None
     # more SCRAM users (password: local_password(user)), whom the broker's ACLs then
     # govern; SASL_USER and the listener in the clear (ANONYMOUS) stay super users
     acl_users: tuple[str, ...] = ()
@@ -238,8 +243,17 @@ class Kafka:
         return None if self.tls_port is None else f"127.0.0.1:{self.tls_port}"
 
     @property
+    def mtls_bootstrap(self) -> str | None:
+        return None if self.mtls_port is None else f"127.0.0.1:{self.mtls_port}"
+
+    @property
     def tls_ca_file(self) -> Path:
         return self.run_dir / "tls" / "broker.pem"
+
+    @property
+    def client_cert_files(self) -> tuple[Path, Path]:
+        """(certificate, key) PEM files a client presents on the mutual-TLS listener."""
+        return self.run_dir / "tls" / "client.pem", self.run_dir / "tls" / "client.key"
 
     @property
     def _keystore(self) -> Path:
@@ -258,6 +272,11 @@ class Kafka:
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         subprocess.run(["keytool", "-exportcert", "-rfc", "-alias", "broker",
                         "-file", str(self.tls_ca_file), *store],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cert, key = self.client_cert_files
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                        "-keyout", str(key), "-out", str(cert), "-days", "30",
+                        "-subj", f"/CN={MTLS_CLIENT}"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     @property
@@ -289,11 +308,16 @@ class Kafka:
                 f"{prefix}.scram-sha-256.sasl.jaas.config="
                 "org.apache.kafka.common.security.scram.ScramLoginModule required;",
             ]
-        if logins:
+        if self.mtls_port is not None:
+            listeners.append(f"SSL://127.0.0.1:{self.mtls_port}")
+            sasl += ["listener.name.ssl.ssl.client.auth=required",
+                     "listener.name.ssl.ssl.truststore.type=PEM",
+                     f"listener.name.ssl.ssl.truststore.location={self.client_cert_files[0]}"]
+        if logins or self.mtls_port is not None:
             sasl += ["authorizer.class.name="
                      "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-                     f"super.users=User:ANONYMOUS;User:{SASL_USER[0]}"]
-        if self.tls_port is not None:
+                     f"super.users=User:ANONYMOUS;User:{SASL_USER[0]};User:CN={MTLS_CLIENT}"]
+        if self.tls_port is not None or self.mtls_port is not None:
             sasl += ["ssl.keystore.type=PKCS12", f"ssl.keystore.location={self._keystore}",
                      f"ssl.keystore.password={TLS_STORE_PASSWORD}",
                      f"ssl.key.password={TLS_STORE_PASSWORD}"]
@@ -306,7 +330,7 @@ class Kafka:
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
-            "SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL",
+            "SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL",
             *sasl,
             f"log.dirs={self.run_dir / 'data'}",
             f"num.partitions={self.default_partitions}",
@@ -331,7 +355,7 @@ class Kafka:
             return
         libs = ensure_kafka_jars()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.tls_port is not None:
+        if self.tls_port is not None or self.mtls_port is not None:
             self._make_certificate()
         props = self.run_dir / "server.properties"
         props.write_text(self.properties())

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.localstack import Kafka, Redis, free_port
+from deploy.localstack import SASL_USER, Kafka, Redis, free_port
+from services.common.settings import KafkaAuth
 
 
 def pytest_collection_modifyitems(items):
@@ -52,14 +53,24 @@ class Stack:
     redis: Redis | None = None
     source: str = "local"
 
-    def login_listener(self, protocol: str) -> tuple[str, str | None] | None:
-        """(bootstrap, CA file) of the broker's listener that needs a login, in the
-        clear (SASL_PLAINTEXT) or over TLS (SASL_SSL); only on a broker this session runs."""
-        if self.kafka is None:
+    def login_listener(self, protocol: str, password: str | None = None
+                       ) -> tuple[str, KafkaAuth] | None:
+        """(bootstrap, how to log in) for the broker's listener that needs a login: SASL
+        in the clear (SASL_PLAINTEXT) or over TLS (SASL_SSL) as SASL_USER (or with
+        ``password``), or a client certificate (SSL); only on a broker this session runs."""
+        kafka = self.kafka
+        if kafka is None:
             return None
-        if protocol == "SASL_SSL":
-            return self.kafka.tls_bootstrap, str(self.kafka.tls_ca_file)
-        return self.kafka.sasl_bootstrap, None
+        if protocol == "SSL":
+            cert, key = kafka.client_cert_files
+            return kafka.mtls_bootstrap, KafkaAuth(
+                security_protocol="SSL", ca_file=str(kafka.tls_ca_file), cert_file=str(cert),
+                key_file=str(key))
+        user, right = SASL_USER
+        auth = KafkaAuth(security_protocol=protocol, sasl_mechanism="SCRAM-SHA-256",
+                         username=user, password=password or right,
+                         ca_file=str(kafka.tls_ca_file) if protocol == "SASL_SSL" else None)
+        return (kafka.tls_bootstrap if protocol == "SASL_SSL" else kafka.sasl_bootstrap), auth
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +90,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         return
     run = tmp_path_factory.mktemp("stack")
     kafka = Kafka(run_dir=run / "kafka", port=free_port(), controller_port=free_port(),
-                  sasl_port=free_port(), tls_port=free_port(),
+                  sasl_port=free_port(), tls_port=free_port(), mtls_port=free_port(),
                   acl_users=("circulation", "allocation", "withdrawal", "cashout", "readmodel",
                              "api", "audit"))
     redis = Redis(run_dir=run / "redis", port=free_port())

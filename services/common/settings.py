@@ -62,7 +62,7 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 @dataclass(frozen=True)
 class KafkaAuth:
     """How every Kafka client of this process connects: PLAINTEXT (the local stack) by
-    default; TLS and SASL (PLAIN, SCRAM) for a real cluster. The password comes from
+    default; TLS, mutual TLS and SASL (PLAIN, SCRAM) for a real cluster. The password comes from
     the environment or a file (a mounted secret) and never appears in ``repr``, logs
     or metrics. The HMAC on commands authenticates their *authors*; this authenticates
     the *processes*, so that a broker with ACLs can let only the circulation service
@@ -74,6 +74,10 @@ class KafkaAuth:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     ca_file: str | None = None  # TLS: the CA that signed the brokers' certificates
+    # mutual TLS: the client's certificate and key (PEM), when the broker logs clients
+    # in by certificate instead of SASL
+    cert_file: str | None = None
+    key_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.security_protocol not in SECURITY_PROTOCOLS:
@@ -86,6 +90,9 @@ class KafkaAuth:
             if not self.username or not self.password:
                 raise SystemExit("SASL needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD "
                                  "(or KAFKA_SASL_PASSWORD_FILE)")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise SystemExit("a client certificate needs both KAFKA_SSL_CERTFILE and "
+                             "KAFKA_SSL_KEYFILE")
 
     @property
     def sasl(self) -> bool:
@@ -107,7 +114,9 @@ class KafkaAuth:
         mechanism = os.environ.get("KAFKA_SASL_MECHANISM", "PLAIN").upper()
         return cls(security_protocol=protocol, sasl_mechanism=mechanism if sasl else None,
                    username=os.environ.get("KAFKA_SASL_USERNAME"), password=password,
-                   ca_file=os.environ.get("KAFKA_SSL_CAFILE"))
+                   ca_file=os.environ.get("KAFKA_SSL_CAFILE"),
+                   cert_file=os.environ.get("KAFKA_SSL_CERTFILE"),
+                   key_file=os.environ.get("KAFKA_SSL_KEYFILE"))
 
     def env(self) -> dict[str, str]:
         """The environment that makes a child process connect the same way."""
@@ -115,8 +124,11 @@ class KafkaAuth:
         if self.sasl:
             out |= {"KAFKA_SASL_MECHANISM": self.sasl_mechanism,
                     "KAFKA_SASL_USERNAME": self.username, "KAFKA_SASL_PASSWORD": self.password}
-        if self.ca_file:
-            out["KAFKA_SSL_CAFILE"] = self.ca_file
+        for name, value in (("KAFKA_SSL_CAFILE", self.ca_file),
+                            ("KAFKA_SSL_CERTFILE", self.cert_file),
+                            ("KAFKA_SSL_KEYFILE", self.key_file)):
+            if value:
+                out[name] = value
         return out
 
     def kafka_python(self) -> dict:
@@ -125,8 +137,10 @@ class KafkaAuth:
         if self.sasl:
             out |= {"sasl_mechanism": self.sasl_mechanism,
                     "sasl_plain_username": self.username, "sasl_plain_password": self.password}
-        if self.tls and self.ca_file:
-            out["ssl_cafile"] = self.ca_file
+        if self.tls:
+            out |= {k: v for k, v in (("ssl_cafile", self.ca_file),
+                                      ("ssl_certfile", self.cert_file),
+                                      ("ssl_keyfile", self.key_file)) if v}
         return out
 
     def aiokafka(self) -> dict:
@@ -154,7 +168,8 @@ class KafkaAuth:
     def ssl_context(self):
         from aiokafka.helpers import create_ssl_context
 
-        return create_ssl_context(cafile=self.ca_file)
+        return create_ssl_context(cafile=self.ca_file, certfile=self.cert_file,
+                                  keyfile=self.key_file)
 
 
 PLAINTEXT = KafkaAuth()

@@ -17,7 +17,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.errors import KafkaError
 
 from deploy.acls import apply
-from deploy.localstack import SASL_USER, local_password
+from deploy.localstack import local_password
 from services.common.settings import KafkaAuth
 from services.readmodel.projection import Keys
 from tests.e2e.pipeline import ROOT, SERVICES, Pipeline
@@ -38,8 +38,7 @@ def test_each_process_runs_with_its_own_grants_and_no_more(stack, names, tmp_pat
     listener = stack.login_listener("SASL_PLAINTEXT")
     if listener is None:
         pytest.skip(f"Kafka comes from {stack.source}; this session cannot add users and ACLs")
-    bootstrap, _ = listener
-    operator = login(*SASL_USER)  # a super user: creates the topics, applies the ACLs
+    bootstrap, operator = listener  # a super user: creates the topics, applies the ACLs
     pipeline = Pipeline(bootstrap, names.prefix, tmp_path / "logs",
                         extra_env={"REDIS_URL": stack.redis_url}, kafka_auth=operator)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, **operator.kafka_python())

@@ -1,6 +1,7 @@
 """The services, the read model, the gateway and the audit on broker listeners that
-need a SASL login (SCRAM-SHA-256), in the clear and over TLS as on a managed cluster;
-and a wrong password stops a service instead of leaving it waiting."""
+need a login, as on a managed cluster: SASL (SCRAM-SHA-256) in the clear and over TLS,
+and a client certificate (mutual TLS); and a wrong password stops a service instead
+of leaving it waiting."""
 
 from __future__ import annotations
 
@@ -18,18 +19,16 @@ from tests.e2e.test_readmodel import wait_projected
 from tests.e2e.traffic import build, expect
 
 
-def _auth(stack, protocol: str, password: str) -> tuple[str, KafkaAuth]:
-    listener = stack.login_listener(protocol)
+def _auth(stack, protocol: str, password: str | None = None) -> tuple[str, KafkaAuth]:
+    listener = stack.login_listener(protocol, password)
     if listener is None:
         pytest.skip(f"Kafka comes from {stack.source}; this session cannot add a listener")
-    bootstrap, ca_file = listener
-    return bootstrap, KafkaAuth(security_protocol=protocol, sasl_mechanism="SCRAM-SHA-256",
-                                username=SASL_USER[0], password=password, ca_file=ca_file)
+    return listener
 
 
-@pytest.fixture(params=["SASL_PLAINTEXT", "SASL_SSL"])
+@pytest.fixture(params=["SASL_PLAINTEXT", "SASL_SSL", "SSL"])
 def login_pipeline(request, stack, names, tmp_path):
-    bootstrap, auth = _auth(stack, request.param, SASL_USER[1])
+    bootstrap, auth = _auth(stack, request.param)
     p = Pipeline(bootstrap, names.prefix, tmp_path / "logs",
                  extra_env={"REDIS_URL": stack.redis_url}, kafka_auth=auth)
     try:
@@ -60,7 +59,7 @@ def test_the_pipeline_runs_on_a_listener_that_needs_a_login(login_pipeline, stac
 
 
 def test_a_wrong_password_stops_the_service(stack, names, tmp_path):
-    bootstrap, auth = _auth(stack, "SASL_PLAINTEXT", SASL_USER[1])
+    bootstrap, auth = _auth(stack, "SASL_PLAINTEXT")
     pipeline = Pipeline(bootstrap, names.prefix, tmp_path / "logs",
                         kafka_auth=auth)  # the test's own clients log in
     try:

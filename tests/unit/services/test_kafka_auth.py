@@ -9,7 +9,8 @@ from services.common.settings import KafkaAuth, Settings
 
 def test_plaintext_by_default(monkeypatch):
     for name in ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME",
-                 "KAFKA_SASL_PASSWORD", "KAFKA_SASL_PASSWORD_FILE", "KAFKA_SSL_CAFILE"):
+                 "KAFKA_SASL_PASSWORD", "KAFKA_SASL_PASSWORD_FILE", "KAFKA_SSL_CAFILE",
+                 "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"):
         monkeypatch.delenv(name, raising=False)
     auth = Settings.from_env().kafka_auth
     assert auth == KafkaAuth()
@@ -42,6 +43,7 @@ def test_scram_login_from_a_password_file(monkeypatch, tmp_path):
       "password": "p"}, "KAFKA_SASL_MECHANISM"),
     ({"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "username": "u"},
      "KAFKA_SASL_PASSWORD"),
+    ({"security_protocol": "SSL", "cert_file": "client.pem"}, "KAFKA_SSL_KEYFILE"),
 ])
 def test_an_incomplete_or_unknown_setting_stops_at_start(fields, complaint):
     with pytest.raises(SystemExit, match=complaint):
