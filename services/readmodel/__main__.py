@@ -48,6 +48,9 @@ def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
         web_enabled=bool(settings.metrics_port), web_port=settings.metrics_port or 6066,
         web_bind=os.environ.get("OPS_BIND_HOST", "127.0.0.1"),
         topic_partitions=settings.partitions, consumer_auto_offset_reset="earliest",
+        # a killed worker's partitions move after 10 s (as the services', aiokafka's
+        # default), not faust's 60 s, during which the pages would stand still
+        broker_session_timeout=10.0, broker_heartbeat_interval=3.0,
         datadir=str(datadir),
         loghandlers=[json_handler("readmodel")],
     )
