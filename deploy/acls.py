@@ -98,6 +98,13 @@ def apply(admin, settings: Settings) -> None:
         raise RuntimeError(f"ACLs refused: {result['failed']}")
 
 
+# kafka-acls.sh's spelling of each operation the table uses
+_CLI_OPERATION = {ACLOperation.READ: "Read", ACLOperation.WRITE: "Write",
+                  ACLOperation.CREATE: "Create", ACLOperation.DESCRIBE: "Describe",
+                  ACLOperation.DESCRIBE_CONFIGS: "DescribeConfigs",
+                  ACLOperation.ALTER_CONFIGS: "AlterConfigs"}
+
+
 def commands(settings: Settings, bootstrap: str) -> list[str]:
     lines = []
     for user, user_grants in grants(settings).items():
@@ -105,9 +112,7 @@ def commands(settings: Settings, bootstrap: str) -> list[str]:
             kind = {ResourceType.TOPIC: "--topic", ResourceType.GROUP: "--group",
                     ResourceType.TRANSACTIONAL_ID: "--transactional-id"}[grant.resource]
             pattern = " --resource-pattern-type prefixed" if grant.prefixed else ""
-            operation = grant.operation.name.replace("_", "").title()
-            operation = {"Describeconfigs": "DescribeConfigs",
-                         "Alterconfigs": "AlterConfigs"}.get(operation, operation)
+            operation = _CLI_OPERATION[grant.operation]
             lines.append(f"kafka-acls.sh --bootstrap-server {bootstrap} --add "
                          f"--allow-principal User:{user} --operation {operation} "
                          f"{kind} '{grant.name}'{pattern}")
