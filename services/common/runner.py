@@ -129,6 +129,7 @@ class StageRunner:
         self.assigned_event = asyncio.Event()
         self.last_loop_monotonic = time.monotonic()
         self.failure: BaseException | None = None  # from the rebalance listener
+        self.assignments = 0  # rebalances so far: records fetched before one are stale
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -154,7 +155,7 @@ class StageRunner:
         try:
             while not stop.is_set():
                 self.last_loop_monotonic = time.monotonic()
-                batch = await self._next_batch()
+                batch, fetched_in = await self._next_batch()
                 if self.failure is not None:
                     raise Fatal(f"taking over partitions failed: {self.failure}")
                 if batch:
@@ -162,6 +163,8 @@ class StageRunner:
                     # own transaction), so their transactions run concurrently; the
                     # records of one partition are still applied in order.
                     async with self.lock:
+                        if fetched_in != self.assignments:
+                            continue  # a rebalance came in between: see _next_batch
                         await asyncio.gather(*(self._process(tp, records)
                                                for tp, records in batch.items()))
                 await self._update_gauges()
@@ -182,17 +185,26 @@ class StageRunner:
                         f"{auth.security_protocol}{login}: {exc}; check the address, the "
                         f"login and the broker's log") from exc
 
-    async def _next_batch(self) -> dict[TopicPartition, list[ConsumerRecord]]:
+    async def _next_batch(self) -> tuple[dict[TopicPartition, list[ConsumerRecord]], int]:
         """Records for the next round of transactions: wait up to commit_interval_s
         for the first ones, then up to batch_linger_ms more to fill the batch. Fewer,
         fuller transactions cost the broker less: on a small machine that is what
-        keeps latency low under load."""
+        keeps latency low under load.
+
+        Also returns the assignment they were fetched in. Records fetched before a
+        rebalance must not be applied after it: the partition restarts from its
+        committed offset, so they would be consumed twice, and a command refused the
+        first time would be decided again against a later state (seen after a broker
+        restart: one circulation accepted that the core refuses). Records fetched
+        before the latest rebalance are dropped here, and the caller drops the batch
+        if one comes in before it holds the lock; the consumer fetches them again."""
         consumer = self.consumer
         batch = await consumer.getmany(timeout_ms=int(self.settings.commit_interval_s * 1000),
                                        max_records=MAX_BATCH_RECORDS)
+        fetched_in = self.assignments
         linger_s = self.settings.batch_linger_ms / 1000
         if not batch or linger_s <= 0:
-            return batch
+            return batch, fetched_in
         deadline = time.monotonic() + linger_s
         count = sum(len(r) for r in batch.values())
         while count < MAX_BATCH_RECORDS:
@@ -201,10 +213,13 @@ class StageRunner:
                 break
             more = await consumer.getmany(timeout_ms=left_ms,
                                           max_records=MAX_BATCH_RECORDS - count)
+            if self.assignments != fetched_in:
+                batch, fetched_in = {}, self.assignments
+                count = 0
             for tp, records in more.items():
                 batch.setdefault(tp, []).extend(records)
                 count += len(records)
-        return batch
+        return batch, fetched_in
 
     async def _shutdown(self) -> None:
         async with self.lock:
@@ -309,6 +324,7 @@ class StageRunner:
 
     async def revoke(self, revoked: set[TopicPartition]) -> None:
         async with self.lock:
+            self.assignments += 1
             for tp in revoked:
                 producer = self.producers.pop(tp.partition, None)
                 if producer is not None:
@@ -324,6 +340,7 @@ class StageRunner:
 
     async def assign(self, assigned: set[TopicPartition]) -> None:
         async with self.lock:
+            self.assignments += 1
             fresh = sorted(tp.partition for tp in assigned if tp.partition not in self.producers)
             for p in fresh:
                 # Starting the producer runs init_transactions: it fences any previous
