@@ -291,17 +291,17 @@ class Kafka:
         # One node: every internal topic has replication factor and min ISR 1, or
         # the group coordinator and the transaction coordinator never become ready.
         listeners = [f"PLAINTEXT://127.0.0.1:{self.port}"]
-        sasl = []
+        security = []  # login listeners, TLS and the authorizer, when asked for
         logins = [(name, port) for name, port in (("SASL_PLAINTEXT", self.sasl_port),
                                                   ("SASL_SSL", self.tls_port))
                   if port is not None]
         if logins:
-            sasl.append("sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256")
+            security.append("sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256")
         for name, port in logins:
             listeners.append(f"{name}://127.0.0.1:{port}")
             user, password = SASL_USER
             prefix = f"listener.name.{name.lower()}"
-            sasl += [
+            security += [
                 f"{prefix}.plain.sasl.jaas.config="
                 "org.apache.kafka.common.security.plain.PlainLoginModule required "
                 f'user_{user}="{password}";',
@@ -310,15 +310,15 @@ class Kafka:
             ]
         if self.mtls_port is not None:
             listeners.append(f"SSL://127.0.0.1:{self.mtls_port}")
-            sasl += ["listener.name.ssl.ssl.client.auth=required",
+            security += ["listener.name.ssl.ssl.client.auth=required",
                      "listener.name.ssl.ssl.truststore.type=PEM",
                      f"listener.name.ssl.ssl.truststore.location={self.client_cert_files[0]}"]
         if logins or self.mtls_port is not None:
-            sasl += ["authorizer.class.name="
+            security += ["authorizer.class.name="
                      "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
                      f"super.users=User:ANONYMOUS;User:{SASL_USER[0]};User:CN={MTLS_CLIENT}"]
         if self.tls_port is not None or self.mtls_port is not None:
-            sasl += ["ssl.keystore.type=PKCS12", f"ssl.keystore.location={self._keystore}",
+            security += ["ssl.keystore.type=PKCS12", f"ssl.keystore.location={self._keystore}",
                      f"ssl.keystore.password={TLS_STORE_PASSWORD}",
                      f"ssl.key.password={TLS_STORE_PASSWORD}"]
         return "\n".join([
@@ -331,7 +331,7 @@ class Kafka:
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
             "SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL",
-            *sasl,
+            *security,
             f"log.dirs={self.run_dir / 'data'}",
             f"num.partitions={self.default_partitions}",
             "default.replication.factor=1",

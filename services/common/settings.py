@@ -131,12 +131,17 @@ class KafkaAuth:
                 out[name] = value
         return out
 
-    def kafka_python(self) -> dict:
-        """Keyword arguments for kafka-python's clients."""
+    def _login(self) -> dict:
+        """The keyword arguments kafka-python and aiokafka spell alike."""
         out: dict = {"security_protocol": self.security_protocol}
         if self.sasl:
             out |= {"sasl_mechanism": self.sasl_mechanism,
                     "sasl_plain_username": self.username, "sasl_plain_password": self.password}
+        return out
+
+    def kafka_python(self) -> dict:
+        """Keyword arguments for kafka-python's clients."""
+        out = self._login()
         if self.tls:
             out |= {k: v for k, v in (("ssl_cafile", self.ca_file),
                                       ("ssl_certfile", self.cert_file),
@@ -145,10 +150,7 @@ class KafkaAuth:
 
     def aiokafka(self) -> dict:
         """Keyword arguments for aiokafka's clients."""
-        out: dict = {"security_protocol": self.security_protocol}
-        if self.sasl:
-            out |= {"sasl_mechanism": self.sasl_mechanism,
-                    "sasl_plain_username": self.username, "sasl_plain_password": self.password}
+        out = self._login()
         if self.tls:
             out["ssl_context"] = self.ssl_context()
         return out

@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import pytest
-import redis
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.errors import KafkaError
 
 from deploy.acls import apply
 from deploy.localstack import local_password
 from services.common.settings import KafkaAuth
-from services.readmodel.projection import Keys
 from tests.e2e.pipeline import ROOT, SERVICES, Pipeline
-from tests.e2e.test_readmodel import wait_projected
-from tests.e2e.traffic import build, expect
+from tests.e2e.test_kafka_auth import send_and_check
 
 
 def login(user: str, password: str) -> KafkaAuth:
@@ -47,18 +43,8 @@ def test_each_process_runs_with_its_own_grants_and_no_more(stack, names, tmp_pat
         for service in SERVICES:
             pipeline.start(service, **as_user(service))
         pipeline.start("readmodel", **as_user("readmodel"))
-        commands = build(10, 300, seed=59, t0_ms=int(time.time() * 1000))
-        want = expect(commands)
-        pipeline.send(*commands)
+        want = send_and_check(pipeline, stack.redis_url, seed=59)
         t = pipeline.topics
-        for base, counter in want.topics.items():
-            got = Counter(pipeline.wait_for(t.name(base), sum(counter.values()), timeout_s=120))
-            assert got == counter, base
-        client = redis.Redis.from_url(stack.redis_url)
-        try:
-            wait_projected(pipeline, client, Keys(t.prefix), want.states)
-        finally:
-            client.close()
         audit = subprocess.run([sys.executable, "-m", "services.audit", "--timeout", "60"],
                                cwd=ROOT, env={**pipeline.env, **as_user("audit")},
                                capture_output=True, text=True, timeout=120)

@@ -38,22 +38,29 @@ def login_pipeline(request, stack, names, tmp_path):
         p.sender.close()
 
 
-def test_the_pipeline_runs_on_a_listener_that_needs_a_login(login_pipeline, stack):
-    pipeline = login_pipeline
-    commands = build(10, 300, seed=53, t0_ms=int(time.time() * 1000))
+def send_and_check(pipeline: Pipeline, redis_url: str, seed: int):
+    """Send 300 commands over 10 certificates; every output topic equals the core's and
+    the read model caught up with the core's states. Returns what the core expects."""
+    commands = build(10, 300, seed=seed, t0_ms=int(time.time() * 1000))
     want = expect(commands)
-    pipeline.start_all()
-    pipeline.start("readmodel")
     pipeline.send(*commands)
     t = pipeline.topics
     for base, counter in want.topics.items():
         got = Counter(pipeline.wait_for(t.name(base), sum(counter.values()), timeout_s=120))
         assert got == counter, base
-    client = redis.Redis.from_url(stack.redis_url)
+    client = redis.Redis.from_url(redis_url)
     try:
         wait_projected(pipeline, client, Keys(t.prefix), want.states)
     finally:
         client.close()
+    return want
+
+
+def test_the_pipeline_runs_on_a_listener_that_needs_a_login(login_pipeline, stack):
+    pipeline = login_pipeline
+    pipeline.start_all()
+    pipeline.start("readmodel")
+    send_and_check(pipeline, stack.redis_url, seed=53)
     assert pipeline.audit().ok
     pipeline.assert_running()
 
