@@ -7,9 +7,16 @@ events and settlements. So a refused command changes nothing (a property test
 checks it byte for byte), and an accepted one is followed by the invariant check.
 
 A command id already applied with the same body is a :class:`Duplicate` (no
-effect); with another body it is refused (``duplicate_conflict``). A command that
-would produce no event (a timer tick with nothing due, a claim on an empty pool)
-changes nothing either, and is not recorded as applied: it may be sent again.
+effect, and it names the seq the first one was applied at); with another body it
+is refused (``duplicate_conflict``). The body is what the sender meant: ``at_ms``,
+the time a gateway or timer stamped on it, is left out, so a retry stamped later is
+a duplicate, not a conflict. Every command gets exactly one verdict: accepted (it
+recorded at least one event) or refused with a reason (a claim on an empty pool is
+``pool_empty``, a timer tick with nothing due is ``nothing_due``). A refused command
+is not recorded as applied, so the same id may be decided again later.
+
+Random amounts come from ``entropy``, which the sequencer draws from a secret and
+carries on the accepted record (see domain.draw); nothing the client chose enters.
 """
 
 from __future__ import annotations
@@ -22,15 +29,17 @@ import msgspec
 
 from domain import pool as pools
 from domain.invariants import check_invariants
+from domain.offer import certificate_id_for, offer_owner
 from domain.recorder import Recorder
 from domain.state import MAX_CHAIN_HOPS, CertificateState, Hop, Pool
-from domain.thresholds import cumulative_limit_minor, display_limit_ms
+from domain.thresholds import cumulative_limit_minor, display_limit_ms, due_warnings, first_met
 from schemas.commands import (
     AttachPool,
     CheckExpiry,
     Circulate,
     Claim,
     Command,
+    ConfirmFunding,
     IssueCertificate,
     PostCertificate,
     Purchase,
@@ -45,10 +54,12 @@ from schemas.events import (
     CertificatePosted,
     CertificatePurchased,
     Event,
+    FundingConfirmed,
     PoolAttached,
 )
 from schemas.payments import SellerPayment, Settlement
 from schemas.rejections import Reason
+from schemas.types import MAX_TIMESTAMP_MS
 
 
 class Refusal(Exception):
@@ -71,15 +82,24 @@ class Rejected(msgspec.Struct, frozen=True):
 
 class Duplicate(msgspec.Struct, frozen=True):
     command_id: str
+    first_seq: int | None = None  # None: applied before seqs were recorded with ids
 
 
 Outcome = Union[Accepted, Rejected, Duplicate]
 
 _encode = msgspec.msgpack.Encoder().encode
+_DIGEST_BYTES = 12
 
 
 def command_digest(command: Command) -> bytes:
-    return hashlib.blake2b(_encode(command), digest_size=12).digest()
+    """What the sender meant: the body without ``at_ms`` (the time it was stamped)."""
+    return hashlib.blake2b(_encode(msgspec.structs.replace(command, at_ms=0)),
+                           digest_size=_DIGEST_BYTES).digest()
+
+
+class _Context(msgspec.Struct, frozen=True):
+    now: int
+    entropy: bytes
 
 
 # --- shared checks ------------------------------------------------------------------
@@ -115,24 +135,37 @@ def _check_range(lo: int, hi: int, what: str) -> None:
 # --- handlers: each returns the recorder, or raises Refusal before any change --------
 
 
-def _issue(state: CertificateState | None, c: IssueCertificate, now: int) -> tuple[CertificateState, Recorder]:
+def _issue(state: CertificateState | None, c: IssueCertificate, ctx: _Context
+           ) -> tuple[CertificateState, Recorder]:
     if state is not None:
         raise Refusal(Reason.ALREADY_ISSUED, "a certificate with this id exists")
     if c.serial > c.copies:
         raise Refusal(Reason.INVALID_FIELD, "serial is beyond the number of copies")
+    # An offer id is "{seller}~{name}": it belongs to its seller by construction, so no
+    # one else can issue copies of it (see domain.offer for why not first-come).
+    owner = offer_owner(c.offer_id)
+    if owner is None:
+        raise Refusal(Reason.INVALID_FIELD, "offer_id must be '{seller id}~{name}'")
+    if owner != c.account_id:
+        raise Refusal(Reason.OFFER_NOT_OWNED, "this offer id belongs to another seller")
+    if c.certificate_id != certificate_id_for(c.offer_id, c.serial):
+        raise Refusal(Reason.INVALID_FIELD, "certificate_id must be '{offer_id}-{serial:05d}'")
     state = CertificateState(
         certificate_id=c.certificate_id, offer_id=c.offer_id, serial=c.serial,
         seller_id=c.account_id, price_minor=c.price_minor, currency=c.currency,
-        time_limit_s=c.time_limit_s,
+        time_limit_s=c.time_limit_s, funder_id=c.funder_id,
     )
-    rec = Recorder(state, c.command_id, now)
+    rec = Recorder(state, c.command_id, ctx.now)
     rec.event(CertificateIssued, seller_id=c.account_id, offer_id=c.offer_id, serial=c.serial,
               copies=c.copies, name=c.name, price_minor=c.price_minor, currency=c.currency,
-              terms=c.terms, time_limit_s=c.time_limit_s)
+              terms=c.terms, time_limit_s=c.time_limit_s, funder_id=c.funder_id)
     return state, rec
 
 
-def _attach(state: CertificateState, c: AttachPool, now: int) -> Recorder:
+def _attach(state: CertificateState, c: AttachPool, ctx: _Context) -> Recorder:
+    if c.account_id not in (state.seller_id, state.funder_id):
+        raise Refusal(Reason.NOT_AUTHORIZED,
+                      "only the seller, or the funder the seller named, attaches a pool")
     if state.status != "issued":
         raise Refusal(Reason.ALREADY_POSTED if state.status == "posted"
                       else Reason.CERTIFICATE_PURCHASED, "a pool is attached before posting")
@@ -146,7 +179,7 @@ def _attach(state: CertificateState, c: AttachPool, now: int) -> Recorder:
         _check_range(c.acquisition.amount.min_minor, c.acquisition.amount.max_minor, "acquisition")
     if isinstance(c.replenish, ReplenishRandom):
         _check_range(c.replenish.min_minor, c.replenish.max_minor, "replenish")
-    rec = Recorder(state, c.command_id, now)
+    rec = Recorder(state, c.command_id, ctx.now)
     state.pool = Pool(
         funder_id=c.account_id, funding_ref=c.funding_ref, budget_minor=c.budget_minor,
         initial_attached_minor=c.attached_minor, attached_minor=c.attached_minor, reserve_minor=c.budget_minor - c.attached_minor,
@@ -161,7 +194,27 @@ def _attach(state: CertificateState, c: AttachPool, now: int) -> Recorder:
     return rec
 
 
-def _post(state: CertificateState, c: PostCertificate, now: int) -> Recorder:
+def _confirm_funding(state: CertificateState, c: ConfirmFunding, ctx: _Context) -> Recorder:
+    pool = state.pool
+    if pool is None:
+        raise Refusal(Reason.POOL_NOT_ATTACHED, "no pool is attached to confirm")
+    if pool.funding_confirmed:
+        raise Refusal(Reason.FUNDING_ALREADY_CONFIRMED, "the pool's funding was confirmed before")
+    if c.funding_ref != pool.funding_ref:
+        raise Refusal(Reason.FUNDING_MISMATCH, "funding_ref is not the attached pool's")
+    if c.currency != state.currency:
+        raise Refusal(Reason.FUNDING_MISMATCH, f"the pool is in {state.currency}")
+    if c.amount_minor < pool.budget_minor:
+        raise Refusal(Reason.FUNDING_MISMATCH,
+                      f"the hold of {c.amount_minor} is below the budget of {pool.budget_minor}")
+    rec = Recorder(state, c.command_id, ctx.now)
+    pool.funding_confirmed = True
+    rec.event(FundingConfirmed, funding_ref=c.funding_ref, amount_minor=c.amount_minor,
+              currency=c.currency)
+    return rec
+
+
+def _post(state: CertificateState, c: PostCertificate, ctx: _Context) -> Recorder:
     if c.account_id != state.seller_id:
         raise Refusal(Reason.NOT_AUTHORIZED, "only the seller posts a certificate")
     if state.status != "issued":
@@ -169,16 +222,21 @@ def _post(state: CertificateState, c: PostCertificate, now: int) -> Recorder:
                       else Reason.CERTIFICATE_PURCHASED, "the certificate was posted before")
     if state.pool is None:
         raise Refusal(Reason.POOL_NOT_ATTACHED, "attach a commission pool before posting")
-    rec = Recorder(state, c.command_id, now)
-    state.status = "posted"
-    state.posted_at_ms = now
+    if not state.pool.funding_confirmed:
+        raise Refusal(Reason.FUNDING_NOT_CONFIRMED,
+                      "the payment system has not confirmed the pool's escrow hold yet")
     limit = state.pool.display_limit_ms
+    if limit is not None and ctx.now + limit > MAX_TIMESTAMP_MS:
+        raise Refusal(Reason.INVALID_FIELD, "the display deadline would be beyond 2^53 ms")
+    rec = Recorder(state, c.command_id, ctx.now)
+    state.status = "posted"
+    state.posted_at_ms = ctx.now
     rec.event(CertificatePosted, seller_id=state.seller_id,
-              display_deadline_ms=None if limit is None else now + limit)
+              display_deadline_ms=None if limit is None else ctx.now + limit)
     return rec
 
 
-def _circulate(state: CertificateState, c: Circulate, now: int) -> Recorder:
+def _circulate(state: CertificateState, c: Circulate, ctx: _Context) -> Recorder:
     pool = _open_pool(state)
     if c.account_id == state.holder:
         raise Refusal(Reason.ALREADY_HOLDER, "the account already holds the certificate")
@@ -186,23 +244,44 @@ def _circulate(state: CertificateState, c: Circulate, now: int) -> Recorder:
         raise Refusal(Reason.VIA_NOT_IN_CHAIN, "via must be another account in the chain")
     if len(state.chain) >= MAX_CHAIN_HOPS:
         raise Refusal(Reason.CHAIN_LIMIT, f"the chain is limited to {MAX_CHAIN_HOPS} hops")
-    rec = Recorder(state, c.command_id, now)
+    now = ctx.now
+    rec = Recorder(state, c.command_id, now, ctx.entropy)
     previous = state.holder
+    # Only a new account other than the seller and the funder counts: a repeat, or the
+    # seller or funder circulating, moves the certificate but counts toward no
+    # threshold, acquires nothing and replenishes nothing (SPEC rule 6).
+    counts = (c.account_id not in state.members and c.account_id != state.seller_id
+              and c.account_id != pool.funder_id)
+    depth = 1 if c.via is None else state.depth[c.via] + 1
+    state.depth.setdefault(c.account_id, depth)  # an account keeps its first level
     state.members[c.account_id] = len(state.chain)
     state.chain.append(Hop(c.account_id, c.via, now))
     state.holder = c.account_id
     state.circulations += 1
+    if counts:
+        state.distinct_circulations += 1
     rec.events.append(CertificateCirculated(
         event_id=rec.next_event_id(), certificate_id=state.certificate_id,
         command_id=c.command_id, seq=rec.seq, at_ms=now, account_id=c.account_id, via=c.via,
-        previous_holder=previous, hop=len(state.chain), circulations=state.circulations))
+        previous_holder=previous, hop=len(state.chain), circulations=state.circulations,
+        counts=counts, distinct_circulations=state.distinct_circulations, depth=depth))
     # Seed [123]: the thresholds are checked first; a withdrawn pool pays nothing more.
     if pools.check_withdrawal(state, pool, now, rec, only=("display_time", "circulations")):
         return rec
+    if counts:
+        _acquire_on_circulation(state, pool, c, depth, rec)
+    if not pools.check_withdrawal(state, pool, now, rec, only=("cumulative",)):
+        pools.raise_warnings(state, pool, now, rec)
+    return rec
+
+
+def _acquire_on_circulation(state: CertificateState, pool: Pool, c: Circulate, depth: int,
+                            rec: Recorder) -> None:
     pools.restore_before_acquiring(state, pool, rec)
     who = c.account_id if pool.acquisition.beneficiary == "circulator" else c.via
+    max_depth = pool.acquisition.max_depth
     acquired = 0
-    if pools.may_gain(state, pool, who):
+    if (max_depth is None or depth <= max_depth) and pools.may_gain(state, pool, who):
         assert who is not None
         if pool.acquisition.trigger == "auto":
             acquired = pools.acquire(state, pool, who, rec)
@@ -210,36 +289,37 @@ def _circulate(state: CertificateState, c: Circulate, now: int) -> Recorder:
             pool.claimable[who] = len(state.chain)
             rec.event(AcquisitionClaimable, account_id=who)
     pools.replenish(state, pool, acquired, rec)
-    if not pools.check_withdrawal(state, pool, now, rec, only=("cumulative",)):
-        pools.raise_warnings(state, pool, now, rec)
-    return rec
 
 
-def _claim(state: CertificateState, c: Claim, now: int) -> Recorder:
+def _claim(state: CertificateState, c: Claim, ctx: _Context) -> Recorder:
     pool = _open_pool(state)
     if c.account_id not in pool.claimable:
         detail = ("the account already gained on this certificate" if c.account_id in pool.acquired
                   else "the account has nothing to claim on this certificate")
         raise Refusal(Reason.NOTHING_TO_CLAIM, detail)
-    rec = Recorder(state, c.command_id, now)
-    if pools.check_withdrawal(state, pool, now, rec, only=("display_time",)):
+    expired = first_met(state, pool, ctx.now, ("display_time",)) is not None
+    if not expired and pools.acquisition_amount(pool, ctx.entropy) == 0:
+        raise Refusal(Reason.POOL_EMPTY, "nothing is attached to the pool to claim from now; "
+                      "the claim stays open")
+    rec = Recorder(state, c.command_id, ctx.now, ctx.entropy)
+    if pools.check_withdrawal(state, pool, ctx.now, rec, only=("display_time",)):
         return rec
     acquired = pools.acquire(state, pool, c.account_id, rec)
-    if acquired:
-        if isinstance(pool.replenish, ReplenishMatch) and not pool.replenish.from_second_circulation:
-            pools.replenish(state, pool, acquired, rec)
-        if not pools.check_withdrawal(state, pool, now, rec, only=("cumulative",)):
-            pools.raise_warnings(state, pool, now, rec)
+    assert acquired > 0
+    if isinstance(pool.replenish, ReplenishMatch) and not pool.replenish.from_second_circulation:
+        pools.replenish(state, pool, acquired, rec)
+    if not pools.check_withdrawal(state, pool, ctx.now, rec, only=("cumulative",)):
+        pools.raise_warnings(state, pool, ctx.now, rec)
     return rec
 
 
-def _purchase(state: CertificateState, c: Purchase, now: int) -> Recorder:
+def _purchase(state: CertificateState, c: Purchase, ctx: _Context) -> Recorder:
     pool = _on_display(state)
     if c.account_id == state.seller_id:
         raise Refusal(Reason.BUYER_IS_SELLER, "the seller cannot buy their own certificate")
-    rec = Recorder(state, c.command_id, now)
+    rec = Recorder(state, c.command_id, ctx.now)
     # Seed example 3 (S37): the thresholds are checked when the certificate is bought.
-    pools.check_withdrawal(state, pool, now, rec)
+    pools.check_withdrawal(state, pool, ctx.now, rec)
     paid, released = pools.cash_out(state, pool, rec)
     state.status = "purchased"
     state.buyer_id = c.account_id
@@ -252,17 +332,21 @@ def _purchase(state: CertificateState, c: Purchase, now: int) -> Recorder:
     return rec
 
 
-def _check_expiry(state: CertificateState, c: CheckExpiry, now: int) -> Recorder:
-    rec = Recorder(state, c.command_id, now)
+def _check_expiry(state: CertificateState, c: CheckExpiry, ctx: _Context) -> Recorder:
     pool = state.pool
-    if state.status == "posted" and pool is not None and pool.status == "open":
-        if not pools.check_withdrawal(state, pool, now, rec, only=("display_time",)):
-            pools.raise_warnings(state, pool, now, rec)
+    if state.status != "posted" or pool is None or pool.status != "open" or not (
+            first_met(state, pool, ctx.now, ("display_time",))
+            or due_warnings(state, pool, ctx.now)):
+        raise Refusal(Reason.NOTHING_DUE, "no display-time warning or withdrawal is due")
+    rec = Recorder(state, c.command_id, ctx.now)
+    if not pools.check_withdrawal(state, pool, ctx.now, rec, only=("display_time",)):
+        pools.raise_warnings(state, pool, ctx.now, rec)
     return rec
 
 
-_HANDLERS: dict[type, Callable[[CertificateState, Command, int], Recorder]] = {
+_HANDLERS: dict[type, Callable[[CertificateState, Command, _Context], Recorder]] = {
     AttachPool: _attach,  # type: ignore[dict-item]
+    ConfirmFunding: _confirm_funding,  # type: ignore[dict-item]
     PostCertificate: _post,  # type: ignore[dict-item]
     Circulate: _circulate,  # type: ignore[dict-item]
     Claim: _claim,  # type: ignore[dict-item]
@@ -271,29 +355,34 @@ _HANDLERS: dict[type, Callable[[CertificateState, Command, int], Recorder]] = {
 }
 
 
-def handle(state: CertificateState | None, command: Command) -> Outcome:
-    """Apply one command to one certificate's state (mutated in place when accepted)."""
+def handle(state: CertificateState | None, command: Command, entropy: bytes = b"") -> Outcome:
+    """Apply one command to one certificate's state (mutated in place when accepted).
+
+    ``entropy`` is the sequencer's draw for this command (domain.draw); needed only
+    when the pool has a random policy."""
     digest = command_digest(command)
     if state is not None:
         seen = state.applied.get(command.command_id)
         if seen is not None:
-            if seen == digest:
-                return Duplicate(command.command_id)
+            if seen[:_DIGEST_BYTES] == digest:
+                first = seen[_DIGEST_BYTES:]
+                return Duplicate(command.command_id,
+                                 int.from_bytes(first, "big") if first else None)
             return Rejected(Reason.DUPLICATE_CONFLICT,
                             "this command id was applied before with another body")
-    now = command.at_ms if state is None else max(state.clock_ms, command.at_ms)
+    ctx = _Context(command.at_ms if state is None else max(state.clock_ms, command.at_ms),
+                   entropy)
     try:
         if isinstance(command, IssueCertificate):
-            state, rec = _issue(state, command, now)
+            state, rec = _issue(state, command, ctx)
         else:
-            rec = _HANDLERS[type(command)](_existing(state), command, now)
+            rec = _HANDLERS[type(command)](_existing(state), command, ctx)
     except Refusal as refusal:
         return Rejected(refusal.reason, refusal.detail)
     assert state is not None
-    if not rec.events:
-        return Accepted(state, [], [])
+    assert rec.events, f"{type(command).__name__} accepted without an event"
     state.seq = rec.seq
-    state.clock_ms = now
-    state.applied[command.command_id] = digest
+    state.clock_ms = ctx.now
+    state.applied[command.command_id] = digest + rec.seq.to_bytes(8, "big")
     check_invariants(state)
     return Accepted(state, rec.events, rec.settlements)

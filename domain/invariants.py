@@ -30,6 +30,8 @@ def check_invariants(state: CertificateState, *, full: bool = False) -> None:
         _fail("circulations != hops", state)
     if state.holder != (chain[-1].account_id if chain else None):
         _fail("holder is not the last hop", state)
+    if not 0 <= state.distinct_circulations <= state.circulations:
+        _fail("distinct circulations outside 0..hops", state)
     pool = state.pool
     if pool is None:
         if state.status != "issued":
@@ -57,6 +59,12 @@ def check_invariants(state: CertificateState, *, full: bool = False) -> None:
     # is exactly what is now pending, paid out or voided.
     if len(state.members) != len({hop.account_id for hop in chain}):
         _fail("members do not match the chain", state)
+    if state.depth.keys() != state.members.keys():
+        _fail("a member without a level of sharing", state)
+    if pool is not None and state.distinct_circulations != len(
+            state.members.keys() - {state.seller_id, pool.funder_id}):
+        _fail("distinct circulations != accounts in the chain other than seller and funder",
+              state)
     if sum(pool.acquired.values()) != pool.cumulative_minor:
         _fail("cumulative != sum of acquisitions", state)
     if min(pool.acquired.values(), default=1) <= 0:

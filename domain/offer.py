@@ -1,4 +1,13 @@
-"""Offers: an offer of N copies is issued as N certificates with serial numbers."""
+"""Offers: an offer of N copies is issued as N certificates with serial numbers.
+
+An offer id is ``{seller id}~{name}`` and belongs to that seller: only the seller
+named in it may issue copies (``offer_not_owned`` otherwise). Ownership is by
+construction rather than first-come because the pipeline decides each certificate
+alone, in its own partition: a register of "who issued offer X first" would have to
+be read across certificates, which cannot be decided deterministically in order.
+The name part holds no ``~``, so the owner is everything before the last ``~`` and
+every offer id has exactly one owner.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +17,24 @@ from schemas.types import MAX_COPIES
 NO_TERMS = Terms()
 
 
+OWNER_SEPARATOR = "~"
+
+
 def certificate_id_for(offer_id: str, serial: int) -> str:
     return f"{offer_id}-{serial:05d}"
+
+
+def offer_id_for(seller_id: str, name: str) -> str:
+    """The offer id of ``seller_id``'s offer called ``name`` (no ``~`` in ``name``)."""
+    if not name or OWNER_SEPARATOR in name:
+        raise ValueError("an offer name is non-empty and holds no '~'")
+    return f"{seller_id}{OWNER_SEPARATOR}{name}"
+
+
+def offer_owner(offer_id: str) -> str | None:
+    """The seller an offer id belongs to, or None if it names none."""
+    owner, sep, name = offer_id.rpartition(OWNER_SEPARATOR)
+    return owner if sep and owner and name else None
 
 
 def issue_offer(
@@ -24,6 +49,7 @@ def issue_offer(
     at_ms: int,
     terms: Terms = NO_TERMS,
     time_limit_s: int | None = None,
+    funder_id: str | None = None,
 ) -> list[IssueCertificate]:
     """One IssueCertificate per copy; ids derive from the offer so a retry is idempotent."""
     if not 1 <= copies <= MAX_COPIES:
@@ -44,6 +70,7 @@ def issue_offer(
             currency=currency,
             terms=terms,
             time_limit_s=time_limit_s,
+            funder_id=funder_id,
         )
         for serial in range(1, copies + 1)
     ]

@@ -41,7 +41,7 @@ def may_gain(state: CertificateState, pool: Pool, account_id: str | None) -> boo
     )
 
 
-def acquisition_amount(state: CertificateState, pool: Pool, rec: Recorder) -> int:
+def acquisition_amount(pool: Pool, entropy: bytes) -> int:
     policy = pool.acquisition.amount
     if isinstance(policy, AllAttached):
         wanted = pool.attached_minor
@@ -50,15 +50,14 @@ def acquisition_amount(state: CertificateState, pool: Pool, rec: Recorder) -> in
     elif isinstance(policy, PercentOfAttached):
         wanted = pool.attached_minor * policy.basis_points // 10_000
     elif isinstance(policy, RandomAmount):
-        wanted = draw_between(policy.min_minor, policy.max_minor,
-                              state.certificate_id, rec.command_id, "acquire")
+        wanted = draw_between(policy.min_minor, policy.max_minor, entropy, "acquire")
     else:  # pragma: no cover - the union is closed
         raise AssertionError(policy)
     return min(wanted, pool.attached_minor)
 
 
 def acquire(state: CertificateState, pool: Pool, account_id: str, rec: Recorder) -> int:
-    amount = acquisition_amount(state, pool, rec)
+    amount = acquisition_amount(pool, rec.entropy)
     if amount == 0:
         return 0  # nothing gained, so the account may still gain later
     pool.attached_minor -= amount
@@ -90,10 +89,11 @@ def _top_up(state: CertificateState, pool: Pool, wanted: int, rec: Recorder) -> 
 def restore_before_acquiring(state: CertificateState, pool: Pool, rec: Recorder) -> None:
     """Seed [120]/[123]: from the second circulation on, the pool is first topped up by
     what earlier circulations took (back to its initial attached amount), then the
-    circulating account acquires. The first acquisition is never replenished."""
+    circulating account acquires. The first acquisition is never replenished. Only
+    circulations that count are counted (the caller applies this to those only)."""
     policy = pool.replenish
     if isinstance(policy, ReplenishMatch) and policy.from_second_circulation \
-            and state.circulations >= 2:
+            and state.distinct_circulations >= 2:
         _top_up(state, pool, pool.initial_attached_minor - pool.attached_minor, rec)
 
 
@@ -108,8 +108,7 @@ def replenish(state: CertificateState, pool: Pool, acquired: int, rec: Recorder)
     elif isinstance(policy, ReplenishFixed):
         wanted = policy.amount_minor
     elif isinstance(policy, ReplenishRandom):
-        wanted = draw_between(policy.min_minor, policy.max_minor,
-                              state.certificate_id, rec.command_id, "replenish")
+        wanted = draw_between(policy.min_minor, policy.max_minor, rec.entropy, "replenish")
     else:
         return
     _top_up(state, pool, wanted, rec)

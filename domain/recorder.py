@@ -15,11 +15,13 @@ from schemas.payments import Settlement
 
 
 class Recorder:
-    __slots__ = ("certificate_id", "command_id", "seq", "at_ms", "events", "settlements",
-                 "_id_prefix")
+    __slots__ = ("certificate_id", "command_id", "seq", "at_ms", "entropy", "events",
+                 "settlements", "_id_prefix")
 
-    def __init__(self, state: CertificateState, command_id: str, at_ms: int) -> None:
+    def __init__(self, state: CertificateState, command_id: str, at_ms: int,
+                 entropy: bytes = b"") -> None:
         self.certificate_id = state.certificate_id
+        self.entropy = entropy
         self.command_id = command_id
         self.seq = state.seq + 1
         self.at_ms = at_ms

@@ -64,6 +64,8 @@ class Pool(msgspec.Struct, kw_only=True, array_like=True):
     # claim-triggered pools: accounts allowed to claim, in the order they became so
     claimable: dict[str, int] = msgspec.field(default_factory=dict)
     warned: list[str] = msgspec.field(default_factory=list)
+    # the payment system confirmed the escrow hold behind funding_ref (ConfirmFunding)
+    funding_confirmed: bool = False
 
 
 class CertificateState(msgspec.Struct, kw_only=True, array_like=True):
@@ -86,5 +88,13 @@ class CertificateState(msgspec.Struct, kw_only=True, array_like=True):
     # account -> index of its last hop; answers "is `via` in the chain" in O(1)
     members: dict[str, int] = msgspec.field(default_factory=dict)
     pool: Pool | None = None
-    # command id -> digest of its body: one id, one effect; another body is refused
+    # command id -> digest of its body (at_ms left out) followed by the seq it was
+    # applied at: one id, one effect; another body is refused
     applied: dict[str, bytes] = msgspec.field(default_factory=dict)
+    # the funder the seller named when issuing (besides the seller, the only one who
+    # may attach a pool)
+    funder_id: str | None = None
+    # circulations that count: by accounts new to the chain, not the seller or funder
+    distinct_circulations: int = 0
+    # account -> level of sharing of its first hop (1 from the catalogue, via's + 1)
+    depth: dict[str, int] = msgspec.field(default_factory=dict)

@@ -2,7 +2,10 @@
 
 A threshold is met when its value reaches its limit (value >= limit). The values:
 
-* ``circulations``: accepted circulations, counting the one being applied;
+* ``circulations``: distinct accounts other than the seller and the funder that
+  circulated, counting the one being applied (a repeat, or a circulation by the
+  seller or funder, counts nothing: otherwise they could withdraw everyone's
+  commission by circulating back and forth);
 * ``cumulative``: everything ever acquired from the pool; the limit is the lower of
   ``max_cumulative_minor`` and ``max_cumulative_bp_of_price`` of the price (rounded
   up, which is exact: for an integer c, c >= ceil(p*bp/10^4) iff c*10^4 >= p*bp);
@@ -49,7 +52,7 @@ def first_met(
             and now_ms - state.posted_at_ms >= display):
         return "display_time"
     circulations = pool.thresholds.max_circulations
-    if circulations is not None and "circulations" in only and state.circulations >= circulations:
+    if circulations is not None and "circulations" in only and state.distinct_circulations >= circulations:
         return "circulations"
     cumulative = pool.cumulative_limit_minor
     if cumulative is not None and "cumulative" in only and pool.cumulative_minor >= cumulative:
@@ -74,7 +77,7 @@ def due_warnings(
             due.append(("display_time", value, display))
     limit = pool.thresholds.max_circulations
     if limit is not None and "circulations" not in warned:
-        value = state.circulations
+        value = state.distinct_circulations
         if value * 10_000 >= bp * limit and value < limit:
             due.append(("circulations", value, limit))
     limit = pool.cumulative_limit_minor

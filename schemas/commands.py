@@ -45,9 +45,11 @@ class FixedAmount(_Wire, tag="fixed", tag_field="kind", kw_only=True):
 
 
 class RandomAmount(_Wire, tag="random", tag_field="kind", kw_only=True):
-    """Uniform in [min_minor, max_minor], drawn from a generator seeded by the command id."""
+    """Uniform in [min_minor, max_minor], drawn from a secret only the sequencer holds
+    (see domain.draw): no client can predict or choose it. At least 1: a draw of 0
+    would be an acquisition of nothing."""
 
-    min_minor: AmountMinor
+    min_minor: PositiveAmountMinor
     max_minor: PositiveAmountMinor
 
 
@@ -68,6 +70,9 @@ class AcquisitionPolicy(_Wire, kw_only=True):
     # when: on circulation, or only when the account sends a Claim
     trigger: Literal["auto", "claim"] = "auto"
     amount: AcquisitionAmount = AllAttached()
+    # only the first ``max_depth`` levels of sharing gain (a hop from the catalogue is
+    # level 1, a hop via a level-1 account level 2, ...); deeper hops circulate for free
+    max_depth: Count | None = None
 
 
 # --- replenishment policy -----------------------------------------------------------
@@ -138,10 +143,12 @@ class IssueCertificate(_Command, tag="issue_certificate", kw_only=True):
     currency: Currency
     terms: Terms = Terms()
     time_limit_s: DurationS | None = None
+    # the account the seller allows to fund this certificate (besides the seller)
+    funder_id: Id | None = None
 
 
 class AttachPool(_Command, tag="attach_pool", kw_only=True):
-    account_id: Id  # the funder
+    account_id: Id  # the funder: the seller, or the funder the seller named on issue
     funding_ref: Id
     budget_minor: PositiveAmountMinor
     attached_minor: PositiveAmountMinor
@@ -173,8 +180,19 @@ class CheckExpiry(_Command, tag="check_expiry", kw_only=True):
     """Sent by the withdrawal service's timer; carries no account."""
 
 
+class ConfirmFunding(_Command, tag="confirm_funding", kw_only=True):
+    """Sent by the payment system (a ``payments`` key): the escrow hold behind
+    ``funding_ref`` exists for ``amount_minor`` in ``currency``. A pool goes live, and
+    its certificate can be posted, only after this matches the attached pool."""
+
+    funding_ref: Id
+    amount_minor: PositiveAmountMinor
+    currency: Currency
+
+
 Command = Union[
-    IssueCertificate, AttachPool, PostCertificate, Circulate, Claim, Purchase, CheckExpiry
+    IssueCertificate, AttachPool, PostCertificate, Circulate, Claim, Purchase, CheckExpiry,
+    ConfirmFunding,
 ]
 COMMAND_TYPES: tuple[type, ...] = Command.__args__  # type: ignore[attr-defined]
 
@@ -185,10 +203,15 @@ class AcceptedCommand(msgspec.Struct, frozen=True, kw_only=True, tag="accepted",
     ``seq`` is the certificate's sequence number after the command; the other stages
     apply exactly these commands, in this order, to their own copy of the state.
     ``received_ms`` is the broker timestamp of the original command, for end-to-end
-    latency.
+    latency. ``draw_seed`` (hex) is the entropy the sequencer drew for this command
+    from its secret draw key ``draw_key_id`` when the pool has a random policy; every
+    stage applies the command with it, so all reach the same amounts without holding
+    the secret.
     """
 
     v: int = COMMAND_VERSION
     seq: int
     received_ms: int
     command: Command
+    draw_key_id: str | None = None
+    draw_seed: str | None = None

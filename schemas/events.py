@@ -43,6 +43,7 @@ class CertificateIssued(_Event, tag="certificate_issued", kw_only=True):
     currency: Currency
     terms: Terms
     time_limit_s: DurationS | None = None
+    funder_id: Id | None = None  # the funder the seller named, if any
 
 
 class PoolAttached(_Event, tag="pool_attached", kw_only=True):
@@ -55,6 +56,14 @@ class PoolAttached(_Event, tag="pool_attached", kw_only=True):
     acquisition: AcquisitionPolicy
     replenish: ReplenishPolicy
     thresholds: Thresholds
+
+
+class FundingConfirmed(_Event, tag="funding_confirmed", kw_only=True):
+    """The payment system confirmed the escrow hold behind the pool: it is live."""
+
+    funding_ref: Id
+    amount_minor: AmountMinor
+    currency: Currency
 
 
 class CertificatePosted(_Event, tag="certificate_posted", kw_only=True):
@@ -70,6 +79,11 @@ class CertificateCirculated(_Event, tag="certificate_circulated", kw_only=True):
     previous_holder: Id | None
     hop: int
     circulations: int
+    # whether this hop counts (a new account, not the seller or funder): only those
+    # count toward the circulation threshold, acquire and replenish
+    counts: bool = True
+    distinct_circulations: int = 0  # the threshold's value after this hop
+    depth: int = 1  # level of sharing: 1 from the catalogue, via's level + 1 otherwise
 
 
 class AcquisitionClaimable(_Event, tag="acquisition_claimable", kw_only=True):
@@ -128,6 +142,7 @@ Event = Union[
     CertificatePosted,
     CertificateCirculated,
     AcquisitionClaimable,
+    FundingConfirmed,
     CommissionAcquired,
     PoolReplenished,
     WithdrawalWarned,

@@ -34,9 +34,14 @@ class Reason(str, enum.Enum):
     # idempotency
     DUPLICATE = "duplicate"  # this command id was applied already: no second effect
     DUPLICATE_CONFLICT = "duplicate_conflict"  # same command id, different body
+    NOTHING_DUE = "nothing_due"  # a timer's check found nothing to do (already done)
     # lifecycle
     UNKNOWN_CERTIFICATE = "unknown_certificate"
     ALREADY_ISSUED = "already_issued"
+    OFFER_NOT_OWNED = "offer_not_owned"  # the offer id is another seller's
+    FUNDING_NOT_CONFIRMED = "funding_not_confirmed"  # posting before the escrow is confirmed
+    FUNDING_MISMATCH = "funding_mismatch"  # the confirmation is not the attached pool's
+    FUNDING_ALREADY_CONFIRMED = "funding_already_confirmed"
     POOL_NOT_ATTACHED = "pool_not_attached"
     POOL_ALREADY_ATTACHED = "pool_already_attached"
     NOT_POSTED = "not_posted"
@@ -48,6 +53,7 @@ class Reason(str, enum.Enum):
     VIA_NOT_IN_CHAIN = "via_not_in_chain"
     CHAIN_LIMIT = "chain_limit"
     NOTHING_TO_CLAIM = "nothing_to_claim"
+    POOL_EMPTY = "pool_empty"  # a claim while nothing is attached to take from
     # money
     CURRENCY_MISMATCH = "currency_mismatch"
     ATTACHED_EXCEEDS_BUDGET = "attached_exceeds_budget"
@@ -66,3 +72,5 @@ class Rejection(msgspec.Struct, frozen=True, kw_only=True, tag="rejection", tag_
     source_offset: int = -1
     original: bytes = b""
     at_ms: TimestampMs = 0
+    # reason ``duplicate``: the first outcome of this command id (accepted, at this seq)
+    first_seq: int | None = None

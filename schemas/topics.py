@@ -18,6 +18,7 @@ from schemas.events import (
     CertificatePurchased,
     CommissionAcquired,
     Event,
+    FundingConfirmed,
     PoolAttached,
     PoolReplenished,
     PoolWithdrawn,
@@ -44,15 +45,15 @@ class TopicSpec:
 
 
 TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec("commands", Command, "commands", "gateway; withdrawal timer (check_expiry)",
+    TopicSpec("commands", Command, "commands", "gateway; withdrawal timer (check_expiry); payment system (confirm_funding)",
               "Signed commands (HMAC-SHA256 in headers `key-id` and `signature`)."),
     TopicSpec("accepted", AcceptedCommand, "accepted", "circulation",
               "Internal: every accepted command with its per-certificate sequence number, "
               "applied in order by allocation, withdrawal and cash-out."),
     TopicSpec("certificate-events", Event, "events", "circulation",
               "Accepted commands as facts: issued, attached, posted, circulated, purchased.",
-              (CertificateIssued, PoolAttached, CertificatePosted, CertificateCirculated,
-               CertificatePurchased)),
+              (CertificateIssued, PoolAttached, FundingConfirmed, CertificatePosted,
+               CertificateCirculated, CertificatePurchased)),
     TopicSpec("allocations", Event, "events", "allocation",
               "Acquisitions, claimable shares and replenishments of each pool.",
               (CommissionAcquired, AcquisitionClaimable, PoolReplenished)),

@@ -23,8 +23,8 @@ BASIS_POINTS_MAX = 10_000
 
 Id = Annotated[
     str,
-    Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$",
-         description="An opaque identifier: 1-64 characters of [A-Za-z0-9._:@-]."),
+    Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@~-]*$",
+         description="An opaque identifier: 1-64 characters of [A-Za-z0-9._:@~-]."),
 ]
 Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 alphabetic code.")]
 AmountMinor = Annotated[

@@ -11,14 +11,19 @@ import itertools
 import msgspec
 
 from domain import Accepted, CertificateState, Duplicate, Rejected, check_invariants, handle
+from domain.draw import entropy_at
 from schemas import commands as c
 from schemas.payments import BudgetRelease, CommissionPayout, SellerPayment
 
 DAY_MS = 24 * 3600 * 1000
+# The secret draw key of the tests' sequencer (services hold theirs in the keyring).
+DRAW_SECRET = b"test-draw-secret-0123456789"
+OFFER = "seller~offer-1"
+CERT = f"{OFFER}-00001"
 
 
 class Scenario:
-    def __init__(self, certificate_id: str = "cert-1", *, start_ms: int = 1_700_000_000_000):
+    def __init__(self, certificate_id: str = CERT, *, start_ms: int = 1_700_000_000_000):
         self.certificate_id = certificate_id
         self.now_ms = start_ms
         self.state: CertificateState | None = None
@@ -38,7 +43,8 @@ class Scenario:
         return self.apply(kind(**fields))
 
     def apply(self, command):
-        outcome = handle(self.state, command)
+        entropy = entropy_at(DRAW_SECRET, self.state, command.certificate_id)
+        outcome = handle(self.state, command, entropy)
         if isinstance(outcome, Accepted):
             self.state = outcome.state
             self.events.extend(outcome.events)
@@ -61,19 +67,31 @@ class Scenario:
     def setup(self, *, price_minor: int, budget_minor: int, attached_minor: int,
               seller: str = "seller", funder: str = "funder", currency: str = "USD",
               time_limit_s: int | None = None, **pool) -> None:
-        self.must(c.IssueCertificate, account_id=seller, offer_id="offer-1", serial=1,
+        offer_id, _, _ = self.certificate_id.rpartition("-")
+        self.must(c.IssueCertificate, account_id=seller, offer_id=offer_id, serial=1,
                   copies=1, name="Espresso machine", price_minor=price_minor,
-                  currency=currency, time_limit_s=time_limit_s)
+                  currency=currency, time_limit_s=time_limit_s,
+                  funder_id=None if funder == seller else funder)
         self.must(c.AttachPool, account_id=funder, funding_ref="escrow-1",
                   budget_minor=budget_minor, attached_minor=attached_minor,
                   currency=currency, **pool)
+        self.confirm_funding(budget_minor, currency)
         self.must(c.PostCertificate, account_id=seller)
+
+    def confirm_funding(self, amount_minor: int, currency: str = "USD",
+                        funding_ref: str = "escrow-1") -> Accepted:
+        return self.must(c.ConfirmFunding, funding_ref=funding_ref, amount_minor=amount_minor,
+                         currency=currency)
 
     def circulate(self, account: str, via: str | None = None) -> Accepted:
         return self.must(c.Circulate, account_id=account, via=via)
 
     def purchase(self, buyer: str = "buyer") -> Accepted:
         return self.must(c.Purchase, account_id=buyer, payment_ref="pay-1")
+
+    @staticmethod
+    def copy_of(state: CertificateState) -> CertificateState:
+        return msgspec.msgpack.decode(msgspec.msgpack.encode(state), type=CertificateState)
 
     # --- reading --------------------------------------------------------------------
 
@@ -93,4 +111,4 @@ class Scenario:
                 if isinstance(s, SellerPayment)]
 
 
-__all__ = ["DAY_MS", "Duplicate", "Scenario"]
+__all__ = ["CERT", "DAY_MS", "DRAW_SECRET", "OFFER", "Duplicate", "Scenario"]

@@ -7,7 +7,12 @@ timer ticks and clock moves:
 * a purchased certificate's payouts and releases sum to its budget and its seller
   payment equals the price;
 * the same sequence gives the same events and settlements, byte for byte;
-* replaying any prefix, or inserting duplicates anywhere, changes nothing.
+* replaying any prefix, or inserting duplicates anywhere, changes nothing;
+* a circulation that does not count (a repeat, the seller, the funder) never
+  acquires, replenishes, or withdraws the pool by count or amount, so it cannot void
+  anyone else's pending acquisition;
+* the amounts drawn never depend on what the client chose (command ids, refs);
+* every event and settlement the core produces decodes with its own contract.
 """
 
 from __future__ import annotations
@@ -20,20 +25,32 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from domain import Accepted, Duplicate, Rejected, check_invariants, handle
+from domain.draw import entropy_at
 from schemas import commands as c
-from schemas.payments import BudgetRelease, CommissionPayout, SellerPayment
+from schemas.events import (
+    CertificateCirculated,
+    CommissionAcquired,
+    Event,
+    PoolReplenished,
+    PoolWithdrawn,
+)
+from schemas.payments import BudgetRelease, CommissionPayout, SellerPayment, Settlement
+from tests.unit.domain.scenario import DRAW_SECRET
 
 pytestmark = pytest.mark.unit
 
 ACCOUNTS = ["a", "b", "c", "d", "e", "seller", "funder"]
-CERT = "cert-p"
+CERT = "seller~p-00001"
 T0 = 1_700_000_000_000
 encode = msgspec.msgpack.Encoder().encode
+json_encode = msgspec.json.Encoder().encode
+decode_event = msgspec.json.Decoder(Event).decode
+decode_settlement = msgspec.json.Decoder(Settlement).decode
 
 amounts = st.one_of(
     st.builds(c.FixedAmount, amount_minor=st.integers(1, 5_000)),
     st.builds(lambda lo, span: c.RandomAmount(min_minor=lo, max_minor=lo + span),
-              st.integers(0, 2_000), st.integers(1, 2_000)),
+              st.integers(1, 2_000), st.integers(0, 2_000)),
     st.builds(c.PercentOfAttached, basis_points=st.integers(0, 10_000)),
     st.just(c.AllAttached()),
 )
@@ -65,14 +82,17 @@ def scenarios(draw):
         acquisition=c.AcquisitionPolicy(
             beneficiary=draw(st.sampled_from(["circulator", "upstream"])),
             trigger=draw(st.sampled_from(["auto", "claim"])),
-            amount=draw(amounts)),
+            amount=draw(amounts), max_depth=draw(st.none() | st.integers(1, 4))),
         replenish=draw(replenishes), thresholds=draw(thresholds))
     setup = [
         c.IssueCertificate(command_id="issue", certificate_id=CERT, at_ms=T0,
-                           account_id="seller", offer_id="o", serial=1, copies=1, name="x",
-                           price_minor=draw(st.integers(1, 100_000)), currency="EUR",
-                           time_limit_s=draw(st.none() | st.integers(1, 100))),
+                           account_id="seller", offer_id="seller~p", serial=1, copies=1,
+                           name="x", price_minor=draw(st.integers(1, 100_000)), currency="EUR",
+                           time_limit_s=draw(st.none() | st.integers(1, 100)),
+                           funder_id="funder"),
         attach,
+        c.ConfirmFunding(command_id="confirm", certificate_id=CERT, at_ms=T0,
+                         funding_ref="esc", amount_minor=budget, currency="EUR"),
         c.PostCertificate(command_id="post", certificate_id=CERT, at_ms=T0, account_id="seller"),
     ]
     now = T0
@@ -101,13 +121,18 @@ def run(commands):
     outcomes = []
     for command in commands:
         before = None if state is None else encode(state)
-        outcome = handle(state, command)
+        outcome = handle(state, command, entropy_at(DRAW_SECRET, state, command.certificate_id))
         outcomes.append(outcome)
         if isinstance(outcome, Accepted):
             state = outcome.state
             check_invariants(state, full=True)
             outputs.extend(encode(x) for x in (*outcome.events, *outcome.settlements))
             settlements.extend(outcome.settlements)
+            # what the core produces is valid under its own wire contract
+            for event in outcome.events:
+                assert decode_event(json_encode(event)) == event
+            for settlement in outcome.settlements:
+                assert decode_settlement(json_encode(settlement)) == settlement
         else:
             assert isinstance(outcome, (Rejected, Duplicate))
             assert (None if state is None else encode(state)) == before
@@ -156,8 +181,8 @@ def test_replaying_any_prefix_changes_nothing(commands, data):
     # A command that was refused, or had nothing to do, was not applied: sending it
     # again is a new attempt, not a replay. Everything that was applied is a duplicate.
     for command, first in zip(commands[:cut], outcomes[:cut], strict=True):
-        if isinstance(first, Accepted) and first.events:
-            assert handle(state, command) == Duplicate(command.command_id)
+        if isinstance(first, Accepted):
+            assert handle(state, command) == Duplicate(command.command_id, first.events[0].seq)
     assert encode(state) == end
 
 
@@ -165,7 +190,7 @@ def test_replaying_any_prefix_changes_nothing(commands, data):
 @given(scenarios(), st.data())
 def test_duplicates_anywhere_have_no_effect(commands, data):
     state, outputs, _, outcomes = run(commands)
-    accepted = [i for i, o in enumerate(outcomes) if isinstance(o, Accepted) and o.events]
+    accepted = [i for i, o in enumerate(outcomes) if isinstance(o, Accepted)]
     # (position in the original sequence after which the copy goes, copied index)
     copies = []
     for _ in range(data.draw(st.integers(1, 5))):
@@ -179,3 +204,76 @@ def test_duplicates_anywhere_have_no_effect(commands, data):
     assert sum(isinstance(o, Duplicate) for o in outcomes2) == len(copies)
     assert outputs2 == outputs
     assert encode(state2) == encode(state)
+
+
+@SETTINGS
+@given(scenarios())
+def test_circulations_that_do_not_count_take_nothing_from_anyone(commands):
+    state = None
+    for command in commands:
+        before = None if state is None else msgspec.structs.replace(state)
+        pending_before = None if state is None or state.pool is None else (
+            dict(state.pool.acquired), state.pool.pending_minor, state.distinct_circulations)
+        outcome = handle(state, command, entropy_at(DRAW_SECRET, state, command.certificate_id))
+        if not isinstance(outcome, Accepted):
+            continue
+        state = outcome.state
+        hop = next((e for e in outcome.events if isinstance(e, CertificateCirculated)), None)
+        if hop is None or hop.counts:
+            continue
+        assert before is not None and pending_before is not None
+        # a repeat, or the seller or funder, counts nothing and moves no money...
+        assert not any(isinstance(e, (CommissionAcquired, PoolReplenished))
+                       for e in outcome.events)
+        assert state.distinct_circulations == pending_before[2]
+        withdrawals = [e for e in outcome.events if isinstance(e, PoolWithdrawn)]
+        # ...and can only coincide with a withdrawal the clock caused, never one it did
+        assert all(w.threshold == "display_time" for w in withdrawals)
+        if not withdrawals:
+            assert (state.pool.acquired, state.pool.pending_minor) == pending_before[:2]
+
+
+def _renamed(command, i):
+    """The same command with every client-chosen id changed."""
+    fields = {"command_id": f"other-{i}-{command.command_id}"}
+    if isinstance(command, c.Purchase):
+        fields["payment_ref"] = f"ref-{i}"
+    return msgspec.structs.replace(command, **fields)
+
+
+@SETTINGS
+@given(scenarios())
+def test_draws_never_depend_on_what_the_client_chose(commands):
+    def amounts(sequence):
+        _, _, _, outcomes = run(sequence)
+        return [[(type(e).__name__, getattr(e, "amount_minor", None)) for e in o.events]
+                if isinstance(o, Accepted) else type(o).__name__ for o in outcomes]
+
+    setup, steps = commands[:4], commands[4:]
+    assert amounts(commands) == amounts(setup + [_renamed(x, i) for i, x in enumerate(steps)])
+
+
+@SETTINGS
+@given(at_ms=st.integers(0, 2**53), limit_s=st.integers(1, 100 * 365 * 24 * 3600),
+       budget=st.integers(1, 10**15))
+def test_extreme_times_and_amounts_are_refused_or_valid(at_ms, limit_s, budget):
+    commands = [
+        c.IssueCertificate(command_id="i", certificate_id=CERT, at_ms=at_ms,
+                           account_id="seller", offer_id="seller~p", serial=1, copies=1,
+                           name="x", price_minor=10**15, currency="EUR", time_limit_s=limit_s),
+        c.AttachPool(command_id="a", certificate_id=CERT, at_ms=at_ms, account_id="seller",
+                     funding_ref="f", budget_minor=budget, attached_minor=budget,
+                     currency="EUR", thresholds=c.Thresholds(max_display_s=limit_s)),
+        c.ConfirmFunding(command_id="cf", certificate_id=CERT, at_ms=at_ms, funding_ref="f",
+                         amount_minor=budget, currency="EUR"),
+        c.PostCertificate(command_id="p", certificate_id=CERT, at_ms=at_ms, account_id="seller"),
+        c.Circulate(command_id="c", certificate_id=CERT, at_ms=at_ms, account_id="a"),
+        c.Purchase(command_id="b", certificate_id=CERT, at_ms=at_ms, account_id="b",
+                   payment_ref="r"),
+    ]
+    _, _, _, outcomes = run(commands)  # run() decodes every event with its contract
+    post = outcomes[3]
+    if at_ms + limit_s * 1000 > 2**53:
+        assert isinstance(post, Rejected) and post.reason.value == "invalid_field"
+    else:
+        assert isinstance(post, Accepted)

@@ -6,11 +6,11 @@ import msgspec
 import pytest
 
 from domain import Accepted, Duplicate, Rejected, handle, issue_offer
-from domain.draw import draw_between
+from domain.draw import draw_between, entropy_for
 from schemas import commands as c
 from schemas.events import AcquisitionClaimable, CommissionAcquired, PoolReplenished, PoolWithdrawn
 from schemas.rejections import Reason
-from tests.unit.domain.scenario import Scenario
+from tests.unit.domain.scenario import CERT, DRAW_SECRET, OFFER, Scenario
 
 pytestmark = pytest.mark.unit
 
@@ -22,10 +22,10 @@ def posted(**pool) -> Scenario:
 
 
 def test_offer_of_n_copies_is_n_certificates_with_serials():
-    cmds = issue_offer(offer_id="kettle", command_id="issue-7", seller_id="s", name="Kettle",
+    cmds = issue_offer(offer_id="s~kettle", command_id="issue-7", seller_id="s", name="Kettle",
                        price_minor=2_500, currency="EUR", copies=3, at_ms=0)
     assert [(x.certificate_id, x.serial, x.copies) for x in cmds] == [
-        ("kettle-00001", 1, 3), ("kettle-00002", 2, 3), ("kettle-00003", 3, 3)]
+        ("s~kettle-00001", 1, 3), ("s~kettle-00002", 2, 3), ("s~kettle-00003", 3, 3)]
     states = [handle(None, x).state for x in cmds]
     assert len({s.certificate_id for s in states}) == 3
     # what the core builds must pass the wire contract's validation, too
@@ -40,10 +40,11 @@ def test_unknown_certificate():
 
 def test_lifecycle_refusals():
     s = Scenario()
-    s.must(c.IssueCertificate, account_id="seller", offer_id="o", serial=1, copies=1,
-           name="n", price_minor=100, currency="USD")
-    assert s.refused(c.IssueCertificate, account_id="seller", offer_id="o", serial=1, copies=1,
-                     name="n", price_minor=100, currency="USD").reason is Reason.ALREADY_ISSUED
+    s.must(c.IssueCertificate, account_id="seller", offer_id=OFFER, serial=1, copies=1,
+           name="n", price_minor=100, currency="USD", funder_id="f")
+    assert s.refused(c.IssueCertificate, account_id="seller", offer_id=OFFER, serial=1,
+                     copies=1, name="n", price_minor=100, currency="USD").reason \
+        is Reason.ALREADY_ISSUED
     assert s.refused(c.PostCertificate, account_id="seller").reason is Reason.POOL_NOT_ATTACHED
     assert s.refused(c.Circulate, account_id="a").reason is Reason.NOT_POSTED
     assert s.refused(c.Purchase, account_id="b", payment_ref="p").reason is Reason.NOT_POSTED
@@ -56,6 +57,9 @@ def test_lifecycle_refusals():
     s.must(c.AttachPool, attached_minor=10, **pool)
     assert s.refused(c.AttachPool, attached_minor=10, **pool).reason is Reason.POOL_ALREADY_ATTACHED
     assert s.refused(c.PostCertificate, account_id="intruder").reason is Reason.NOT_AUTHORIZED
+    assert s.refused(c.PostCertificate, account_id="seller").reason \
+        is Reason.FUNDING_NOT_CONFIRMED
+    s.confirm_funding(50, funding_ref="e")
     s.must(c.PostCertificate, account_id="seller")
     assert s.refused(c.PostCertificate, account_id="seller").reason is Reason.ALREADY_POSTED
     assert s.refused(c.Purchase, account_id="seller", payment_ref="p").reason is Reason.BUYER_IS_SELLER
@@ -89,7 +93,7 @@ def test_same_command_id_twice_has_one_effect_and_another_body_is_refused():
     s = posted()
     first = s.must(c.Circulate, command_id="share-1", account_id="a")
     again = s.send(c.Circulate, command_id="share-1", account_id="a", at_ms=first.events[0].at_ms)
-    assert again == Duplicate("share-1")
+    assert again == Duplicate("share-1", first_seq=first.state.seq)
     forged = s.refused(c.Circulate, command_id="share-1", account_id="b")
     assert forged.reason is Reason.DUPLICATE_CONFLICT
     assert s.state.pool.acquired == {"a": 100}
@@ -108,14 +112,17 @@ def test_acquisition_amounts_never_exceed_the_attached_amount():
     assert pct.state.pool.acquired == {"a": 25}  # 25.5 % of 100, rounded down
 
 
-def test_random_amount_is_drawn_from_the_command_id():
+def test_random_amount_is_drawn_from_the_sequencers_secret_at_the_seq():
     policy = c.AcquisitionPolicy(amount=c.RandomAmount(min_minor=10, max_minor=90))
     amounts = []
-    for _ in range(2):
+    for command_id in ("share-xyz", "share-abc"):
         s = posted(acquisition=policy)
-        s.must(c.Circulate, command_id="share-xyz", account_id="a")
+        out = s.must(c.Circulate, command_id=command_id, account_id="a")
         amounts.append(s.state.pool.acquired["a"])
-    assert amounts[0] == amounts[1] == draw_between(10, 90, "cert-1", "share-xyz", "acquire")
+    # seq 5 (issue, attach, confirm, post, circulate), whatever the command id
+    expected = draw_between(10, 90, entropy_for(DRAW_SECRET, CERT, 5), "acquire")
+    assert out.state.seq == 5
+    assert amounts[0] == amounts[1] == expected
     assert 10 <= amounts[0] <= 90
 
 

@@ -158,7 +158,8 @@ def test_example_6_time_limit_expires_by_timer_and_commission_is_not_cashed():
             time_limit_s=10 * 86400)
     s.circulate("first")
     s.advance(8 * DAY_MS - 1)
-    assert s.send(c.CheckExpiry).events == []  # nothing due yet: no effect
+    # nothing due yet: refused, no effect
+    assert s.refused(c.CheckExpiry).reason is Reason.NOTHING_DUE
     s.advance(1)
     warned = s.must(c.CheckExpiry)
     assert [(w.threshold, w.value, w.limit) for w in warned.events] == [
