@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from domain.offer import certificate_id_for, offer_owner
 from schemas import commands as c
 from services.common.auth import Key, Keyring
 from services.common.settings import Settings
@@ -78,22 +79,32 @@ def _poisson(rng: random.Random, lam: float) -> int:
 CIRCULATION_LIMIT = 5_000  # the generated pools withdraw after this many circulations
 
 
+SETUP_COMMANDS = 4  # issue, attach, the payment system's confirmation, post
+
+
 def _issue(rng: random.Random, spec: TrafficSpec, cid: str) -> list[Item]:
-    """Issue, attach a pool, post (by the seller who issued)."""
+    """Issue (naming a funder), attach a pool, confirm its escrow (the payment
+    system), post (by the seller who issued)."""
     budget = rng.randrange(10_000, 1_000_000)
-    seller = f"seller-{rng.randrange(50)}"
+    offer_id = cid.rpartition("-")[0]
+    seller = offer_owner(offer_id)
+    funder = f"funder-{rng.randrange(20)}"
+    assert seller is not None
     return [
         Item(c.IssueCertificate(command_id=f"{cid}-i", certificate_id=cid, at_ms=0,
-                                account_id=seller, offer_id="gen",
+                                account_id=seller, offer_id=offer_id,
                                 serial=1, copies=1, name="Generated product",
-                                price_minor=rng.randrange(1_000, 1_000_000), currency="EUR")),
+                                price_minor=rng.randrange(1_000, 1_000_000), currency="EUR",
+                                funder_id=funder)),
         Item(c.AttachPool(
             command_id=f"{cid}-a", certificate_id=cid, at_ms=0,
-            account_id=f"funder-{rng.randrange(20)}", funding_ref=f"esc-{cid}",
+            account_id=funder, funding_ref=f"esc-{cid}",
             budget_minor=budget, attached_minor=max(1, budget // 20), currency="EUR",
             acquisition=c.AcquisitionPolicy(
                 amount=c.RandomAmount(min_minor=1, max_minor=max(2, budget // 40))),
             thresholds=c.Thresholds(max_circulations=None if spec.hot else CIRCULATION_LIMIT))),
+        Item(c.ConfirmFunding(command_id=f"{cid}-e", certificate_id=cid, at_ms=0,
+                              funding_ref=f"esc-{cid}", amount_minor=budget, currency="EUR")),
         Item(c.PostCertificate(command_id=f"{cid}-p", certificate_id=cid, at_ms=0,
                                account_id=seller)),
     ]
@@ -111,7 +122,8 @@ def traffic(spec: TrafficSpec) -> Iterator[Item]:
     def new_certificate() -> str:
         nonlocal issued
         issued += 1
-        return f"{spec.prefix}-{spec.seed}-{issued - 1:05d}"
+        seller = f"seller-{(issued - 1) % 50}"
+        return certificate_id_for(f"{seller}~{spec.prefix}-{spec.seed}-{issued - 1}", 1)
 
     slots: list[str] = []
     for _ in range(spec.certificates):
@@ -119,7 +131,7 @@ def traffic(spec: TrafficSpec) -> Iterator[Item]:
         yield from _issue(rng, spec, slots[-1])
     slot_of = {cid: i for i, cid in enumerate(slots)}
     weights = [1.0 / (i + 1) ** spec.zipf for i in range(len(slots))]
-    sent = 3 * len(slots)
+    sent = SETUP_COMMANDS * len(slots)
     account = 0
     shares: dict[str, int] = {}
     # active cascades: (certificate, via account, depth), breadth first, interleaved
@@ -203,7 +215,7 @@ class Sender:
             at_ms = start_ms + (int(i * 1000 / rate) if rate else 0)
             command = msgspec.structs.replace(item.command, at_ms=at_ms)
             body = _encode(command)
-            key = self.forger if item.forged else self.sender.key
+            key = self.forger if item.forged else self.sender.key_for(command)
             out.append((command.certificate_id.encode(), body, self.keyring.sign(body, key),
                         command.command_id))
         return out

@@ -11,7 +11,7 @@ import msgspec
 from kafka import KafkaProducer
 
 from schemas.commands import Command
-from services.common.auth import Key, Keyring
+from services.common.auth import SIGNER_SCOPE, Key, Keyring
 from services.common.settings import Settings
 
 _encode = msgspec.json.Encoder().encode
@@ -21,14 +21,25 @@ class CommandSender:
     def __init__(self, settings: Settings, keyring: Keyring, key: Key | None = None) -> None:
         self.topic = settings.topics.commands
         self.keyring = keyring
+        self.fixed_key = key  # sign everything with this one (tests of forged input)
         self.key = key or keyring.first("gateway")
         self.producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
                                       enable_idempotence=True, linger_ms=5,
                                       client_id="commission-gateway",
                                       **settings.kafka_auth.kafka_python())
 
+    def key_for(self, command: Command) -> Key:
+        """The key whose scope may sign ``command`` (a payments key for what the payment
+        system says: the demo and the tests play the payment system too)."""
+        if self.fixed_key is not None:
+            return self.fixed_key
+        scope = SIGNER_SCOPE[type(command)]
+        return self.key if scope == "gateway" else self.keyring.first(scope)
+
     def send(self, command: Command) -> None:
-        self.send_raw(command.certificate_id.encode(), _encode(command))
+        body = _encode(command)
+        self.send_raw(command.certificate_id.encode(), body,
+                      headers=self.keyring.sign(body, self.key_for(command)))
 
     def send_raw(self, key: bytes | None, body: bytes, *, sign: bool = True,
                  headers: list[tuple[str, bytes]] | None = None,

@@ -4,7 +4,11 @@ The gateway (where users log in) signs each command it produces; the signature a
 the id of the key travel in Kafka headers ``key-id`` and ``signature`` (hex). Keys
 rotate by adding a new key id next to the old one, moving the signers over, then
 removing the old id. Each key has a scope: ``gateway`` keys sign user commands,
-``system`` keys sign the withdrawal timer's ``check_expiry`` commands only.
+``system`` keys sign the withdrawal timer's ``check_expiry`` commands only,
+``payments`` keys sign what only the payment system may say (``confirm_funding``).
+A ``draw`` key signs nothing: it is the sequencer's secret for random amounts
+(domain.draw); the first one is used, and its id travels on each accepted record
+that drew, so it rotates like the others.
 
 Keys come from ``COMMISSION_KEYS`` (``id:scope:secret,id:scope:secret``) or from
 the file named by ``COMMISSION_KEYS_FILE`` (one ``id:scope:secret`` per line). The
@@ -19,16 +23,27 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from schemas.commands import COMMAND_TYPES, CheckExpiry, ConfirmFunding
 from schemas.rejections import Reason
 
 KEY_ID_HEADER = "key-id"
 SIGNATURE_HEADER = "signature"
-SCOPES = ("gateway", "system")
+SCOPES = ("gateway", "system", "payments", "draw")
+
+# Which key scope may sign which command: the timer's checks only with a system key,
+# what only the payment system knows only with a payments key, the rest only through
+# the gateway where users log in. A draw key signs nothing.
+SIGNER_SCOPE: dict[type, str] = {t: "gateway" for t in COMMAND_TYPES}
+SIGNER_SCOPE[CheckExpiry] = "system"
+SIGNER_SCOPE[ConfirmFunding] = "payments"
 
 # Keys that make `make run` and the tests work out of the box. A deployment sets its
 # own through the environment; services refuse to start with these when
 # COMMISSION_ENV=production.
-DEV_KEYS = "dev-gw-1:gateway:dev-gateway-secret-change-me,dev-sys-1:system:dev-system-secret-change-me"
+DEV_KEYS = ("dev-gw-1:gateway:dev-gateway-secret-change-me,"
+            "dev-sys-1:system:dev-system-secret-change-me,"
+            "dev-pay-1:payments:dev-payments-secret-change-me,"
+            "dev-draw-1:draw:dev-draw-secret-change-me")
 
 
 @dataclass(frozen=True)
@@ -82,7 +97,7 @@ class Keyring:
         for key in self.keys.values():
             if key.scope == scope:
                 return key
-        raise KeyError(scope)
+        raise KeyError(f"no key with scope {scope!r} is configured (COMMISSION_KEYS)")
 
     def sign(self, body: bytes, key: Key) -> list[tuple[str, bytes]]:
         mac = hmac.new(key.secret, body, hashlib.sha256).hexdigest().encode()

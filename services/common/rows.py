@@ -2,7 +2,7 @@
 
 A certificate's state grows with its traffic: the chain of hops, the command ids it
 applied, and the accounts that gained. The core only ever appends to those three
-(`members` is derived from the chain). Rewriting the whole row on every batch made
+(`members` and `depth` are derived from the chain). Rewriting the whole row on every batch made
 the changelogs the bulk of what the broker wrote: in a 79,000-command benchmark run
 242 MB of changelog against 75 MB for every other topic together, and the hot rows,
 the largest ones (up to 177 kB), are the ones rewritten in nearly every batch.
@@ -76,7 +76,7 @@ def head_of(state: CertificateState) -> CertificateState:
     """The state without its append-only parts (what the head record holds)."""
     pool = state.pool
     return msgspec.structs.replace(
-        state, chain=[], members={}, applied={},
+        state, chain=[], members={}, applied={}, depth={},
         pool=None if pool is None else msgspec.structs.replace(pool, acquired={}))
 
 
@@ -126,9 +126,14 @@ def assemble(records: dict[bytes, bytes]) -> dict[bytes, CertificateState]:
         state = head.state
         state.chain = _collect(key, mine.get(b"h", {}), head.hops, _decode_hops)
         members: dict[str, int] = {}
+        depth: dict[str, int] = {}
         for index, hop in enumerate(state.chain):
             members[hop.account_id] = index
+            # the core gives an account the level of its first hop (domain.handlers)
+            if hop.account_id not in depth:
+                depth[hop.account_id] = 1 if hop.via is None else depth[hop.via] + 1
         state.members = members
+        state.depth = depth
         state.applied = dict(_collect(key, mine.get(b"a", {}), head.applied, _decode_applied))
         gains = _collect(key, mine.get(b"g", {}), head.gains, _decode_gains)
         if state.pool is not None:

@@ -36,6 +36,7 @@ class CirculationStage:
         self.keyring = keyring
         self.metrics = metrics
         self.max_skew_ms = settings.max_clock_skew_ms
+        self.draw_key = keyring.first("draw")
         self.own = _members("certificate-events")
 
     def input_topic(self) -> str:
@@ -47,7 +48,8 @@ class CirculationStage:
     def apply(self, state: CertificateState | None, record: ConsumerRecord) -> Applied:
         source = Source(record.topic, record.partition, record.offset, record.timestamp,
                         record.key, header_dict(record.headers))
-        result = sequence(state, record.value or b"", source, self.keyring, self.max_skew_ms)
+        result = sequence(state, record.value or b"", source, self.keyring, self.max_skew_ms,
+                          self.draw_key)
         outputs: list[Output] = []
         if result.accepted is not None:
             kind = type(result.accepted.command).__name__

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 import msgspec
 
 from domain import Accepted, CertificateState, Duplicate, Rejected, handle
+from domain.draw import entropy_at
 from schemas.commands import COMMAND_VERSION, AcceptedCommand, CheckExpiry, Command
 from schemas.events import Event
 from schemas.payments import Settlement
 from schemas.rejections import Reason, Rejection
-from services.common.auth import AuthError, Keyring
+from services.common.auth import SIGNER_SCOPE, AuthError, Key, Keyring
 
 _decode_command = msgspec.json.Decoder(Command).decode
 _decode_any = msgspec.json.Decoder().decode
@@ -99,7 +100,7 @@ def decode(raw: bytes, source: Source, keyring: Keyring, max_skew_ms: int
     if source.key is None or source.key.decode("utf-8", "replace") != command.certificate_id:
         return reject(raw, source, Reason.KEY_MISMATCH,
                       "the Kafka key must be the command's certificate id", command)
-    if (key.scope == "system") != isinstance(command, CheckExpiry):
+    if key.scope != SIGNER_SCOPE[type(command)]:
         return reject(raw, source, Reason.NOT_AUTHORIZED,
                       f"a {key.scope} key cannot sign this command", command)
     if abs(source.timestamp_ms - command.at_ms) > max_skew_ms:
@@ -109,29 +110,38 @@ def decode(raw: bytes, source: Source, keyring: Keyring, max_skew_ms: int
 
 
 def sequence(state: CertificateState | None, raw: bytes, source: Source, keyring: Keyring,
-             max_skew_ms: int) -> StepResult:
-    """The circulation stage: one raw command in, a verdict out."""
+             max_skew_ms: int, draw_key: Key) -> StepResult:
+    """The circulation stage: one raw command in, a verdict out.
+
+    When the pool may draw a random amount, the entropy comes from ``draw_key``'s
+    secret and the seq the command would get (domain.draw); it travels on the
+    accepted record so the other stages apply the same amounts without the secret."""
     decoded = decode(raw, source, keyring, max_skew_ms)
     if isinstance(decoded, StepResult):
         return decoded
     command = decoded
-    outcome = handle(state, command)
+    entropy = entropy_at(draw_key.secret, state, command.certificate_id)
+    outcome = handle(state, command, entropy)
     if isinstance(outcome, Rejected):
         return reject(raw, source, outcome.reason, outcome.detail, command)
     if isinstance(outcome, Duplicate):
         if isinstance(command, CheckExpiry):
             return StepResult(duplicate=True)  # timers may fire twice; not an error
+        first = "" if outcome.first_seq is None else f" (accepted as seq {outcome.first_seq})"
         result = reject(raw, source, Reason.DUPLICATE,
-                        "this command id was applied already; it has no second effect", command)
+                        f"this command id was applied already{first}; it has no second effect",
+                        command)
+        assert result.rejection is not None
+        result.rejection = msgspec.structs.replace(result.rejection, first_seq=outcome.first_seq)
         result.duplicate = True
         return result
-    assert isinstance(outcome, Accepted)
-    if not outcome.events:
-        return StepResult(state=outcome.state)  # nothing to do (a tick with nothing due)
+    assert isinstance(outcome, Accepted) and outcome.events
     return StepResult(
         state=outcome.state, changed=True,
-        accepted=AcceptedCommand(seq=outcome.state.seq, received_ms=source.timestamp_ms,
-                                 command=command),
+        accepted=AcceptedCommand(
+            seq=outcome.state.seq, received_ms=source.timestamp_ms, command=command,
+            draw_key_id=draw_key.key_id if entropy else None,
+            draw_seed=entropy.hex() if entropy else None),
         events=outcome.events, settlements=outcome.settlements,
     )
 
@@ -148,7 +158,8 @@ def follow(state: CertificateState | None, accepted: AcceptedCommand) -> StepRes
     if accepted.seq != expected:
         raise DeterminismError(
             f"{accepted.command.certificate_id}: got seq {accepted.seq}, expected {expected}")
-    outcome = handle(state, accepted.command)
+    entropy = bytes.fromhex(accepted.draw_seed) if accepted.draw_seed else b""
+    outcome = handle(state, accepted.command, entropy)
     if not isinstance(outcome, Accepted) or outcome.state.seq != accepted.seq:
         raise DeterminismError(
             f"{accepted.command.certificate_id} seq {accepted.seq}: the sequencer accepted "

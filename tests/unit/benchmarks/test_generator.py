@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks.generator import TrafficSpec, generate
 from domain import Accepted, handle
+from domain.draw import entropy_at
 from schemas import commands as c
 
 pytestmark = pytest.mark.unit
@@ -29,7 +30,8 @@ def accepted_share_by_tenth(items) -> list[float]:
         if item.command is None or item.forged:
             continue
         command = msgspec.structs.replace(item.command, at_ms=1_700_000_000_000 + i)
-        outcome = handle(states.get(command.certificate_id), command)
+        state = states.get(command.certificate_id)
+        outcome = handle(state, command, entropy_at(b"draw", state, command.certificate_id))
         if isinstance(outcome, Accepted):
             states[command.certificate_id] = outcome.state
             accepted[i // tenth] += 1

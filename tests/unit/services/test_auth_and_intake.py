@@ -7,17 +7,20 @@ import msgspec
 import pytest
 
 from domain import handle
+from domain.draw import MissingEntropy
 from schemas import commands as c
 from schemas.rejections import Reason
 from services.common.auth import Key, Keyring
 from services.common.steps import DeterminismError, Source, StepResult, follow, sequence
 
-KEYS = Keyring.parse("gw:gateway:0123456789abcdef-gw,sys:system:0123456789abcdef-sys")
+KEYS = Keyring.parse("gw:gateway:0123456789abcdef-gw,sys:system:0123456789abcdef-sys,"
+                     "pay:payments:0123456789abcdef-pay,draw:draw:0123456789abcdef-draw")
+CERT = "s~o-00001"
 T = 1_700_000_000_000
 encode = msgspec.json.encode
 
 
-def source(body: bytes, key: bytes | None = b"cert-1", signer: Key | None = KEYS.keys["gw"],
+def source(body: bytes, key: bytes | None = CERT.encode(), signer: Key | None = KEYS.keys["gw"],
            ts: int = T, headers: dict | None = None) -> Source:
     if headers is None:
         headers = dict(KEYS.sign(body, signer)) if signer else {}
@@ -25,11 +28,12 @@ def source(body: bytes, key: bytes | None = b"cert-1", signer: Key | None = KEYS
 
 
 def run(body: bytes, state=None, **kw) -> StepResult:
-    return sequence(state, body, source(body, **kw), KEYS, max_skew_ms=60_000)
+    return sequence(state, body, source(body, **kw), KEYS, max_skew_ms=60_000,
+                    draw_key=KEYS.keys["draw"])
 
 
-ISSUE = c.IssueCertificate(command_id="i1", certificate_id="cert-1", at_ms=T, account_id="s",
-                           offer_id="o", serial=1, copies=1, name="n", price_minor=100,
+ISSUE = c.IssueCertificate(command_id="i1", certificate_id=CERT, at_ms=T, account_id="s",
+                           offer_id="s~o", serial=1, copies=1, name="n", price_minor=100,
                            currency="EUR")
 
 
@@ -55,6 +59,8 @@ def test_a_signed_command_is_accepted_and_sequenced():
         ({"headers": {"key-id": b"nobody", "signature": b"00"}}, Reason.UNKNOWN_KEY),
         ({"signer": Key("gw", "gateway", b"forged-forged-forged")}, Reason.BAD_SIGNATURE),
         ({"signer": KEYS.keys["sys"]}, Reason.NOT_AUTHORIZED),
+        ({"signer": KEYS.keys["pay"]}, Reason.NOT_AUTHORIZED),
+        ({"signer": KEYS.keys["draw"]}, Reason.NOT_AUTHORIZED),
         ({"key": b"cert-2"}, Reason.KEY_MISMATCH),
         ({"key": None}, Reason.KEY_MISMATCH),
         ({"ts": T + 61_000}, Reason.STALE),
@@ -72,11 +78,11 @@ def test_transport_and_authentication_refusals(kwargs, reason):
     ("body", "reason"),
     [
         (b"{not json", Reason.UNDECODABLE),
-        (encode({"type": "circulate", "v": 2, "command_id": "x", "certificate_id": "cert-1",
+        (encode({"type": "circulate", "v": 2, "command_id": "x", "certificate_id": CERT,
                  "at_ms": T, "account_id": "a"}), Reason.UNSUPPORTED_VERSION),
-        (encode({"type": "circulate", "command_id": "x", "certificate_id": "cert-1",
+        (encode({"type": "circulate", "command_id": "x", "certificate_id": CERT,
                  "at_ms": T}), Reason.INVALID_FIELD),
-        (encode({"type": "attach_pool", "command_id": "x", "certificate_id": "cert-1",
+        (encode({"type": "attach_pool", "command_id": "x", "certificate_id": CERT,
                  "at_ms": T, "account_id": "f", "funding_ref": "r", "budget_minor": 2**70,
                  "attached_minor": 1, "currency": "EUR"}), Reason.AMOUNT_OUT_OF_RANGE),
     ],
@@ -85,12 +91,56 @@ def test_contract_refusals(body, reason):
     assert run(body).rejection.reason is reason
 
 
-def test_timer_commands_need_a_system_key_and_their_replays_are_silent():
+def test_timer_commands_need_a_system_key():
     state = handle(None, ISSUE).state
-    tick = encode(c.CheckExpiry(command_id="expire:1", certificate_id="cert-1", at_ms=T))
+    tick = encode(c.CheckExpiry(command_id="expire:1", certificate_id=CERT, at_ms=T))
     assert run(tick, state).rejection.reason is Reason.NOT_AUTHORIZED
     quiet = run(tick, state, signer=KEYS.keys["sys"])
-    assert quiet.rejection is None and not quiet.changed  # nothing due: no effect
+    # nothing due: a verdict all the same, and no effect
+    assert quiet.rejection.reason is Reason.NOTHING_DUE and not quiet.changed
+
+
+def test_funding_confirmations_need_a_payments_key():
+    state = handle(None, msgspec.structs.replace(ISSUE, funder_id="f")).state
+    attach = c.AttachPool(command_id="a1", certificate_id=CERT, at_ms=T, account_id="f",
+                          funding_ref="esc", budget_minor=50, attached_minor=5, currency="EUR")
+    state = run(encode(attach), state).state
+    confirm = encode(c.ConfirmFunding(command_id="cf", certificate_id=CERT, at_ms=T,
+                                      funding_ref="esc", amount_minor=50, currency="EUR"))
+    # a user (through the gateway) cannot say the escrow is there
+    assert run(confirm, state).rejection.reason is Reason.NOT_AUTHORIZED
+    assert not state.pool.funding_confirmed
+    assert run(confirm, state, signer=KEYS.keys["pay"]).accepted.seq == 3
+
+
+def test_draws_travel_on_the_accepted_record_and_followers_need_no_secret():
+    state = handle(None, msgspec.structs.replace(ISSUE, funder_id="f")).state
+    follower = follow(None, c.AcceptedCommand(seq=1, received_ms=T, command=msgspec.structs
+                                              .replace(ISSUE, funder_id="f"))).state
+    policy = c.AcquisitionPolicy(amount=c.RandomAmount(min_minor=1, max_minor=40))
+    commands = [
+        (c.AttachPool(command_id="a1", certificate_id=CERT, at_ms=T, account_id="f",
+                      funding_ref="esc", budget_minor=50, attached_minor=40, currency="EUR",
+                      acquisition=policy), "gw"),
+        (c.ConfirmFunding(command_id="cf", certificate_id=CERT, at_ms=T, funding_ref="esc",
+                          amount_minor=50, currency="EUR"), "pay"),
+        (c.PostCertificate(command_id="p", certificate_id=CERT, at_ms=T, account_id="s"), "gw"),
+        (c.Circulate(command_id="x", certificate_id=CERT, at_ms=T, account_id="a"), "gw"),
+    ]
+    for command, signer in commands:
+        result = run(encode(command), state, signer=KEYS.keys[signer])
+        state, accepted = result.state, result.accepted
+        # the attach itself draws nothing; every command after it may
+        drew = not isinstance(command, c.AttachPool)
+        assert (accepted.draw_key_id == "draw") is drew
+        assert (accepted.draw_seed is not None and len(accepted.draw_seed) == 64) is drew
+        before = msgspec.msgpack.decode(msgspec.msgpack.encode(follower), type=type(follower))
+        follower = follow(follower, accepted).state
+    assert follower.pool.acquired == state.pool.acquired
+    assert 1 <= state.pool.acquired["a"] <= 40
+    # without the seed a follower refuses to apply it rather than guess a draw
+    with pytest.raises(MissingEntropy):
+        follow(before, msgspec.structs.replace(accepted, draw_seed=None, draw_key_id=None))
 
 
 def test_exact_replay_is_refused_as_duplicate_and_changes_nothing():
@@ -98,14 +148,22 @@ def test_exact_replay_is_refused_as_duplicate_and_changes_nothing():
     before = msgspec.msgpack.encode(state)
     result = run(encode(ISSUE), state)
     assert result.rejection.reason is Reason.DUPLICATE and result.duplicate
+    assert result.rejection.first_seq == 1  # the first outcome: accepted as seq 1
     assert msgspec.msgpack.encode(state) == before
+
+
+def test_a_retry_stamped_later_by_the_gateway_is_a_duplicate_not_a_conflict():
+    state = handle(None, ISSUE).state
+    retry = msgspec.structs.replace(ISSUE, at_ms=T + 3_000)
+    result = run(encode(retry), state, ts=T + 3_000)
+    assert result.rejection.reason is Reason.DUPLICATE and result.rejection.first_seq == 1
 
 
 def test_followers_apply_in_sequence_and_detect_disagreement():
     accepted = run(encode(ISSUE)).accepted
     state = follow(None, accepted).state
     assert follow(state, accepted).duplicate  # a replay of seq 1
-    post = c.PostCertificate(command_id="p", certificate_id="cert-1", at_ms=T, account_id="s")
+    post = c.PostCertificate(command_id="p", certificate_id=CERT, at_ms=T, account_id="s")
     bogus = c.AcceptedCommand(seq=2, received_ms=T, command=post)  # refused by the core
     with pytest.raises(DeterminismError):
         follow(state, bogus)

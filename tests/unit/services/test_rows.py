@@ -13,15 +13,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from domain import Accepted, handle
+from domain.draw import entropy_at
 from schemas import commands as c
 from services.common import rows
 from services.common.rows import CorruptRow, RowStore, assemble, encode_row
-from tests.unit.domain.test_properties import SETTINGS, T0, scenarios
+from tests.unit.domain.scenario import DRAW_SECRET
+from tests.unit.domain.test_properties import CERT, SETTINGS, T0, scenarios
 
 pytestmark = pytest.mark.unit
 
 encode = msgspec.msgpack.Encoder().encode
-KEY = b"cert-p"
+KEY = CERT.encode()
+
+
+def apply(state, command):
+    return handle(state, command, entropy_at(DRAW_SECRET, state, command.certificate_id))
 
 
 def replay_into_changelog(commands, store: RowStore, compacted: dict[bytes, bytes],
@@ -30,7 +36,7 @@ def replay_into_changelog(commands, store: RowStore, compacted: dict[bytes, byte
     state and the number of records each write sent."""
     sent = []
     for command in commands:
-        outcome = handle(state, command)
+        outcome = apply(state, command)
         if isinstance(outcome, Accepted):
             state = outcome.state
             records = store.changes(KEY, state)
@@ -71,16 +77,19 @@ def check_round_trip(commands, data):
 
 def long_chain(hops: int) -> list[c.Command]:
     """One certificate whose pool never runs dry or withdraws: every hop gains."""
-    cert = "cert-long"
+    cert = "seller~long-00001"
     base = {"certificate_id": cert, "at_ms": T0}
     commands = [
-        c.IssueCertificate(command_id="issue", **base, account_id="seller", offer_id="o",
-                           serial=1, copies=1, name="x", price_minor=10_000, currency="EUR"),
+        c.IssueCertificate(command_id="issue", **base, account_id="seller",
+                           offer_id="seller~long", serial=1, copies=1, name="x",
+                           price_minor=10_000, currency="EUR", funder_id="funder"),
         c.AttachPool(command_id="attach", **base, account_id="funder", funding_ref="esc",
                      budget_minor=10_000_000, attached_minor=10_000_000, currency="EUR",
                      acquisition=c.AcquisitionPolicy(beneficiary="circulator", trigger="auto",
                                                      amount=c.FixedAmount(amount_minor=1)),
                      replenish=c.ReplenishNone(), thresholds=c.Thresholds()),
+        c.ConfirmFunding(command_id="confirm", **base, funding_ref="esc",
+                         amount_minor=10_000_000, currency="EUR"),
         c.PostCertificate(command_id="post", **base, account_id="seller"),
     ]
     for i in range(hops):
@@ -92,7 +101,7 @@ def long_chain(hops: int) -> list[c.Command]:
 def final_state(commands):
     state = None
     for command in commands:
-        outcome = handle(state, command)
+        outcome = apply(state, command)
         assert isinstance(outcome, Accepted), outcome
         state = outcome.state
     return state
@@ -105,7 +114,7 @@ def test_a_write_sends_the_head_and_only_the_segments_that_changed():
     state = None
     biggest_write = 0
     for command in commands:
-        outcome = handle(state, command)
+        outcome = apply(state, command)
         assert isinstance(outcome, Accepted), outcome
         state = outcome.state
         key = state.certificate_id.encode()
