@@ -31,12 +31,26 @@ SUMMARY = {
         "warnings": {"type": "array", "items": {"type": "string"}},
         "thresholds": {"type": "object"}, "share_link": {"type": "string"},
         "time_left_ms": {"type": ["integer", "null"]}, "copies_left": {"type": "integer"},
+        "funding_confirmed": {"type": "boolean",
+                              "description": "the payment system holds the budget in escrow"},
+        "odds": {"type": "array", "description": "every random amount the pool draws: "
+                 "uniform over [min_minor, max_minor], drawn from a server-side secret",
+                 "items": {"type": "object", "required": ["draw", "distribution", "min_minor",
+                                                          "max_minor"],
+                           "properties": {"draw": {"enum": ["acquisition", "replenishment"]},
+                                          "distribution": {"enum": ["uniform"]},
+                                          "min_minor": {"type": "integer"},
+                                          "max_minor": {"type": "integer"}}}},
+        "acquisition": {"type": ["object", "null"],
+                        "description": "the pool's acquisition policy (who, when, how much, "
+                        "max_depth)"},
     },
 }
 ACCEPTED = {"type": "object", "required": ["command_ids", "status_urls"],
             "properties": {"command_ids": {"type": "array", "items": {"type": "string"}},
                            "status_urls": {"type": "array", "items": {"type": "string"}},
-                           "certificate_ids": {"type": "array", "items": {"type": "string"}}}}
+                           "certificate_ids": {"type": "array", "items": {"type": "string"}},
+                           "offer_id": {"type": "string"}}}
 
 
 def _json(schema: dict) -> dict:

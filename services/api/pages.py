@@ -14,6 +14,7 @@ import uuid
 from aiohttp import web
 
 from schemas import commands as c
+from services.api.money import money
 from services.api.reads import ReadApi
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222}
@@ -21,10 +22,6 @@ table{border-collapse:collapse;width:100%}td,th{padding:.4rem;border-bottom:1px 
 text-align:left}.label{background:#c62828;color:#fff;border-radius:1rem;padding:.1rem .6rem}
 .warn{background:#fff3cd;border:1px solid #e0a800;padding:.5rem;margin:.5rem 0}
 .msg{background:#e8f5e9;padding:.5rem}form.inline{display:inline}input{margin:.2rem}"""
-
-
-def money(amount_minor: int, currency: str) -> str:
-    return f"{amount_minor / 100:,.2f} {currency}"
 
 
 def esc(value: object) -> str:
@@ -90,6 +87,7 @@ class Pages:
                  f"status <b id='status'>{esc(s['status'])}</b> · held by "
                  f"<b id='holder'>{esc(s['holder'] or '-')}</b> · "
                  f"{s['chain_length']} circulations</p>"]
+        parts.extend(self._pool_rules(s))
         if s["warnings"]:
             parts.append("<p class='warn' id='warning'>The commission on this certificate will "
                          "soon be withdrawn: buy now.</p>")
@@ -108,6 +106,29 @@ class Pages:
                     f"{action}'><input type='hidden' name='via' value='{esc(via)}'>"
                     f"<button id='{action}'>{label}</button></form> ")
         return self._layout(s["name"] or cid, me, "".join(parts), here)
+
+    @staticmethod
+    def _pool_rules(s: dict) -> list[str]:
+        """What a sharer should know before sharing: is the money really there, what
+        are the odds of a random amount, how deep does commission go."""
+        cur = s["price"]["currency"]
+        out = []
+        if s["pool_status"] is not None:
+            funded = ("funding confirmed: the budget is held in escrow by the payment system"
+                      if s["funding_confirmed"] else "funding not confirmed yet")
+            out.append(f"<p id='funding'>{esc(funded)}</p>")
+        for draw in s["odds"]:
+            what = "Each share gains" if draw["draw"] == "acquisition" else "Each refill adds"
+            out.append(
+                f"<p class='odds' id='odds-{esc(draw['draw'])}'>{what} a random amount from "
+                f"{money(draw['min_minor'], cur)} to {money(draw['max_minor'], cur)}, every "
+                "amount equally likely (uniform), drawn by the platform from a secret: nobody "
+                "can choose or predict it.</p>")
+        depth = (s.get("acquisition") or {}).get("max_depth")
+        if depth:
+            out.append(f"<p id='max-depth'>Only the first {int(depth)} levels of sharing earn "
+                       "commission; deeper shares circulate it for free.</p>")
+        return out
 
     async def account(self, request: web.Request) -> web.Response:
         account = request.match_info["id"]

@@ -44,6 +44,10 @@ class ReadApi:
             "chain_length": int(page["chain_length"]),
             "warnings": json.loads(page.get("warnings", "[]")),
             "thresholds": json.loads(page.get("thresholds", "{}")),
+            "funding_confirmed": page.get("funding_confirmed") == "true",
+            # random amounts: their range and that every amount is equally likely
+            "odds": json.loads(page.get("odds", "[]")),
+            "acquisition": json.loads(page.get("acquisition", "null")),
             "share_link": f"/c/{cid}",
         }
         deadline = page.get("display_deadline_ms")

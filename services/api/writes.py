@@ -19,6 +19,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from domain import issue_offer
+from domain.offer import offer_id_for
 from schemas import commands as c
 from schemas.types import (
     Count,
@@ -56,7 +57,10 @@ class PurchaseBody(_Body, kw_only=True):
 
 
 class OfferBody(_Body, kw_only=True):
+    # the offer's name; its id is "{seller}~{offer_id}" (domain.offer): yours alone
     offer_id: Id | None = None
+    # the account allowed to attach the commission pool besides the seller
+    funder_id: Id | None = None
     name: ShortText
     price_minor: PositiveAmountMinor
     currency: Currency
@@ -184,18 +188,18 @@ class Gateway:
         account = await self._account(request)
         body = await self._body(request, OfferBody)
         command_id = self._command_id(request, account)
-        offer_id = body.offer_id or command_id[:40]
         try:
+            offer_id = offer_id_for(account, body.offer_id or command_id[4:20])
             commands = issue_offer(offer_id=offer_id, command_id=command_id, seller_id=account,
                                    name=body.name, price_minor=body.price_minor,
                                    currency=body.currency, copies=body.copies,
                                    at_ms=int(time.time() * 1000), terms=body.terms,
-                                   time_limit_s=body.time_limit_s)
+                                   time_limit_s=body.time_limit_s, funder_id=body.funder_id)
         except ValueError as err:
             return problem(422, "invalid_body", str(err))
         for command in commands:
             await self._send(command)
-        return self._accepted([x.command_id for x in commands],
+        return self._accepted([x.command_id for x in commands], offer_id=offer_id,
                               certificate_ids=[x.certificate_id for x in commands])
 
     async def outcome(self, request: web.Request) -> web.Response:

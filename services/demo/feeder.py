@@ -1,5 +1,9 @@
 """Demo traffic: offers of several copies, viral shares, purchases, and a little
-bad input (forged and malformed commands) so every counter on the screen moves."""
+bad input (forged and malformed commands) so every counter on the screen moves.
+
+The feeder also plays the payment system for the demo: it confirms each pool's
+escrow hold (``ConfirmFunding``, signed with the payments key) before the seller
+posts, as a real payment system would once it holds the funder's money."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from domain import issue_offer
+from domain.offer import offer_id_for
 from schemas import commands as c
 from services.common.auth import Key
 from services.gateway import CommandSender
@@ -46,26 +51,33 @@ class Feeder:
     def new_offer(self) -> None:
         self.offers += 1
         now = int(time.time() * 1000)
-        offer = f"offer-{int(time.time())}-{self.offers}"
+        seller, funder = f"seller-{self.offers % 7}", f"funder-{self.offers % 5}"
+        offer = offer_id_for(seller, f"offer-{int(time.time())}-{self.offers}")
         copies = self.rng.randint(1, 4)
         for issue in issue_offer(offer_id=offer, command_id=self._id("issue"),
-                                 seller_id=f"seller-{self.offers % 7}",
+                                 seller_id=seller, funder_id=funder,
                                  name=f"Product {self.offers}",
                                  price_minor=self.rng.randrange(5_000, 200_000),
                                  currency=self.rng.choice(["EUR", "USD"]), copies=copies,
                                  at_ms=now, time_limit_s=self.rng.choice([None, 60, 180])):
             budget = self.rng.randrange(2_000, 20_000)
+            escrow = self._id("escrow")
             self._send(issue)
             self._send(c.AttachPool(
                 command_id=self._id("attach"), certificate_id=issue.certificate_id, at_ms=now,
-                account_id=f"funder-{self.offers % 5}", funding_ref=self._id("escrow"),
+                account_id=funder, funding_ref=escrow,
                 budget_minor=budget, attached_minor=budget // 10, currency=issue.currency,
                 acquisition=c.AcquisitionPolicy(
                     beneficiary=self.rng.choice(["circulator", "upstream"]),
-                    amount=self.rng.choice([c.AllAttached(),
-                                            c.PercentOfAttached(basis_points=5_000)])),
+                    amount=self.rng.choice([
+                        c.AllAttached(), c.PercentOfAttached(basis_points=5_000),
+                        c.RandomAmount(min_minor=1, max_minor=max(1, budget // 10))]),
+                    max_depth=self.rng.choice([None, 3])),
                 thresholds=c.Thresholds(max_circulations=self.rng.choice([20, 40, None]),
                                         max_cumulative_bp_of_price=3_000)))
+            self._send(c.ConfirmFunding(  # the payment system holds the budget in escrow
+                command_id=self._id("escrow-held"), certificate_id=issue.certificate_id,
+                at_ms=now, funding_ref=escrow, amount_minor=budget, currency=issue.currency))
             self._send(c.PostCertificate(command_id=self._id("post"),
                                          certificate_id=issue.certificate_id, at_ms=now,
                                          account_id=issue.account_id))

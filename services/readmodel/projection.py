@@ -23,7 +23,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import msgspec
+
 from domain import CertificateState
+from schemas.commands import RandomAmount, ReplenishRandom
 from schemas.events import (
     CertificateCirculated,
     CertificateIssued,
@@ -86,6 +89,24 @@ def display_deadline_ms(state: CertificateState) -> int | None:
     return state.posted_at_ms + pool.display_limit_ms
 
 
+def odds(state: CertificateState) -> list[dict]:
+    """The published odds of every random amount the pool draws: uniform over a closed
+    range, drawn by the sequencer from a secret (domain.draw)."""
+    pool = state.pool
+    out = []
+    if pool is None:
+        return out
+    amount = pool.acquisition.amount
+    if isinstance(amount, RandomAmount):
+        out.append({"draw": "acquisition", "distribution": "uniform",
+                    "min_minor": amount.min_minor, "max_minor": amount.max_minor})
+    if isinstance(pool.replenish, ReplenishRandom):
+        out.append({"draw": "replenishment", "distribution": "uniform",
+                    "min_minor": pool.replenish.min_minor,
+                    "max_minor": pool.replenish.max_minor})
+    return out
+
+
 def page(state: CertificateState) -> dict[str, str]:
     """The certificate page: status, holder, pool, and how close each threshold is."""
     pool = state.pool
@@ -100,7 +121,8 @@ def page(state: CertificateState) -> dict[str, str]:
     if pool is not None:
         deadline = display_deadline_ms(state)
         thresholds = {
-            "circulations": [state.circulations, pool.thresholds.max_circulations],
+            # the threshold counts distinct accounts other than the seller and funder
+            "circulations": [state.distinct_circulations, pool.thresholds.max_circulations],
             "cumulative_minor": [pool.cumulative_minor, pool.cumulative_limit_minor],
             "display_ms": [None, pool.display_limit_ms],
         }
@@ -110,6 +132,9 @@ def page(state: CertificateState) -> dict[str, str]:
             "funder_id": pool.funder_id, "warnings": json.dumps(sorted(pool.warned)),
             "thresholds": json.dumps(thresholds),
             "display_deadline_ms": "" if deadline is None else str(deadline),
+            "funding_confirmed": "true" if pool.funding_confirmed else "false",
+            "odds": json.dumps(odds(state)),
+            "acquisition": msgspec.json.encode(pool.acquisition).decode(),
         })
     return out
 

@@ -3,7 +3,10 @@ client can get (401, 400, 422, 429)."""
 
 from __future__ import annotations
 
+import time
+
 from deploy.localstack import free_port
+from schemas import commands as c
 from tests.e2e.http import call, get, login, outcome, wait_for
 
 
@@ -17,12 +20,31 @@ def test_a_user_flow_through_the_api(pipeline):
 
     status, offer, _ = call(port, "POST", "/offers", {"offer_id": "lamp", "name": "Lamp",
                                                       "price_minor": 5_000, "currency": "EUR",
-                                                      "copies": 2}, seller)
-    assert status == 202 and offer["certificate_ids"] == ["lamp-00001", "lamp-00002"]
-    cid = "lamp-00001"
+                                                      "copies": 2, "funder_id": "funder"},
+                            seller)
+    # the offer id is the seller's own: nobody else can issue copies of it
+    assert status == 202 and offer["offer_id"] == "seller~lamp"
+    assert offer["certificate_ids"] == ["seller~lamp-00001", "seller~lamp-00002"]
+    cid = "seller~lamp-00001"
+    # a stranger cannot attach the pool first; the funder the seller named can
+    _, stranger_pool, _ = call(port, "POST", f"/certificates/{cid}/pool",
+                               {"funding_ref": "made-up", "budget_minor": 1,
+                                "attached_minor": 1, "currency": "EUR"}, alice)
     _, pool, _ = call(port, "POST", f"/certificates/{cid}/pool",
                       {"funding_ref": "esc-lamp", "budget_minor": 1_000, "attached_minor": 100,
                        "currency": "EUR"}, funder)
+    refused = outcome(port, alice, stranger_pool["command_ids"][0])
+    assert (refused["status"], refused["reason"]) == ("rejected", "not_authorized")
+    assert outcome(port, funder, pool["command_ids"][0])["status"] == "accepted"
+    _, early, _ = call(port, "POST", f"/certificates/{cid}/post", {}, seller)
+    refused = outcome(port, seller, early["command_ids"][0])
+    assert (refused["status"], refused["reason"]) == ("rejected", "funding_not_confirmed")
+    # the payment system confirms the escrow hold (its own key, straight to Kafka)
+    pipeline.send(c.ConfirmFunding(command_id="esc-lamp-held", certificate_id=cid,
+                                   at_ms=int(time.time() * 1000), funding_ref="esc-lamp",
+                                   amount_minor=1_000, currency="EUR"))
+    wait_for(port, f"/certificates/{cid}", lambda b: b.get("funding_confirmed") == "true",
+             pipeline=pipeline)
     _, post, _ = call(port, "POST", f"/certificates/{cid}/post", {}, seller)
     _, share, _ = call(port, "POST", f"/certificates/{cid}/circulate", {}, alice)
     again_key = {"Idempotency-Key": "bob-share-1"}
@@ -60,9 +82,9 @@ def test_a_user_flow_through_the_api(pipeline):
     status, body, _ = call(port, "POST", "/offers", {"name": "x", "price_minor": -1,
                                                      "currency": "EUR"}, seller)
     assert (status, body["error"]) == (422, "invalid_body")
-    statuses = [call(port, "POST", "/certificates/lamp-00002/circulate", {}, alice)
+    statuses = [call(port, "POST", "/certificates/seller~lamp-00002/circulate", {}, alice)
                 for _ in range(12)]  # 12 in well under 2 s: one second sees >= 6
     limited = [s for s in statuses if s[0] == 429]
     assert limited and limited[0][1]["error"] == "rate_limited"
     assert limited[0][2]["Retry-After"] == "1"
-    assert get(port, "/certificates/lamp-00002")[0] == 200
+    assert get(port, "/certificates/seller~lamp-00002")[0] == 200

@@ -12,6 +12,7 @@ import pytest
 
 from deploy.localstack import free_port
 from schemas import commands as c
+from tests.e2e.certificates import cert_id, setup
 from tests.e2e.http import wait_for
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -72,17 +73,10 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     pipeline.start_all()
     pipeline.start("readmodel")
     pipeline.start("api", API_PORT=str(port))
-    t, cid = int(time.time() * 1000), "web-lamp-00001"
-    pipeline.send(
-        c.IssueCertificate(command_id="w-i", certificate_id=cid, at_ms=t, account_id="seller",
-                           offer_id="web-lamp", serial=1, copies=1, name="Desk lamp",
-                           price_minor=4_500, currency="EUR"),
-        c.AttachPool(command_id="w-a", certificate_id=cid, at_ms=t, account_id="funder",
-                     funding_ref="esc-w", budget_minor=2_000, attached_minor=250,
-                     currency="EUR",
-                     thresholds=c.Thresholds(max_circulations=4, warn_at_bp=5_000)),
-        c.PostCertificate(command_id="w-p", certificate_id=cid, at_ms=t, account_id="seller"),
-    )
+    t, cid = int(time.time() * 1000), cert_id("web-lamp")
+    pipeline.send(*setup(cid, t, name="Desk lamp", price_minor=4_500, budget_minor=2_000,
+                         attached_minor=250,
+                         thresholds=c.Thresholds(max_circulations=4, warn_at_bp=5_000)))
     wait_for(port, f"/certificates/{cid}", lambda b: b["status"] == "posted", pipeline=pipeline)
 
     log_in(browser, base, "alice")

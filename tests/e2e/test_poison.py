@@ -12,6 +12,7 @@ import msgspec
 from schemas import commands as c
 from schemas.rejections import Rejection
 from services.common.auth import Key
+from tests.e2e.certificates import cert_id, setup
 from tests.e2e.traffic import expect
 
 encode = msgspec.json.Encoder().encode
@@ -21,14 +22,10 @@ decode_rejection = msgspec.json.Decoder(Rejection).decode
 def test_poison_input_is_rejected_once_and_changes_nothing(pipeline):
     pipeline.start_all()
     t = int(time.time() * 1000)
-    cid = "poison-cert"
+    cid = cert_id("poison")
     good = [
-        c.IssueCertificate(command_id="g-issue", certificate_id=cid, at_ms=t, account_id="seller",
-                           offer_id="o", serial=1, copies=1, name="Kettle", price_minor=50_000,
-                           currency="EUR"),
-        c.AttachPool(command_id="g-attach", certificate_id=cid, at_ms=t, account_id="funder",
-                     funding_ref="esc-p", budget_minor=5_000, attached_minor=500, currency="EUR"),
-        c.PostCertificate(command_id="g-post", certificate_id=cid, at_ms=t, account_id="seller"),
+        *setup(cid, t, name="Kettle", price_minor=50_000, budget_minor=5_000,
+               attached_minor=500),
         c.Circulate(command_id="g-s1", certificate_id=cid, at_ms=t, account_id="ann"),
         c.Circulate(command_id="g-s2", certificate_id=cid, at_ms=t, account_id="ben", via="ann"),
         c.Purchase(command_id="g-buy", certificate_id=cid, at_ms=t, account_id="cat",
@@ -66,10 +63,29 @@ def test_poison_input_is_rejected_once_and_changes_nothing(pipeline):
          {"timestamp_ms": t - 3_600_000}),
         (encode({"type": "check_expiry", "command_id": "b-scope", "certificate_id": cid,
                  "at_ms": t}), key, "not_authorized", {}),
+        # a user cannot say the escrow is there: only a payments key can
+        (encode({"type": "confirm_funding", "command_id": "b-confirm", "certificate_id": cid,
+                 "at_ms": t, "funding_ref": f"escrow-{cid}", "amount_minor": 5_000,
+                 "currency": "EUR"}), key, "not_authorized", {}),
+        # a stranger attaching a pool of 1 first (any time: it is refused for who it is)
+        (encode({"type": "attach_pool", "command_id": "b-stranger", "certificate_id": cid,
+                 "at_ms": t, "account_id": "mallory", "funding_ref": "made-up",
+                 "budget_minor": 1, "attached_minor": 1, "currency": "EUR"}), key,
+         "not_authorized", {}),
+        # another seller issuing a copy of this seller's offer
+        (encode(c.IssueCertificate(
+            command_id="b-offer", certificate_id=cid.replace("-00001", "-00002"), at_ms=t,
+            account_id="mallory", offer_id=cid.rpartition("-")[0], serial=2, copies=2,
+            name="Fake", price_minor=1, currency="EUR")),
+         cid.replace("-00001", "-00002").encode(), "offer_not_owned", {}),
     ]
     # sent after the good flow: a replay, a conflicting replay, a share after purchase
+    share = good[4]
+    assert share.command_id == "g-s1"
     after = [
-        (encode(good[3]), key, "duplicate", {}),
+        (encode(share), key, "duplicate", {}),
+        # the same command retried with a later stamp: a duplicate, not a conflict
+        (encode(msgspec.structs.replace(share, at_ms=t + 2_000)), key, "duplicate", {}),
         (encode(c.Circulate(command_id="g-s1", certificate_id=cid, at_ms=t, account_id="eve")),
          key, "duplicate_conflict", {}),
         (encode(c.Circulate(command_id="b-late", certificate_id=cid, at_ms=t, account_id="fay")),

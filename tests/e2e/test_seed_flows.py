@@ -9,6 +9,7 @@ import msgspec
 from schemas import commands as c
 from schemas.payments import Settlement
 from schemas.rejections import Rejection
+from tests.e2e import certificates
 
 decode_settlement = msgspec.json.Decoder(Settlement).decode
 decode_rejection = msgspec.json.Decoder(Rejection).decode
@@ -19,17 +20,9 @@ def now_ms() -> int:
 
 
 def setup(cert: str, **pool) -> list:
-    t = now_ms()
-    return [
-        c.IssueCertificate(command_id=f"{cert}-issue", certificate_id=cert, at_ms=t,
-                           account_id="seller", offer_id=f"offer-{cert}", serial=1, copies=1,
-                           name="Espresso machine", price_minor=200_000, currency="USD"),
-        c.AttachPool(command_id=f"{cert}-attach", certificate_id=cert, at_ms=t,
-                     account_id="funder", funding_ref=f"escrow-{cert}", currency="USD",
-                     budget_minor=100_000, attached_minor=10_000, **pool),
-        c.PostCertificate(command_id=f"{cert}-post", certificate_id=cert, at_ms=t,
-                          account_id="seller"),
-    ]
+    return certificates.setup(cert, now_ms(), price_minor=200_000, budget_minor=100_000,
+                              attached_minor=10_000, currency="USD", name="Espresso machine",
+                              **pool)
 
 
 def settlements_by_cert(values: list[bytes]) -> dict[str, list[tuple[str, str, int]]]:
@@ -43,7 +36,7 @@ def settlements_by_cert(values: list[bytes]) -> dict[str, list[tuple[str, str, i
 
 def test_seed_examples_2_and_3_end_to_end(pipeline):
     pipeline.start_all()
-    ex3, ex2, ex3w = "ex3-cert", "ex2-cert", "ex3w-cert"
+    ex3, ex2, ex3w = (certificates.cert_id(n) for n in ("ex3", "ex2", "ex3w"))
     t = now_ms()
     pipeline.send(
         # example 3: two accounts acquire, purchase below the thresholds pays both

@@ -9,6 +9,7 @@ import msgspec
 from schemas import commands as c
 from schemas.events import Event, PoolWithdrawn, WithdrawalWarned
 from schemas.payments import BudgetRelease, Settlement
+from tests.e2e.certificates import cert_id, setup
 
 decode_event = msgspec.json.Decoder(Event).decode
 decode_settlement = msgspec.json.Decoder(Settlement).decode
@@ -17,15 +18,10 @@ decode_settlement = msgspec.json.Decoder(Settlement).decode
 def test_time_limit_withdraws_the_pool_without_any_further_message(pipeline):
     pipeline.start_all()
     t = int(time.time() * 1000)
-    cid = "timed-cert"
+    cid = cert_id("timed")
     pipeline.send(
-        c.IssueCertificate(command_id="t-issue", certificate_id=cid, at_ms=t, account_id="seller",
-                           offer_id="o", serial=1, copies=1, name="Lamp", price_minor=9_000,
-                           currency="EUR", time_limit_s=3),
-        c.AttachPool(command_id="t-attach", certificate_id=cid, at_ms=t, account_id="funder",
-                     funding_ref="esc-t", budget_minor=2_000, attached_minor=400, currency="EUR",
-                     thresholds=c.Thresholds(warn_at_bp=5_000)),
-        c.PostCertificate(command_id="t-post", certificate_id=cid, at_ms=t, account_id="seller"),
+        *setup(cid, t, name="Lamp", price_minor=9_000, time_limit_s=3, budget_minor=2_000,
+               attached_minor=400, thresholds=c.Thresholds(warn_at_bp=5_000)),
         c.Circulate(command_id="t-s1", certificate_id=cid, at_ms=t, account_id="ann"),
     )
     posted = time.time()
