@@ -75,6 +75,9 @@ def grants(settings: Settings) -> dict[str, list[Grant]]:
         *(Grant(op, T, readmodel, prefixed=True) for op in (R, W, C, D)),
     ]
     out["api"] = [Grant(W, T, t.commands), Grant(D, T, t.commands)]
+    # the payment system confirms escrow holds (confirm_funding, signed with its own
+    # payments key): it writes commands and nothing else of ours
+    out["payment-system"] = [Grant(W, T, t.commands), Grant(D, T, t.commands)]
     out["audit"] = [Grant(R, T, topic) for topic in (t.accepted, t.certificate_events,
                                                       t.payments)]
     return out

@@ -8,7 +8,10 @@ from deploy.localstack import free_port
 from schemas import commands as c
 from services.common.metrics import scrape, total
 from tests.e2e.http import get, login, wait_for
+from tests.e2e.certificates import cert_id
 from tests.e2e.test_seed_flows import setup
+
+A, B = cert_id("api-a"), cert_id("api-b")
 
 
 def test_catalogue_certificate_share_link_feed_and_earnings(pipeline):
@@ -18,31 +21,31 @@ def test_catalogue_certificate_share_link_feed_and_earnings(pipeline):
     pipeline.start("api", API_PORT=str(port))
     t = int(time.time() * 1000)
     pipeline.send(
-        *setup("api-a"), *setup("api-b", thresholds=c.Thresholds(max_circulations=3)),
-        c.Circulate(command_id="a-s1", certificate_id="api-a", at_ms=t, account_id="alice"),
-        c.Circulate(command_id="a-s2", certificate_id="api-a", at_ms=t, account_id="bob",
+        *setup(A), *setup(B, thresholds=c.Thresholds(max_circulations=3)),
+        c.Circulate(command_id="a-s1", certificate_id=A, at_ms=t, account_id="alice"),
+        c.Circulate(command_id="a-s2", certificate_id=A, at_ms=t, account_id="bob",
                     via="alice"),
-        c.Circulate(command_id="b-s1", certificate_id="api-b", at_ms=t, account_id="alice"),
-        c.Purchase(command_id="b-buy", certificate_id="api-b", at_ms=t, account_id="cat",
+        c.Circulate(command_id="b-s1", certificate_id=B, at_ms=t, account_id="alice"),
+        c.Purchase(command_id="b-buy", certificate_id=B, at_ms=t, account_id="cat",
                    payment_ref="pay-b"),
     )
     catalogue = wait_for(port, "/catalogue?sort=commission",
-                         lambda b: [i["id"] for i in b["items"]] == ["api-a"], pipeline=pipeline)
+                         lambda b: [i["id"] for i in b["items"]] == [A], pipeline=pipeline)
     [item] = catalogue["items"]
     assert item["commission"] == {"amount_minor": 10_000, "currency": "USD"}
     assert (item["holder"], item["chain_length"], item["status"]) == ("bob", 2, "posted")
-    assert item["copies_left"] == 1 and item["share_link"] == "/c/api-a"
+    assert item["copies_left"] == 1 and item["share_link"] == f"/c/{A}"
 
-    status, bought = get(port, "/certificates/api-b")
+    status, bought = get(port, f"/certificates/{B}")
     assert status == 200 and bought["status"] == "purchased" and bought["copies_left"] == 0
 
-    _, link = get(port, "/c/api-a?via=alice")
-    assert link["via_valid"] and link["circulate"] == {"certificate_id": "api-a", "via": "alice"}
-    _, forged = get(port, "/c/api-a?via=mallory")
+    _, link = get(port, f"/c/{A}?via=alice")
+    assert link["via_valid"] and link["circulate"] == {"certificate_id": A, "via": "alice"}
+    _, forged = get(port, f"/c/{A}?via=mallory")
     assert not forged["via_valid"] and forged["circulate"]["via"] is None
 
     feed = wait_for(port, "/accounts/alice/feed", lambda b: len(b["items"]) == 1)
-    assert [i["id"] for i in feed["items"]] == ["api-b"]  # api-a moved on to bob
+    assert [i["id"] for i in feed["items"]] == [B]  # A moved on to bob
     alice = login(port, "alice")
     earnings = wait_for(port, "/accounts/alice/earnings",
                         lambda b: b["earnings"].get("USD", {}).get("paid_minor"), token=alice)

@@ -43,7 +43,7 @@ def test_a_user_flow_through_the_api(pipeline):
     pipeline.send(c.ConfirmFunding(command_id="esc-lamp-held", certificate_id=cid,
                                    at_ms=int(time.time() * 1000), funding_ref="esc-lamp",
                                    amount_minor=1_000, currency="EUR"))
-    wait_for(port, f"/certificates/{cid}", lambda b: b.get("funding_confirmed") == "true",
+    wait_for(port, f"/certificates/{cid}", lambda b: b.get("funding_confirmed") is True,
              pipeline=pipeline)
     _, post, _ = call(port, "POST", f"/certificates/{cid}/post", {}, seller)
     _, share, _ = call(port, "POST", f"/certificates/{cid}/circulate", {}, alice)

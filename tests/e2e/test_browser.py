@@ -82,6 +82,7 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     log_in(browser, base, "alice")
     until(browser, base + "/", lambda d: d.find_elements(By.CLASS_NAME, "cert"))[0].click()
     assert browser.find_element(By.ID, "commission").text == "2.50 EUR"
+    assert browser.find_element(By.ID, "funding").text.startswith("funding confirmed")
     share_link = browser.find_element(By.ID, "share").get_attribute("value")
     assert share_link.endswith(f"/page/certificates/{cid}?via=alice")
     browser.find_element(By.ID, "circulate").click()

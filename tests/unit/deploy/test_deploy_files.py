@@ -160,3 +160,16 @@ def test_acl_commands_name_operations_kafka_acls_knows():
     writers = {re.search(r"User:(\S+)", line).group(1) for line in lines
                if "--operation Write --topic 'accepted'" in line}
     assert writers == {"circulation"}
+
+
+def test_the_dashboard_names_every_rejection_reason():
+    from schemas.rejections import Reason
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "commission.json").read_text())
+    [panel] = [p for p in dashboard["panels"] if p["title"] == "Rejections per second, by reason"]
+    missing = [r.value for r in Reason if r.value not in panel["description"]]
+    assert not missing, f"reasons not on the rejections panel: {missing}"
+    gaming = [p for p in dashboard["panels"] if "game the rules" in p["title"]]
+    assert gaming, "no panel for refused attempts to game the rules"
+    expr = gaming[0]["targets"][0]["expr"]
+    for reason in ("not_authorized", "offer_not_owned", "funding_mismatch"):
+        assert reason in expr
