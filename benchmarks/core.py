@@ -30,13 +30,18 @@ RESULTS = ROOT / "docs" / "benchmarks.md"
 T0 = 1_700_000_000_000
 
 
+def _cid(n: int) -> str:
+    return f"seller~bench-{n}-00001"
+
+
 def setup(certificates: int) -> dict:
     states = {}
     for n in range(certificates):
-        cid = f"bench-{n}"
+        cid = _cid(n)
         out = handle(None, c.IssueCertificate(
             command_id=f"i{n}", certificate_id=cid, at_ms=T0, account_id="seller",
-            offer_id="bench", serial=1, copies=1, name="x", price_minor=10**9, currency="EUR"))
+            offer_id=cid[:-6], serial=1, copies=1, name="x", price_minor=10**9,
+            currency="EUR", funder_id="funder"))
         state = out.state
         for cmd in (
             c.AttachPool(command_id=f"a{n}", certificate_id=cid, at_ms=T0, account_id="funder",
@@ -47,6 +52,8 @@ def setup(certificates: int) -> dict:
                          thresholds=c.Thresholds(max_circulations=10**6,
                                                  max_cumulative_minor=10**11,
                                                  max_display_s=10**6)),
+            c.ConfirmFunding(command_id=f"e{n}", certificate_id=cid, at_ms=T0,
+                             funding_ref="esc", amount_minor=10**12, currency="EUR"),
             c.PostCertificate(command_id=f"p{n}", certificate_id=cid, at_ms=T0,
                               account_id="seller"),
         ):
@@ -57,7 +64,7 @@ def setup(certificates: int) -> dict:
 
 def commands(certificates: int, hops: int) -> list[c.Circulate]:
     return [
-        c.Circulate(command_id=f"s{h}-{n}", certificate_id=f"bench-{n}", at_ms=T0 + h,
+        c.Circulate(command_id=f"s{h}-{n}", certificate_id=_cid(n), at_ms=T0 + h,
                     account_id=f"user-{h}", via=f"user-{h - 1}" if h else None)
         for h in range(hops) for n in range(certificates)
     ]
