@@ -13,6 +13,7 @@ from deploy.localstack import free_port
 from schemas import commands as c
 from services.common.auth import DEV_KEYS, Key
 from services.common.metrics import scrape, total
+from tests.e2e.certificates import cert_id
 from tests.e2e.test_seed_flows import setup
 
 
@@ -21,7 +22,7 @@ def test_metrics_and_logs(pipeline):
     for service, port in ports.items():
         pipeline.start(service, metrics_port=port)
     t = int(time.time() * 1000)
-    cid = "ops-cert"
+    cid = cert_id("ops")
     pipeline.send(
         *setup(cid),
         c.Circulate(command_id="ops-s1", certificate_id=cid, at_ms=t, account_id="ann"),
