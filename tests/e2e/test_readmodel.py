@@ -221,7 +221,11 @@ def test_killing_the_read_model_mid_stream_projects_each_command_once(pipeline, 
     redelivered = 0.0
     try:
         done = pipeline.feed_in_background(commands, every=100, pause_s=0.3)
-        for instance in range(1, 4):
+        # three kills, and more (up to eight) while none has landed between a
+        # projection and its offset commit yet: on a loaded machine a kill can miss
+        instance = 0
+        while instance < 3 or (not redelivered and instance < 8 and not done.is_set()):
+            instance += 1
             time.sleep(rng.uniform(1.0, 3.0))
             redelivered += skipped()
             pipeline.signal("readmodel", instance=instance - 1, sig=signal.SIGKILL)
