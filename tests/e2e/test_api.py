@@ -7,8 +7,8 @@ import time
 from deploy.localstack import free_port
 from schemas import commands as c
 from services.common.metrics import scrape, total
-from tests.e2e.http import get, login, wait_for
 from tests.e2e.certificates import cert_id
+from tests.e2e.http import get, login, wait_for
 from tests.e2e.test_seed_flows import setup
 
 A, B = cert_id("api-a"), cert_id("api-b")
