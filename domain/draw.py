@@ -2,7 +2,7 @@
 
 A random amount is drawn from ``entropy``: 32 bytes the sequencer computes as
 HMAC-SHA256 under a secret draw key over (certificate id, sequence number) and
-carries on the ``accepted`` record (services.common.steps). The sequence number is
+carries on the ``accepted`` record (services.circulation.intake). The sequence number is
 the certificate's count of accepted commands, so nothing a client sends (its
 command id, idempotency key, timestamp or body) enters the draw, and without the
 secret the draw of a coming seq is unpredictable. Replaying a command gives the same

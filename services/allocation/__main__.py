@@ -1,5 +1,5 @@
+from services.allocation.stage import build
 from services.common.service import run_service
-from services.common.stages import allocation
 
 if __name__ == "__main__":
-    run_service("allocation", allocation)
+    run_service("allocation", build)

@@ -1,5 +1,5 @@
+from services.cashout.stage import build
 from services.common.service import run_service
-from services.common.stages import cashout
 
 if __name__ == "__main__":
-    run_service("cashout", cashout)
+    run_service("cashout", build)

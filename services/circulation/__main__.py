@@ -1,5 +1,5 @@
+from services.circulation.stage import build
 from services.common.service import run_service
-from services.common.stages import circulation
 
 if __name__ == "__main__":
-    run_service("circulation", circulation)
+    run_service("circulation", build)

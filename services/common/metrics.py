@@ -40,7 +40,8 @@ class Metrics:
         self.rejections = Counter("commission_rejections_total", "Refused commands, by reason.",
                                   ["service", "reason"], registry=r)
         self.processing = Histogram("commission_processing_seconds",
-                                    "Time to decode, decide and encode one message.",
+                                    "Time to decode, decide and encode one message (the mean "
+                                    "of each round, observed once per round).",
                                     ["service"], buckets=LATENCY_BUCKETS, registry=r)
         self.transaction = Histogram("commission_transaction_seconds",
                                      "Time of one batch's Kafka transaction, begin to commit.",
@@ -61,6 +62,18 @@ class Metrics:
             "commission_determinism_errors_total",
             "Accepted commands this stage could not apply identically (a bug; nothing "
             "was published for them).", ["service"], registry=r)
+        self.skipped = Counter("commission_records_skipped_total",
+                               "Input records below the table's position (applied before), "
+                               "skipped.", ["service"], registry=r)
+        self.parked = Gauge("commission_partition_parked",
+                            "1 while an input partition is parked: a record in it cannot be "
+                            "applied (see the log); the other partitions keep running.",
+                            ["service", "partition"], registry=r)
+        self.restore_seconds = Histogram("commission_restore_seconds",
+                                         "Time to restore the table of newly assigned "
+                                         "partitions from the changelog.", ["service"],
+                                         buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+                                         registry=r)
         self.timer_commands = Counter("commission_timer_commands_total",
                                       "check_expiry commands sent by the withdrawal timer.",
                                       ["service"], registry=r)

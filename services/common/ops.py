@@ -1,20 +1,23 @@
-"""The operations endpoint of a service, on METRICS_PORT, served from its event loop:
+"""The operations endpoint of a service, on METRICS_PORT, served from a thread:
 
 * ``/metrics``: Prometheus exposition of the service's registry;
 * ``/healthz`` (liveness): the consume loop went round within ``LIVE_WITHIN_S``; a
-  stuck loop (or a blocked event loop, which cannot answer at all) fails it;
+  stuck loop fails it;
 * ``/readyz`` (readiness): the consumer has joined its group and received an
-  assignment (possibly empty: a spare worker is ready), and the loop went round
-  within ``READY_WITHIN_S``.
+  assignment (possibly empty: a spare worker is ready), the loop went round within
+  ``READY_WITHIN_S``, and no partition is parked (a record that cannot be applied:
+  the answer names the partition and why).
 
 Both answer JSON with the reason, so a probe failure explains itself.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import threading
 import time
-
-from aiohttp import web
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from services.common.metrics import Metrics, exposition
 from services.common.runner import StageRunner
@@ -23,40 +26,45 @@ LIVE_WITHIN_S = 120.0
 READY_WITHIN_S = 30.0
 
 
-def _status(runner: StageRunner, within_s: float, need_join: bool) -> tuple[bool, dict]:
+def _status(runner: StageRunner, within_s: float, readiness: bool) -> tuple[bool, dict]:
     idle = time.monotonic() - runner.last_loop_monotonic
-    info = {"loop_seconds_ago": round(idle, 1), "joined": runner.assigned_event.is_set(),
-            "partitions": sorted(runner.producers)}
-    ok = idle <= within_s and (runner.assigned_event.is_set() or not need_join)
+    info = {"loop_seconds_ago": round(idle, 1), "joined": runner.joined.is_set(),
+            "partitions": sorted(runner.parts),
+            "parked": {str(p): why for p, why in sorted(runner.parked.items())}}
+    ok = idle <= within_s
+    if readiness:
+        ok = ok and runner.joined.is_set() and not runner.parked
     return ok, info
 
 
-async def start_ops_server(port: int, runner: StageRunner, metrics: Metrics) -> web.AppRunner:
-    async def metrics_view(request: web.Request) -> web.Response:
-        body, headers = exposition(metrics.registry)
-        return web.Response(body=body, headers=headers)
+def start_ops_server(port: int, runner: StageRunner, metrics: Metrics) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server spelling
+            if self.path == "/metrics":
+                body, headers = exposition(metrics.registry)
+                self._send(200, body, headers)
+            elif self.path in ("/healthz", "/readyz"):
+                ok, info = (_status(runner, LIVE_WITHIN_S, False) if self.path == "/healthz"
+                            else _status(runner, READY_WITHIN_S, True))
+                self._send(200 if ok else 503, json.dumps({"ok": ok, **info}).encode(),
+                           {"Content-Type": "application/json"})
+            else:
+                self._send(404, b"not found", {"Content-Type": "text/plain"})
 
-    async def healthz(request: web.Request) -> web.Response:
-        ok, info = _status(runner, LIVE_WITHIN_S, need_join=False)
-        return web.json_response({"ok": ok, **info}, status=200 if ok else 503)
+        def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-    async def readyz(request: web.Request) -> web.Response:
-        ok, info = _status(runner, READY_WITHIN_S, need_join=True)
-        return web.json_response({"ok": ok, **info}, status=200 if ok else 503)
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics_view)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app_runner = web.AppRunner(app, access_log=None)
-    await app_runner.setup()
-    await web.TCPSite(app_runner, host=_bind_host(), port=port).start()
-    return app_runner
-
-
-def _bind_host() -> str:
-    import os
+        def log_message(self, *args) -> None:
+            pass  # probes every few seconds are not news
 
     # 127.0.0.1 on a developer machine; 0.0.0.0 in a container, so probes and
     # Prometheus can reach it (set OPS_BIND_HOST).
-    return os.environ.get("OPS_BIND_HOST", "127.0.0.1")
+    server = ThreadingHTTPServer((os.environ.get("OPS_BIND_HOST", "127.0.0.1"), port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="ops", daemon=True).start()
+    return server

@@ -1,117 +1,118 @@
-"""The stage runner: consume, apply, and publish exactly once, with Kafka transactions.
+"""The stage runner: consume, apply and publish exactly once, in Kafka transactions.
 
-Why not faust's ``processing_guarantee="exactly_once"``: in faust-streaming 0.15.3
-its TransactionManager sends to a topic outside the app's topic groups without a
-transactional id when the consumer has no metadata for it (so `payments` could
-leave outside the transaction), and the aiokafka driver logs rather than raises
-failed begin/commit calls (see ../shared/NOTES.md for the open issues). Money
-cannot rest on that, so each stage runs this loop on aiokafka (faust's own driver).
+One transactional producer per worker process (``{group}-{instance}``) and one
+consumer in the stage's group, both librdkafka (confluent-kafka). A round is:
 
-For every batch of records from one input partition ``p``, in ONE transaction of
-the producer whose transactional id is ``{group}-{p}``:
+  1. fetch up to ``MAX_BATCH_RECORDS`` records of the partitions this worker owns;
+  2. apply them, in order per partition, to the table (rows keyed by certificate
+     id, one store per partition), collecting the outputs;
+  3. in ONE transaction: the outputs (to the same partition of every output topic:
+     all topics are co-partitioned, so a certificate's messages keep their order),
+     the changed rows and the *position* of every partition of the round (input
+     topic, partition, next offset; also when every record was refused) to the
+     compacted changelog, and the input offsets with the consumer's group metadata
+     (KIP-447);
+  4. commit.
 
-  1. apply each record to the certificate's state (the table row), in order;
-  2. send the outputs, to partition ``p`` of every output topic (all topics are
-     co-partitioned: same key, same partition count, so one certificate's messages
-     stay in one partition everywhere and keep their order);
-  3. send the new table rows to the compacted changelog topic, partition ``p``;
-  4. send the input offset (last + 1) to the transaction for the consumer group;
-  5. commit.
+Why the position is in the changelog (eventsourcing's tracking records): the table
+and the place to resume from must come from the same committed transaction. The
+group's committed offset is still sent, for lag and tools, but never decides where a
+worker resumes: a worker that takes a partition over first waits until no
+transaction of the previous owner is pending on it (``committed()`` with
+require_stable, which librdkafka sends in read_committed mode), then restores rows
+and position together from the changelog (read_committed) and starts there. Records
+below the position are skipped and counted. docs/architecture.md lists every way the
+two could disagree and why none can now.
 
-Either all of it becomes visible to ``read_committed`` readers or none of it does.
-A crash anywhere before 5 aborts everything; the input is consumed again from the
-committed offset, and the table is rebuilt from the committed changelog, so the
-replay recomputes exactly what was lost. A rebalance moves partition ``p`` with its
-transactional id: the new owner's ``init_transactions`` fences the old one (whose
-commit then fails and whose open transaction is aborted) before it restores the
-table. Any failure inside a batch stops the process (crash-only): the in-memory
-table may be ahead of what was committed, and a restart is the one way back that
-is always right.
+Zombies are fenced by the group generation: a worker that lost its partitions
+cannot add offsets to a transaction, so its transaction aborts, outputs and rows
+with it. A worker restarted under the same instance id aborts what its predecessor
+left open at init_transactions.
 
-Limits: at most ``MAX_BATCH_RECORDS`` records per transaction; a transaction stays
-open no longer than one batch (``commit_interval_s`` bounds the wait for records).
+Crash-only: any failure of a transaction stops the process (exit 75); the in-memory
+table may be ahead of what was committed, and a restart restores it. A record that
+fails the same way on every attempt (a determinism error, an undecodable accepted
+record) does not stop the worker: its partition is *parked* (paused, counted,
+logged, shown in readiness and an alert) and the other partitions keep running.
+
+Limits: ``MAX_BATCH_RECORDS`` records per round; a transaction stays open no longer
+than one round; ``TXN_TIMEOUT_MS`` bounds how long a vanished worker's open
+transaction can hold back read_committed readers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import threading
 import time
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaConnectionError
-from aiokafka.producer import sender as _aiokafka_sender
-from aiokafka.structs import ConsumerRecord
+import msgspec
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
-from domain import CertificateState
+from domain import CertificateState, InvariantViolation
+from services.common.faults import Faults
+from services.common.follower import DeterminismError
 from services.common.metrics import Metrics
 from services.common.rows import RowStore
 from services.common.settings import Settings
+from services.common.stage import Stage
 from services.common.topics import ensure_topics
 
 log = logging.getLogger("commission.runner")
 
-MAX_BATCH_RECORDS = 500
-FETCH_MAX_WAIT_MS = 500
-TXN_RETRY_BACKOFF_MS = 5
-# The first AddPartitionsToTxn of a transaction that follows a commit on the same
-# transactional id is answered CONCURRENT_TRANSACTIONS until the broker has written
-# the previous commit's markers (a few ms), and aiokafka then waits a hard-coded
-# 20 ms (KAFKA-5477), whatever retry_backoff_ms says. Each partition runs its
-# transactions back to back, so that wait was in nearly every one: measured on an
-# idle broker, 20 records + offsets + commit took p50 26.6 ms, 9.4 ms at 5 ms,
-# 3.8 ms at 1 ms. tests/unit/services/test_runner_knobs.py checks the knob is there.
-TXN_CONCURRENT_BACKOFF_MS = 2
-_aiokafka_sender.BACKOFF_OVERRIDE = TXN_CONCURRENT_BACKOFF_MS / 1000
-RESTORE_TIMEOUT_S = 120.0
+MAX_BATCH_RECORDS = 2_000
+# A vanished worker's open transaction holds back read_committed readers (the next
+# stage, the restore of its partitions) until the coordinator aborts it.
+TXN_TIMEOUT_MS = 10_000
+INIT_TIMEOUT_S = 60.0
+# A restore that makes no progress for this long stops the worker (the broker is
+# gone); a long restore that progresses is fine, and reports as it goes.
+RESTORE_STALL_S = 60.0
+RESTORE_REPORT_S = 5.0
+# The position record: no certificate id starts with "@" (schemas.types.Id).
+POSITION_KEY = b"@position"
 
 
-@dataclass(frozen=True)
-class Output:
+class Position(msgspec.Struct, array_like=True, frozen=True):
+    """Where a partition's table stands in its input: the next offset to apply."""
+
     topic: str
-    value: bytes
-    headers: tuple[tuple[str, bytes], ...] = ()
+    partition: int
+    offset: int
 
 
-@dataclass
-class Applied:
-    """What a stage made of one record."""
-
-    state: CertificateState | None
-    changed: bool
-    outputs: list[Output]
-    received_ms: int | None = None  # for end-to-end latency, when outputs were published
-
-
-class Stage(Protocol):
-    name: str
-
-    def input_topic(self) -> str: ...
-
-    def output_topics(self) -> list[str]: ...
-
-    def apply(self, state: CertificateState | None, record: ConsumerRecord) -> Applied: ...
-
-
-class TickingStage(Stage, Protocol):
-    def due(self, now_ms: int) -> list[tuple[str, bytes, bytes, list]]:
-        """Commands to send now: (topic, key, value, headers)."""
+_encode_position = msgspec.msgpack.Encoder().encode
+_decode_position = msgspec.msgpack.Decoder(Position).decode
 
 
 class Fatal(RuntimeError):
     """Stop the process: the table may be ahead of what is committed."""
 
 
-class Table:
-    """Certificate states of the partitions this worker owns, keyed by certificate id."""
+class Poison(RuntimeError):
+    """A record this stage cannot apply, the same way on every attempt."""
 
-    def __init__(self) -> None:
-        self.partitions: dict[int, RowStore] = {}
 
-    def __len__(self) -> int:
-        return sum(len(store.rows) for store in self.partitions.values())
+@dataclass
+class Partition:
+    """One owned input partition: its rows and where it stands."""
+
+    store: RowStore
+    position: int  # next input offset to apply
+    parked: str | None = None  # why, when a poison record stopped it
+    rows: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rows = self.store.rows
 
 
 class StageRunner:
@@ -120,294 +121,425 @@ class StageRunner:
         self.settings = settings
         self.metrics = metrics
         self.group = f"{settings.group_prefix}-{stage.name}"
+        self.input = stage.input_topic()
         self.changelog = f"{settings.topics.prefix}{self.group}-state-changelog"
-        self.table = Table()
-        self.producers: dict[int, AIOKafkaProducer] = {}
-        self.lock = asyncio.Lock()
-        self.consumer: AIOKafkaConsumer | None = None
-        self.plain_producer: AIOKafkaProducer | None = None
-        self.assigned_event = asyncio.Event()
+        self.transactional_id = f"{self.group}-{settings.instance}"
+        self.parts: dict[int, Partition] = {}
+        self.parked: dict[int, str] = {}
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+        self.plain: Producer | None = None
+        self.joined = threading.Event()
         self.last_loop_monotonic = time.monotonic()
-        self.failure: BaseException | None = None  # from the rebalance listener
-        self.assignments = 0  # rebalances so far: records fetched before one are stale
+        self.faults = Faults(settings.faults, fence=self._fence_myself)
+        self._callback_error: BaseException | None = None
+        self._next_tick = 0.0
+        name = stage.name
+        self._skipped = metrics.skipped.labels(name)
+        self._transaction = metrics.transaction.labels(name)
+        self._processing = metrics.processing.labels(name)
+        self._end_to_end = metrics.end_to_end.labels(name)
 
-    # --- lifecycle ------------------------------------------------------------------
+    # --- configuration ----------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
-        self.plain_producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap, acks="all", enable_idempotence=True,
-            client_id=f"{self.group}-plain", **self.settings.kafka_auth.aiokafka())
-        await self._connect(self.plain_producer)
-        topics = [self.stage.input_topic(), *self.stage.output_topics()]
-        ensure_topics(self.settings, topics, compacted=[self.changelog])
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap, group_id=self.group,
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            isolation_level="read_committed", max_poll_records=MAX_BATCH_RECORDS,
-            client_id=f"{self.group}-consumer",
-            # a fetch waits at most this long for committed records: a latency floor
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-            **self.settings.kafka_auth.aiokafka(),
-        )
-        await self.consumer.start()
-        self.consumer.subscribe([self.stage.input_topic()], listener=_Listener(self))
-        ticker = asyncio.create_task(self._tick_loop(stop)) if hasattr(self.stage, "due") else None
+    def _conf(self, **extra) -> dict:
+        return {"bootstrap.servers": self.settings.bootstrap,
+                **self.settings.kafka_auth.librdkafka(), **extra}
+
+    def _producer_conf(self, **extra) -> dict:
+        # murmur2_random is the Java client's partitioner (and kafka-python's): every
+        # producer must put a certificate id on the same partition as the gateway does
+        return self._conf(partitioner="murmur2_random", **extra)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        ensure_topics(self.settings, [self.input, *self.stage.output_topics()],
+                      compacted=[self.changelog])
+        self.producer = Producer(self._producer_conf(**{
+            "transactional.id": self.transactional_id, "enable.idempotence": True,
+            "acks": "all", "linger.ms": 5, "transaction.timeout.ms": TXN_TIMEOUT_MS,
+            "queue.buffering.max.messages": 1_000_000,
+            "client.id": self.transactional_id}))
+        self._init_transactions()
+        if hasattr(self.stage, "due"):
+            self.plain = Producer(self._producer_conf(**{"enable.idempotence": True, "acks": "all",
+                                                "client.id": f"{self.group}-timer"}))
+        self.consumer = Consumer(self._conf(**{
+            "group.id": self.group, "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            # Only a stage with no table and no position starts at the beginning; one
+            # with a position always resumes there (see _start_offset).
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "client.id": f"{self.group}-{self.settings.instance}",
+            "fetch.wait.max.ms": 100, "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000}))
+        self.consumer.subscribe([self.input], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
         try:
             while not stop.is_set():
                 self.last_loop_monotonic = time.monotonic()
-                batch, fetched_in = await self._next_batch()
-                if self.failure is not None:
-                    raise Fatal(f"taking over partitions failed: {self.failure}")
+                batch = self._next_batch()
                 if batch:
-                    # Partitions are independent (own producer, own table partition,
-                    # own transaction), so their transactions run concurrently; the
-                    # records of one partition are still applied in order.
-                    async with self.lock:
-                        if fetched_in != self.assignments:
-                            continue  # a rebalance came in between: see _next_batch
-                        await asyncio.gather(*(self._process(tp, records)
-                                               for tp, records in batch.items()))
-                await self._update_gauges()
+                    self._round(batch)
+                self._tick()
+                self._update_gauges()
         finally:
-            if ticker is not None:
-                ticker.cancel()
-            await self._shutdown()
+            self._shutdown()
 
-    async def _connect(self, producer: AIOKafkaProducer) -> None:
-        """The first connection, with a message that names what to check: aiokafka gives
-        up at once on a refused login (kafka-python's admin client would retry for 30 s)."""
-        auth = self.settings.kafka_auth
+    def _init_transactions(self) -> None:
+        """init_transactions fences this id's previous incarnation and aborts what it
+        left open. The first call to the broker also proves the login: name what to
+        check when it fails."""
         try:
-            await producer.start()
-        except KafkaConnectionError as exc:
+            self.producer.init_transactions(INIT_TIMEOUT_S)
+        except KafkaException as exc:
+            auth = self.settings.kafka_auth
             login = f" as {auth.username} ({auth.sasl_mechanism})" if auth.sasl else ""
-            raise Fatal(f"cannot connect to Kafka at {self.settings.bootstrap} over "
-                        f"{auth.security_protocol}{login}: {exc}; check the address, the "
-                        f"login and the broker's log") from exc
+            raise Fatal(f"cannot start transactions on Kafka at {self.settings.bootstrap} "
+                        f"over {auth.security_protocol}{login}: {exc}; check the address, "
+                        f"the login and the broker's log") from exc
 
-    async def _next_batch(self) -> tuple[dict[TopicPartition, list[ConsumerRecord]], int]:
-        """Records for the next round of transactions: wait up to commit_interval_s
-        for the first ones, then up to batch_linger_ms more to fill the batch. Fewer,
-        fuller transactions cost the broker less: on a small machine that is what
-        keeps latency low under load.
+    def _shutdown(self) -> None:
+        if self.consumer is not None:
+            try:
+                self.consumer.close()
+            except (KafkaException, RuntimeError):
+                pass
+        if self.plain is not None:
+            self.plain.flush(5)
 
-        Also returns the assignment they were fetched in. Records fetched before a
-        rebalance must not be applied after it: the partition restarts from its
-        committed offset, so they would be consumed twice, and a command refused the
-        first time would be decided again against a later state (seen after a broker
-        restart: one circulation accepted that the core refuses). Records fetched
-        before the latest rebalance are dropped here, and the caller drops the batch
-        if one comes in before it holds the lock; the consumer fetches them again."""
-        consumer = self.consumer
-        batch = await consumer.getmany(timeout_ms=int(self.settings.commit_interval_s * 1000),
-                                       max_records=MAX_BATCH_RECORDS)
-        fetched_in = self.assignments
+    def _consume(self, count: int, timeout_s: float) -> list[Message]:
+        records = self.consumer.consume(count, timeout_s)
+        if self._callback_error is not None:
+            raise Fatal(f"taking over partitions failed: {self._callback_error}")
+        return records
+
+    def _next_batch(self) -> list[Message]:
+        """Records for the next round: wait up to commit_interval_s for the first,
+        then up to batch_linger_ms more to fill it. Fewer, fuller transactions cost
+        the broker less, which is what keeps latency low on a small machine."""
+        records = self._consume(MAX_BATCH_RECORDS, self.settings.commit_interval_s)
         linger_s = self.settings.batch_linger_ms / 1000
-        if not batch or linger_s <= 0:
-            return batch, fetched_in
-        deadline = time.monotonic() + linger_s
-        count = sum(len(r) for r in batch.values())
-        while count < MAX_BATCH_RECORDS:
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0:
-                break
-            more = await consumer.getmany(timeout_ms=left_ms,
-                                          max_records=MAX_BATCH_RECORDS - count)
-            if self.assignments != fetched_in:
-                batch, fetched_in = {}, self.assignments
-                count = 0
-            for tp, records in more.items():
-                batch.setdefault(tp, []).extend(records)
-                count += len(records)
-        return batch, fetched_in
+        if records and linger_s > 0 and len(records) < MAX_BATCH_RECORDS:
+            deadline = time.monotonic() + linger_s
+            while len(records) < MAX_BATCH_RECORDS:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                more = self._consume(MAX_BATCH_RECORDS - len(records), left)
+                if not more:
+                    break
+                records += more
+        for record in records:
+            error = record.error()
+            if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                if error.fatal():
+                    raise Fatal(f"consumer: {error}")
+                log.warning(f"consumer: {error}")
+        return [r for r in records if r.error() is None]
 
-    async def _shutdown(self) -> None:
-        async with self.lock:
-            if self.consumer is not None:
-                await self.consumer.stop()
-            for producer in self.producers.values():
-                await producer.stop()
-            self.producers.clear()
-            if self.plain_producer is not None:
-                await self.plain_producer.stop()
+    # --- one round, one transaction -----------------------------------------------------
 
-    # --- the transaction per batch ----------------------------------------------------
-
-    async def _process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
-        """One transaction for a batch of one partition. Called with self.lock held."""
-        producer = self.producers.get(tp.partition)
-        if producer is None:
-            return  # revoked while fetched: the new owner processes these records
-        p = tp.partition
+    def _round(self, records: list[Message]) -> None:
+        faults = self.faults
+        faults.at("after_fetch")
         started = time.perf_counter()
+        by_partition: dict[int, list[Message]] = {}
+        for record in records:
+            by_partition.setdefault(record.partition(), []).append(record)
+        work = []  # (partition, its state, touched rows, outputs, received times)
+        for p, batch in by_partition.items():
+            part = self.parts.get(p)
+            if part is None or part.parked:
+                continue  # revoked since the fetch (the new owner applies them), or parked
+            try:
+                work.append(self._apply(p, part, batch))
+            except Poison as poison:
+                self._park(p, str(poison))
+        self._processing.observe((time.perf_counter() - started) / len(records))
+        if not work:
+            return
+        faults.at("after_apply")
+        producer = self.producer
+        produce = producer.produce
         try:
-            await producer.begin_transaction()
-            store = self.table.partitions[p]
-            touched: dict[bytes, CertificateState] = {}
-            sends = []
+            producer.begin_transaction()
             latencies = []
-            step_seconds: list[float] = []
-            for record in records:
-                key = record.key
-                step_started = time.perf_counter()
-                applied = self.stage.apply(
-                    None if key is None else store.rows.get(key), record)
-                step_seconds.append(time.perf_counter() - step_started)
-                if applied.changed and applied.state is not None:
-                    store.rows[key] = applied.state
-                    touched[key] = applied.state
-                for out in applied.outputs:
-                    sends.append(await producer.send(
-                        out.topic, key=key, value=out.value, partition=p,
-                        headers=list(out.headers) or None))
-                if applied.outputs and applied.received_ms is not None:
-                    latencies.append(applied.received_ms)
-            for key, state in touched.items():
-                # the row's head and only the segments that changed (services/common/rows.py)
-                for row_key, value in store.changes(key, state):
-                    sends.append(await producer.send(
-                        self.changelog, key=row_key, value=value, partition=p))
-            await asyncio.gather(*sends)
-            await producer.send_offsets_to_transaction(
-                {tp: records[-1].offset + 1}, self.group)
-            await producer.commit_transaction()
-        except Exception as exc:
+            for p, _, _, outputs, received in work:
+                for topic, key, value, headers in outputs:
+                    produce(topic, value, key, partition=p, headers=headers)
+                latencies += received
+            faults.at("after_outputs")
+            for p, part, touched, _, _ in work:
+                for key, state in touched.items():
+                    # the row's head and only the segments that changed (rows.py)
+                    for row_key, value in part.store.changes(key, state):
+                        produce(self.changelog, value, row_key, partition=p)
+                produce(self.changelog, _encode_position(Position(self.input, p, part.position)),
+                        POSITION_KEY, partition=p)
+            faults.at("after_changelog")
+            producer.send_offsets_to_transaction(
+                [TopicPartition(self.input, p, part.position) for p, part, *_ in work],
+                self.consumer.consumer_group_metadata())
+            faults.at("after_offsets")
+            faults.at("during_commit")
+            producer.commit_transaction()
+        except KafkaException as exc:
             log.critical("transaction failed; stopping (a restart restores the table)",
-                         extra={"topic": tp.topic, "partition": p,
-                                "offset": records[0].offset}, exc_info=True)
+                         extra={"topic": self.input, "partitions": sorted(by_partition)},
+                         exc_info=True)
             raise Fatal(str(exc)) from exc
+        faults.at("after_commit")
         done = time.time()
-        self.metrics.transaction.labels(self.stage.name).observe(
-            time.perf_counter() - started)
-        processing = self.metrics.processing.labels(self.stage.name)
-        for seconds in step_seconds:
-            processing.observe(seconds)
+        self._transaction.observe(time.perf_counter() - started)
         for received_ms in latencies:
-            self.metrics.end_to_end.labels(self.stage.name).observe(
-                max(0.0, done - received_ms / 1000))
-        for key, state in touched.items():
-            self.on_row(p, key, state)
+            self._end_to_end.observe(max(0.0, done - received_ms / 1000))
+        on_row = getattr(self.stage, "on_row", None)
+        if on_row is not None:
+            for p, _, touched, _, _ in work:
+                for key, state in touched.items():
+                    on_row(p, key, state)
 
-    def on_row(self, partition: int, key: bytes, state: CertificateState) -> None:
-        hook = getattr(self.stage, "on_row", None)
-        if hook is not None:
-            hook(partition, key, state)
+    def _apply(self, p: int, part: Partition, batch: list[Message]):
+        """Apply one partition's records in order; the outputs are only collected."""
+        rows = part.rows
+        apply = self.stage.apply
+        touched: dict[bytes, CertificateState] = {}
+        outputs: list[tuple[str, bytes | None, bytes, list | None]] = []
+        received: list[int] = []
+        position = part.position
+        skipped = 0
+        for record in batch:
+            offset = record.offset()
+            if offset < position:
+                skipped += 1  # applied before: the table already holds its effect
+                continue
+            key = record.key()
+            try:
+                applied = apply(None if key is None else rows.get(key), record)
+            except (DeterminismError, InvariantViolation, msgspec.DecodeError) as exc:
+                raise Poison(f"offset {offset}: {type(exc).__name__}: {exc}") from exc
+            if applied.changed and applied.state is not None:
+                rows[key] = applied.state
+                touched[key] = applied.state
+            for out in applied.outputs:
+                outputs.append((out.topic, key, out.value, list(out.headers) or None))
+            if applied.outputs and applied.received_ms is not None:
+                received.append(applied.received_ms)
+            position = offset + 1
+        if skipped:
+            self._skipped.inc(skipped)
+        part.position = position
+        return p, part, touched, outputs, received
 
-    async def _update_gauges(self) -> None:
-        self.metrics.table_rows.labels(self.stage.name).set(len(self.table))
-        consumer = self.consumer
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)  # includes transaction markers: lag >= 0, ~1 idle
-            if high is not None:
-                position = await consumer.position(tp)
-                self.metrics.lag.labels(self.stage.name, tp.topic, str(tp.partition)).set(
-                    max(0, high - position))
+    def _park(self, p: int, why: str) -> None:
+        """Stop a partition whose record fails on every attempt; keep the others.
+
+        The in-memory rows of the partition may hold half of the failed apply, so
+        they are dropped; what was committed before stays, and a restart or a new
+        owner restores it and meets the same record again (parked again, visibly)."""
+        log.critical("partition parked: a record cannot be applied",
+                     extra={"topic": self.input, "partition": p, "reason": why})
+        self.parts.pop(p, None)
+        self.parked[p] = why
+        self.metrics.determinism_errors.labels(self.stage.name).inc()
+        self.metrics.parked.labels(self.stage.name, str(p)).set(1)
+        self.consumer.pause([TopicPartition(self.input, p)])
+
+    def _fence_myself(self) -> None:
+        """Fault injection: a second producer takes this worker's transactional id."""
+        rival = Producer(self._producer_conf(**{"transactional.id": self.transactional_id}))
+        rival.init_transactions(INIT_TIMEOUT_S)
 
     # --- the timer (withdrawal) -------------------------------------------------------
 
-    async def _tick_loop(self, stop: asyncio.Event) -> None:
-        stage: TickingStage = self.stage  # type: ignore[assignment]
-        while not stop.is_set():
-            await asyncio.sleep(self.settings.timer_interval_s)
-            async with self.lock:
-                # Only the partitions this worker owns are in the table: one worker
-                # acts on a certificate. A duplicate after a rebalance is harmless:
-                # the command id is deterministic and the core applies it once.
-                due = stage.due(int(time.time() * 1000))
-                for topic, key, value, headers in due:
-                    await self.plain_producer.send(topic, key=key, value=value, headers=headers)
-                    self.metrics.timer_commands.labels(self.stage.name).inc()
-            if due:
-                await self.plain_producer.flush()
+    def _tick(self) -> None:
+        due = getattr(self.stage, "due", None)
+        now = time.monotonic()
+        if due is None or now < self._next_tick:
+            return
+        self._next_tick = now + self.settings.timer_interval_s
+        # Only the partitions this worker owns are in the table: one worker acts on a
+        # certificate. A duplicate after a rebalance is harmless: the command id is
+        # deterministic and the core applies it once.
+        commands = due(int(time.time() * 1000))
+        for topic, key, value, headers in commands:
+            self.plain.produce(topic, value, key, headers=headers)
+            self.metrics.timer_commands.labels(self.stage.name).inc()
+        if commands:
+            self.plain.flush(10)
 
-    # --- rebalances -------------------------------------------------------------------
+    def _update_gauges(self) -> None:
+        self.metrics.table_rows.labels(self.stage.name).set(
+            sum(len(part.rows) for part in self.parts.values()))
+        for p, part in self.parts.items():
+            try:
+                _, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(self.input, p), cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                self.metrics.lag.labels(self.stage.name, self.input, str(p)).set(
+                    max(0, high - part.position))
 
-    async def revoke(self, revoked: set[TopicPartition]) -> None:
-        async with self.lock:
-            self.assignments += 1
-            for tp in revoked:
-                producer = self.producers.pop(tp.partition, None)
-                if producer is not None:
-                    await producer.stop()
-                self.table.partitions.pop(tp.partition, None)
-                try:
-                    self.metrics.lag.remove(self.stage.name, tp.topic, str(tp.partition))
-                except KeyError:
-                    pass  # never measured
-                forget = getattr(self.stage, "forget_partition", None)
-                if forget is not None:
-                    forget(tp.partition)
+    # --- rebalances ---------------------------------------------------------------------
 
-    async def assign(self, assigned: set[TopicPartition]) -> None:
-        async with self.lock:
-            self.assignments += 1
-            fresh = sorted(tp.partition for tp in assigned if tp.partition not in self.producers)
-            for p in fresh:
-                # Starting the producer runs init_transactions: it fences any previous
-                # owner of this partition and aborts its open transaction, so the
-                # changelog read below ends at a committed state.
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self.settings.bootstrap,
-                    transactional_id=f"{self.group}-{p}", enable_idempotence=True, acks="all",
-                    client_id=f"{self.group}-{p}",
-                    # the broker answers CONCURRENT_TRANSACTIONS while the previous
-                    # commit's markers are written; retry soon, not after 100 ms
-                    retry_backoff_ms=TXN_RETRY_BACKOFF_MS, **self.settings.kafka_auth.aiokafka())
-                await producer.start()
-                self.producers[p] = producer
-            if fresh:
-                await self._restore(fresh)
-            self.assigned_event.set()
-
-    async def _restore(self, partitions: list[int]) -> None:
-        started = time.monotonic()
-        reader = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap,
-                                  enable_auto_commit=False, isolation_level="read_committed",
-                                  client_id=f"{self.group}-restore",
-                                  **self.settings.kafka_auth.aiokafka())
-        await reader.start()
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Restore the new partitions' rows and positions, then start each at its
+        position. Called from inside consume(), between rounds: no transaction is
+        open. Errors are kept and raised by the loop (librdkafka would log them)."""
         try:
-            tps = [TopicPartition(self.changelog, p) for p in partitions]
-            reader.assign(tps)
-            await reader.seek_to_beginning(*tps)
-            end = await reader.end_offsets(tps)
-            records: dict[int, dict[bytes, bytes | None]] = {p: {} for p in partitions}
-            remaining = {tp for tp in tps if end[tp] > 0}
-            while remaining:
-                if time.monotonic() - started > RESTORE_TIMEOUT_S:
-                    raise Fatal(f"restoring {self.changelog} took over {RESTORE_TIMEOUT_S}s")
-                batch = await reader.getmany(timeout_ms=500, max_records=5000)
-                for tp, fetched in batch.items():
-                    last = records[tp.partition]
-                    for record in fetched:
-                        last[record.key] = record.value
-                for tp in list(remaining):
-                    if await reader.position(tp) >= end[tp]:
-                        remaining.discard(tp)
-        finally:
-            await reader.stop()
-        for p in partitions:
-            store = RowStore()
-            store.restore({k: v for k, v in records[p].items() if v is not None})
-            self.table.partitions[p] = store
-            for key, state in store.rows.items():
-                self.on_row(p, key, state)
-        log.info(f"restored {sum(len(self.table.partitions[p].rows) for p in partitions)} rows "
-                 f"of partitions {partitions} in {time.monotonic() - started:.2f}s")
-
-
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, runner: StageRunner) -> None:
-        self.runner = runner
-
-    async def on_partitions_revoked(self, revoked):
-        await self.runner.revoke(set(revoked))
-
-    async def on_partitions_assigned(self, assigned):
-        # aiokafka logs and swallows a listener's exception; keep it for the loop to
-        # raise, so that a worker whose table could not be restored stops
-        try:
-            await self.runner.assign(set(assigned))
-        except Exception as exc:
+            starts = self._take_over([tp.partition for tp in partitions])
+            consumer.incremental_assign(
+                [TopicPartition(self.input, p, offset) for p, offset in starts.items()])
+            self.joined.set()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by _consume
             log.critical("taking over partitions failed", exc_info=True)
-            self.runner.failure = exc
+            self._callback_error = exc
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget([tp.partition for tp in partitions])
+        consumer.incremental_unassign(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget([tp.partition for tp in partitions])
+        consumer.incremental_unassign(partitions)
+
+    def _forget(self, partitions: list[int]) -> None:
+        for p in partitions:
+            self.parts.pop(p, None)
+            if self.parked.pop(p, None) is not None:
+                self.metrics.parked.labels(self.stage.name, str(p)).set(0)
+            try:
+                self.metrics.lag.remove(self.stage.name, self.input, str(p))
+            except KeyError:
+                pass  # never measured
+            forget = getattr(self.stage, "forget_partition", None)
+            if forget is not None:
+                forget(p)
+
+    def _take_over(self, partitions: list[int]) -> dict[int, int]:
+        if not partitions:
+            return {}
+        tps = [TopicPartition(self.input, p) for p in partitions]
+        # With require_stable (librdkafka sends it in read_committed mode) this waits
+        # until no transaction of the previous owner holds offsets of these
+        # partitions: from then on the changelog below holds everything it committed.
+        committed = {tp.partition: tp.offset
+                     for tp in self.consumer.committed(tps, timeout=INIT_TIMEOUT_S)}
+        restored = self._restore(partitions)
+        starts = {}
+        for p in partitions:
+            store, position = restored[p]
+            offset = self._start_offset(p, store, position, committed.get(p, -1001))
+            self.parts[p] = Partition(store, max(offset, 0))
+            on_row = getattr(self.stage, "on_row", None)
+            if on_row is not None:
+                for key, state in store.rows.items():
+                    on_row(p, key, state)
+            starts[p] = OFFSET_BEGINNING if offset < 0 else offset
+        return starts
+
+    def _start_offset(self, p: int, store: RowStore, position: Position | None,
+                      committed: int) -> int:
+        """Where partition ``p`` resumes; -1: from its beginning (a new stage)."""
+        where = f"{self.input}[{p}]"
+        low, high = self.consumer.get_watermark_offsets(TopicPartition(self.input, p),
+                                                         timeout=INIT_TIMEOUT_S)
+        if position is None:
+            if store.rows and committed < 0:
+                raise Fatal(f"{where}: the changelog {self.changelog} has rows but no "
+                            "position, and the group has no committed offset: cannot tell "
+                            "where the table stands; refusing to guess")
+            if committed >= 0:
+                # a changelog written before positions were: the committed offset, once
+                log.warning(f"{where}: no position in the changelog; resuming at the "
+                            f"group's committed offset {committed} this once")
+                offset = committed
+            else:
+                return -1  # nothing applied yet: the stage starts at the beginning
+        else:
+            if (position.topic, position.partition) != (self.input, p):
+                raise Fatal(f"{where}: the changelog's position is for "
+                            f"{position.topic}[{position.partition}]")
+            if committed > position.offset:
+                raise Fatal(f"{where}: the group's committed offset {committed} is ahead "
+                            f"of the table's position {position.offset}: records between "
+                            "them would be skipped; refusing to run (reset the offset or "
+                            "rebuild the changelog, docs/runbook.md)")
+            offset = position.offset
+        if offset < low:
+            raise Fatal(f"{where}: the table stands at offset {offset} but the input starts "
+                        f"at {low} (retention deleted records it never applied); "
+                        "refusing to skip them")
+        if offset > high:
+            raise Fatal(f"{where}: the table stands at offset {offset}, beyond the input's "
+                        f"end {high}: this changelog belongs to other input")
+        if committed >= 0 and committed < offset:
+            log.info(f"{where}: resuming at the table's position {offset}; the group's "
+                     f"committed offset {committed} is behind it")
+        return offset
+
+    def _restore(self, partitions: list[int]) -> dict[int, tuple[RowStore, Position | None]]:
+        """Rows and position of each partition from its compacted changelog, read to
+        its end (read_committed: what was committed, nothing aborted)."""
+        started = time.monotonic()
+        reader = Consumer(self._conf(**{
+            "group.id": f"{self.group}-restore", "enable.auto.commit": False,
+            "enable.partition.eof": True, "isolation.level": "read_committed",
+            "client.id": f"{self.group}-{self.settings.instance}-restore"}))
+        records: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
+        count = size = 0
+        try:
+            # an empty changelog partition has nothing to wait for (its EOF takes a
+            # fetch round trip or two: ~1 s a partition, the whole start-up of a stage)
+            pending = set()
+            for p in partitions:
+                low, high = reader.get_watermark_offsets(TopicPartition(self.changelog, p),
+                                                         timeout=INIT_TIMEOUT_S)
+                if high > low:
+                    pending.add(p)
+            reader.assign([TopicPartition(self.changelog, p, OFFSET_BEGINNING)
+                           for p in sorted(pending)])
+            progressed = reported = time.monotonic()
+            while pending:
+                fetched = reader.consume(10_000, 0.2)
+                now = time.monotonic()
+                for record in fetched:
+                    error = record.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            pending.discard(record.partition())
+                            continue
+                        raise Fatal(f"restoring {self.changelog}: {error}")
+                    value = record.value()
+                    records[record.partition()][record.key()] = value
+                    count += 1
+                    size += len(value or b"")
+                if fetched:
+                    progressed = now
+                elif now - progressed > RESTORE_STALL_S:
+                    raise Fatal(f"restoring {self.changelog}: no progress for "
+                                f"{RESTORE_STALL_S:.0f}s")
+                if now - reported > RESTORE_REPORT_S:
+                    reported = now
+                    log.info(f"restoring {self.changelog}: {count} records, {size} bytes, "
+                             f"{now - started:.1f}s, partitions left {sorted(pending)}")
+        finally:
+            reader.close()
+        out = {}
+        for p in partitions:
+            raw = records[p]
+            position_raw = raw.pop(POSITION_KEY, None)
+            store = RowStore()
+            store.restore({k: v for k, v in raw.items() if v is not None})
+            out[p] = (store, None if position_raw is None else _decode_position(position_raw))
+        seconds = time.monotonic() - started
+        self.metrics.restore_seconds.labels(self.stage.name).observe(seconds)
+        log.info(f"restored partitions {partitions} of {self.changelog}: "
+                 f"{sum(len(s.rows) for s, _ in out.values())} rows from {count} records, "
+                 f"{size} bytes in {seconds:.2f}s")
+        return out
+

@@ -4,6 +4,7 @@ that make `make run` work out of the box."""
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 
 from schemas.topics import DEFAULT_PARTITIONS
@@ -148,6 +149,20 @@ class KafkaAuth:
                                       ("ssl_keyfile", self.key_file)) if v}
         return out
 
+    def librdkafka(self) -> dict:
+        """Configuration properties for confluent-kafka (librdkafka) clients."""
+        out: dict = {"security.protocol": self.security_protocol.lower()}
+        if self.sasl:
+            out |= {"sasl.mechanisms": self.sasl_mechanism, "sasl.username": self.username,
+                    "sasl.password": self.password}
+        if self.tls:
+            out |= {k: v for k, v in (("ssl.ca.location", self.ca_file),
+                                      ("ssl.certificate.location", self.cert_file),
+                                      ("ssl.key.location", self.key_file)) if v}
+            # the test broker's certificate is made for 127.0.0.1 (an IP SAN)
+            out["ssl.endpoint.identification.algorithm"] = "https"
+        return out
+
     def aiokafka(self) -> dict:
         """Keyword arguments for aiokafka's clients."""
         out = self._login()
@@ -198,6 +213,13 @@ class Settings:
     max_clock_skew_ms: int = 10 * 60 * 1000
     timer_interval_s: float = 1.0
     log_level: str = "info"
+    # this worker among the workers of its stage: its transactional id is
+    # {group}-{instance}. Stable across restarts (a pod's name, a process slot) so
+    # that a restarted worker's init_transactions aborts what its predecessor left
+    # open at once; unique among the live workers of a stage.
+    instance: str = "0"
+    # fault injection for tests (services/common/faults.py); empty in production
+    faults: str = ""
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -214,6 +236,8 @@ class Settings:
             max_clock_skew_ms=int(_env("COMMISSION_MAX_CLOCK_SKEW_MS", str(cls.max_clock_skew_ms))),
             timer_interval_s=float(_env("COMMISSION_TIMER_INTERVAL_S", str(cls.timer_interval_s))),
             log_level=_env("LOG_LEVEL", cls.log_level),
+            instance=_env("COMMISSION_INSTANCE", socket.gethostname()),
+            faults=_env("COMMISSION_FAULTS", ""),
         )
         values.update(overrides)
         return cls(**values)

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from domain import CertificateState
 from schemas.commands import AcceptedCommand
 from schemas.rejections import Reason, Rejection
-from services.common.steps import follow
+from services.common.follower import follow
 from services.readmodel.projection import Keys, project
 
 OUTCOME_TTL_S = 7 * 24 * 3600

@@ -1,5 +1,5 @@
 from services.common.service import run_service
-from services.common.stages import withdrawal
+from services.withdrawal.stage import build
 
 if __name__ == "__main__":
-    run_service("withdrawal", withdrawal)
+    run_service("withdrawal", build)

@@ -57,7 +57,10 @@ class Pipeline:
     def start(self, service: str, instance: int = 0, metrics_port: int = 0,
               **env_overrides: str) -> subprocess.Popen:
         log = open(self.logs / f"{service}-{instance}.log", "ab")  # noqa: SIM115
-        env = {**self.env, "METRICS_PORT": str(metrics_port), **env_overrides}
+        env = {**self.env, "METRICS_PORT": str(metrics_port),
+               # the worker's transactional id is {group}-{instance}: stable across a
+               # restart of the same slot, unique among the live workers
+               "COMMISSION_INSTANCE": str(instance), **env_overrides}
         proc = subprocess.Popen([sys.executable, "-m", f"services.{service}"], cwd=ROOT,
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()

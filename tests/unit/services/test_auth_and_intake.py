@@ -10,8 +10,9 @@ from domain import handle
 from domain.draw import MissingEntropy
 from schemas import commands as c
 from schemas.rejections import Reason
+from services.circulation.intake import Source, sequence
 from services.common.auth import Key, Keyring
-from services.common.steps import DeterminismError, Source, StepResult, follow, sequence
+from services.common.follower import DeterminismError, StepResult, follow
 
 KEYS = Keyring.parse("gw:gateway:0123456789abcdef-gw,sys:system:0123456789abcdef-sys,"
                      "pay:payments:0123456789abcdef-pay,draw:draw:0123456789abcdef-draw")

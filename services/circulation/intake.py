@@ -1,11 +1,10 @@
-"""What each stage does with one message, without Kafka: decode, authenticate, call
-the core, and say what to publish. The faust agents only move these results.
+"""The sequencer's intake, without Kafka: authenticate, decode, validate, call the
+core, and say what to publish.
 
-Circulation (the sequencer) turns raw signed command bytes into either an
-:class:`AcceptedCommand` (plus its own events) or a :class:`Rejection`. The other
-stages apply accepted commands to their own copy of the state with
-:func:`follow`, which must reach the same verdict: the core is deterministic, so
-any disagreement is a bug, reported and never published.
+Raw signed command bytes become either an :class:`AcceptedCommand` (plus the
+sequencer's own events) or a :class:`Rejection` with a reason. The other stages
+apply the accepted commands with ``services.common.follower.follow``, which must
+reach the same verdict.
 """
 
 from __future__ import annotations
@@ -17,10 +16,9 @@ import msgspec
 from domain import Accepted, CertificateState, Duplicate, Rejected, handle
 from domain.draw import entropy_at
 from schemas.commands import COMMAND_VERSION, AcceptedCommand, CheckExpiry, Command
-from schemas.events import Event
-from schemas.payments import Settlement
 from schemas.rejections import Reason, Rejection
 from services.common.auth import SIGNER_SCOPE, AuthError, Key, Keyring
+from services.common.follower import StepResult
 
 _decode_command = msgspec.json.Decoder(Command).decode
 _decode_any = msgspec.json.Decoder().decode
@@ -36,21 +34,6 @@ class Source:
     timestamp_ms: int
     key: bytes | None
     headers: dict[str, bytes] = field(default_factory=dict)
-
-
-@dataclass
-class StepResult:
-    state: CertificateState | None = None
-    changed: bool = False
-    accepted: AcceptedCommand | None = None
-    events: list[Event] = field(default_factory=list)
-    settlements: list[Settlement] = field(default_factory=list)
-    rejection: Rejection | None = None
-    duplicate: bool = False
-
-
-class DeterminismError(RuntimeError):
-    """A follower reached another verdict than the sequencer: never publish then."""
 
 
 def reject(raw: bytes, source: Source, reason: Reason, detail: str,
@@ -146,23 +129,3 @@ def sequence(state: CertificateState | None, raw: bytes, source: Source, keyring
     )
 
 
-def follow(state: CertificateState | None, accepted: AcceptedCommand) -> StepResult:
-    """Allocation, withdrawal, cash-out: apply an accepted command to this stage's copy.
-
-    A seq at or below the row's is a replay of something already applied (the
-    table and the outputs were committed together), so it has no effect.
-    """
-    if state is not None and accepted.seq <= state.seq:
-        return StepResult(state=state, duplicate=True)
-    expected = 1 if state is None else state.seq + 1
-    if accepted.seq != expected:
-        raise DeterminismError(
-            f"{accepted.command.certificate_id}: got seq {accepted.seq}, expected {expected}")
-    entropy = bytes.fromhex(accepted.draw_seed) if accepted.draw_seed else b""
-    outcome = handle(state, accepted.command, entropy)
-    if not isinstance(outcome, Accepted) or outcome.state.seq != accepted.seq:
-        raise DeterminismError(
-            f"{accepted.command.certificate_id} seq {accepted.seq}: the sequencer accepted "
-            f"{accepted.command.command_id} but this stage got {outcome!r}")
-    return StepResult(state=outcome.state, changed=True, events=outcome.events,
-                      settlements=outcome.settlements)

@@ -1,0 +1,84 @@
+"""The circulation service: the sequencer.
+
+Consumes ``commands`` (signed, keyed by certificate id); authenticates, validates,
+deduplicates and decides each command with the core, in order per certificate;
+publishes the verdict: ``accepted`` (the command with its sequence number and, when
+the pool draws, the entropy from the secret draw key) for the other stages, its own
+facts on ``certificate-events``, and every refusal on ``rejections`` with a reason.
+It is the only stage that reads raw input, so it is the only one that refuses.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from confluent_kafka import Message
+
+from domain import CertificateState
+from services.circulation.intake import Source, sequence
+from services.common.auth import Keyring, header_dict
+from services.common.follower import MEMBERS
+from services.common.metrics import Metrics
+from services.common.settings import Settings
+from services.common.stage import Applied, Output
+
+log = logging.getLogger("commission.circulation")
+_encode = msgspec.json.Encoder().encode
+
+
+class CirculationStage:
+    """The sequencer: authenticates, validates, dedupes, extends the chain."""
+
+    name = "circulation"
+
+    def __init__(self, settings: Settings, keyring: Keyring, metrics: Metrics) -> None:
+        self.topics = settings.topics
+        self.keyring = keyring
+        self.metrics = metrics
+        self.max_skew_ms = settings.max_clock_skew_ms
+        self.draw_key = keyring.first("draw")
+        self.own = MEMBERS["certificate-events"]
+
+    def input_topic(self) -> str:
+        return self.topics.commands
+
+    def output_topics(self) -> list[str]:
+        return [self.topics.accepted, self.topics.certificate_events, self.topics.rejections]
+
+    def apply(self, state: CertificateState | None, record: Message) -> Applied:
+        source = Source(record.topic(), record.partition(), record.offset(),
+                        record.timestamp()[1], record.key(), header_dict(record.headers()))
+        result = sequence(state, record.value() or b"", source, self.keyring, self.max_skew_ms,
+                          self.draw_key)
+        outputs: list[Output] = []
+        if result.accepted is not None:
+            kind = type(result.accepted.command).__name__
+        else:
+            kind = "refused" if result.rejection is not None else "no_effect"
+        self.metrics.count_in(kind)
+        if result.rejection is not None:
+            r = result.rejection
+            self.metrics.rejections.labels(self.name, r.reason.value).inc()
+            self.metrics.count_out(self.topics.rejections, [r])
+            log.info("command refused", extra={
+                "certificate_id": r.certificate_id, "command_id": r.command_id,
+                "reason": r.reason.value, "topic": record.topic(), "partition": record.partition(),
+                "offset": record.offset()})
+            outputs.append(Output(self.topics.rejections, _encode(result.rejection)))
+        if result.accepted is not None:
+            log.debug("command accepted", extra={
+                "certificate_id": result.accepted.command.certificate_id,
+                "command_id": result.accepted.command.command_id, "seq": result.accepted.seq,
+                "topic": record.topic(), "partition": record.partition(),
+                "offset": record.offset()})
+            outputs.append(Output(self.topics.accepted, _encode(result.accepted)))
+            self.metrics.count_out(self.topics.accepted, [result.accepted])
+            own = [e for e in result.events if isinstance(e, self.own)]
+            outputs.extend(Output(self.topics.certificate_events, _encode(e)) for e in own)
+            self.metrics.count_out(self.topics.certificate_events, own)
+        return Applied(result.state, result.changed, outputs, received_ms=source.timestamp_ms)
+
+
+def build(settings: Settings, keyring: Keyring, metrics: Metrics) -> CirculationStage:
+    return CirculationStage(settings, keyring, metrics)

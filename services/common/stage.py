@@ -1,0 +1,48 @@
+"""What a stage is to the runner: a name, an input, outputs, and ``apply``.
+
+A stage decides what one input record does to one certificate's state and what to
+publish; the runner (services/common/runner.py) does all the Kafka: transactions,
+positions, rebalances. Each service folder holds its own stage (``stage.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from confluent_kafka import Message
+
+from domain import CertificateState
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: str
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass
+class Applied:
+    """What a stage made of one record."""
+
+    state: CertificateState | None
+    changed: bool
+    outputs: list[Output]
+    received_ms: int | None = None  # for end-to-end latency, when outputs were published
+
+
+class Stage(Protocol):
+    name: str
+
+    def input_topic(self) -> str: ...
+
+    def output_topics(self) -> list[str]: ...
+
+    def apply(self, state: CertificateState | None, record: Message) -> Applied: ...
+
+
+StageFactory = Callable[..., Stage]
+
+
