@@ -38,6 +38,10 @@ from domain.state import Hop
 
 SEGMENT = 8
 _SEP = b"#"
+# Keys starting with "@" are the runner's own records in a changelog, not rows (no
+# certificate id starts with "@", schemas.types.Id): the partition's position.
+RUNNER_PREFIX = b"@"
+POSITION_KEY = b"@position"
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -115,6 +119,8 @@ def assemble(records: dict[bytes, bytes]) -> dict[bytes, CertificateState]:
     heads: dict[bytes, Head] = {}
     parts: dict[bytes, dict[bytes, dict[int, bytes]]] = {}
     for key, value in records.items():
+        if key.startswith(RUNNER_PREFIX):
+            continue
         base, sep, rest = key.partition(_SEP)
         if not sep:
             heads[base] = _decode_head(value)

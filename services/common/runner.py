@@ -62,7 +62,7 @@ from domain import CertificateState, InvariantViolation
 from services.common.faults import Faults
 from services.common.follower import DeterminismError
 from services.common.metrics import Metrics
-from services.common.rows import RowStore
+from services.common.rows import POSITION_KEY, RowStore
 from services.common.settings import Settings
 from services.common.stage import Stage
 from services.common.topics import ensure_topics
@@ -78,8 +78,6 @@ INIT_TIMEOUT_S = 60.0
 # gone); a long restore that progresses is fine, and reports as it goes.
 RESTORE_STALL_S = 60.0
 RESTORE_REPORT_S = 5.0
-# The position record: no certificate id starts with "@" (schemas.types.Id).
-POSITION_KEY = b"@position"
 
 
 class Position(msgspec.Struct, array_like=True, frozen=True):
