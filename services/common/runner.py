@@ -170,6 +170,10 @@ class StageRunner:
             # with a position always resumes there (see _start_offset).
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
+            # static membership: a worker restarted under the same instance id takes
+            # its partitions back at once, without a rebalance (and without the
+            # session timeout the group would otherwise wait for the dead member)
+            "group.instance.id": self.settings.instance,
             "client.id": f"{self.group}-{self.settings.instance}",
             "fetch.wait.max.ms": 100, "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000}))

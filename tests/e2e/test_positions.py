@@ -17,7 +17,12 @@ from collections import Counter
 
 import msgspec
 import pytest
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import (
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from schemas import commands as c
@@ -64,18 +69,35 @@ def group(pipeline: Pipeline) -> str:
     return f"{pipeline.settings.group_prefix}-circulation"
 
 
+def when_the_group_is_empty(call) -> None:
+    """A stopped worker is a static member (group.instance.id) until its session
+    times out (10 s): the group is not empty before, as an operator would see."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            for future in call().values():
+                result = future.result(30)
+                for tp in getattr(result, "topic_partitions", None) or []:
+                    if tp.error is not None:
+                        raise KafkaException(tp.error)
+            return
+        except KafkaException as exc:
+            busy = (KafkaError.NON_EMPTY_GROUP, KafkaError.UNKNOWN_MEMBER_ID)
+            if exc.args[0].code() not in busy or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
 def move_offset(pipeline: Pipeline, offset: int) -> None:
     request = ConsumerGroupTopicPartitions(
         group(pipeline), [TopicPartition(pipeline.topics.commands, 0, offset)])
     client = admin(pipeline)  # kept alive until the futures resolve
-    for future in client.alter_consumer_group_offsets([request]).values():
-        future.result(30)
+    when_the_group_is_empty(lambda: client.alter_consumer_group_offsets([request]))
 
 
 def delete_group(pipeline: Pipeline) -> None:
     client = admin(pipeline)
-    for future in client.delete_consumer_groups([group(pipeline)]).values():
-        future.result(30)
+    when_the_group_is_empty(lambda: client.delete_consumer_groups([group(pipeline)]))
 
 
 def verdicts(pipeline: Pipeline, accepted: int) -> tuple[Counter, Counter]:
