@@ -3,7 +3,7 @@
     python -m benchmarks.passthrough ROLE     # ROLE: circulation|allocation|withdrawal|cashout
 
 Each role copies its input records to its output topic unchanged, through the same
-StageRunner (same aiokafka client, same batching, same transaction per batch) as
+StageRunner (same librdkafka client, same rounds, one transaction per round) as
 the real service in that position: commands -> accepted, then accepted -> one
 output topic each for the three followers.
 """
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import sys
 
-from aiokafka.structs import ConsumerRecord
+from confluent_kafka import Message
 
 from domain import CertificateState
 from services.common.auth import Keyring
 from services.common.metrics import Metrics
-from services.common.runner import Applied, Output
+from services.common.stage import Applied, Output
 from services.common.service import run_service
 from services.common.settings import Settings
 
@@ -45,11 +45,11 @@ class Passthrough:
     def output_topics(self) -> list[str]:
         return [self.target]
 
-    def apply(self, state: CertificateState | None, record: ConsumerRecord) -> Applied:
+    def apply(self, state: CertificateState | None, record: Message) -> Applied:
         self.counted_in.inc()
         self.counted_out.inc()
-        return Applied(None, False, [Output(self.target, record.value)],
-                       received_ms=record.timestamp)
+        return Applied(None, False, [Output(self.target, record.value())],
+                       received_ms=record.timestamp()[1])
 
 
 def main() -> None:

@@ -25,9 +25,18 @@ from kafka.admin import (
     ResourceType,
 )
 
-from services.common.settings import Settings, Topics
+from schemas.topics import Topics
 
 STAGES = ("circulation", "allocation", "withdrawal", "cashout")
+
+
+@dataclass(frozen=True)
+class Names:
+    """What the grants are named after: the topic prefix and the group prefix (a
+    service's Settings has both; deploy/ does not import services/)."""
+
+    topics: Topics
+    group_prefix: str = "commission"
 
 
 @dataclass(frozen=True)
@@ -43,7 +52,7 @@ def changelog(topics: Topics, group_prefix: str, stage: str) -> str:
     return f"{topics.prefix}{group_prefix}-{stage}-state-changelog"
 
 
-def grants(settings: Settings) -> dict[str, list[Grant]]:
+def grants(settings: Names) -> dict[str, list[Grant]]:
     """Each process's grants; its Kafka user is the process's name."""
     t, g = settings.topics, settings.group_prefix
     T, G, X = ResourceType.TOPIC, ResourceType.GROUP, ResourceType.TRANSACTIONAL_ID
@@ -83,7 +92,7 @@ def grants(settings: Settings) -> dict[str, list[Grant]]:
     return out
 
 
-def bindings(settings: Settings) -> list[ACL]:
+def bindings(settings: Names) -> list[ACL]:
     return [
         ACL(principal=f"User:{user}", host="*", operation=grant.operation,
             permission_type=ACLPermissionType.ALLOW,
@@ -94,7 +103,7 @@ def bindings(settings: Settings) -> list[ACL]:
     ]
 
 
-def apply(admin, settings: Settings) -> None:
+def apply(admin, settings: Names) -> None:
     """Create every binding (idempotent); raise if the broker refuses one."""
     result = admin.create_acls(bindings(settings))
     if result["failed"]:
@@ -108,7 +117,7 @@ _CLI_OPERATION = {ACLOperation.READ: "Read", ACLOperation.WRITE: "Write",
                   ACLOperation.ALTER_CONFIGS: "AlterConfigs"}
 
 
-def commands(settings: Settings, bootstrap: str) -> list[str]:
+def commands(settings: Names, bootstrap: str) -> list[str]:
     lines = []
     for user, user_grants in grants(settings).items():
         for grant in user_grants:
@@ -125,10 +134,10 @@ def commands(settings: Settings, bootstrap: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.acls")
     parser.add_argument("--topic-prefix", default="")
-    parser.add_argument("--group-prefix", default=Settings.group_prefix)
+    parser.add_argument("--group-prefix", default="commission")
     parser.add_argument("--bootstrap", default="kafka:9092")
     args = parser.parse_args(argv)
-    settings = Settings(topics=Topics(prefix=args.topic_prefix), group_prefix=args.group_prefix)
+    settings = Names(topics=Topics(prefix=args.topic_prefix), group_prefix=args.group_prefix)
     print("\n".join(commands(settings, args.bootstrap)))
     return 0
 

@@ -64,3 +64,45 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("rejections", Rejection, "rejections", "circulation",
               "Every refused command with a reason code and the original bytes."),
 )
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names; a prefix isolates test runs and tenants on one cluster."""
+
+    prefix: str = ""
+
+    def name(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    @property
+    def commands(self) -> str:
+        return self.name("commands")
+
+    @property
+    def accepted(self) -> str:
+        return self.name("accepted")
+
+    @property
+    def certificate_events(self) -> str:
+        return self.name("certificate-events")
+
+    @property
+    def allocations(self) -> str:
+        return self.name("allocations")
+
+    @property
+    def withdrawals(self) -> str:
+        return self.name("withdrawals")
+
+    @property
+    def payments(self) -> str:
+        return self.name("payments")
+
+    @property
+    def rejections(self) -> str:
+        return self.name("rejections")
+
+    def all(self) -> list[str]:
+        return [self.commands, self.accepted, self.certificate_events, self.allocations,
+                self.withdrawals, self.payments, self.rejections]

@@ -7,53 +7,11 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from schemas.topics import DEFAULT_PARTITIONS
+from schemas.topics import DEFAULT_PARTITIONS, Topics
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
-
-
-@dataclass(frozen=True)
-class Topics:
-    """Topic names; a prefix isolates test runs and tenants on one cluster."""
-
-    prefix: str = ""
-
-    def name(self, base: str) -> str:
-        return f"{self.prefix}{base}"
-
-    @property
-    def commands(self) -> str:
-        return self.name("commands")
-
-    @property
-    def accepted(self) -> str:
-        return self.name("accepted")
-
-    @property
-    def certificate_events(self) -> str:
-        return self.name("certificate-events")
-
-    @property
-    def allocations(self) -> str:
-        return self.name("allocations")
-
-    @property
-    def withdrawals(self) -> str:
-        return self.name("withdrawals")
-
-    @property
-    def payments(self) -> str:
-        return self.name("payments")
-
-    @property
-    def rejections(self) -> str:
-        return self.name("rejections")
-
-    def all(self) -> list[str]:
-        return [self.commands, self.accepted, self.certificate_events, self.allocations,
-                self.withdrawals, self.payments, self.rejections]
 
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -198,6 +156,9 @@ class Settings:
     topics: Topics = field(default_factory=Topics)
     kafka_auth: KafkaAuth = PLAINTEXT
     partitions: int = DEFAULT_PARTITIONS
+    # replicas of every topic this project creates, and the fewest it accepts on an
+    # existing one (1 on the one-broker local stack; 3 on a real cluster)
+    replication_factor: int = 1
     # prefix of the consumer groups and transactional ids ({prefix}-{service}[-{partition}])
     group_prefix: str = "commission"
     metrics_port: int = 0  # 0: no metrics server
@@ -228,6 +189,8 @@ class Settings:
             kafka_auth=KafkaAuth.from_env(),
             topics=Topics(prefix=_env("COMMISSION_TOPIC_PREFIX", "")),
             partitions=int(_env("COMMISSION_PARTITIONS", str(cls.partitions))),
+            replication_factor=int(_env("COMMISSION_REPLICATION_FACTOR",
+                                        str(cls.replication_factor))),
             group_prefix=_env("COMMISSION_GROUP_PREFIX", cls.group_prefix),
             metrics_port=int(_env("METRICS_PORT", "0")),
             data_dir=_env("COMMISSION_DATA_DIR", cls.data_dir),

@@ -22,7 +22,9 @@ BROKER_TIME = {"message.timestamp.type": "LogAppendTime"}
 
 def ensure_topics(settings: Settings, topics: list[str], compacted: list[str] = ()) -> None:
     """Create missing topics; refuse to run when an existing one has another partition
-    count (co-partitioning is what keeps one certificate's messages in order). The
+    count (co-partitioning is what keeps one certificate's messages in order), fewer
+    replicas than the environment asks for, or, for a changelog, is not compacted (a
+    changelog trimmed by time would lose rows: the restored table would be wrong). The
     commands topic gets the broker's time, also when it exists already."""
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="commission-admin",
                              **settings.kafka_auth.kafka_python())
@@ -34,7 +36,8 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: list[str] = 
             out = {"cleanup.policy": "compact"} if is_compacted else {}
             return out | (BROKER_TIME if name == settings.topics.commands else {})
 
-        new = [NewTopic(name, settings.partitions, 1, topic_configs=configs(name, is_compacted))
+        new = [NewTopic(name, settings.partitions, settings.replication_factor,
+                        topic_configs=configs(name, is_compacted))
                for name, is_compacted in wanted.items() if name not in existing]
         if new:
             try:
@@ -44,10 +47,17 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: list[str] = 
         if settings.topics.commands in wanted and settings.topics.commands in existing:
             _ensure_broker_time(admin, settings.topics.commands)
         counts = _partition_counts(admin, list(wanted))
-        for name, count in counts.items():
+        for name, (count, replicas) in counts.items():
             if count != settings.partitions:
                 raise SystemExit(f"topic {name} has {count} partitions, "
                                  f"expected {settings.partitions}: co-partitioning broken")
+            if replicas < settings.replication_factor:
+                raise SystemExit(f"topic {name} has {replicas} replicas, the environment asks "
+                                 f"for {settings.replication_factor} "
+                                 "(COMMISSION_REPLICATION_FACTOR)")
+        for name in compacted:
+            if name in existing:
+                _ensure_compacted(admin, name)
     finally:
         admin.close()
 
@@ -70,15 +80,30 @@ def _ensure_broker_time(admin: KafkaAdminClient, topic: str) -> None:
                          f"the stale check compares with) and it could not be set: {outcome}")
 
 
+def _ensure_compacted(admin: KafkaAdminClient, topic: str) -> None:
+    described = admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, topic, {"cleanup.policy": None})],
+        config_filter="all")
+    policy = described.get("topic", {}).get(topic, {}).get("cleanup.policy", {}).get("value")
+    if policy is None or "compact" not in policy.split(","):
+        raise SystemExit(f"changelog {topic} has cleanup.policy={policy}, not compact: "
+                         "deleting old records by time or size would lose table rows; "
+                         "set cleanup.policy=compact")
+
+
 def _partition_counts(admin: KafkaAdminClient, topics: list[str],
-                      timeout_s: float = 30.0) -> dict[str, int]:
-    """Partition count of each topic; a topic created a moment ago may show none yet."""
+                      timeout_s: float = 30.0) -> dict[str, tuple[int, int]]:
+    """(partitions, fewest replicas of one partition) of each topic; a topic created a
+    moment ago may show no partitions yet."""
     deadline = time.monotonic() + timeout_s
     while True:
         counts = {}
         for meta in admin.describe_topics(topics):
             name = meta.get("topic") or meta.get("name")
-            counts[name] = len(meta.get("partitions") or [])
-        if all(counts.get(t) for t in topics) or time.monotonic() > deadline:
-            return {t: counts.get(t, 0) for t in topics}
+            partitions = meta.get("partitions") or []
+            counts[name] = (len(partitions),
+                            min((len(p.get("replica_nodes") or p.get("replicas") or [])
+                                 for p in partitions), default=0))
+        if all(counts.get(t, (0, 0))[0] for t in topics) or time.monotonic() > deadline:
+            return {t: counts.get(t, (0, 0)) for t in topics}
         time.sleep(0.2)

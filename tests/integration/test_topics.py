@@ -40,3 +40,22 @@ def test_commands_get_the_brokers_time(stack, names, existed):
     # other topics keep the producer's time (outputs carry their own timestamps)
     backdated, seen = _backdated_timestamp(stack.bootstrap, settings.topics.accepted)
     assert seen == backdated
+
+
+def test_a_changelog_that_is_not_compacted_stops_the_service(stack, names):
+    settings = Settings(bootstrap=stack.bootstrap, topics=Topics(prefix=f"{names.prefix}."),
+                        partitions=4)
+    changelog = f"{names.prefix}.stage-state-changelog"
+    create_topics(stack.bootstrap, [changelog], partitions=4)  # cleanup.policy=delete
+    with pytest.raises(SystemExit, match="not compact"):
+        ensure_topics(settings, [settings.topics.accepted], compacted=[changelog])
+
+
+def test_fewer_replicas_than_the_environment_asks_for_stops_the_service(stack, names):
+    settings = Settings(bootstrap=stack.bootstrap, topics=Topics(prefix=f"{names.prefix}."),
+                        partitions=4)
+    ensure_topics(settings, [settings.topics.accepted])  # one replica: the one broker
+    wants_three = Settings(bootstrap=stack.bootstrap, topics=settings.topics, partitions=4,
+                           replication_factor=3)
+    with pytest.raises(SystemExit, match="1 replicas, the environment asks for 3"):
+        ensure_topics(wants_three, [settings.topics.accepted])

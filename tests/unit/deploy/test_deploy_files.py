@@ -173,3 +173,10 @@ def test_the_dashboard_names_every_rejection_reason():
     expr = gaming[0]["targets"][0]["expr"]
     for reason in ("not_authorized", "offer_not_owned", "funding_mismatch"):
         assert reason in expr
+
+
+def test_deploy_does_not_import_the_services():
+    """deploy/ describes how to run the services; it must not need their code."""
+    offenders = [str(path.relative_to(ROOT)) for path in DEPLOY.rglob("*.py")
+                 if re.search(r"^\s*(from|import) services\b", path.read_text(), re.M)]
+    assert not offenders, offenders

@@ -1,0 +1,81 @@
+"""A record that fails the same way on every attempt parks its partition, visibly,
+and the stage keeps running the others (issue #15, "poison loops").
+
+Two poison records are written straight to partition 0 of ``accepted`` (as a buggy
+or foreign writer would): bytes that are not an accepted command, and one that skips
+sequence numbers (a determinism error). Every follower parks partition 0: it is
+counted, shown by the gauge and by /readyz, and nothing of it is published; the
+certificates of the other partitions are settled exactly as the core computes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+
+import msgspec
+from kafka import KafkaProducer
+from kafka.partitioner.default import murmur2
+
+from deploy.localstack import free_port
+from schemas.commands import AcceptedCommand, Circulate
+from services.common.metrics import scrape, total
+from tests.e2e.pipeline import SERVICES
+from tests.e2e.traffic import build, expect
+
+FOLLOWERS = SERVICES[1:]
+
+
+def partition_of(key: str, partitions: int) -> int:
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def readyz(port: int) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_a_poison_record_parks_its_partition_and_the_others_run(pipeline):
+    t = pipeline.topics
+    n = pipeline.settings.partitions
+    producer = KafkaProducer(bootstrap_servers=pipeline.settings.bootstrap)
+    bogus = AcceptedCommand(seq=7, received_ms=0, command=Circulate(
+        command_id="ghost", certificate_id="seller~ghost-00001", at_ms=0, account_id="x"))
+    producer.send(t.accepted, key=b"seller~ghost-00001", partition=0, value=b"not json")
+    producer.send(t.accepted, key=b"seller~ghost-00001", partition=0,
+                  value=msgspec.json.encode(bogus))
+    producer.flush()
+    producer.close()
+
+    ports = {service: free_port() for service in SERVICES}
+    for service in SERVICES:
+        pipeline.start(service, metrics_port=ports[service])
+    commands = build(16, 600, seed=83, t0_ms=int(time.time() * 1000))
+    elsewhere = [x for x in commands if partition_of(x.certificate_id, n) != 0]
+    assert len({x.certificate_id for x in elsewhere}) >= 8
+    assert len(elsewhere) < len(commands)  # some certificates are on the parked partition
+    pipeline.send(*commands)
+
+    want = expect(elsewhere)
+    for base, counter in want.topics.items():
+        if base == "certificate-events":
+            continue  # circulation reads commands, not accepted: it parks nothing
+        got = Counter(pipeline.wait_for(t.name(base), sum(counter.values())))
+        on_parked = [r for r in got if partition_of(json.loads(r)["certificate_id"], n) == 0]
+        assert not on_parked, f"{base}: published for the parked partition"
+        assert got == counter, base
+    for service in FOLLOWERS:
+        samples = scrape(ports[service])
+        assert total(samples, "commission_partition_parked", partition="0") == 1, service
+        assert total(samples, "commission_determinism_errors_total") == 1, service
+        status, body = readyz(ports[service])
+        assert status == 503 and list(body["parked"]) == ["0"], (service, body)
+        assert "offset 0" in body["parked"]["0"]  # the first poison record stopped it
+    assert readyz(ports["circulation"])[0] == 200
+    pipeline.assert_running()
