@@ -17,9 +17,9 @@ from confluent_kafka import Message
 from domain import CertificateState
 from services.common.auth import Keyring
 from services.common.metrics import Metrics
-from services.common.stage import Applied, Output
 from services.common.service import run_service
 from services.common.settings import Settings
+from services.common.stage import Applied, Output
 
 ROUTES = {
     "circulation": ("commands", "accepted"),

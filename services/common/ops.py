@@ -14,13 +14,17 @@ Both answer JSON with the reason, so a probe failure explains itself.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from services.common.metrics import Metrics, exposition
 from services.common.runner import StageRunner
+
+log = logging.getLogger("commission.ops")
 
 LIVE_WITHIN_S = 120.0
 READY_WITHIN_S = 30.0
@@ -35,6 +39,15 @@ def _status(runner: StageRunner, within_s: float, readiness: bool) -> tuple[bool
     if readiness:
         ok = ok and runner.joined.is_set() and not runner.parked
     return ok, info
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        # a client that gave up (a probe's timeout) is not an error of the service;
+        # anything else is logged as a JSON line like the rest, never a bare traceback
+        error = sys.exc_info()[1]
+        if not isinstance(error, (BrokenPipeError, ConnectionResetError)):
+            log.warning("ops endpoint failed", exc_info=True)
 
 
 def start_ops_server(port: int, runner: StageRunner, metrics: Metrics) -> ThreadingHTTPServer:
@@ -64,7 +77,7 @@ def start_ops_server(port: int, runner: StageRunner, metrics: Metrics) -> Thread
 
     # 127.0.0.1 on a developer machine; 0.0.0.0 in a container, so probes and
     # Prometheus can reach it (set OPS_BIND_HOST).
-    server = ThreadingHTTPServer((os.environ.get("OPS_BIND_HOST", "127.0.0.1"), port), Handler)
+    server = _Server((os.environ.get("OPS_BIND_HOST", "127.0.0.1"), port), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="ops", daemon=True).start()
     return server

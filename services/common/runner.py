@@ -68,6 +68,7 @@ from services.common.stage import Stage
 from services.common.topics import ensure_topics
 
 log = logging.getLogger("commission.runner")
+_librdkafka_log = logging.getLogger("librdkafka")
 
 MAX_BATCH_RECORDS = 2_000
 # A vanished worker's open transaction holds back read_committed readers (the next
@@ -131,6 +132,7 @@ class StageRunner:
         self.last_loop_monotonic = time.monotonic()
         self.faults = Faults(settings.faults, fence=self._fence_myself)
         self._callback_error: BaseException | None = None
+        self._client_error: KafkaError | None = None
         self._next_tick = 0.0
         name = stage.name
         self._skipped = metrics.skipped.labels(name)
@@ -141,8 +143,17 @@ class StageRunner:
     # --- configuration ----------------------------------------------------------------
 
     def _conf(self, **extra) -> dict:
-        return {"bootstrap.servers": self.settings.bootstrap,
-                **self.settings.kafka_auth.librdkafka(), **extra}
+        # librdkafka's own log lines go through logging (JSON lines like the rest);
+        # its errors reach _on_error
+        return {"bootstrap.servers": self.settings.bootstrap, "logger": _librdkafka_log,
+                "error_cb": self._on_error, **self.settings.kafka_auth.librdkafka(), **extra}
+
+    def _on_error(self, error: KafkaError) -> None:
+        """librdkafka reports connection trouble here and retries by itself; a refused
+        login or a fatal error is kept and stops the worker (see _check_login)."""
+        if error.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL) or error.fatal():
+            self._client_error = error
+        log.warning(f"kafka client: {error.str()}")
 
     def _producer_conf(self, **extra) -> dict:
         # murmur2_random is the Java client's partitioner (and kafka-python's): every
@@ -152,13 +163,14 @@ class StageRunner:
     # --- lifecycle --------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        ensure_topics(self.settings, [self.input, *self.stage.output_topics()],
-                      compacted=[self.changelog])
         self.producer = Producer(self._producer_conf(**{
             "transactional.id": self.transactional_id, "enable.idempotence": True,
             "acks": "all", "linger.ms": 5, "transaction.timeout.ms": TXN_TIMEOUT_MS,
             "queue.buffering.max.messages": 1_000_000,
             "client.id": self.transactional_id}))
+        self._check_login()
+        ensure_topics(self.settings, [self.input, *self.stage.output_topics()],
+                      compacted=[self.changelog])
         self._init_transactions()
         if hasattr(self.stage, "due"):
             self.plain = Producer(self._producer_conf(**{"enable.idempotence": True, "acks": "all",
@@ -190,6 +202,28 @@ class StageRunner:
         finally:
             self._shutdown()
 
+    def _refused(self, what: str, error: object) -> Fatal:
+        auth = self.settings.kafka_auth
+        login = f" as {auth.username} ({auth.sasl_mechanism})" if auth.sasl else ""
+        return Fatal(f"{what} Kafka at {self.settings.bootstrap} over "
+                     f"{auth.security_protocol}{login}: {error}; check the address, the login "
+                     f"and the broker's log")
+
+    def _check_login(self, timeout_s: float = 30.0) -> None:
+        """Connect once before anything else, so that a refused login stops the worker
+        at once with a message naming what to check (librdkafka would retry for ever)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.producer.poll(0.1)  # serves error_cb
+            if self._client_error is not None:
+                raise self._refused("cannot log in to", self._client_error.str())
+            try:
+                self.producer.list_topics(timeout=0.5)
+                return
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise self._refused("cannot reach", exc) from exc
+
     def _init_transactions(self) -> None:
         """init_transactions fences this id's previous incarnation and aborts what it
         left open. The first call to the broker also proves the login: name what to
@@ -197,11 +231,7 @@ class StageRunner:
         try:
             self.producer.init_transactions(INIT_TIMEOUT_S)
         except KafkaException as exc:
-            auth = self.settings.kafka_auth
-            login = f" as {auth.username} ({auth.sasl_mechanism})" if auth.sasl else ""
-            raise Fatal(f"cannot start transactions on Kafka at {self.settings.bootstrap} "
-                        f"over {auth.security_protocol}{login}: {exc}; check the address, "
-                        f"the login and the broker's log") from exc
+            raise self._refused("cannot start transactions on", exc) from exc
 
     def _shutdown(self) -> None:
         if self.consumer is not None:
@@ -216,6 +246,8 @@ class StageRunner:
         records = self.consumer.consume(count, timeout_s)
         if self._callback_error is not None:
             raise Fatal(f"taking over partitions failed: {self._callback_error}")
+        if self._client_error is not None:
+            raise Fatal(f"kafka client: {self._client_error.str()}")
         return records
 
     def _next_batch(self) -> list[Message]:

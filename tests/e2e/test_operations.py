@@ -45,7 +45,10 @@ def test_metrics_and_logs(pipeline):
                  type="Circulate") == 1
     assert total(circ, "commission_messages_out_total",
                  type="CertificatePurchased") == 1
-    assert total(circ, "commission_processing_seconds_count") >= 6
+    # observed once per round (the mean per message of the round), not per message:
+    # at least one round, and the sum is a time
+    assert total(circ, "commission_processing_seconds_count") >= 1
+    assert 0 < total(circ, "commission_processing_seconds_sum") < 1
     assert total(circ, "commission_end_to_end_seconds_count") >= 5
     assert any(x.name == "commission_consumer_lag_messages" for x in circ)
     assert total(circ, "commission_table_rows") == 1
