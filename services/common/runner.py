@@ -480,8 +480,7 @@ class StageRunner:
                       committed: int) -> int:
         """Where partition ``p`` resumes; -1: from its beginning (a new stage)."""
         where = f"{self.input}[{p}]"
-        low, high = self.consumer.get_watermark_offsets(TopicPartition(self.input, p),
-                                                         timeout=INIT_TIMEOUT_S)
+        low, high = _watermarks(self.consumer, TopicPartition(self.input, p))
         if position is None:
             if store.rows and committed < 0:
                 raise Fatal(f"{where}: the changelog {self.changelog} has rows but no "
@@ -531,8 +530,7 @@ class StageRunner:
             # fetch round trip or two: ~1 s a partition, the whole start-up of a stage)
             pending = set()
             for p in partitions:
-                low, high = reader.get_watermark_offsets(TopicPartition(self.changelog, p),
-                                                         timeout=INIT_TIMEOUT_S)
+                low, high = _watermarks(reader, TopicPartition(self.changelog, p))
                 if high > low:
                     pending.add(p)
             reader.assign([TopicPartition(self.changelog, p, OFFSET_BEGINNING)
@@ -576,4 +574,21 @@ class StageRunner:
                  f"{sum(len(s.rows) for s, _ in out.values())} rows from {count} records, "
                  f"{size} bytes in {seconds:.2f}s")
         return out
+
+
+_RETRIABLE = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+              KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT, KafkaError._TRANSPORT)
+
+
+def _watermarks(client: Consumer, tp: TopicPartition) -> tuple[int, int]:
+    """(first, end) offsets of a partition. A topic created a moment ago may have no
+    leader yet, and a leader may be moving: retried for up to INIT_TIMEOUT_S."""
+    deadline = time.monotonic() + INIT_TIMEOUT_S
+    while True:
+        try:
+            return client.get_watermark_offsets(tp, timeout=10)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _RETRIABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
