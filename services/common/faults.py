@@ -15,7 +15,7 @@ reaches ``point``, do ``action``. The points, in the order of one round:
 Actions: ``kill`` (default: SIGKILL this process); ``fence`` (another producer takes
 this worker's transactional id, so this worker's next transaction call fails as a
 zombie's would); ``pause`` (create ``{COMMISSION_FAULT_DIR}/{point}.paused`` and wait
-for ``{point}.resume``: the test restarts the broker meanwhile).
+for ``{point}.resume``, at most PAUSE_MAX_S: the test restarts the broker meanwhile).
 
 Empty in production; parsing a wrong spec stops the process at start.
 """
@@ -33,6 +33,7 @@ from pathlib import Path
 POINTS = ("after_fetch", "after_apply", "after_outputs", "after_changelog", "after_offsets",
           "during_commit", "after_commit")
 ACTIONS = ("kill", "fence", "pause")
+PAUSE_MAX_S = 90.0  # a test that never resumes does not leave a worker stuck for ever
 
 
 class Faults:
@@ -75,5 +76,6 @@ class Faults:
         else:
             (self.folder / f"{point}.paused").touch()
             resume = self.folder / f"{point}.resume"
-            while not resume.exists():
+            deadline = time.monotonic() + PAUSE_MAX_S
+            while not resume.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from tests.e2e.traffic import build, expect
+from tests.e2e.traffic import accepted_of, build, expect, rejections_of
 
 
 def test_broker_crash_mid_stream(pipeline, stack):
@@ -48,4 +48,10 @@ def test_broker_crash_mid_stream(pipeline, stack):
     for base, want in expected.topics.items():
         got = Counter(pipeline.wait_for(pipeline.topics.name(base), sum(want.values()), 120))
         assert got == want, (base, restarted)
+    t = pipeline.topics
+    # the sequencer's verdicts too: each accepted once, at its seq; each refusal once
+    assert accepted_of(pipeline.wait_for(t.accepted, sum(expected.accepted.values()))) \
+        == expected.accepted, restarted
+    assert rejections_of(pipeline.wait_for(t.rejections, sum(expected.rejections.values()))) \
+        == expected.rejections, restarted
     assert pipeline.audit().ok

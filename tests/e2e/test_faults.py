@@ -9,6 +9,7 @@ committed and the fault lands mid-stream)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 
@@ -83,3 +84,56 @@ def test_a_stage_stopped_at_any_point_of_a_round_loses_and_repeats_nothing(
     assert set(faulted) == set(SERVICES)
     check_against_the_core(pipeline, commands)
     pipeline.assert_running()
+
+
+@pytest.mark.parametrize("points", [POINTS[:4], POINTS[4:]], ids=["first-half", "second-half"])
+def test_the_broker_restarts_while_stages_stand_at_each_point(pipeline, stack, tmp_path,
+                                                              points):
+    """Each stage is held at its own point (``pause``), the broker is killed and
+    started again, then the stages go on: what they had open fails or completes, and
+    whatever happened, the result is the core's. (``during_commit``: the hold starts
+    a moment after the commit is sent, so the restart lands while it is in flight or
+    just after.)"""
+    assert stack.kafka is not None, "the tests start their own broker"
+    folder = tmp_path / "faults"
+    folder.mkdir()
+    held = dict(zip(SERVICES, points, strict=False))
+    for service in SERVICES:
+        # the followers' rounds need the sequencer's output: it holds last
+        nth = 4 if service == "circulation" else 2
+        env = ({"COMMISSION_FAULTS": f"{held[service]}@{nth}:pause",
+                "COMMISSION_FAULT_DIR": str(folder)} if service in held else {})
+        pipeline.start(service, **env)
+    commands: list = []
+    deadline = time.monotonic() + 60
+    seed = 2_000
+    while not all((folder / f"{p}.paused").exists() for p in held.values()):
+        # traffic until every stage stands at its point: each round needs input
+        assert time.monotonic() < deadline, sorted(x.name for x in folder.iterdir())
+        pipeline.assert_running()
+        seed += 1
+        more = build(1, 12, seed=seed, t0_ms=int(time.time() * 1000))
+        pipeline.send(*more)
+        commands += more
+        time.sleep(0.3)
+    stack.kafka.kill()
+    time.sleep(1)
+    stack.kafka.start()
+    for point in held.values():
+        (folder / f"{point}.resume").touch()
+    more = build(3, 60, seed=seed + 1, t0_ms=int(time.time() * 1000))
+    pipeline.send(*more)  # and more after the restart (the producer retries meanwhile)
+    commands += more
+    # a supervisor keeps restarting what stopped while the outputs come in
+    watcher = threading.Event()
+
+    def supervise() -> None:
+        while not watcher.is_set():
+            pipeline.restart_exited()
+            time.sleep(0.3)
+
+    threading.Thread(target=supervise, daemon=True).start()
+    try:
+        check_against_the_core(pipeline, commands)
+    finally:
+        watcher.set()

@@ -14,10 +14,13 @@ import msgspec
 from domain import Accepted, CertificateState, Duplicate, Rejected, handle
 from schemas import commands as c
 from schemas.commands import CheckExpiry
+from schemas.rejections import Rejection
 from schemas.topics import TOPICS
 from tests.e2e.certificates import cert_id, sequencer_entropy, setup
 
 encode = msgspec.json.Encoder().encode
+_decode_accepted = msgspec.json.Decoder(c.AcceptedCommand).decode
+_decode_rejection = msgspec.json.Decoder(Rejection).decode
 MEMBERS = {t.name: t.message_types() for t in TOPICS}
 
 
@@ -90,7 +93,25 @@ def build(n_certs: int, n_commands: int, seed: int, t0_ms: int) -> list[c.Comman
 class Expected:
     topics: dict[str, Counter] = field(default_factory=dict)  # base topic -> Counter(bytes)
     rejections: Counter = field(default_factory=Counter)  # (command id, reason)
+    accepted: Counter = field(default_factory=Counter)  # (certificate id, seq, command id)
     states: dict[str, CertificateState] = field(default_factory=dict)
+
+
+def accepted_of(records: list[bytes]) -> Counter:
+    """What an ``accepted`` topic holds, in the shape of Expected.accepted."""
+    out: Counter = Counter()
+    for raw in records:
+        a = _decode_accepted(raw)
+        out[(a.command.certificate_id, a.seq, a.command.command_id)] += 1
+    return out
+
+
+def rejections_of(records: list[bytes]) -> Counter:
+    out: Counter = Counter()
+    for raw in records:
+        r = _decode_rejection(raw)
+        out[(r.command_id, r.reason.value)] += 1
+    return out
 
 
 def expect(commands: list[c.Command]) -> Expected:
@@ -107,6 +128,7 @@ def expect(commands: list[c.Command]) -> Expected:
                 out.rejections[(command.command_id, "duplicate")] += 1
         elif isinstance(outcome, Accepted):
             out.states[cid] = outcome.state
+            out.accepted[(cid, outcome.state.seq, command.command_id)] += 1
             for item in (*outcome.events, *outcome.settlements):
                 for topic, counter in out.topics.items():
                     if isinstance(item, MEMBERS[topic]):
