@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install up down run watch audit test test-unit test-integration test-e2e bench lint schemas clean
+.PHONY: install up down run watch audit test test-unit test-integration test-e2e bench soak lint schemas clean
 
 install: $(STAMP)
 
@@ -50,6 +50,11 @@ test-e2e: install
 bench: install
 	$(PY) -m benchmarks.core
 	$(PY) -m benchmarks.pipeline
+
+# not in CI: 100 SIGKILLs, broker restarts, a worker added and removed, during
+# 100,000 commands; then the core comparison and the audit (docs/soak.md)
+soak: install
+	$(PY) -m tests.soak $(SOAK_ARGS)
 
 lint: install
 	$(PY) -m ruff check domain schemas services deploy tests benchmarks

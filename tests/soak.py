@@ -1,0 +1,150 @@
+"""`make soak`: a long run of everything that can go wrong at once (not in CI).
+
+    python -m tests.soak [--kills 100] [--commands 100000] [--broker-restarts 3]
+
+On a private broker: the four stages run while the commands flow; meanwhile
+``--kills`` SIGKILLs land on random stages at random moments, the broker is killed and
+started again ``--broker-restarts`` times, and a second worker is added to a random
+stage and later removed (killed for good). A supervisor restarts whatever stopped.
+Then every output topic, the sequencer's verdicts and every committed table must
+equal what the domain core computes from the same commands, and the audit must pass.
+Prints the counts; exits 1 on any difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import msgspec
+
+from deploy.localstack import Kafka, free_port
+from services.audit.read import read_rows
+from tests.e2e.pipeline import SERVICES, Pipeline
+from tests.e2e.traffic import accepted_of, build, expect, rejections_of
+
+encode_state = msgspec.msgpack.Encoder().encode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.soak")
+    parser.add_argument("--kills", type=int, default=100)
+    parser.add_argument("--commands", type=int, default=100_000)
+    parser.add_argument("--certificates", type=int, default=1_000)
+    parser.add_argument("--broker-restarts", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    rng = random.Random(args.seed)
+    work = Path(tempfile.mkdtemp(prefix="commission-soak-"))
+    kafka = Kafka(run_dir=work / "kafka", port=free_port(), controller_port=free_port())
+    kafka.start()
+    started = time.monotonic()
+    pipeline = Pipeline(kafka.bootstrap, f"soak-{int(time.time())}", work / "logs")
+    counts: Counter = Counter()
+    try:
+        commands = build(args.certificates, args.commands, seed=args.seed,
+                         t0_ms=int(time.time() * 1000))
+        expected = expect(commands)
+        print(f"{len(commands)} commands over {args.certificates} certificates; the core "
+              f"says {sum(expected.topics['payments'].values())} settlements", flush=True)
+        pipeline.start_all()
+        done = pipeline.feed_in_background(commands, every=500, pause_s=0.2)
+        stop = threading.Event()
+        lock = threading.Lock()  # the supervisor and the events both start processes
+
+        def supervise() -> None:
+            while not stop.is_set():
+                with lock:
+                    for key in pipeline.restart_exited():
+                        counts[f"restarted {key[0]}"] += 1
+                time.sleep(0.3)
+
+        threading.Thread(target=supervise, daemon=True).start()
+        # what happens when: kills, broker restarts, a worker added then removed
+        events = ["kill"] * args.kills + ["broker"] * args.broker_restarts + ["add", "remove"]
+        rng.shuffle(events)
+        if events.index("remove") < events.index("add"):
+            i, j = events.index("remove"), events.index("add")
+            events[i], events[j] = events[j], events[i]
+        extra = rng.choice(SERVICES)
+
+        def happen(event: str) -> None:
+            if event == "kill":
+                service = rng.choice(SERVICES)
+                if (service, 0) in pipeline.procs:
+                    pipeline.signal(service, sig=signal.SIGKILL)
+                    pipeline.start(service)
+                    counts[f"killed {service}"] += 1
+            elif event == "broker":
+                kafka.kill()
+                time.sleep(1)
+                kafka.start()
+                counts["broker restarts"] += 1
+            elif event == "add":
+                pipeline.start(extra, instance=1)
+                counts[f"added a worker to {extra}"] += 1
+            else:
+                if (extra, 1) in pipeline.procs:
+                    pipeline.signal(extra, instance=1, sig=signal.SIGKILL)
+                counts[f"removed the worker of {extra}"] += 1
+
+        for event in events:
+            time.sleep(rng.uniform(0.2, 1.2))
+            with lock:
+                happen(event)
+        assert done.wait(3_600), "the commands were not all sent"
+        t = pipeline.topics
+        ok = True
+        for base, want in expected.topics.items():
+            got = Counter(pipeline.wait_for(t.name(base), sum(want.values()), timeout_s=900))
+            missing, extra_records = want - got, got - want
+            print(f"{base}: {sum(got.values())} records, {sum(missing.values())} missing, "
+                  f"{sum(extra_records.values())} extra", flush=True)
+            ok &= not missing and not extra_records
+        got_accepted = accepted_of(pipeline.wait_for(t.accepted,
+                                                     sum(expected.accepted.values()), 900))
+        got_rejections = rejections_of(pipeline.wait_for(
+            t.rejections, sum(expected.rejections.values()), 900))
+        print(f"accepted: {sum(got_accepted.values())} (the core: "
+              f"{sum(expected.accepted.values())}), equal: {got_accepted == expected.accepted}")
+        print(f"rejections: {sum(got_rejections.values())} (the core: "
+              f"{sum(expected.rejections.values())}), equal: "
+              f"{got_rejections == expected.rejections}")
+        ok &= got_accepted == expected.accepted and got_rejections == expected.rejections
+        want_states = {cid: encode_state(s) for cid, s in expected.states.items()}
+        for service in SERVICES:
+            topic = f"{t.prefix}{pipeline.settings.group_prefix}-{service}-state-changelog"
+            deadline = time.monotonic() + 300
+            while True:
+                got_states = {k: encode_state(v) for k, v in
+                              read_rows(pipeline.settings.bootstrap, topic, 300).items()}
+                if got_states == want_states or time.monotonic() > deadline:
+                    break
+                time.sleep(2)
+            differ = sum(got_states.get(c) != w for c, w in want_states.items())
+            print(f"{service} table: {len(got_states)} rows, {differ} differ from the core")
+            ok &= differ == 0
+        stop.set()
+        report = pipeline.audit()
+        print(f"audit: ok={report.ok}, {report.certificates} certificates, "
+              f"{report.settlements} settlements, problems {report.problems[:5]}")
+        ok &= report.ok
+        print("events: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        print(f"{'PASSED' if ok else 'FAILED'} in {time.monotonic() - started:.0f} s; "
+              f"logs in {work}")
+        return 0 if ok else 1
+    finally:
+        pipeline.stop_all()
+        pipeline.sender.close()
+        kafka.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
