@@ -33,7 +33,7 @@ from pathlib import Path
 POINTS = ("after_fetch", "after_apply", "after_outputs", "after_changelog", "after_offsets",
           "during_commit", "after_commit")
 ACTIONS = ("kill", "fence", "pause")
-PAUSE_MAX_S = 90.0  # a test that never resumes does not leave a worker stuck for ever
+PAUSE_MAX_S = 45.0  # a test that never resumes does not leave a worker stuck for ever
 
 
 class Faults:
