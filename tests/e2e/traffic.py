@@ -134,3 +134,17 @@ def expect(commands: list[c.Command]) -> Expected:
                     if isinstance(item, MEMBERS[topic]):
                         counter[encode(item)] += 1
     return out
+
+
+def assert_outputs_as_expected(pipeline, expected: Expected, timeout_s: float) -> None:
+    """Every output topic holds exactly the core's records, each once, and every
+    refusal appears once with its reason."""
+    t = pipeline.topics
+    for base, want in expected.topics.items():
+        got = Counter(pipeline.wait_for(t.name(base), sum(want.values()), timeout_s=timeout_s))
+        missing, extra = want - got, got - want
+        assert not missing and not extra, (
+            f"{base}: {sum(missing.values())} missing, {sum(extra.values())} extra")
+    got_rejections = rejections_of(
+        pipeline.wait_for(t.rejections, sum(expected.rejections.values())))
+    assert got_rejections == expected.rejections
