@@ -14,7 +14,8 @@ reaches ``point``, do ``action``. The points, in the order of one round:
 
 Actions: ``kill`` (default: SIGKILL this process); ``fence`` (another producer takes
 this worker's transactional id, so this worker's next transaction call fails as a
-zombie's would); ``pause`` (create ``{COMMISSION_FAULT_DIR}/{point}.paused`` and wait
+zombie's would); ``join`` (another member joins the stage's group and leaves,
+so the group moves to a new generation while the round runs); ``pause`` (create ``{COMMISSION_FAULT_DIR}/{point}.paused`` and wait
 for ``{point}.resume``, at most PAUSE_MAX_S: the test restarts the broker meanwhile).
 
 Empty in production; parsing a wrong spec stops the process at start.
@@ -32,13 +33,13 @@ from pathlib import Path
 
 POINTS = ("after_fetch", "after_apply", "after_outputs", "after_changelog", "after_offsets",
           "during_commit", "after_commit")
-ACTIONS = ("kill", "fence", "pause")
+ACTIONS = ("kill", "fence", "pause", "join")
 PAUSE_MAX_S = 45.0  # a test that never resumes does not leave a worker stuck for ever
 
 
 class Faults:
     def __init__(self, spec: str, fence: Callable[[], None] | None = None,
-                 folder: str | None = None) -> None:
+                 folder: str | None = None, join: Callable[[], None] | None = None) -> None:
         self.plan: dict[tuple[str, int], str] = {}
         for item in filter(None, (x.strip() for x in spec.split(","))):
             where, _, action = item.partition(":")
@@ -50,6 +51,7 @@ class Faults:
             self.plan[(point, int(nth))] = action
         self.seen: Counter[str] = Counter()
         self.fence = fence
+        self.join = join
         self.folder = Path(folder or os.environ.get("COMMISSION_FAULT_DIR", "."))
 
     def __bool__(self) -> bool:
@@ -73,6 +75,9 @@ class Faults:
         elif action == "fence":
             assert self.fence is not None
             self.fence()
+        elif action == "join":
+            assert self.join is not None
+            self.join()
         else:
             (self.folder / f"{point}.paused").touch()
             resume = self.folder / f"{point}.resume"

@@ -65,6 +65,10 @@ class Metrics:
         self.skipped = Counter("commission_records_skipped_total",
                                "Input records below the table's position (applied before), "
                                "skipped.", ["service"], registry=r)
+        self.aborted_rounds = Counter("commission_rounds_aborted_total",
+                                      "Rounds whose transaction was aborted (the group moved "
+                                      "on while it ran) and whose partitions were restored "
+                                      "from the changelog.", ["service"], registry=r)
         self.parked = Gauge("commission_partition_parked",
                             "1 while an input partition is parked: a record in it cannot be "
                             "applied (see the log); the other partitions keep running.",

@@ -130,7 +130,7 @@ class StageRunner:
         self.plain: Producer | None = None
         self.joined = threading.Event()
         self.last_loop_monotonic = time.monotonic()
-        self.faults = Faults(settings.faults, fence=self._fence_myself)
+        self.faults = Faults(settings.faults, fence=self._fence_myself, join=self._rival_joins)
         self._callback_error: BaseException | None = None
         self._client_error: KafkaError | None = None
         self._next_tick = 0.0
@@ -278,6 +278,10 @@ class StageRunner:
 
     def _round(self, records: list[Message]) -> None:
         faults = self.faults
+        # The generation the records were fetched in: if the group moves on while
+        # the round runs, adding the offsets fails and the round is aborted
+        # (_abort_round) instead of committing work for partitions owned no longer.
+        group = self.consumer.consumer_group_metadata()
         faults.at("after_fetch")
         started = time.perf_counter()
         by_partition: dict[int, list[Message]] = {}
@@ -315,12 +319,18 @@ class StageRunner:
                         POSITION_KEY, partition=p)
             faults.at("after_changelog")
             producer.send_offsets_to_transaction(
-                [TopicPartition(self.input, p, part.position) for p, part, *_ in work],
-                self.consumer.consumer_group_metadata())
+                [TopicPartition(self.input, p, part.position) for p, part, *_ in work], group)
             faults.at("after_offsets")
             faults.at("during_commit")
             producer.commit_transaction()
         except KafkaException as exc:
+            error = exc.args[0]
+            if not error.fatal() and error.txn_requires_abort():
+                # e.g. the group moved on while this round ran (a member joined or
+                # left: ILLEGAL_GENERATION when adding the offsets): nothing of it is
+                # committed, and nothing of this worker is a zombie yet
+                self._abort_round(error)
+                return
             log.critical("transaction failed; stopping (a restart restores the table)",
                          extra={"topic": self.input, "partitions": sorted(by_partition)},
                          exc_info=True)
@@ -368,6 +378,28 @@ class StageRunner:
         part.position = position
         return p, part, touched, outputs, received
 
+    def _abort_round(self, error: KafkaError) -> None:
+        """Abort the round's transaction and put every owned partition back where
+        the changelog says it stands: the in-memory rows and positions ran ahead of
+        what is committed. Each partition is restored as on a take-over and the
+        consumer seeks to its position (librdkafka drops what it fetched beyond).
+        A partition the coming rebalance takes away is simply forgotten then."""
+        log.warning("transaction aborted; restoring the round's partitions",
+                    extra={"topic": self.input, "reason": error.str()})
+        try:
+            self.producer.abort_transaction(INIT_TIMEOUT_S)
+        except KafkaException as exc:
+            raise Fatal(f"aborting a transaction: {exc}") from exc
+        self.metrics.aborted_rounds.labels(self.stage.name).inc()
+        owned = sorted(self.parts)
+        self._forget(owned)
+        for p, offset in self._take_over(owned).items():
+            try:
+                self.consumer.seek(TopicPartition(self.input, p, offset))
+            except KafkaException as exc:
+                # no longer assigned: the revocation on the next poll forgets it
+                log.info(f"{self.input}[{p}]: not seeking after the abort: {exc}")
+
     def _park(self, p: int, why: str) -> None:
         """Stop a partition whose record fails on every attempt; keep the others.
 
@@ -386,6 +418,21 @@ class StageRunner:
         """Fault injection: a second producer takes this worker's transactional id."""
         rival = Producer(self._producer_conf(**{"transactional.id": self.transactional_id}))
         rival.init_transactions(INIT_TIMEOUT_S)
+
+    def _rival_joins(self) -> None:
+        """Fault injection: another member joins the group and stays until the group
+        has moved to a new generation, so this round's offsets are stale."""
+        joined = threading.Event()
+        rival = Consumer(self._conf(**{
+            "group.id": self.group, "partition.assignment.strategy": "cooperative-sticky",
+            "group.instance.id": f"{self.settings.instance}-rival",
+            "session.timeout.ms": 10_000, "heartbeat.interval.ms": 1_000}))
+        rival.subscribe([self.input], on_assign=lambda *_: joined.set())
+        deadline = time.monotonic() + 30
+        while not joined.is_set() and time.monotonic() < deadline:
+            rival.poll(0.1)
+        rival.close()
+        log.info(f"fault: a rival member joined the group ({joined.is_set()})")
 
     # --- the timer (withdrawal) -------------------------------------------------------
 

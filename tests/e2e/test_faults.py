@@ -15,8 +15,10 @@ from collections import Counter
 import msgspec
 import pytest
 
+from deploy.localstack import free_port
 from services.audit.read import read_rows
 from services.common.faults import POINTS
+from services.common.metrics import scrape, total
 from tests.e2e.pipeline import SERVICES
 from tests.e2e.traffic import assert_outputs_as_expected, build, expect
 
@@ -119,3 +121,20 @@ def test_the_broker_restarts_while_stages_stand_at_each_point(pipeline, stack, t
     pipeline.send(*more)  # and more after the restart (the producer retries meanwhile)
     commands += more
     check_against_the_core(pipeline, commands)
+
+
+def test_a_group_that_moves_on_mid_round_aborts_the_round_and_goes_on(pipeline):
+    """Another member joins each stage's group while a round is between its changelog
+    rows and its offsets: the offsets carry the old generation and are refused
+    (ILLEGAL_GENERATION). The worker aborts the round, restores its partitions from
+    the changelog and goes on, without a restart; nothing is lost or applied twice."""
+    ports = {service: free_port() for service in SERVICES}
+    for service in SERVICES:
+        pipeline.start(service, metrics_port=ports[service],
+                       COMMISSION_FAULTS="after_changelog@2:join")
+    commands = build(12, 400, seed=73, t0_ms=int(time.time() * 1000))
+    assert pipeline.feed_in_background(commands, every=50, pause_s=0.2).wait(120)
+    check_against_the_core(pipeline, commands)
+    pipeline.assert_running()  # no worker stopped: the abort is handled in place
+    for service, port in ports.items():
+        assert total(scrape(port), "commission_rounds_aborted_total") >= 1, service
