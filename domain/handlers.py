@@ -27,6 +27,7 @@ from typing import Union
 
 import msgspec
 
+from domain import aftersale
 from domain import pool as pools
 from domain.invariants import check_invariants
 from domain.offer import certificate_id_for, offer_owner
@@ -35,6 +36,7 @@ from domain.state import MAX_CHAIN_HOPS, CertificateState, Hop, Pool
 from domain.thresholds import cumulative_limit_minor, display_limit_ms, due_warnings, first_met
 from schemas.commands import (
     AttachPool,
+    CancelCertificate,
     CheckExpiry,
     Circulate,
     Claim,
@@ -44,10 +46,13 @@ from schemas.commands import (
     PostCertificate,
     Purchase,
     RandomAmount,
+    Refund,
+    ReleaseHold,
     ReplenishMatch,
     ReplenishRandom,
 )
 from schemas.events import (
+    AccountAmount,
     AcquisitionClaimable,
     CertificateCirculated,
     CertificateIssued,
@@ -57,7 +62,7 @@ from schemas.events import (
     FundingConfirmed,
     PoolAttached,
 )
-from schemas.payments import SellerPayment, Settlement
+from schemas.payments import Settlement
 from schemas.rejections import Reason
 from schemas.types import MAX_TIMESTAMP_MS
 
@@ -111,17 +116,27 @@ def _existing(state: CertificateState | None) -> CertificateState:
     return state
 
 
-def _on_display(state: CertificateState) -> Pool:
+def _not_ended(state: CertificateState) -> None:
+    if state.status in aftersale.ENDED:
+        raise Refusal(Reason.CERTIFICATE_ENDED, f"the certificate was {state.status}")
+
+
+def _on_display(state: CertificateState, now_ms: int) -> Pool:
+    _not_ended(state)
     if state.status == "issued":
         raise Refusal(Reason.NOT_POSTED, "the certificate is not posted yet")
     if state.status == "purchased":
         raise Refusal(Reason.CERTIFICATE_PURCHASED, "the certificate was already purchased")
     assert state.pool is not None  # posting requires a pool
+    closes = aftersale.close_deadline_ms(state)
+    if closes is not None and now_ms >= closes:
+        # closed by time; the timer's check_expiry records it
+        raise Refusal(Reason.CERTIFICATE_ENDED, "the certificate's pool has closed")
     return state.pool
 
 
-def _open_pool(state: CertificateState) -> Pool:
-    pool = _on_display(state)
+def _open_pool(state: CertificateState, now_ms: int) -> Pool:
+    pool = _on_display(state, now_ms)
     if pool.status != "open":
         raise Refusal(Reason.POOL_WITHDRAWN, f"the commission pool is {pool.status}")
     return pool
@@ -166,6 +181,7 @@ def _attach(state: CertificateState, c: AttachPool, ctx: _Context) -> Recorder:
     if c.account_id not in (state.seller_id, state.funder_id):
         raise Refusal(Reason.NOT_AUTHORIZED,
                       "only the seller, or the funder the seller named, attaches a pool")
+    _not_ended(state)
     if state.status != "issued":
         raise Refusal(Reason.ALREADY_POSTED if state.status == "posted"
                       else Reason.CERTIFICATE_PURCHASED, "a pool is attached before posting")
@@ -186,11 +202,13 @@ def _attach(state: CertificateState, c: AttachPool, ctx: _Context) -> Recorder:
         acquisition=c.acquisition, replenish=c.replenish, thresholds=c.thresholds,
         display_limit_ms=display_limit_ms(state, c.thresholds),
         cumulative_limit_minor=cumulative_limit_minor(state, c.thresholds),
+        hold_s=c.hold_s, close_after_s=c.close_after_s,
     )
     rec.event(PoolAttached, funder_id=c.account_id, funding_ref=c.funding_ref,
               currency=c.currency, budget_minor=c.budget_minor,
               attached_minor=c.attached_minor, reserve_minor=c.budget_minor - c.attached_minor,
-              acquisition=c.acquisition, replenish=c.replenish, thresholds=c.thresholds)
+              acquisition=c.acquisition, replenish=c.replenish, thresholds=c.thresholds,
+              hold_s=c.hold_s, close_after_s=c.close_after_s)
     return rec
 
 
@@ -217,6 +235,7 @@ def _confirm_funding(state: CertificateState, c: ConfirmFunding, ctx: _Context) 
 def _post(state: CertificateState, c: PostCertificate, ctx: _Context) -> Recorder:
     if c.account_id != state.seller_id:
         raise Refusal(Reason.NOT_AUTHORIZED, "only the seller posts a certificate")
+    _not_ended(state)
     if state.status != "issued":
         raise Refusal(Reason.ALREADY_POSTED if state.status == "posted"
                       else Reason.CERTIFICATE_PURCHASED, "the certificate was posted before")
@@ -228,16 +247,21 @@ def _post(state: CertificateState, c: PostCertificate, ctx: _Context) -> Recorde
     limit = state.pool.display_limit_ms
     if limit is not None and ctx.now + limit > MAX_TIMESTAMP_MS:
         raise Refusal(Reason.INVALID_FIELD, "the display deadline would be beyond 2^53 ms")
+    close_after_s = state.pool.close_after_s
+    closes = None if close_after_s is None else ctx.now + close_after_s * 1000
+    if closes is not None and closes > MAX_TIMESTAMP_MS:
+        raise Refusal(Reason.INVALID_FIELD, "the pool's end would be beyond 2^53 ms")
     rec = Recorder(state, c.command_id, ctx.now)
     state.status = "posted"
     state.posted_at_ms = ctx.now
     rec.event(CertificatePosted, seller_id=state.seller_id,
-              display_deadline_ms=None if limit is None else ctx.now + limit)
+              display_deadline_ms=None if limit is None else ctx.now + limit,
+              closes_at_ms=closes)
     return rec
 
 
 def _circulate(state: CertificateState, c: Circulate, ctx: _Context) -> Recorder:
-    pool = _open_pool(state)
+    pool = _open_pool(state, ctx.now)
     if c.account_id == state.holder:
         raise Refusal(Reason.ALREADY_HOLDER, "the account already holds the certificate")
     if c.via is not None and (c.via == c.account_id or c.via not in state.members):
@@ -292,7 +316,7 @@ def _acquire_on_circulation(state: CertificateState, pool: Pool, c: Circulate, d
 
 
 def _claim(state: CertificateState, c: Claim, ctx: _Context) -> Recorder:
-    pool = _open_pool(state)
+    pool = _open_pool(state, ctx.now)
     if c.account_id not in pool.claimable:
         detail = ("the account already gained on this certificate" if c.account_id in pool.acquired
                   else "the account has nothing to claim on this certificate")
@@ -314,30 +338,74 @@ def _claim(state: CertificateState, c: Claim, ctx: _Context) -> Recorder:
 
 
 def _purchase(state: CertificateState, c: Purchase, ctx: _Context) -> Recorder:
-    pool = _on_display(state)
+    pool = _on_display(state, ctx.now)
     if c.account_id == state.seller_id:
         raise Refusal(Reason.BUYER_IS_SELLER, "the seller cannot buy their own certificate")
+    if ctx.now + pool.hold_s * 1000 > MAX_TIMESTAMP_MS:
+        raise Refusal(Reason.INVALID_FIELD, "the hold would end beyond 2^53 ms")
     rec = Recorder(state, c.command_id, ctx.now)
     # Seed example 3 (S37): the thresholds are checked when the certificate is bought.
     pools.check_withdrawal(state, pool, ctx.now, rec)
-    paid, released = pools.cash_out(state, pool, rec)
     state.status = "purchased"
     state.buyer_id = c.account_id
+    state.payment_ref = c.payment_ref
+    paid, held, released = aftersale.cash_out(state, pool, ctx.now, rec)
     rec.event(CertificatePurchased, buyer_id=c.account_id, payment_ref=c.payment_ref,
               currency=state.currency, price_minor=state.price_minor,
-              paid_out_minor=paid, released_minor=released)
-    rec.settle(SellerPayment, payee_id=state.seller_id, amount_minor=state.price_minor,
-               funding_ref=c.payment_ref, currency=state.currency,
-               payer_id=c.account_id, payment_ref=c.payment_ref)
+              paid_out_minor=paid, released_minor=released,
+              held_until_ms=state.held_until_ms, held_minor=held,
+              held=[] if state.held_until_ms is None else [
+                  AccountAmount(account_id=a, amount_minor=m) for a, m in pool.payouts.items()])
+    return rec
+
+
+def _release_hold(state: CertificateState, c: ReleaseHold, ctx: _Context) -> Recorder:
+    if state.held_until_ms is None or ctx.now < state.held_until_ms:
+        raise Refusal(Reason.NOTHING_DUE, "no hold ends now")
+    assert state.pool is not None
+    rec = Recorder(state, c.command_id, ctx.now)
+    aftersale.release(state, state.pool, rec)
+    return rec
+
+
+def _refund(state: CertificateState, c: Refund, ctx: _Context) -> Recorder:
+    if c.by == "seller" and c.account_id != state.seller_id:
+        raise Refusal(Reason.NOT_AUTHORIZED, "only the seller (or the payment system) refunds")
+    _not_ended(state)
+    if state.status != "purchased":
+        raise Refusal(Reason.NOT_PURCHASED, "the certificate was not purchased")
+    left = state.price_minor - state.refunded_minor
+    if c.amount_minor > left:
+        raise Refusal(Reason.REFUND_EXCEEDS_PRICE,
+                      f"at most {left} of the price is left to refund")
+    rec = Recorder(state, c.command_id, ctx.now)
+    aftersale.refund(state, state.pool, c.amount_minor, c.by, c.refund_ref, rec)
+    return rec
+
+
+def _cancel(state: CertificateState, c: CancelCertificate, ctx: _Context) -> Recorder:
+    if c.account_id != state.seller_id:
+        raise Refusal(Reason.NOT_AUTHORIZED, "only the seller cancels a certificate")
+    _not_ended(state)
+    if state.status == "purchased":
+        raise Refusal(Reason.CERTIFICATE_PURCHASED, "a sold certificate is refunded, "
+                      "not cancelled")
+    rec = Recorder(state, c.command_id, ctx.now)
+    aftersale.end(state, "cancelled", rec)
     return rec
 
 
 def _check_expiry(state: CertificateState, c: CheckExpiry, ctx: _Context) -> Recorder:
     pool = state.pool
+    closes = aftersale.close_deadline_ms(state)
+    if state.status == "posted" and closes is not None and ctx.now >= closes:
+        rec = Recorder(state, c.command_id, ctx.now)
+        aftersale.end(state, "closed", rec)
+        return rec
     if state.status != "posted" or pool is None or pool.status != "open" or not (
             first_met(state, pool, ctx.now, ("display_time",))
             or due_warnings(state, pool, ctx.now)):
-        raise Refusal(Reason.NOTHING_DUE, "no display-time warning or withdrawal is due")
+        raise Refusal(Reason.NOTHING_DUE, "no display-time warning, withdrawal or end is due")
     rec = Recorder(state, c.command_id, ctx.now)
     if not pools.check_withdrawal(state, pool, ctx.now, rec, only=("display_time",)):
         pools.raise_warnings(state, pool, ctx.now, rec)
@@ -352,6 +420,9 @@ _HANDLERS: dict[type, Callable[[CertificateState, Command, _Context], Recorder]]
     Claim: _claim,  # type: ignore[dict-item]
     Purchase: _purchase,  # type: ignore[dict-item]
     CheckExpiry: _check_expiry,  # type: ignore[dict-item]
+    ReleaseHold: _release_hold,  # type: ignore[dict-item]
+    Refund: _refund,  # type: ignore[dict-item]
+    CancelCertificate: _cancel,  # type: ignore[dict-item]
 }
 
 

@@ -32,27 +32,48 @@ def check_invariants(state: CertificateState, *, full: bool = False) -> None:
         _fail("holder is not the last hop", state)
     if not 0 <= state.distinct_circulations <= state.circulations:
         _fail("distinct circulations outside 0..hops", state)
+    status = state.status
+    bought = status == "purchased" or status == "refunded"
+    if bought:
+        # the price: held until the hold ends, then paid; refunds come out of it
+        held_price, paid_price = state.price_held_minor, state.price_paid_minor
+        if (held_price < 0 or paid_price < 0 or state.refunded_minor < 0
+                or state.price_clawed_minor < 0):
+            _fail("negative amount of the price", state)
+        if (held_price + paid_price + state.refunded_minor - state.price_clawed_minor
+                != state.price_minor):
+            _fail("price != held + paid + refunded - clawed back", state)
+        if held_price and state.held_until_ms is None:
+            _fail("price held with no hold", state)
+    elif state.held_until_ms is not None or state.price_held_minor or state.price_paid_minor:
+        _fail(f"a {status} certificate holds or paid a price", state)
     pool = state.pool
     if pool is None:
-        if state.status != "issued":
+        if status != "issued" and status != "cancelled":
             _fail("posted without a pool", state)
         return
     attached, reserve, pending = pool.attached_minor, pool.reserve_minor, pool.pending_minor
-    paid, released = pool.paid_minor, pool.released_minor
-    if (attached < 0 or reserve < 0 or pending < 0 or paid < 0 or released < 0
-            or pool.voided_minor < 0):
+    held, paid, released = pool.held_minor, pool.paid_minor, pool.released_minor
+    clawed = pool.clawed_back_minor
+    if (attached < 0 or reserve < 0 or pending < 0 or held < 0 or paid < 0 or released < 0
+            or pool.voided_minor < 0 or clawed < 0):
         _fail(f"negative amount in {pool}", state)
-    if attached + reserve + pending + paid + released != pool.budget_minor:
-        _fail(f"conservation: {attached}+{reserve}+{pending}+{paid}+{released}"
+    if attached + reserve + pending + held + paid + released - clawed != pool.budget_minor:
+        _fail(f"conservation: {attached}+{reserve}+{pending}+{held}+{paid}+{released}-{clawed}"
               f" != {pool.budget_minor}", state)
-    if pool.cumulative_minor != pending + paid + pool.voided_minor:
-        _fail("acquisitions != pending + paid + voided", state)
-    if pool.voided_minor > released:
-        _fail("voided beyond released", state)
+    if pool.cumulative_minor != pending + held + paid + pool.voided_minor:
+        _fail("acquisitions != pending + held + paid + voided", state)
+    if pool.voided_minor + clawed > released:
+        _fail("voided and clawed back beyond released", state)
+    if clawed > paid:
+        _fail("clawed back more than was paid", state)
+    if held and state.held_until_ms is None:
+        _fail("commission held with no hold", state)
     if state.seller_id in pool.acquired or pool.funder_id in pool.acquired:
         _fail("seller or funder gained on their own certificate", state)
-    if (pool.status == "withdrawn" or state.status == "purchased") and (attached or reserve or pending):
-        _fail(f"a {pool.status} pool of a {state.status} certificate still holds money", state)
+    if (pool.status == "withdrawn" or (status != "issued" and status != "posted")) and (
+            attached or reserve or pending):
+        _fail(f"a {pool.status} pool of a {status} certificate still holds money", state)
     if not full:
         return
     # The same facts seen from the other side: what was acquired, account by account,
@@ -67,5 +88,16 @@ def check_invariants(state: CertificateState, *, full: bool = False) -> None:
               state)
     if sum(pool.acquired.values()) != pool.cumulative_minor:
         _fail("cumulative != sum of acquisitions", state)
+    if state.held_until_ms is not None and sum(pool.payouts.values()) != held:
+        _fail("held != the sum of held payouts", state)
+    if state.held_until_ms is None and sum(pool.payouts.values()) != paid:
+        _fail("paid != the sum of payouts", state)
+    if sum(pool.clawed.values()) != clawed:
+        _fail("clawed back != the sum of clawbacks", state)
+    for account_id, amount in pool.payouts.items():
+        if amount > pool.acquired.get(account_id, -1):
+            _fail(f"{account_id} is owed more than it acquired", state)
+        if pool.clawed.get(account_id, 0) > amount:
+            _fail(f"{account_id} was clawed back more than it was paid", state)
     if min(pool.acquired.values(), default=1) <= 0:
         _fail("zero acquisition recorded", state)

@@ -27,7 +27,7 @@ from schemas.events import (
     ThresholdName,
     WithdrawalWarned,
 )
-from schemas.payments import BudgetRelease, CommissionPayout
+from schemas.payments import BudgetRelease
 
 
 def may_gain(state: CertificateState, pool: Pool, account_id: str | None) -> bool:
@@ -157,22 +157,3 @@ def raise_warnings(state: CertificateState, pool: Pool, now_ms: int, rec: Record
     for name, value, limit in due_warnings(state, pool, now_ms):
         pool.warned.append(name)
         rec.event(WithdrawalWarned, threshold=name, value=value, limit=limit)
-
-
-def cash_out(state: CertificateState, pool: Pool, rec: Recorder) -> tuple[int, int]:
-    """On purchase: pay every pending acquisition, release what is left of the budget."""
-    paid = 0
-    if pool.status in ("open", "frozen") and pool.pending_minor:
-        for account_id, amount in pool.acquired.items():
-            rec.settle(CommissionPayout, payee_id=account_id, amount_minor=amount,
-                       funding_ref=pool.funding_ref, currency=state.currency)
-            paid += amount
-        assert paid == pool.pending_minor, (paid, pool.pending_minor)
-        pool.paid_minor += paid
-        pool.pending_minor = 0
-    released = pool.attached_minor + pool.reserve_minor
-    pool.attached_minor = pool.reserve_minor = 0
-    pool.released_minor += released
-    rec.settle(BudgetRelease, payee_id=pool.funder_id, amount_minor=released,
-               funding_ref=pool.funding_ref, currency=state.currency, reason="purchase")
-    return paid, released

@@ -29,7 +29,9 @@ from schemas.commands import AcquisitionPolicy, ReplenishPolicy, Thresholds
 # bounded by the same figure times the few command kinds a hop can bring.
 MAX_CHAIN_HOPS = 10_000
 
-CertificateStatus = Literal["issued", "posted", "purchased"]
+# "refunded": the whole price went back; "cancelled" by the seller, "closed" at the
+# pool's end: taken off sale unsold
+CertificateStatus = Literal["issued", "posted", "purchased", "refunded", "cancelled", "closed"]
 PoolStatus = Literal["open", "withdrawn", "frozen"]
 
 
@@ -53,7 +55,8 @@ class Pool(msgspec.Struct, kw_only=True, array_like=True):
     display_limit_ms: int | None = None
     cumulative_limit_minor: int | None = None
     status: PoolStatus = "open"
-    # money buckets; attached + reserve + pending + paid + released == budget
+    # money buckets:
+    # attached + reserve + pending + held + paid + released - clawed_back == budget
     pending_minor: int = 0
     paid_minor: int = 0
     released_minor: int = 0
@@ -66,6 +69,17 @@ class Pool(msgspec.Struct, kw_only=True, array_like=True):
     warned: list[str] = msgspec.field(default_factory=list)
     # the payment system confirmed the escrow hold behind funding_ref (ConfirmFunding)
     funding_confirmed: bool = False
+    # after the purchase (domain.aftersale); 0 and None in rows from before they were
+    hold_s: int = 0
+    close_after_s: int | None = None
+    held_minor: int = 0  # commission held until the hold ends
+    # clawed back after the hold: counted in paid (it was paid) and in released (it
+    # goes back to the funder), so subtracted once
+    clawed_back_minor: int = 0
+    # account -> commission held (before the hold ends) or paid (after), net of
+    # refunds within the hold; clawbacks are in ``clawed``
+    payouts: dict[str, int] = msgspec.field(default_factory=dict)
+    clawed: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class CertificateState(msgspec.Struct, kw_only=True, array_like=True):
@@ -98,3 +112,11 @@ class CertificateState(msgspec.Struct, kw_only=True, array_like=True):
     distinct_circulations: int = 0
     # account -> level of sharing of its first hop (1 from the catalogue, via's + 1)
     depth: dict[str, int] = msgspec.field(default_factory=dict)
+    # after the purchase: the price is held with the payouts until held_until_ms
+    # (None: no hold pending); price == price_held + price_paid + refunded - price_clawed
+    payment_ref: str | None = None
+    held_until_ms: int | None = None
+    price_held_minor: int = 0
+    price_paid_minor: int = 0
+    refunded_minor: int = 0  # paid back to the buyer
+    price_clawed_minor: int = 0  # clawed back from the seller (refunds after the hold)

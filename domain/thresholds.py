@@ -91,17 +91,22 @@ def due_warnings(
 def next_deadline_ms(state: CertificateState) -> int | None:
     """When the withdrawal timer must look at this certificate next, if ever.
 
-    The earliest of the display-time warning (if not yet raised) and the display-time
-    withdrawal, while the pool is open and the certificate is on display.
+    The earliest of: the display-time warning (if not yet raised) and withdrawal
+    while the pool is open; the pool's end while the certificate is on display; the
+    end of a purchase's hold. ``domain.timer_command`` says which command is due.
     """
+    if state.held_until_ms is not None:
+        return state.held_until_ms
     pool = state.pool
-    if pool is None or pool.status != "open" or state.status != "posted":
+    if pool is None or state.status != "posted" or state.posted_at_ms is None:
         return None
+    deadlines = []
+    if pool.close_after_s is not None:
+        deadlines.append(state.posted_at_ms + pool.close_after_s * 1000)
     limit = pool.display_limit_ms
-    if limit is None or state.posted_at_ms is None:
-        return None
-    deadline = state.posted_at_ms + limit
-    bp = pool.thresholds.warn_at_bp
-    if bp and "display_time" not in pool.warned:
-        deadline = min(deadline, state.posted_at_ms + -(-limit * bp // 10_000))
-    return deadline
+    if pool.status == "open" and limit is not None:
+        deadlines.append(state.posted_at_ms + limit)
+        bp = pool.thresholds.warn_at_bp
+        if bp and "display_time" not in pool.warned:
+            deadlines.append(state.posted_at_ms + -(-limit * bp // 10_000))
+    return min(deadlines, default=None)

@@ -22,6 +22,7 @@ from schemas.types import (
     Count,
     Currency,
     DurationS,
+    HoldS,
     Id,
     PositiveAmountMinor,
     PositiveBasisPoints,
@@ -147,6 +148,10 @@ class IssueCertificate(_Command, tag="issue_certificate", kw_only=True):
     funder_id: Id | None = None
 
 
+DEFAULT_HOLD_S = 14 * 24 * 3600
+DEFAULT_CLOSE_AFTER_S = 90 * 24 * 3600
+
+
 class AttachPool(_Command, tag="attach_pool", kw_only=True):
     account_id: Id  # the funder: the seller, or the funder the seller named on issue
     funding_ref: Id
@@ -156,6 +161,11 @@ class AttachPool(_Command, tag="attach_pool", kw_only=True):
     acquisition: AcquisitionPolicy = AcquisitionPolicy()
     replenish: ReplenishPolicy = ReplenishMatch()
     thresholds: Thresholds = Thresholds()
+    # after a purchase, payouts and the seller's payment are held this long (a refund
+    # within it cancels them); 0: payable at once
+    hold_s: HoldS = DEFAULT_HOLD_S
+    # an unsold certificate closes this long after posting and its budget goes back
+    close_after_s: DurationS = DEFAULT_CLOSE_AFTER_S
 
 
 class PostCertificate(_Command, tag="post_certificate", kw_only=True):
@@ -190,9 +200,33 @@ class ConfirmFunding(_Command, tag="confirm_funding", kw_only=True):
     currency: Currency
 
 
+class ReleaseHold(_Command, tag="release_hold", kw_only=True):
+    """Sent by the withdrawal service's timer (a ``system`` key) when a purchase's hold
+    ends; id ``release:{held_until_ms}``. The held payouts become payable."""
+
+
+class Refund(_Command, tag="refund", kw_only=True):
+    """Give the buyer ``amount_minor`` of the price back. Sent by the seller (through
+    the gateway, ``by="seller"``, ``account_id`` the seller) or by the payment system
+    (a ``payments`` key, ``by="payment_system"``). Within the hold it reduces the held
+    payouts; after it, what was paid is clawed back (see domain.refund)."""
+
+    by: Literal["seller", "payment_system"]
+    account_id: Id | None = None
+    amount_minor: PositiveAmountMinor
+    refund_ref: Id
+
+
+class CancelCertificate(_Command, tag="cancel_certificate", kw_only=True):
+    """The seller takes an unsold certificate off sale: pending acquisitions are
+    voided and the whole budget goes back to the funder."""
+
+    account_id: Id  # must be the seller
+
+
 Command = Union[
     IssueCertificate, AttachPool, PostCertificate, Circulate, Claim, Purchase, CheckExpiry,
-    ConfirmFunding,
+    ConfirmFunding, ReleaseHold, Refund, CancelCertificate,
 ]
 COMMAND_TYPES: tuple[type, ...] = Command.__args__  # type: ignore[attr-defined]
 

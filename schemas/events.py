@@ -17,11 +17,25 @@ from typing import Literal, Union
 import msgspec
 
 from schemas.commands import AcquisitionPolicy, ReplenishPolicy, Terms, Thresholds
-from schemas.types import AmountMinor, Count, Currency, DurationS, Id, ShortText, TimestampMs
+from schemas.types import (
+    AmountMinor,
+    Count,
+    Currency,
+    DurationS,
+    HoldS,
+    Id,
+    ShortText,
+    TimestampMs,
+)
 
 EVENT_VERSION = 1
 
 ThresholdName = Literal["circulations", "cumulative", "display_time"]
+
+
+class AccountAmount(msgspec.Struct, frozen=True, kw_only=True):
+    account_id: Id
+    amount_minor: AmountMinor
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -56,6 +70,8 @@ class PoolAttached(_Event, tag="pool_attached", kw_only=True):
     acquisition: AcquisitionPolicy
     replenish: ReplenishPolicy
     thresholds: Thresholds
+    hold_s: HoldS = 0
+    close_after_s: DurationS | None = None
 
 
 class FundingConfirmed(_Event, tag="funding_confirmed", kw_only=True):
@@ -69,6 +85,8 @@ class FundingConfirmed(_Event, tag="funding_confirmed", kw_only=True):
 class CertificatePosted(_Event, tag="certificate_posted", kw_only=True):
     seller_id: Id
     display_deadline_ms: TimestampMs | None = None
+    # unsold by then, the certificate closes and its budget goes back to the funder
+    closes_at_ms: TimestampMs | None = None
 
 
 class CertificateCirculated(_Event, tag="certificate_circulated", kw_only=True):
@@ -113,11 +131,6 @@ class WithdrawalWarned(_Event, tag="withdrawal_warned", kw_only=True):
     limit: int
 
 
-class AccountAmount(msgspec.Struct, frozen=True, kw_only=True):
-    account_id: Id
-    amount_minor: AmountMinor
-
-
 class PoolWithdrawn(_Event, tag="pool_withdrawn", kw_only=True):
     threshold: ThresholdName
     mode: Literal["void", "freeze"]
@@ -128,11 +141,55 @@ class PoolWithdrawn(_Event, tag="pool_withdrawn", kw_only=True):
 
 
 class CertificatePurchased(_Event, tag="certificate_purchased", kw_only=True):
+    """``paid_out_minor``: commission payable at once (no hold); ``held_minor``:
+    commission held until ``held_until_ms`` (with the seller's price), listed in
+    ``held``."""
+
     buyer_id: Id
     payment_ref: Id
     currency: Currency
     price_minor: AmountMinor
     paid_out_minor: AmountMinor
+    released_minor: AmountMinor
+    held_until_ms: TimestampMs | None = None
+    held_minor: AmountMinor = 0
+    held: list[AccountAmount] = []
+
+
+class HoldReleased(_Event, tag="hold_released", kw_only=True):
+    """The hold ended: the held payouts and the seller's price are now payable."""
+
+    currency: Currency
+    paid_out_minor: AmountMinor
+    seller_paid_minor: AmountMinor
+
+
+class PurchaseRefunded(_Event, tag="purchase_refunded", kw_only=True):
+    """Part or all of the price went back to the buyer. Within the hold the held
+    payouts shrink (``voided``, back to the funder); after it, paid money is clawed
+    back (``clawed_back``, the seller's share included, the commission's back to the
+    funder)."""
+
+    by: Literal["seller", "payment_system"]
+    refund_ref: Id
+    currency: Currency
+    amount_minor: AmountMinor
+    refunded_total_minor: AmountMinor
+    within_hold: bool
+    fully: bool
+    voided: list[AccountAmount] = []
+    clawed_back: list[AccountAmount] = []
+    released_minor: AmountMinor = 0
+
+
+class CertificateEnded(_Event, tag="certificate_ended", kw_only=True):
+    """Taken off sale unsold: by the seller (``cancelled``) or at the pool's end
+    (``closed``). Pending acquisitions are voided, the budget goes back."""
+
+    reason: Literal["cancelled", "closed"]
+    currency: Currency
+    voided: list[AccountAmount]
+    voided_minor: AmountMinor
     released_minor: AmountMinor
 
 
@@ -148,5 +205,8 @@ Event = Union[
     WithdrawalWarned,
     PoolWithdrawn,
     CertificatePurchased,
+    HoldReleased,
+    PurchaseRefunded,
+    CertificateEnded,
 ]
 EVENT_TYPES: tuple[type, ...] = Event.__args__  # type: ignore[attr-defined]

@@ -48,11 +48,32 @@ class SellerPayment(_Settlement, tag="seller_payment", kw_only=True):
 
 
 class BudgetRelease(_Settlement, tag="budget_release", kw_only=True):
-    """Return the unspent (or voided) part of the budget to the funder."""
+    """Return the unspent (or voided, or clawed-back) part of the budget to the
+    funder."""
 
     payee_id: Id
-    reason: Literal["purchase", "withdrawal"]
+    reason: Literal["purchase", "withdrawal", "refund", "clawback", "cancelled", "closed"]
 
 
-Settlement = Union[CommissionPayout, SellerPayment, BudgetRelease]
+class BuyerRefund(_Settlement, tag="buyer_refund", kw_only=True):
+    """Pay part or all of the price back to the buyer (``payment_ref``: the purchase's
+    payment). Within the hold it comes out of the price still held; after it, out of
+    a clawback from the seller (a ``clawback`` settlement with the same command)."""
+
+    payee_id: Id  # the buyer
+    payment_ref: Id
+    refund_ref: Id
+
+
+class Clawback(_Settlement, tag="clawback", kw_only=True):
+    """A DEBIT: ``payee_id`` owes ``amount_minor`` (of a payout it was already paid,
+    ``of_kind``) because the purchase was refunded after the hold. The payment system
+    offsets it against that account's future payouts. Never a payment to make."""
+
+    payee_id: Id  # the account debited
+    refund_ref: Id
+    of_kind: Literal["commission_payout", "seller_payment"]
+
+
+Settlement = Union[CommissionPayout, SellerPayment, BudgetRelease, BuyerRefund, Clawback]
 SETTLEMENT_TYPES: tuple[type, ...] = Settlement.__args__  # type: ignore[attr-defined]

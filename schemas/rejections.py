@@ -59,6 +59,10 @@ class Reason(str, enum.Enum):
     ATTACHED_EXCEEDS_BUDGET = "attached_exceeds_budget"
     INVALID_RANGE = "invalid_range"
     BUYER_IS_SELLER = "buyer_is_seller"
+    # after the purchase
+    NOT_PURCHASED = "not_purchased"  # a refund of a certificate no one bought
+    REFUND_EXCEEDS_PRICE = "refund_exceeds_price"  # beyond what is left of the price
+    CERTIFICATE_ENDED = "certificate_ended"  # cancelled, closed or fully refunded
 
 
 class Rejection(msgspec.Struct, frozen=True, kw_only=True, tag="rejection", tag_field="type"):

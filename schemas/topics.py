@@ -13,15 +13,18 @@ from schemas.commands import AcceptedCommand, Command
 from schemas.events import (
     AcquisitionClaimable,
     CertificateCirculated,
+    CertificateEnded,
     CertificateIssued,
     CertificatePosted,
     CertificatePurchased,
     CommissionAcquired,
     Event,
     FundingConfirmed,
+    HoldReleased,
     PoolAttached,
     PoolReplenished,
     PoolWithdrawn,
+    PurchaseRefunded,
     WithdrawalWarned,
 )
 from schemas.payments import Settlement
@@ -45,15 +48,18 @@ class TopicSpec:
 
 
 TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec("commands", Command, "commands", "gateway; withdrawal timer (check_expiry); payment system (confirm_funding)",
+    TopicSpec("commands", Command, "commands", "gateway; withdrawal timer (check_expiry, "
+              "release_hold); payment system (confirm_funding, refund)",
               "Signed commands (HMAC-SHA256 in headers `key-id` and `signature`)."),
     TopicSpec("accepted", AcceptedCommand, "accepted", "circulation",
               "Internal: every accepted command with its per-certificate sequence number, "
               "applied in order by allocation, withdrawal and cash-out."),
     TopicSpec("certificate-events", Event, "events", "circulation",
-              "Accepted commands as facts: issued, attached, posted, circulated, purchased.",
+              "Accepted commands as facts: issued, attached, posted, circulated, purchased, "
+              "hold released, refunded, ended (cancelled or closed).",
               (CertificateIssued, PoolAttached, FundingConfirmed, CertificatePosted,
-               CertificateCirculated, CertificatePurchased)),
+               CertificateCirculated, CertificatePurchased, HoldReleased, PurchaseRefunded,
+               CertificateEnded)),
     TopicSpec("allocations", Event, "events", "allocation",
               "Acquisitions, claimable shares and replenishments of each pool.",
               (CommissionAcquired, AcquisitionClaimable, PoolReplenished)),

@@ -33,6 +33,7 @@ AmountMinor = Annotated[
 PositiveAmountMinor = Annotated[int, Meta(ge=1, le=MAX_AMOUNT_MINOR)]
 TimestampMs = Annotated[int, Meta(ge=0, le=MAX_TIMESTAMP_MS, description="Unix epoch milliseconds.")]
 DurationS = Annotated[int, Meta(ge=1, le=MAX_DURATION_S)]
+HoldS = Annotated[int, Meta(ge=0, le=MAX_DURATION_S, description="Seconds; 0: none.")]
 BasisPoints = Annotated[int, Meta(ge=0, le=BASIS_POINTS_MAX, description="1/100 of a percent.")]
 PositiveBasisPoints = Annotated[int, Meta(ge=1, le=BASIS_POINTS_MAX)]
 Count = Annotated[int, Meta(ge=1, le=10**9)]

@@ -11,7 +11,7 @@ import msgspec
 from kafka import KafkaProducer
 
 from schemas.commands import Command
-from services.common.auth import SIGNER_SCOPE, Key, Keyring
+from services.common.auth import Key, Keyring, signer_scope
 from services.common.settings import Settings
 
 _encode = msgspec.json.Encoder().encode
@@ -33,7 +33,7 @@ class CommandSender:
         system says: the demo and the tests play the payment system too)."""
         if self.fixed_key is not None:
             return self.fixed_key
-        scope = SIGNER_SCOPE[type(command)]
+        scope = signer_scope(command)
         return self.key if scope == "gateway" else self.keyring.first(scope)
 
     def send(self, command: Command) -> None:

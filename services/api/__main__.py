@@ -14,6 +14,8 @@ Writes (bearer token from POST /login; each answers 202 with command ids):
     POST /certificates/{id}/circulate          {"via": account?}
     POST /certificates/{id}/claim
     POST /certificates/{id}/purchase           {"payment_ref"}
+    POST /certificates/{id}/refund             {"amount_minor", "refund_ref"} (seller)
+    POST /certificates/{id}/cancel             take an unsold certificate off sale (seller)
     GET  /commands/{id}                        pending | accepted | rejected + reason
     GET  /openapi.json                         this API as OpenAPI 3.1
 Operations: GET /metrics (Prometheus), /healthz, /readyz.
@@ -140,6 +142,8 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
     app.router.add_post("/certificates/{id}/circulate", write("circulate"))
     app.router.add_post("/certificates/{id}/claim", write("claim"))
     app.router.add_post("/certificates/{id}/purchase", write("purchase"))
+    app.router.add_post("/certificates/{id}/refund", write("refund"))
+    app.router.add_post("/certificates/{id}/cancel", write("cancel"))
     app.router.add_get("/commands/{id}", write("outcome"))
     spec = document()
 

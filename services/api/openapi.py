@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import msgspec
 
-from services.api.writes import CirculateBody, Login, OfferBody, PoolBody, PurchaseBody
+from services.api.writes import (
+    CirculateBody,
+    Login,
+    OfferBody,
+    PoolBody,
+    PurchaseBody,
+    RefundBody,
+)
 
 REF = "#/components/schemas/{name}"
 
@@ -24,7 +31,8 @@ SUMMARY = {
     "required": ["id", "status", "price", "commission", "chain_length", "share_link"],
     "properties": {
         "id": {"type": "string"}, "name": {"type": "string"},
-        "status": {"enum": ["issued", "posted", "purchased"]},
+        "status": {"enum": ["issued", "posted", "purchased", "refunded", "cancelled",
+                            "closed"]},
         "price": MONEY, "commission": MONEY,
         "pool_status": {"enum": ["open", "withdrawn", "frozen", None]},
         "holder": {"type": ["string", "null"]}, "chain_length": {"type": "integer"},
@@ -41,6 +49,13 @@ SUMMARY = {
                                           "distribution": {"enum": ["uniform"]},
                                           "min_minor": {"type": "integer"},
                                           "max_minor": {"type": "integer"}}}},
+        "held_until_ms": {"type": ["integer", "null"],
+                          "description": "bought: commission and price are held until "
+                          "then (null: no hold pending)"},
+        "held_minor": {"type": "integer", "minimum": 0},
+        "refunded_minor": {"type": "integer", "minimum": 0},
+        "closes_at_ms": {"type": ["integer", "null"],
+                         "description": "unsold by then, the certificate closes"},
         "acquisition": {"type": ["object", "null"],
                         "description": "the pool's acquisition policy (who, when, how much, "
                         "max_depth)"},
@@ -81,7 +96,7 @@ def _write(summary: str, body: type | None, *, path_id: bool = True) -> dict:
 
 
 def document() -> dict:
-    bodies = [Login, OfferBody, PoolBody, CirculateBody, PurchaseBody]
+    bodies = [Login, OfferBody, PoolBody, CirculateBody, PurchaseBody, RefundBody]
     _, components = msgspec.json.schema_components(bodies, ref_template=REF)
     page = {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}}
     size = {"name": "size", "in": "query",
@@ -155,6 +170,10 @@ def document() -> dict:
             "/certificates/{id}/circulate": _write("Circulate (share)", CirculateBody),
             "/certificates/{id}/claim": _write("Claim a claimable commission", None),
             "/certificates/{id}/purchase": _write("Purchase", PurchaseBody),
+            "/certificates/{id}/refund": _write("Refund part or all of the price (the seller)",
+                                                RefundBody),
+            "/certificates/{id}/cancel": _write("Take an unsold certificate off sale (the "
+                                                "seller)", None),
             "/commands/{id}": {"get": {"summary": "A command's outcome",
                                        "security": [{"bearer": []}], "parameters": _path_id(),
                                        "responses": {"200": {**read, **_json({

@@ -87,8 +87,17 @@ class Pages:
                  f"status <b id='status'>{esc(s['status'])}</b> · held by "
                  f"<b id='holder'>{esc(s['holder'] or '-')}</b> · "
                  f"{s['chain_length']} circulations</p>"]
+        cur = s["price"]["currency"]
         parts.extend(self._pool_rules(s))
-        if s["warnings"]:
+        if s["held_until_ms"] is not None:
+            until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(s["held_until_ms"] / 1000))
+            parts.append(f"<p id='held'>Bought. Commission of {money(s['held_minor'], cur)} and "
+                         f"the seller's price are held until <b>{until}</b>; a refund before "
+                         "then cancels them, after it they are paid.</p>")
+        if s["refunded_minor"]:
+            parts.append(f"<p id='refunded'>Refunded to the buyer: "
+                         f"{money(s['refunded_minor'], cur)}.</p>")
+        if s["warnings"] and s["status"] == "posted" and s["pool_status"] == "open":
             parts.append("<p class='warn' id='warning'>The commission on this certificate will "
                          "soon be withdrawn: buy now.</p>")
         if request.query.get("sent"):
@@ -139,11 +148,14 @@ class Pages:
             return self._layout(account, me, body, f"/page/accounts/{account}")
         rows = "".join(
             f"<tr id='earn-{esc(cur)}'><td>{esc(cur)}</td><td>{money(e['pending_minor'], cur)}"
-            f"</td><td class='paid'>{money(e['paid_minor'], cur)}</td>"
-            f"<td>{money(e['voided_minor'], cur)}</td></tr>"
+            f"</td><td class='held'>{money(e['held_minor'], cur)}</td>"
+            f"<td class='paid'>{money(e['paid_minor'], cur)}</td>"
+            f"<td>{money(e['voided_minor'], cur)}</td>"
+            f"<td class='clawed'>{money(e['clawed_back_minor'], cur)}</td></tr>"
             for cur, e in (await self.reads.earnings_of(account)).items())
         body = (f"<h1>{esc(account)}</h1><h2>Earnings</h2><table><tr><th>Currency</th>"
-                f"<th>Pending</th><th>Paid</th><th>Voided</th></tr>{rows}</table>")
+                "<th>Pending</th><th>Held (bought; paid when the hold ends)</th><th>Paid</th>"
+                f"<th>Voided</th><th>Clawed back</th></tr>{rows}</table>")
         return self._layout(account, me, body, f"/page/accounts/{account}")
 
     async def login(self, request: web.Request) -> web.Response:

@@ -50,6 +50,13 @@ class ReadApi:
             "acquisition": json.loads(page.get("acquisition", "null")),
             "share_link": f"/c/{cid}",
         }
+        # after the purchase: held until (None: no hold pending), refunded so far
+        held_until = page.get("held_until_ms")
+        out["held_until_ms"] = int(held_until) if held_until else None
+        out["held_minor"] = int(page.get("held_minor", 0)) if held_until else 0
+        out["refunded_minor"] = int(page.get("refunded_minor", 0))
+        closes = page.get("closes_at_ms")
+        out["closes_at_ms"] = int(closes) if closes else None
         deadline = page.get("display_deadline_ms")
         out["time_left_ms"] = max(0, int(deadline) - now_ms) if deadline else None
         offer = await self.redis.hgetall(self.keys.offer(page["offer_id"]))
@@ -108,7 +115,11 @@ class ReadApi:
         sums: dict[str, dict[str, int]] = {}
         for k, v in raw.items():
             currency, kind = k.decode().split(":")
-            sums.setdefault(currency, {"acquired": 0, "paid": 0, "voided": 0})[kind] = int(v)
-        return {c: {"pending_minor": s["acquired"] - s["paid"] - s["voided"],
-                    "paid_minor": s["paid"], "voided_minor": s["voided"]}
+            sums.setdefault(currency, {"acquired": 0, "held": 0, "paid": 0, "voided": 0,
+                                       "clawed_back": 0})[kind] = int(v)
+        # pending: acquired on a certificate not bought yet; held: bought, payable
+        # when the hold ends; clawed back: owed back after a refund after the hold
+        return {c: {"pending_minor": s["acquired"] - s["held"] - s["paid"] - s["voided"],
+                    "held_minor": s["held"], "paid_minor": s["paid"],
+                    "voided_minor": s["voided"], "clawed_back_minor": s["clawed_back"]}
                 for c, s in sorted(sums.items())}

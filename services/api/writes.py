@@ -25,6 +25,7 @@ from schemas.types import (
     Count,
     Currency,
     DurationS,
+    HoldS,
     Id,
     PositiveAmountMinor,
     ShortText,
@@ -77,6 +78,13 @@ class PoolBody(_Body, kw_only=True):
     acquisition: c.AcquisitionPolicy = c.AcquisitionPolicy()
     replenish: c.ReplenishPolicy = c.ReplenishMatch()
     thresholds: c.Thresholds = c.Thresholds()
+    hold_s: HoldS = c.DEFAULT_HOLD_S
+    close_after_s: DurationS = c.DEFAULT_CLOSE_AFTER_S
+
+
+class RefundBody(_Body, kw_only=True):
+    amount_minor: PositiveAmountMinor
+    refund_ref: Id
 
 
 class EmptyBody(_Body, kw_only=True):
@@ -183,6 +191,13 @@ class Gateway:
 
     async def post(self, request: web.Request) -> web.Response:
         return await self._certificate_command(request, c.PostCertificate, EmptyBody)
+
+    async def refund(self, request: web.Request) -> web.Response:
+        # the seller's refund (the payment system sends its own, signed with its key)
+        return await self._certificate_command(request, c.Refund, RefundBody, by="seller")
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        return await self._certificate_command(request, c.CancelCertificate, EmptyBody)
 
     async def offer(self, request: web.Request) -> web.Response:
         account = await self._account(request)

@@ -1,9 +1,16 @@
 """Reconciliation from the topics alone, read with ``read_committed``.
 
 Per certificate it checks, without trusting any service's state:
-* conservation: a purchased certificate's payouts and releases sum to the budget
-  attached (from ``certificate-events``) and its seller payment equals the price;
-  a certificate not purchased has no payout and releases at most its budget;
+* conservation of the budget: once a certificate's money has all moved (bought and
+  its hold over, fully refunded, cancelled or closed), payouts + releases -
+  commission clawed back = the budget attached (from ``certificate-events``);
+  before that, they never exceed it;
+* conservation of the price: once bought and its hold over, the seller's payment -
+  what was clawed back from the seller + what was refunded to the buyer = the price;
+* nothing payable while held: no commission payout or seller payment of a
+  certificate whose hold has not been released (and none before a purchase);
+* no clawback or buyer refund without a refund: their command is an accepted
+  refund of that certificate;
 * no settlement id appears twice (``duplicate`` if the copies are identical,
   ``conflict`` if not), and no account is paid twice on one certificate;
 * every settlement has a cause: its command id is an accepted command of that
@@ -17,9 +24,24 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from schemas.commands import AcceptedCommand
-from schemas.events import CertificateIssued, CertificatePurchased, Event, PoolAttached
-from schemas.payments import BudgetRelease, CommissionPayout, SellerPayment, Settlement
+from schemas.commands import AcceptedCommand, Refund
+from schemas.events import (
+    CertificateEnded,
+    CertificateIssued,
+    CertificatePurchased,
+    Event,
+    HoldReleased,
+    PoolAttached,
+    PurchaseRefunded,
+)
+from schemas.payments import (
+    BudgetRelease,
+    BuyerRefund,
+    Clawback,
+    CommissionPayout,
+    SellerPayment,
+    Settlement,
+)
 
 _decode_settlement = msgspec.json.Decoder(Settlement).decode
 _decode_event = msgspec.json.Decoder(Event).decode
@@ -31,11 +53,17 @@ class Certificate:
     price_minor: int | None = None
     budget_minor: int | None = None
     purchased: bool = False
+    held: bool = False  # bought with a hold not released yet
+    ended: bool = False  # fully refunded, cancelled or closed
     commands: set[str] = field(default_factory=set)
+    refunds: set[str] = field(default_factory=set)  # command ids of accepted refunds
     settlements: dict[str, bytes] = field(default_factory=dict)
     payouts: dict[str, int] = field(default_factory=dict)
     released_minor: int = 0
     paid_out_minor: int = 0
+    clawed_commission_minor: int = 0
+    clawed_seller_minor: int = 0
+    refunded_minor: int = 0
     seller_paid: list[int] = field(default_factory=list)
 
 
@@ -62,9 +90,20 @@ def reconcile(events: list[bytes], accepted: list[bytes], payments: list[bytes])
             cert.budget_minor = event.budget_minor
         elif isinstance(event, CertificatePurchased):
             cert.purchased = True
+            cert.held = event.held_until_ms is not None
+        elif isinstance(event, HoldReleased):
+            cert.held = False
+        elif isinstance(event, PurchaseRefunded):
+            if event.fully:
+                cert.held, cert.ended = False, True
+        elif isinstance(event, CertificateEnded):
+            cert.ended = True
     for raw in accepted:
         record = _decode_accepted(raw)
-        certs[record.command.certificate_id].commands.add(record.command.command_id)
+        cert = certs[record.command.certificate_id]
+        cert.commands.add(record.command.command_id)
+        if isinstance(record.command, Refund):
+            cert.refunds.add(record.command.command_id)
     for raw in payments:
         s = _decode_settlement(raw)
         report.settlements += 1
@@ -78,6 +117,8 @@ def reconcile(events: list[bytes], accepted: list[bytes], payments: list[bytes])
         cert.settlements[s.settlement_id] = raw
         if s.command_id not in cert.commands:
             report.problems.append(f"{where}: no accepted command {s.command_id} caused it")
+        if isinstance(s, (Clawback, BuyerRefund)) and s.command_id not in cert.refunds:
+            report.problems.append(f"{where}: a {type(s).__name__} without a refund")
         if isinstance(s, CommissionPayout):
             if s.payee_id in cert.payouts:
                 report.problems.append(f"{where}: {s.payee_id} paid twice")
@@ -87,25 +128,41 @@ def reconcile(events: list[bytes], accepted: list[bytes], payments: list[bytes])
             cert.released_minor += s.amount_minor
         elif isinstance(s, SellerPayment):
             cert.seller_paid.append(s.amount_minor)
+        elif isinstance(s, Clawback):
+            if s.of_kind == "seller_payment":
+                cert.clawed_seller_minor += s.amount_minor
+            else:
+                cert.clawed_commission_minor += s.amount_minor
+        elif isinstance(s, BuyerRefund):
+            cert.refunded_minor += s.amount_minor
     for cid, cert in sorted(certs.items()):
         report.certificates += 1
-        out = cert.paid_out_minor + cert.released_minor
-        if cert.budget_minor is None:
-            if out:
-                report.problems.append(f"{cid}: money moved without a pool attached")
-            continue
-        if cert.purchased:
-            if out != cert.budget_minor:
-                report.problems.append(
-                    f"{cid}: payouts + releases = {out}, budget = {cert.budget_minor}")
-            if cert.seller_paid != [cert.price_minor]:
-                report.problems.append(
-                    f"{cid}: seller payments {cert.seller_paid}, price {cert.price_minor}")
-        else:
-            if cert.paid_out_minor:
-                report.problems.append(f"{cid}: payouts before any purchase")
-            if out > cert.budget_minor:
-                report.problems.append(f"{cid}: released {out} > budget {cert.budget_minor}")
-            if cert.seller_paid:
-                report.problems.append(f"{cid}: seller paid but not purchased")
+        _check(cid, cert, report.problems)
     return report
+
+
+def _check(cid: str, cert: Certificate, problems: list[str]) -> None:
+    out = cert.paid_out_minor + cert.released_minor - cert.clawed_commission_minor
+    if cert.budget_minor is None:
+        if out:
+            problems.append(f"{cid}: money moved without a pool attached")
+        return
+    payable = cert.paid_out_minor or cert.seller_paid
+    if cert.held and payable:
+        problems.append(f"{cid}: payable while held")
+    if not cert.purchased and payable:
+        problems.append(f"{cid}: payouts before any purchase")
+    if (cert.purchased or cert.ended) and not cert.held:
+        if out != cert.budget_minor:
+            problems.append(f"{cid}: payouts + releases - clawed back = {out}, "
+                            f"budget = {cert.budget_minor}")
+    elif out > cert.budget_minor:
+        problems.append(f"{cid}: released {out} > budget {cert.budget_minor}")
+    if cert.purchased and not cert.held:
+        price = sum(cert.seller_paid) - cert.clawed_seller_minor + cert.refunded_minor
+        if price != cert.price_minor or len(cert.seller_paid) > 1:
+            problems.append(f"{cid}: seller payments {cert.seller_paid} - clawed back "
+                            f"{cert.clawed_seller_minor} + refunded {cert.refunded_minor} "
+                            f"!= price {cert.price_minor}")
+    elif cert.refunded_minor and not cert.purchased:
+        problems.append(f"{cid}: refunded but not purchased")

@@ -15,9 +15,9 @@ import msgspec
 
 from domain import Accepted, CertificateState, Duplicate, Rejected, handle
 from domain.draw import entropy_at
-from schemas.commands import COMMAND_VERSION, AcceptedCommand, CheckExpiry, Command
+from schemas.commands import COMMAND_VERSION, AcceptedCommand, CheckExpiry, Command, ReleaseHold
 from schemas.rejections import Reason, Rejection
-from services.common.auth import SIGNER_SCOPE, AuthError, Key, Keyring
+from services.common.auth import AuthError, Key, Keyring, signer_scope
 from services.common.follower import StepResult
 
 _decode_command = msgspec.json.Decoder(Command).decode
@@ -83,7 +83,7 @@ def decode(raw: bytes, source: Source, keyring: Keyring, max_skew_ms: int
     if source.key is None or source.key.decode("utf-8", "replace") != command.certificate_id:
         return reject(raw, source, Reason.KEY_MISMATCH,
                       "the Kafka key must be the command's certificate id", command)
-    if key.scope != SIGNER_SCOPE[type(command)]:
+    if key.scope != signer_scope(command):
         return reject(raw, source, Reason.NOT_AUTHORIZED,
                       f"a {key.scope} key cannot sign this command", command)
     if abs(source.timestamp_ms - command.at_ms) > max_skew_ms:
@@ -108,7 +108,7 @@ def sequence(state: CertificateState | None, raw: bytes, source: Source, keyring
     if isinstance(outcome, Rejected):
         return reject(raw, source, outcome.reason, outcome.detail, command)
     if isinstance(outcome, Duplicate):
-        if isinstance(command, CheckExpiry):
+        if isinstance(command, (CheckExpiry, ReleaseHold)):
             return StepResult(duplicate=True)  # timers may fire twice; not an error
         first = "" if outcome.first_seq is None else f" (accepted as seq {outcome.first_seq})"
         result = reject(raw, source, Reason.DUPLICATE,

@@ -23,7 +23,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas.commands import COMMAND_TYPES, CheckExpiry, ConfirmFunding
+from schemas.commands import (
+    COMMAND_TYPES,
+    CheckExpiry,
+    Command,
+    ConfirmFunding,
+    Refund,
+    ReleaseHold,
+)
 from schemas.rejections import Reason
 
 KEY_ID_HEADER = "key-id"
@@ -35,7 +42,16 @@ SCOPES = ("gateway", "system", "payments", "draw")
 # the gateway where users log in. A draw key signs nothing.
 SIGNER_SCOPE: dict[type, str] = {t: "gateway" for t in COMMAND_TYPES}
 SIGNER_SCOPE[CheckExpiry] = "system"
+SIGNER_SCOPE[ReleaseHold] = "system"
 SIGNER_SCOPE[ConfirmFunding] = "payments"
+
+
+def signer_scope(command: Command) -> str:
+    """The scope whose key must sign ``command``: a refund is the seller's (through the
+    gateway) or the payment system's, as it says in ``by``."""
+    if isinstance(command, Refund):
+        return "payments" if command.by == "payment_system" else "gateway"
+    return SIGNER_SCOPE[type(command)]
 
 # Keys that make `make run` and the tests work out of the box. A deployment sets its
 # own through the environment; services refuse to start with these when

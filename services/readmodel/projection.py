@@ -14,7 +14,8 @@ Keys (all under ``rm:{prefix}``):
   catalogue:deadline    sorted set: the same by display deadline (ms; none: 2^53)
   offer:{offer}         hash: copies, purchased
   feed:{account}        sorted set: certificates the account holds, by time
-  earn:{account}        hash: "{currency}:acquired|paid|voided" (minor units)
+  earn:{account}        hash: "{currency}:acquired|held|paid|voided|clawed_back" (minor
+                        units; held: bought, payable when the hold ends)
   cmd:{command id}      hash: the command's outcome (accepted or rejected with reason)
 """
 
@@ -29,13 +30,16 @@ from domain import CertificateState
 from schemas.commands import RandomAmount, ReplenishRandom
 from schemas.events import (
     CertificateCirculated,
+    CertificateEnded,
     CertificateIssued,
     CertificatePurchased,
     CommissionAcquired,
     Event,
+    HoldReleased,
     PoolWithdrawn,
+    PurchaseRefunded,
 )
-from schemas.payments import CommissionPayout, Settlement
+from schemas.payments import Clawback, CommissionPayout, Settlement
 
 NO_DEADLINE = 2**53
 
@@ -118,6 +122,10 @@ def page(state: CertificateState) -> dict[str, str]:
     }
     if state.posted_at_ms is not None:
         out["posted_at_ms"] = str(state.posted_at_ms)
+    if state.buyer_id is not None:
+        out.update({
+            "held_until_ms": "" if state.held_until_ms is None else str(state.held_until_ms),
+            "refunded_minor": str(state.refunded_minor)})
     if pool is not None:
         deadline = display_deadline_ms(state)
         thresholds = {
@@ -135,6 +143,9 @@ def page(state: CertificateState) -> dict[str, str]:
             "funding_confirmed": "true" if pool.funding_confirmed else "false",
             "odds": json.dumps(odds(state)),
             "acquisition": msgspec.json.encode(pool.acquisition).decode(),
+            "held_minor": str(pool.held_minor), "hold_s": str(pool.hold_s),
+            "closes_at_ms": "" if pool.close_after_s is None or state.posted_at_ms is None
+            else str(state.posted_at_ms + pool.close_after_s * 1000),
         })
     return out
 
@@ -163,15 +174,32 @@ def project(k: Keys, state: CertificateState, events: list[Event],
                                   v.amount_minor))
         elif isinstance(e, CertificatePurchased):
             w.hincrby.append((k.offer(state.offer_id), "purchased", 1))
+            for h in e.held:
+                w.hincrby.append((k.earnings(h.account_id), f"{e.currency}:held", h.amount_minor))
+        elif isinstance(e, PurchaseRefunded):
+            for v in e.voided:  # within the hold: held no more, voided
+                w.hincrby.append((k.earnings(v.account_id), f"{e.currency}:held", -v.amount_minor))
+                w.hincrby.append((k.earnings(v.account_id), f"{e.currency}:voided",
+                                  v.amount_minor))
+        elif isinstance(e, CertificateEnded):
+            for v in e.voided:
+                w.hincrby.append((k.earnings(v.account_id), f"{e.currency}:voided",
+                                  v.amount_minor))
+    released = any(isinstance(e, HoldReleased) for e in events)
     for s in settlements:
         if isinstance(s, CommissionPayout):
             w.hincrby.append((k.earnings(s.payee_id), f"{s.currency}:paid", s.amount_minor))
+            if released:
+                w.hincrby.append((k.earnings(s.payee_id), f"{s.currency}:held", -s.amount_minor))
+        elif isinstance(s, Clawback) and s.of_kind == "commission_payout":
+            w.hincrby.append((k.earnings(s.payee_id), f"{s.currency}:clawed_back",
+                              s.amount_minor))
     if state.status == "posted" and pool is not None:
         w.zadd.append((k.by_commission, cid,
                        pool.attached_minor if pool.status == "open" else 0))
         # a withdrawn pool's deadline no longer matters: it sorts last, with the timeless
         end = display_deadline_ms(state) if pool.status == "open" else None
         w.zadd.append((k.by_deadline, cid, NO_DEADLINE if end is None else end))
-    elif state.status == "purchased":
+    elif state.status != "issued":  # bought, refunded, cancelled or closed
         w.zrem += [(k.by_commission, cid), (k.by_deadline, cid)]
     return w

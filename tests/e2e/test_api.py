@@ -21,7 +21,7 @@ def test_catalogue_certificate_share_link_feed_and_earnings(pipeline):
     pipeline.start("api", API_PORT=str(port))
     t = int(time.time() * 1000)
     pipeline.send(
-        *setup(A), *setup(B, thresholds=c.Thresholds(max_circulations=3)),
+        *setup(A), *setup(B, thresholds=c.Thresholds(max_circulations=3), hold_s=0),
         c.Circulate(command_id="a-s1", certificate_id=A, at_ms=t, account_id="alice"),
         c.Circulate(command_id="a-s2", certificate_id=A, at_ms=t, account_id="bob",
                     via="alice"),
@@ -49,8 +49,9 @@ def test_catalogue_certificate_share_link_feed_and_earnings(pipeline):
     alice = login(port, "alice")
     earnings = wait_for(port, "/accounts/alice/earnings",
                         lambda b: b["earnings"].get("USD", {}).get("paid_minor"), token=alice)
-    assert earnings["earnings"] == {"USD": {"pending_minor": 10_000, "paid_minor": 10_000,
-                                            "voided_minor": 0}}
+    assert earnings["earnings"] == {"USD": {"pending_minor": 10_000, "held_minor": 0,
+                                            "paid_minor": 10_000, "voided_minor": 0,
+                                            "clawed_back_minor": 0}}
 
     assert get(port, "/readyz") == (200, {"ok": True, "redis": True})
     assert get(port, "/healthz") == (200, {"ok": True})

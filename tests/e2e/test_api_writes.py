@@ -32,7 +32,7 @@ def test_a_user_flow_through_the_api(pipeline):
                                 "attached_minor": 1, "currency": "EUR"}, alice)
     _, pool, _ = call(port, "POST", f"/certificates/{cid}/pool",
                       {"funding_ref": "esc-lamp", "budget_minor": 1_000, "attached_minor": 100,
-                       "currency": "EUR"}, funder)
+                       "currency": "EUR", "hold_s": 3}, funder)
     refused = outcome(port, alice, stranger_pool["command_ids"][0])
     assert (refused["status"], refused["reason"]) == ("rejected", "not_authorized")
     assert outcome(port, funder, pool["command_ids"][0])["status"] == "accepted"
@@ -63,10 +63,32 @@ def test_a_user_flow_through_the_api(pipeline):
     refused = outcome(port, bob, twice["command_ids"][0])
     assert (refused["status"], refused["reason"]) == ("rejected", "already_holder")
     assert outcome(port, bob, buy["command_ids"][0])["status"] == "accepted"
+    # bought: alice's 100 is held for the pool's 3 s, then the timer releases it
+    held = wait_for(port, f"/certificates/{cid}", lambda b: b["held_until_ms"] is not None)
+    assert held["status"] == "purchased" and held["held_minor"] == 200  # alice and bob
+    earned = wait_for(port, "/accounts/alice/earnings",
+                      lambda b: b["earnings"].get("EUR", {}).get("held_minor"), token=alice)
+    assert earned["earnings"]["EUR"]["paid_minor"] == 0
     earned = wait_for(port, "/accounts/alice/earnings",
                       lambda b: b["earnings"].get("EUR", {}).get("paid_minor"), token=alice)
-    assert earned["earnings"]["EUR"] == {"pending_minor": 0, "paid_minor": 100,
-                                         "voided_minor": 0}
+    assert earned["earnings"]["EUR"] == {"pending_minor": 0, "held_minor": 0, "paid_minor": 100,
+                                         "voided_minor": 0, "clawed_back_minor": 0}
+    # after the hold, the seller refunds half: half of alice's commission is clawed back
+    _, stranger_refund, _ = call(port, "POST", f"/certificates/{cid}/refund",
+                                 {"amount_minor": 2_500, "refund_ref": "rf-x"}, alice)
+    _, refund, _ = call(port, "POST", f"/certificates/{cid}/refund",
+                        {"amount_minor": 2_500, "refund_ref": "rf-1"}, seller)
+    refused = outcome(port, alice, stranger_refund["command_ids"][0])
+    assert (refused["status"], refused["reason"]) == ("rejected", "not_authorized")
+    assert outcome(port, seller, refund["command_ids"][0])["status"] == "accepted"
+    earned = wait_for(port, "/accounts/alice/earnings",
+                      lambda b: b["earnings"]["EUR"]["clawed_back_minor"], token=alice)
+    assert earned["earnings"]["EUR"]["clawed_back_minor"] == 50
+    assert get(port, f"/certificates/{cid}")[1]["refunded_minor"] == 2_500
+    # the other copy, unsold, is taken off sale by its seller
+    _, cancel, _ = call(port, "POST", "/certificates/seller~lamp-00002/cancel", {}, seller)
+    assert outcome(port, seller, cancel["command_ids"][0])["status"] == "accepted"
+    assert get(port, "/certificates/seller~lamp-00002")[1]["status"] == "cancelled"
 
     # every refusal is JSON with a machine-readable code
     assert call(port, "POST", f"/certificates/{cid}/circulate", {})[0:2] == (401, {

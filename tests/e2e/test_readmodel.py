@@ -24,18 +24,25 @@ decode_state = msgspec.msgpack.Decoder(CertificateState).decode
 
 
 def expected_earnings(states: dict[str, CertificateState]) -> dict[str, dict[str, int]]:
+    """Each account's sums by kind, from the final states alone (zero sums left out:
+    the projection adds and takes away, so a sum may be a stored 0)."""
     out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for s in states.values():
         pool = s.pool
         if pool is None:
             continue
         for account, amount in pool.acquired.items():
-            out[account][f"{s.currency}:acquired"] += amount
-            if pool.status == "withdrawn":
-                out[account][f"{s.currency}:voided"] += amount
-            elif s.status == "purchased":
-                out[account][f"{s.currency}:paid"] += amount
-    return {a: dict(v) for a, v in out.items()}
+            sums = out[account]
+            sums[f"{s.currency}:acquired"] += amount
+            if account in pool.payouts:  # it reached a purchase
+                kept = pool.payouts[account]  # less what refunds in the hold voided
+                sums[f"{s.currency}:held" if s.held_until_ms is not None
+                     else f"{s.currency}:paid"] += kept
+                sums[f"{s.currency}:voided"] += amount - kept
+                sums[f"{s.currency}:clawed_back"] += pool.clawed.get(account, 0)
+            elif pool.status == "withdrawn":  # voided, or the certificate ended unsold
+                sums[f"{s.currency}:voided"] += amount
+    return {a: {k: v for k, v in sums.items() if v} for a, sums in out.items()}
 
 
 def wait_projected(pipeline, client: redis.Redis, keys: Keys,
@@ -64,7 +71,8 @@ def check(client: redis.Redis, keys: Keys, states: dict[str, CertificateState]) 
     for account, held in holders.items():
         assert {m.decode() for m in client.zrange(keys.feed(account), 0, -1)} == held, account
     for account, want in expected_earnings(states).items():
-        got = {k.decode(): int(v) for k, v in client.hgetall(keys.earnings(account)).items()}
+        got = {k.decode(): int(v) for k, v in client.hgetall(keys.earnings(account)).items()
+               if int(v)}
         assert got == want, account
     catalogue = {m.decode(): s for m, s in client.zrange(keys.by_commission, 0, -1,
                                                          withscores=True)}

@@ -20,6 +20,8 @@ def now_ms() -> int:
 
 
 def setup(cert: str, **pool) -> list:
+    # the seed's purchase pays at once: no hold (tests/e2e/test_aftersale.py has them)
+    pool.setdefault("hold_s", 0)
     return certificates.setup(cert, now_ms(), price_minor=200_000, budget_minor=100_000,
                               attached_minor=10_000, currency="USD", name="Espresso machine",
                               **pool)

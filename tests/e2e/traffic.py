@@ -13,7 +13,7 @@ import msgspec
 
 from domain import Accepted, CertificateState, Duplicate, Rejected, handle
 from schemas import commands as c
-from schemas.commands import CheckExpiry
+from schemas.commands import CheckExpiry, ReleaseHold
 from schemas.rejections import Rejection
 from schemas.topics import TOPICS
 from tests.e2e.certificates import cert_id, sequencer_entropy, setup
@@ -24,7 +24,19 @@ _decode_rejection = msgspec.json.Decoder(Rejection).decode
 MEMBERS = {t.name: t.message_types() for t in TOPICS}
 
 
+# A hold the withdrawal timer does not end during a test (it would send its own
+# release_hold, at a moment no expectation can know): the traffic ends it itself,
+# with a release stamped at the hold's end, within the sequencer's 10 minutes of
+# accepted clock skew.
+TRAFFIC_HOLD_S = 300
+
+
 def build(n_certs: int, n_commands: int, seed: int, t0_ms: int) -> list[c.Command]:
+    """Issue, attach, confirm and post ``n_certs`` certificates, then circulations,
+    claims and resent commands up to ``n_commands``; some certificates are bought
+    (with no hold, a 5-minute hold the traffic releases, or the default 14 days),
+    some bought ones refunded (within the hold or after it, in part or whole, by the
+    seller or the payment system) and some unsold ones cancelled."""
     rng = random.Random(seed)
     accounts = [f"acct-{i}" for i in range(400)]
     certs = [cert_id(f"load-{seed}-{i:04d}") for i in range(n_certs)]
@@ -36,8 +48,11 @@ def build(n_certs: int, n_commands: int, seed: int, t0_ms: int) -> list[c.Comman
         t += 1
         return t
 
+    holds: dict[str, int] = {}
+    prices: dict[str, int] = {}
     for cid in certs:
-        price = rng.randrange(1_000, 500_000)
+        price = prices[cid] = rng.randrange(1_000, 500_000)
+        hold = holds[cid] = rng.choice([0, 0, TRAFFIC_HOLD_S, c.DEFAULT_HOLD_S])
         budget = rng.randrange(1_000, 200_000)
         amount = rng.choice([
             c.FixedAmount(amount_minor=rng.randrange(1, 5_000)),
@@ -59,14 +74,20 @@ def build(n_certs: int, n_commands: int, seed: int, t0_ms: int) -> list[c.Comman
                 beneficiary=rng.choice(["circulator", "circulator", "upstream"]),
                 trigger=rng.choice(["auto", "auto", "auto", "claim"]),
                 amount=amount, max_depth=rng.choice([None, None, 3])),
-            replenish=replenish, thresholds=thresholds)
+            replenish=replenish, thresholds=thresholds, hold_s=hold)
     chains: dict[str, list[str]] = {cid: [] for cid in certs}
     buy_after = {cid: rng.randrange(10, 120) for cid in certs if rng.random() < 0.6}
     weights = [1 / (i + 1) ** 0.8 for i in range(n_certs)]  # Zipf-like popularity
     n = 0
+    after: dict[str, list[c.Command]] = {}  # what follows a purchase, in order
+    cancel_at = {cid: rng.randrange(20, 150) for cid in certs
+                 if cid not in buy_after and rng.random() < 0.3}
     while len(commands) < n_commands:
         n += 1
         cid = rng.choices(certs, weights)[0]
+        if after.get(cid) and rng.random() < 0.3:
+            commands.append(after[cid].pop(0))
+            continue
         # now and then the seller or the funder circulates: it must count for nothing
         account = rng.choice(accounts) if rng.random() > 0.03 else rng.choice(["seller",
                                                                                "funder"])
@@ -83,10 +104,36 @@ def build(n_certs: int, n_commands: int, seed: int, t0_ms: int) -> list[c.Comman
                                         account_id=account, via=via))
             chain.append(account)
         if cid in buy_after and len(chain) >= buy_after[cid]:
-            commands.append(c.Purchase(command_id=f"{cid}-buy", certificate_id=cid, at_ms=at(),
-                                       account_id=rng.choice(accounts), payment_ref=f"pay-{cid}"))
+            bought_at = at()
+            commands.append(c.Purchase(command_id=f"{cid}-buy", certificate_id=cid,
+                                       at_ms=bought_at, account_id=rng.choice(accounts),
+                                       payment_ref=f"pay-{cid}"))
             del buy_after[cid]
+            after[cid] = _after_purchase(rng, cid, prices[cid], holds[cid], bought_at)
+        if cid in cancel_at and len(chain) >= cancel_at[cid]:
+            commands.append(c.CancelCertificate(command_id=f"{cid}-cancel", certificate_id=cid,
+                                                at_ms=at(), account_id="seller"))
+            del cancel_at[cid]
     return commands
+
+
+def _after_purchase(rng: random.Random, cid: str, price: int, hold_s: int,
+                    bought_at: int) -> list[c.Command]:
+    """Refunds (none, one or two; the second may exceed what is left: refused) and,
+    for the traffic's own hold, its release, somewhere among them."""
+    out: list[c.Command] = []
+    for i in range(rng.choice([0, 1, 1, 2])):
+        by = rng.choice(["seller", "payment_system"])
+        amount = rng.choice([price, rng.randrange(1, price + 1)])
+        out.append(c.Refund(command_id=f"{cid}-refund{i}", certificate_id=cid,
+                            at_ms=bought_at, by=by, amount_minor=amount,
+                            account_id="seller" if by == "seller" else None,
+                            refund_ref=f"rf-{cid}-{i}"))
+    if hold_s == TRAFFIC_HOLD_S:
+        end = bought_at + hold_s * 1000
+        out.insert(rng.randrange(len(out) + 1),
+                   ReleaseHold(command_id=f"release:{end}", certificate_id=cid, at_ms=end))
+    return out
 
 
 @dataclass

@@ -5,7 +5,10 @@ timer ticks and clock moves:
 * conservation and non-negativity hold after every step (checked from outside too);
 * no account is paid twice on one certificate;
 * a purchased certificate's payouts and releases sum to its budget and its seller
-  payment equals the price;
+  payment equals the price, once its hold ended; refunds at any time (within the
+  hold or after it, partial or whole) keep both sums exact, every account's net
+  commission is its acquisition scaled down by the refunded part (rounded down),
+  and a clawback never exceeds what an account was paid;
 * the same sequence gives the same events and settlements, byte for byte;
 * replaying any prefix, or inserting duplicates anywhere, changes nothing;
 * a circulation that does not count (a repeat, the seller, the funder) never
@@ -34,7 +37,14 @@ from schemas.events import (
     PoolReplenished,
     PoolWithdrawn,
 )
-from schemas.payments import BudgetRelease, CommissionPayout, SellerPayment, Settlement
+from schemas.payments import (
+    BudgetRelease,
+    BuyerRefund,
+    Clawback,
+    CommissionPayout,
+    SellerPayment,
+    Settlement,
+)
 from tests.unit.domain.scenario import DRAW_SECRET
 
 pytestmark = pytest.mark.unit
@@ -83,7 +93,9 @@ def scenarios(draw):
             beneficiary=draw(st.sampled_from(["circulator", "upstream"])),
             trigger=draw(st.sampled_from(["auto", "claim"])),
             amount=draw(amounts), max_depth=draw(st.none() | st.integers(1, 4))),
-        replenish=draw(replenishes), thresholds=draw(thresholds))
+        replenish=draw(replenishes), thresholds=draw(thresholds),
+        hold_s=draw(st.sampled_from([0, 1, 30, 120])),
+        close_after_s=draw(st.sampled_from([1, 60, 600, 90 * 86400])))
     setup = [
         c.IssueCertificate(command_id="issue", certificate_id=CERT, at_ms=T0,
                            account_id="seller", offer_id="seller~p", serial=1, copies=1,
@@ -97,9 +109,11 @@ def scenarios(draw):
     ]
     now = T0
     steps = []
+    price = setup[0].price_minor
     for i in range(draw(st.integers(0, 40))):
         now += draw(st.sampled_from([0, 0, 1, 500, 5_000, 30_000]))
-        kind = draw(st.sampled_from(["circulate"] * 6 + ["claim", "purchase", "tick"]))
+        kind = draw(st.sampled_from(["circulate"] * 6 + ["claim", "purchase", "tick", "release",
+                                                         "refund", "refund", "cancel"]))
         who = draw(st.sampled_from(ACCOUNTS))
         base = dict(command_id=f"k{i}", certificate_id=CERT, at_ms=now)
         if kind == "circulate":
@@ -109,6 +123,15 @@ def scenarios(draw):
             steps.append(c.Claim(**base, account_id=who))
         elif kind == "purchase":
             steps.append(c.Purchase(**base, account_id=who, payment_ref=f"pay{i}"))
+        elif kind == "release":
+            steps.append(c.ReleaseHold(**base))
+        elif kind == "refund":
+            by = draw(st.sampled_from(["seller", "payment_system"]))
+            steps.append(c.Refund(**base, by=by, account_id=who if by == "seller" else None,
+                                  amount_minor=draw(st.just(price) | st.integers(1, price)),
+                                  refund_ref=f"r{i}"))
+        elif kind == "cancel":
+            steps.append(c.CancelCertificate(**base, account_id=who))
         else:
             steps.append(c.CheckExpiry(**base))
     return setup + steps
@@ -150,17 +173,37 @@ def test_money_is_conserved_and_paid_once(commands):
     payouts = Counter(s.payee_id for s in settlements if isinstance(s, CommissionPayout))
     assert all(n == 1 for n in payouts.values())
     assert "seller" not in payouts and "funder" not in payouts
-    budget_out = sum(s.amount_minor for s in settlements
-                     if isinstance(s, (CommissionPayout, BudgetRelease)))
-    assert budget_out == pool.paid_minor + pool.released_minor
-    if state.status == "purchased":
-        assert budget_out == pool.budget_minor
-        assert [s.amount_minor for s in settlements if isinstance(s, SellerPayment)] == [
-            state.price_minor]
+
+    def total(kind, **where):
+        return sum(s.amount_minor for s in settlements if isinstance(s, kind)
+                   and all(getattr(s, k) == v for k, v in where.items()))
+
+    # commission clawed back goes back to the funder: it is released AND owed back
+    budget_out = (total(CommissionPayout) + total(BudgetRelease)
+                  - total(Clawback, of_kind="commission_payout"))
+    assert budget_out == pool.paid_minor + pool.released_minor - pool.clawed_back_minor
+    settled = state.held_until_ms is None
+    if state.status in ("purchased", "refunded", "cancelled", "closed") and settled:
+        assert budget_out == pool.budget_minor  # every minor unit has gone somewhere
     elif pool.status == "withdrawn":
-        assert budget_out == pool.budget_minor  # everything went back to the funder
+        assert budget_out == pool.budget_minor - pool.held_minor
     else:
         assert budget_out <= pool.budget_minor
+    seller_net = total(SellerPayment) - total(Clawback, of_kind="seller_payment")
+    refunded = total(BuyerRefund)
+    assert refunded == state.refunded_minor
+    if state.status in ("purchased", "refunded") and settled:
+        assert seller_net + refunded == state.price_minor
+    else:
+        assert seller_net + refunded + state.price_held_minor == (
+            state.price_minor if state.status in ("purchased", "refunded") else 0)
+    if state.status in ("purchased", "refunded") and settled:
+        for account_id in pool.payouts:
+            net = (total(CommissionPayout, payee_id=account_id)
+                   - total(Clawback, payee_id=account_id))
+            assert net == pool.acquired[account_id] * (
+                state.price_minor - state.refunded_minor) // state.price_minor
+            assert 0 <= net <= pool.acquired[account_id]
     assert len({s.settlement_id for s in settlements}) == len(settlements)
 
 

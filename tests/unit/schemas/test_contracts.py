@@ -75,3 +75,12 @@ def test_every_command_and_settlement_names_its_version():
     for union in (Command, Settlement):
         for kind in union.__args__:
             assert "v" in kind.__struct_fields__, kind
+
+
+def test_every_event_and_settlement_kind_has_a_topic():
+    # an event no topic carries is recorded by the core and published by no one
+    from schemas.events import EVENT_TYPES
+    from schemas.payments import SETTLEMENT_TYPES
+    from schemas.topics import TOPICS
+    carried = {t for spec in TOPICS for t in spec.message_types()}
+    assert [t.__name__ for t in (*EVENT_TYPES, *SETTLEMENT_TYPES) if t not in carried] == []

@@ -1,0 +1,195 @@
+"""After the purchase: the hold, refunds and clawbacks, and certificates that end
+unsold (issue #13).
+
+The money of a purchase moves in two steps. At the purchase the unspent budget goes
+back to the funder at once; the acquired commission and the seller's price are
+*held* until ``held_until_ms`` (purchase time + the pool's ``hold_s``), visible but
+not payable. The withdrawal service's timer then sends ``release_hold`` and the
+held amounts are published as payable settlements. ``hold_s = 0`` pays at once.
+
+Refunds. ``refunded`` only grows, up to the price. Every account's entitlement is
+its original acquisition scaled by what is left of the price, rounded down:
+``acquired * (price - refunded) // price``; what rounding leaves goes to the funder
+(never to an account, never lost). Within the hold the held payouts shrink to their
+entitlement and the difference goes back to the funder (voided). After the hold
+the difference between what an account was paid (net of earlier clawbacks) and its
+entitlement is *clawed back*: a debit settlement for the payment system to offset
+against the account's future payouts, and the same amount released to the funder
+(the platform carries the receivable, the funder is made whole at once). The
+seller's side is the refund itself: out of the held price within the hold, clawed
+back from the seller after it. The hold ends when ``release_hold`` is applied (at
+``held_until_ms`` or a moment after, as the timer runs): until then a refund voids.
+
+Per certificate, after every command:
+  budget: attached + reserve + pending + held + paid + released - clawed_back == budget
+  price (once bought): price_held + price_paid + refunded - price_clawed == price
+
+Ends. The seller may cancel an unsold certificate; every pool closes
+``close_after_s`` after posting. Either way pending acquisitions are voided (a
+commission pays for a sale; none happened, also in a frozen pool, whose freeze only
+promised payment *on purchase*) and everything left of the budget goes back.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from domain.recorder import Recorder
+from domain.state import CertificateState, Pool
+from schemas.events import AccountAmount, CertificateEnded, HoldReleased, PurchaseRefunded
+from schemas.payments import (
+    BudgetRelease,
+    BuyerRefund,
+    Clawback,
+    CommissionPayout,
+    SellerPayment,
+)
+
+ENDED = ("refunded", "cancelled", "closed")
+
+
+def close_deadline_ms(state: CertificateState) -> int | None:
+    pool = state.pool
+    if pool is None or pool.close_after_s is None or state.posted_at_ms is None:
+        return None
+    return state.posted_at_ms + pool.close_after_s * 1000
+
+
+def cash_out(state: CertificateState, pool: Pool, now_ms: int, rec: Recorder
+             ) -> tuple[int, int, int]:
+    """On purchase: hold (or, with no hold, pay) every pending acquisition and the
+    price, and release what is left of the budget at once. Returns (paid, held,
+    released)."""
+    commission = pool.pending_minor
+    if commission:
+        # pending > 0 only while nothing was voided: it is every acquisition
+        pool.payouts = dict(pool.acquired)
+        assert sum(pool.payouts.values()) == commission, (pool.payouts, commission)
+    pool.pending_minor = 0
+    held = pool.hold_s > 0
+    if held:
+        pool.held_minor = commission
+        state.price_held_minor = state.price_minor
+        state.held_until_ms = now_ms + pool.hold_s * 1000
+    else:
+        pool.paid_minor += commission
+        _pay_commission(state, pool, rec)
+    released = pool.attached_minor + pool.reserve_minor
+    pool.attached_minor = pool.reserve_minor = 0
+    pool.released_minor += released
+    rec.settle(BudgetRelease, payee_id=pool.funder_id, amount_minor=released,
+               funding_ref=pool.funding_ref, currency=state.currency, reason="purchase")
+    if held:
+        return 0, commission, released
+    _pay_seller(state, rec)
+    return commission, 0, released
+
+
+def _pay_commission(state: CertificateState, pool: Pool, rec: Recorder) -> None:
+    for account_id, amount in pool.payouts.items():
+        rec.settle(CommissionPayout, payee_id=account_id, amount_minor=amount,
+                   funding_ref=pool.funding_ref, currency=state.currency)
+
+
+def _pay_seller(state: CertificateState, rec: Recorder) -> None:
+    assert state.buyer_id is not None and state.payment_ref is not None
+    amount = state.price_minor - state.refunded_minor
+    rec.settle(SellerPayment, payee_id=state.seller_id, amount_minor=amount,
+               funding_ref=state.payment_ref, currency=state.currency,
+               payer_id=state.buyer_id, payment_ref=state.payment_ref)
+    state.price_paid_minor += amount
+    state.price_held_minor = 0
+
+
+def release(state: CertificateState, pool: Pool, rec: Recorder) -> None:
+    """The hold ended: the held commission and the price become payable."""
+    paid = pool.held_minor
+    seller = state.price_held_minor
+    pool.paid_minor += paid
+    pool.held_minor = 0
+    state.held_until_ms = None
+    _pay_commission(state, pool, rec)
+    _pay_seller(state, rec)
+    rec.event(HoldReleased, currency=state.currency, paid_out_minor=paid,
+              seller_paid_minor=seller)
+
+
+def refund(state: CertificateState, pool: Pool | None, amount: int, by: Literal["seller", "payment_system"],
+           refund_ref: str, rec: Recorder) -> None:
+    """Give ``amount`` of the price back to the buyer (the caller checked it fits)."""
+    price = state.price_minor
+    state.refunded_minor += amount
+    left = price - state.refunded_minor
+    within = state.held_until_ms is not None
+    voided: list[AccountAmount] = []
+    clawed: list[AccountAmount] = []
+    released = 0
+    assert state.buyer_id is not None and state.payment_ref is not None
+    if pool is not None:
+        for account_id, amount_was in pool.payouts.items():
+            entitled = pool.acquired[account_id] * left // price
+            if within:
+                less = amount_was - entitled
+                if less:
+                    pool.payouts[account_id] = entitled
+                    voided.append(AccountAmount(account_id=account_id, amount_minor=less))
+            else:
+                less = amount_was - pool.clawed.get(account_id, 0) - entitled
+                if less:
+                    pool.clawed[account_id] = pool.clawed.get(account_id, 0) + less
+                    clawed.append(AccountAmount(account_id=account_id, amount_minor=less))
+                    rec.settle(Clawback, payee_id=account_id, amount_minor=less,
+                               funding_ref=pool.funding_ref, currency=state.currency,
+                               refund_ref=refund_ref, of_kind="commission_payout")
+            released += less
+        if within:
+            pool.held_minor -= released
+            pool.voided_minor += released
+        else:
+            pool.clawed_back_minor += released
+        pool.released_minor += released
+        rec.settle(BudgetRelease, payee_id=pool.funder_id, amount_minor=released,
+                   funding_ref=pool.funding_ref, currency=state.currency,
+                   reason="refund" if within else "clawback")
+    if within:
+        state.price_held_minor -= amount
+    else:
+        state.price_clawed_minor += amount
+        clawed.append(AccountAmount(account_id=state.seller_id, amount_minor=amount))
+        rec.settle(Clawback, payee_id=state.seller_id, amount_minor=amount,
+                   funding_ref=state.payment_ref, currency=state.currency,
+                   refund_ref=refund_ref, of_kind="seller_payment")
+    rec.settle(BuyerRefund, payee_id=state.buyer_id, amount_minor=amount,
+               funding_ref=state.payment_ref, currency=state.currency,
+               payment_ref=state.payment_ref, refund_ref=refund_ref)
+    fully = left == 0
+    if fully:
+        state.status = "refunded"
+        state.held_until_ms = None  # nothing is left to release
+    rec.event(PurchaseRefunded, by=by, refund_ref=refund_ref, currency=state.currency,
+              amount_minor=amount, refunded_total_minor=state.refunded_minor,
+              within_hold=within, fully=fully, voided=voided, clawed_back=clawed,
+              released_minor=released)
+
+
+def end(state: CertificateState, reason: Literal["cancelled", "closed"], rec: Recorder) -> None:
+    """Take an unsold certificate off sale: void what is pending, release the rest."""
+    pool = state.pool
+    voided: list[AccountAmount] = []
+    released = 0
+    if pool is not None:
+        if pool.pending_minor:
+            voided = [AccountAmount(account_id=a, amount_minor=m)
+                      for a, m in pool.acquired.items()]
+        released = pool.attached_minor + pool.reserve_minor + pool.pending_minor
+        pool.voided_minor += pool.pending_minor
+        pool.released_minor += released
+        pool.attached_minor = pool.reserve_minor = pool.pending_minor = 0
+        if pool.status == "open" or pool.status == "frozen":
+            pool.status = "withdrawn"
+        pool.claimable.clear()
+        rec.settle(BudgetRelease, payee_id=pool.funder_id, amount_minor=released,
+                   funding_ref=pool.funding_ref, currency=state.currency, reason=reason)
+    state.status = reason
+    rec.event(CertificateEnded, reason=reason, currency=state.currency, voided=voided,
+              voided_minor=sum(v.amount_minor for v in voided), released_minor=released)

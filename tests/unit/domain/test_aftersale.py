@@ -1,0 +1,207 @@
+"""After the purchase (issue #13): the hold, refunds within and after it, and
+certificates that end unsold. Every figure below is worked out by hand from the
+rule written next to it, never read back from the core."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas import commands as c
+from schemas.events import CertificateEnded, CertificatePurchased, HoldReleased, PurchaseRefunded
+from schemas.payments import BuyerRefund, Clawback
+from schemas.rejections import Reason
+from tests.unit.domain.scenario import Scenario
+
+pytestmark = pytest.mark.unit
+
+HOUR_MS = 3_600_000
+
+
+def sold(*, hold_s: int = 3_600, price: int = 10_000, amounts=(100, 100), **pool) -> Scenario:
+    """a and b acquire ``amounts`` (fixed per account), then the buyer pays ``price``.
+    Budget 1,000, attached 300, replenished by what is acquired."""
+    s = Scenario()
+    accounts = ["a", "b", "c", "d"][:len(amounts)]
+    s.setup(price_minor=price, budget_minor=1_000, attached_minor=300, hold_s=hold_s,
+            acquisition=c.AcquisitionPolicy(amount=c.FixedAmount(amount_minor=max(amounts))),
+            **pool)
+    for account, amount in zip(accounts, amounts, strict=True):
+        if amount != max(amounts):
+            # a smaller acquisition: the attached amount is only that much then
+            s.state.pool.attached_minor, s.state.pool.reserve_minor = (
+                amount, s.state.pool.reserve_minor + s.state.pool.attached_minor - amount)
+        s.circulate(account)
+    s.purchase()
+    return s
+
+
+def refund(s: Scenario, amount: int, *, by: str = "seller", account: str | None = "seller",
+           ref: str = "rf-1"):
+    return s.must(c.Refund, by=by, account_id=account, amount_minor=amount, refund_ref=ref)
+
+
+def of_kind(s: Scenario, kind: type) -> list[tuple[str, int]]:
+    return [(x.payee_id, x.amount_minor) for x in s.settlements if isinstance(x, kind)]
+
+
+# --- the hold ------------------------------------------------------------------------
+
+
+def test_a_purchase_holds_payouts_and_the_price_until_the_hold_ends():
+    s = sold()
+    purchased = s.of(CertificatePurchased)[0]
+    assert purchased.held_minor == 200 and purchased.paid_out_minor == 0
+    assert purchased.held_until_ms == s.now_ms + HOUR_MS
+    assert [(h.account_id, h.amount_minor) for h in purchased.held] == [("a", 100), ("b", 100)]
+    # the unspent budget goes back at once: 1,000 - 200 acquired
+    assert s.releases() == [("funder", 800, "purchase")]
+    assert s.payouts() == {} and s.seller_payments() == []  # nothing payable yet
+    s.advance(HOUR_MS - 1)
+    assert s.refused(c.ReleaseHold, command_id="release:early").reason is Reason.NOTHING_DUE
+    s.advance(1)
+    s.must(c.ReleaseHold, command_id="release:1")
+    assert s.payouts() == {"a": 100, "b": 100}
+    assert s.seller_payments() == [("seller", 10_000)]
+    assert s.of(HoldReleased)[0].paid_out_minor == 200
+    # released once: a second release finds nothing to do
+    assert s.refused(c.ReleaseHold, command_id="release:2").reason is Reason.NOTHING_DUE
+
+
+def test_no_hold_pays_at_the_purchase():
+    s = sold(hold_s=0)
+    assert s.payouts() == {"a": 100, "b": 100}
+    assert s.seller_payments() == [("seller", 10_000)]
+    assert s.of(CertificatePurchased)[0].held_until_ms is None
+
+
+# --- refunds within the hold -----------------------------------------------------------
+
+
+def test_a_whole_refund_within_the_hold_voids_every_payout_and_returns_the_budget():
+    s = sold()
+    refund(s, 10_000)
+    assert s.state.status == "refunded"
+    assert of_kind(s, BuyerRefund) == [("buyer", 10_000)]
+    # 800 at the purchase, then the 200 that was held
+    assert s.releases() == [("funder", 800, "purchase"), ("funder", 200, "refund")]
+    s.advance(HOUR_MS)
+    assert s.refused(c.ReleaseHold, command_id="release:1").reason is Reason.NOTHING_DUE
+    assert s.payouts() == {} and s.seller_payments() == []
+    assert s.refused(c.Refund, by="seller", account_id="seller", amount_minor=1,
+                     refund_ref="again").reason is Reason.CERTIFICATE_ENDED
+
+
+def test_a_partial_refund_within_the_hold_scales_payouts_down_rounding_to_the_funder():
+    # price 9, refund 3: two thirds of the price is left. a acquired 101, b 33:
+    # a keeps 101 * 6 // 9 = 67 (67.33), b keeps 33 * 6 // 9 = 22; the funder gets
+    # 34 + 11 = 45 back, the odd thirds included
+    s = sold(price=9, amounts=(101, 33))
+    refund(s, 3)
+    event = s.of(PurchaseRefunded)[0]
+    assert event.within_hold and not event.fully
+    assert [(v.account_id, v.amount_minor) for v in event.voided] == [("a", 34), ("b", 11)]
+    assert s.releases()[-1] == ("funder", 45, "refund")
+    assert of_kind(s, BuyerRefund) == [("buyer", 3)]
+    s.advance(HOUR_MS)
+    s.must(c.ReleaseHold, command_id="release:1")
+    assert s.payouts() == {"a": 67, "b": 22}
+    assert s.seller_payments() == [("seller", 6)]
+
+
+def test_two_partial_refunds_compose_exactly():
+    # 2,500 then 2,500 of 10,000: each account keeps 100 * 5,000 // 10,000 = 50
+    s = sold()
+    refund(s, 2_500, ref="rf-1")
+    refund(s, 2_500, by="payment_system", account=None, ref="rf-2")
+    assert s.releases()[1:] == [("funder", 50, "refund"), ("funder", 50, "refund")]
+    s.advance(HOUR_MS)
+    s.must(c.ReleaseHold, command_id="release:1")
+    assert s.payouts() == {"a": 50, "b": 50}
+    assert s.seller_payments() == [("seller", 5_000)]
+
+
+# --- refunds after the hold: clawbacks --------------------------------------------------
+
+
+def test_a_refund_after_the_hold_claws_back_what_was_paid():
+    s = sold(hold_s=0)
+    refund(s, 5_000)  # half the price: each account keeps 50 of its 100
+    assert of_kind(s, Clawback) == [("a", 50), ("b", 50), ("seller", 5_000)]
+    assert [x.of_kind for x in s.settlements if isinstance(x, Clawback)] == [
+        "commission_payout", "commission_payout", "seller_payment"]
+    assert s.releases()[-1] == ("funder", 100, "clawback")  # the funder is made whole
+    assert of_kind(s, BuyerRefund) == [("buyer", 5_000)]
+    refund(s, 5_000, ref="rf-2")  # the rest
+    assert of_kind(s, Clawback)[3:] == [("a", 50), ("b", 50), ("seller", 5_000)]
+    assert s.state.status == "refunded"
+    assert s.state.pool.clawed_back_minor == 200
+
+
+def test_a_refund_after_the_hold_ended_by_the_timer_is_a_clawback():
+    s = sold()
+    s.advance(HOUR_MS)
+    s.must(c.ReleaseHold, command_id="release:1")
+    event = refund(s, 10_000).events[0]
+    assert not event.within_hold and event.fully
+    assert of_kind(s, Clawback) == [("a", 100), ("b", 100), ("seller", 10_000)]
+
+
+def test_refunds_are_refused_when_they_cannot_apply():
+    s = sold()
+    assert s.refused(c.Refund, by="seller", account_id="a", amount_minor=1,
+                     refund_ref="x").reason is Reason.NOT_AUTHORIZED
+    assert s.refused(c.Refund, by="seller", account_id="seller", amount_minor=10_001,
+                     refund_ref="x").reason is Reason.REFUND_EXCEEDS_PRICE
+    refund(s, 9_000)
+    assert s.refused(c.Refund, by="seller", account_id="seller", amount_minor=1_001,
+                     refund_ref="x").reason is Reason.REFUND_EXCEEDS_PRICE
+    unsold = Scenario("seller~offer-2-00001")
+    unsold.setup(price_minor=100, budget_minor=10, attached_minor=10)
+    assert unsold.refused(c.Refund, by="payment_system", amount_minor=1,
+                          refund_ref="x").reason is Reason.NOT_PURCHASED
+
+
+# --- certificates that end unsold --------------------------------------------------------
+
+
+def test_the_seller_cancels_an_unsold_certificate():
+    s = Scenario()
+    s.setup(price_minor=10_000, budget_minor=1_000, attached_minor=300,
+            acquisition=c.AcquisitionPolicy(amount=c.FixedAmount(amount_minor=100)))
+    s.circulate("a")
+    assert s.refused(c.CancelCertificate, account_id="a").reason is Reason.NOT_AUTHORIZED
+    s.must(c.CancelCertificate, account_id="seller")
+    ended = s.of(CertificateEnded)[0]
+    assert ended.reason == "cancelled"
+    assert [(v.account_id, v.amount_minor) for v in ended.voided] == [("a", 100)]
+    assert s.releases() == [("funder", 1_000, "cancelled")]  # the whole budget
+    for kind, fields in [(c.Circulate, {"account_id": "b"}),
+                         (c.Purchase, {"account_id": "b", "payment_ref": "p"}),
+                         (c.CancelCertificate, {"account_id": "seller"})]:
+        assert s.refused(kind, **fields).reason is Reason.CERTIFICATE_ENDED
+
+
+def test_a_sold_certificate_is_refunded_not_cancelled():
+    s = sold()
+    assert s.refused(c.CancelCertificate,
+                     account_id="seller").reason is Reason.CERTIFICATE_PURCHASED
+
+
+@pytest.mark.parametrize("mode", ["void", "freeze"])
+def test_a_pool_closes_at_its_end_and_nothing_stays_locked(mode):
+    # frozen or not, pending acquisitions of a certificate no one bought are voided
+    s = Scenario()
+    s.setup(price_minor=10_000, budget_minor=1_000, attached_minor=300, close_after_s=60,
+            acquisition=c.AcquisitionPolicy(amount=c.FixedAmount(amount_minor=100)),
+            thresholds=c.Thresholds(max_circulations=2, on_withdraw=mode))
+    s.circulate("a")
+    s.circulate("b")  # the second counting circulation withdraws (or freezes) the pool
+    s.advance(60_000)
+    assert s.refused(c.Purchase, account_id="buyer",
+                     payment_ref="p").reason is Reason.CERTIFICATE_ENDED
+    s.must(c.CheckExpiry, command_id="expire:1")
+    assert s.state.status == "closed"
+    assert sum(amount for _, amount, _ in s.releases()) == 1_000
+    ended = s.of(CertificateEnded)[0]
+    assert ended.voided_minor == (100 if mode == "freeze" else 0)
+    assert s.payouts() == {}
