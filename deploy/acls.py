@@ -75,7 +75,11 @@ def grants(settings: Names) -> dict[str, list[Grant]]:
         ]
     # the stale check needs the broker's time on commands: checked (and set) at start
     out["circulation"] += [Grant(ACLOperation.DESCRIBE_CONFIGS, T, t.commands),
-                           Grant(ACLOperation.ALTER_CONFIGS, T, t.commands)]
+                           Grant(ACLOperation.ALTER_CONFIGS, T, t.commands),
+                           # its forwarder of payment results (services/circulation/results.py)
+                           Grant(R, T, t.payment_results), Grant(C, T, t.payment_results),
+                           Grant(R, G, f"{g}-payment-results"),
+                           Grant(W, T, t.commands), Grant(D, T, t.commands)]
     readmodel = f"{g}-readmodel"  # faust's app id; a rebuild uses another suffix
     out["readmodel"] = [
         Grant(R, T, t.accepted), Grant(R, T, t.rejections),
@@ -84,9 +88,11 @@ def grants(settings: Names) -> dict[str, list[Grant]]:
         *(Grant(op, T, readmodel, prefixed=True) for op in (R, W, C, D)),
     ]
     out["api"] = [Grant(W, T, t.commands), Grant(D, T, t.commands)]
-    # the payment system confirms escrow holds (confirm_funding, signed with its own
-    # payments key): it writes commands and nothing else of ours
-    out["payment-system"] = [Grant(W, T, t.commands), Grant(D, T, t.commands)]
+    # the payment system confirms escrow holds and refunds (signed with its own
+    # payments key) on commands, reports results on payment-results, reads payments
+    out["payment-system"] = [Grant(W, T, t.commands), Grant(D, T, t.commands),
+                             Grant(W, T, t.payment_results), Grant(D, T, t.payment_results),
+                             Grant(R, T, t.payments)]
     out["audit"] = [Grant(R, T, topic) for topic in (t.accepted, t.certificate_events,
                                                       t.payments)]
     return out

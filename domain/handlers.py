@@ -27,7 +27,7 @@ from typing import Union
 
 import msgspec
 
-from domain import aftersale
+from domain import aftersale, payments
 from domain import pool as pools
 from domain.invariants import check_invariants
 from domain.offer import certificate_id_for, offer_owner
@@ -50,6 +50,7 @@ from schemas.commands import (
     ReleaseHold,
     ReplenishMatch,
     ReplenishRandom,
+    ReportPayment,
 )
 from schemas.events import (
     AccountAmount,
@@ -412,6 +413,25 @@ def _check_expiry(state: CertificateState, c: CheckExpiry, ctx: _Context) -> Rec
     return rec
 
 
+def _report_payment(state: CertificateState, c: ReportPayment, ctx: _Context) -> Recorder:
+    if c.command_id != f"result:{c.settlement_id}:{c.attempt}":
+        raise Refusal(Reason.INVALID_FIELD,
+                      "command_id must be 'result:{settlement_id}:{attempt}'")
+    entry = state.payments.get(c.settlement_id)
+    if entry is None:
+        raise Refusal(Reason.UNKNOWN_SETTLEMENT, "this certificate published no such settlement")
+    if entry.status == "settled":
+        raise Refusal(Reason.PAYMENT_ALREADY_SETTLED, "the settlement was reported settled")
+    if entry.status == "parked":
+        raise Refusal(Reason.PAYMENT_PARKED, "the settlement failed its last attempt and is "
+                      "parked for an operator")
+    if c.attempt != entry.attempt:
+        raise Refusal(Reason.STALE_ATTEMPT, f"the current attempt is {entry.attempt}")
+    rec = Recorder(state, c.command_id, ctx.now)
+    payments.report(state, c, entry, rec)
+    return rec
+
+
 _HANDLERS: dict[type, Callable[[CertificateState, Command, _Context], Recorder]] = {
     AttachPool: _attach,  # type: ignore[dict-item]
     ConfirmFunding: _confirm_funding,  # type: ignore[dict-item]
@@ -423,6 +443,7 @@ _HANDLERS: dict[type, Callable[[CertificateState, Command, _Context], Recorder]]
     ReleaseHold: _release_hold,  # type: ignore[dict-item]
     Refund: _refund,  # type: ignore[dict-item]
     CancelCertificate: _cancel,  # type: ignore[dict-item]
+    ReportPayment: _report_payment,  # type: ignore[dict-item]
 }
 
 
@@ -455,5 +476,7 @@ def handle(state: CertificateState | None, command: Command, entropy: bytes = b"
     state.seq = rec.seq
     state.clock_ms = ctx.now
     state.applied[command.command_id] = digest + rec.seq.to_bytes(8, "big")
+    if rec.settlements:
+        payments.track(state, rec.settlements)
     check_invariants(state)
     return Accepted(state, rec.events, rec.settlements)

@@ -23,6 +23,7 @@ from typing import Literal
 import msgspec
 
 from schemas.commands import AcquisitionPolicy, ReplenishPolicy, Thresholds
+from schemas.payments import Settlement
 
 # Limits on everything that grows with traffic. A certificate refuses circulations
 # beyond this many hops (Reason.CHAIN_LIMIT); the dedupe table of command ids is
@@ -82,6 +83,15 @@ class Pool(msgspec.Struct, kw_only=True, array_like=True):
     clawed: dict[str, int] = msgspec.field(default_factory=dict)
 
 
+class PaymentTrack(msgspec.Struct, array_like=True):
+    """One settlement, from its publication to the payment system's last result.
+    The settlement itself is kept only while it may have to be published again."""
+
+    status: Literal["awaiting", "settled", "parked"]
+    attempt: int
+    settlement: Settlement | None
+
+
 class CertificateState(msgspec.Struct, kw_only=True, array_like=True):
     certificate_id: str
     offer_id: str
@@ -120,3 +130,5 @@ class CertificateState(msgspec.Struct, kw_only=True, array_like=True):
     price_paid_minor: int = 0
     refunded_minor: int = 0  # paid back to the buyer
     price_clawed_minor: int = 0  # clawed back from the seller (refunds after the hold)
+    # settlement id -> where it stands with the payment system (domain.payments)
+    payments: dict[str, PaymentTrack] = msgspec.field(default_factory=dict)

@@ -26,6 +26,7 @@ from schemas.types import (
     Id,
     PositiveAmountMinor,
     PositiveBasisPoints,
+    Sha256Hex,
     ShortText,
     Text,
     TimestampMs,
@@ -224,9 +225,22 @@ class CancelCertificate(_Command, tag="cancel_certificate", kw_only=True):
     account_id: Id  # must be the seller
 
 
+class ReportPayment(_Command, tag="report_payment", kw_only=True):
+    """The payment system's result for one attempt of one settlement, sent on topic
+    ``payment-results`` (a ``payments`` key). ``command_id`` is
+    ``result:{settlement_id}:{attempt}``: one result per attempt; another body for
+    the same attempt is refused (``duplicate_conflict``). ``failed`` is published
+    again as the next attempt, up to domain.payments.MAX_ATTEMPTS, then parked."""
+
+    settlement_id: Sha256Hex
+    attempt: Count
+    result: Literal["settled", "failed"]
+    reason: ShortText | None = None
+
+
 Command = Union[
     IssueCertificate, AttachPool, PostCertificate, Circulate, Claim, Purchase, CheckExpiry,
-    ConfirmFunding, ReleaseHold, Refund, CancelCertificate,
+    ConfirmFunding, ReleaseHold, Refund, CancelCertificate, ReportPayment,
 ]
 COMMAND_TYPES: tuple[type, ...] = Command.__args__  # type: ignore[attr-defined]
 

@@ -193,6 +193,21 @@ class CertificateEnded(_Event, tag="certificate_ended", kw_only=True):
     released_minor: AmountMinor
 
 
+class PaymentReported(_Event, tag="payment_reported", kw_only=True):
+    """The payment system's result for a settlement: ``settled``; ``failed`` and
+    published again as ``next_attempt``; or ``parked`` (failed its last attempt)."""
+
+    settlement_id: str
+    settlement_kind: str  # the settlement's type, e.g. commission_payout
+    payee_id: Id
+    amount_minor: AmountMinor
+    currency: Currency
+    attempt: int
+    outcome: Literal["settled", "retried", "parked"]
+    reason: ShortText | None = None
+    next_attempt: int | None = None
+
+
 Event = Union[
     CertificateIssued,
     PoolAttached,
@@ -208,5 +223,6 @@ Event = Union[
     HoldReleased,
     PurchaseRefunded,
     CertificateEnded,
+    PaymentReported,
 ]
 EVENT_TYPES: tuple[type, ...] = Event.__args__  # type: ignore[attr-defined]

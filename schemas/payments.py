@@ -31,6 +31,9 @@ class _Settlement(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     funding_ref: Id
     currency: Currency
     amount_minor: AmountMinor
+    # 1, then 2, 3, ... each time the payment system reported the previous attempt
+    # failed: the same settlement (same id) to execute again
+    attempt: int = 1
 
 
 class CommissionPayout(_Settlement, tag="commission_payout", kw_only=True):

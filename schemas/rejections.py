@@ -63,6 +63,11 @@ class Reason(str, enum.Enum):
     NOT_PURCHASED = "not_purchased"  # a refund of a certificate no one bought
     REFUND_EXCEEDS_PRICE = "refund_exceeds_price"  # beyond what is left of the price
     CERTIFICATE_ENDED = "certificate_ended"  # cancelled, closed or fully refunded
+    # payment results
+    UNKNOWN_SETTLEMENT = "unknown_settlement"  # no such settlement on this certificate
+    STALE_ATTEMPT = "stale_attempt"  # a result for another attempt than the current one
+    PAYMENT_ALREADY_SETTLED = "payment_already_settled"
+    PAYMENT_PARKED = "payment_parked"  # it failed every attempt; an operator decides
 
 
 class Rejection(msgspec.Struct, frozen=True, kw_only=True, tag="rejection", tag_field="type"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.commands import AcceptedCommand, Command
+from schemas.commands import AcceptedCommand, Command, ReportPayment
 from schemas.events import (
     AcquisitionClaimable,
     CertificateCirculated,
@@ -21,6 +21,7 @@ from schemas.events import (
     Event,
     FundingConfirmed,
     HoldReleased,
+    PaymentReported,
     PoolAttached,
     PoolReplenished,
     PoolWithdrawn,
@@ -59,7 +60,7 @@ TOPICS: tuple[TopicSpec, ...] = (
               "hold released, refunded, ended (cancelled or closed).",
               (CertificateIssued, PoolAttached, FundingConfirmed, CertificatePosted,
                CertificateCirculated, CertificatePurchased, HoldReleased, PurchaseRefunded,
-               CertificateEnded)),
+               CertificateEnded, PaymentReported)),
     TopicSpec("allocations", Event, "events", "allocation",
               "Acquisitions, claimable shares and replenishments of each pool.",
               (CommissionAcquired, AcquisitionClaimable, PoolReplenished)),
@@ -69,6 +70,11 @@ TOPICS: tuple[TopicSpec, ...] = (
               "Settlement instructions for payment systems; dedupe on settlement_id."),
     TopicSpec("rejections", Rejection, "rejections", "circulation",
               "Every refused command with a reason code and the original bytes."),
+    TopicSpec("payment-results", ReportPayment, "commands", "payment system",
+              "The payment system's result for each settlement attempt (report_payment, "
+              "signed with a payments key); the circulation service forwards them to "
+              "`commands`, where they are decided in order with everything else.",
+              (ReportPayment,)),
 )
 
 
@@ -109,6 +115,10 @@ class Topics:
     def rejections(self) -> str:
         return self.name("rejections")
 
+    @property
+    def payment_results(self) -> str:
+        return self.name("payment-results")
+
     def all(self) -> list[str]:
         return [self.commands, self.accepted, self.certificate_events, self.allocations,
-                self.withdrawals, self.payments, self.rejections]
+                self.withdrawals, self.payments, self.rejections, self.payment_results]

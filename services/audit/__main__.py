@@ -4,6 +4,9 @@ Exits 0 when every certificate reconciles, 1 on any discrepancy (each printed on
 its own line), 2 when the topics cannot be read. Uses the same environment as the
 services (KAFKA_BOOTSTRAP_SERVERS, COMMISSION_TOPIC_PREFIX).
 
+    --results-within S     a settlement with no payment result (settled, or parked
+                           after its last failed attempt) S seconds after it was
+                           published is a discrepancy (default: only counted)
     --metrics-file F       also write the result for the node_exporter textfile collector
     --every S --port P     run every S seconds and serve the result on :P/metrics
                            (how deployments run it; alerts fire on its gauges)
@@ -35,6 +38,12 @@ class AuditGauges:
                                    "Discrepancies found by the last audit.", registry=r)
         self.certificates = Gauge("commission_audit_certificates",
                                   "Certificates reconciled by the last audit.", registry=r)
+        self.awaiting = Gauge("commission_audit_settlements_awaiting_result",
+                              "Settlements whose last attempt has no payment result yet.",
+                              registry=r)
+        self.oldest = Gauge("commission_audit_oldest_awaiting_result_seconds",
+                            "Age of the oldest settlement with no payment result (0: none).",
+                            registry=r)
         self.last_run = Gauge("commission_audit_last_run_timestamp_seconds",
                               "When the last audit finished.", registry=r)
 
@@ -43,10 +52,13 @@ class AuditGauges:
         if report is not None:
             self.discrepancies.set(len(report.problems))
             self.certificates.set(report.certificates)
+            self.awaiting.set(report.awaiting_results)
+            self.oldest.set(0 if report.oldest_awaiting_ms is None
+                            else max(0.0, time.time() - report.oldest_awaiting_ms / 1000))
         self.last_run.set(time.time())
 
 
-def audit_once(timeout_s: float) -> Report | None:
+def audit_once(timeout_s: float, results_within_s: float | None = None) -> Report | None:
     """The report, or None when the topics could not be read (never a silent pass)."""
     settings = Settings.from_env()
     t = settings.topics
@@ -57,12 +69,15 @@ def audit_once(timeout_s: float) -> Report | None:
     except Exception as exc:
         print(f"audit: cannot read the topics: {exc}", file=sys.stderr)
         return None
-    report = reconcile(events, accepted, payments)
+    report = reconcile(events, accepted, payments, now_ms=int(time.time() * 1000),
+                       results_within_ms=None if results_within_s is None
+                       else int(results_within_s * 1000))
     for problem in report.problems:
         print(f"DISCREPANCY {problem}")
     verdict = "OK" if report.ok else "FAILED"
     print(f"audit {verdict}: {report.certificates} certificates, {report.settlements} "
-          f"settlements, {len(report.problems)} discrepancies", flush=True)
+          f"settlements ({report.awaiting_results} awaiting a payment result), "
+          f"{len(report.problems)} discrepancies", flush=True)
     return report
 
 
@@ -70,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.audit")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds allowed to read each topic to its end")
+    parser.add_argument("--results-within", type=float, default=None)
     parser.add_argument("--metrics-file", type=Path)
     parser.add_argument("--every", type=float, default=0.0)
     parser.add_argument("--port", type=int, default=0)
@@ -79,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         start_http_server(args.port, addr=os.environ.get("OPS_BIND_HOST", "127.0.0.1"),
                           registry=gauges.registry)
     while True:
-        report = audit_once(args.timeout)
+        report = audit_once(args.timeout, args.results_within)
         gauges.record(report)
         if args.metrics_file:
             write_to_textfile(str(args.metrics_file), gauges.registry)

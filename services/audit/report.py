@@ -11,8 +11,13 @@ Per certificate it checks, without trusting any service's state:
   certificate whose hold has not been released (and none before a purchase);
 * no clawback or buyer refund without a refund: their command is an accepted
   refund of that certificate;
-* no settlement id appears twice (``duplicate`` if the copies are identical,
-  ``conflict`` if not), and no account is paid twice on one certificate;
+* no settlement id appears twice for one attempt (``duplicate`` if the copies are
+  identical, ``conflict`` if not); a later attempt is the same settlement again
+  (only ``attempt`` differs) and only after the payment system reported the
+  previous one failed; no account is paid twice on one certificate;
+* payment results: every settlement's last attempt has a result (``settled`` or
+  ``parked``) within ``results_within_ms`` of its publication, when given; the
+  settlements still waiting are counted either way;
 * every settlement has a cause: its command id is an accepted command of that
   certificate (topic ``accepted``).
 """
@@ -31,6 +36,7 @@ from schemas.events import (
     CertificatePurchased,
     Event,
     HoldReleased,
+    PaymentReported,
     PoolAttached,
     PurchaseRefunded,
 )
@@ -57,7 +63,10 @@ class Certificate:
     ended: bool = False  # fully refunded, cancelled or closed
     commands: set[str] = field(default_factory=set)
     refunds: set[str] = field(default_factory=set)  # command ids of accepted refunds
-    settlements: dict[str, bytes] = field(default_factory=dict)
+    settlements: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    first: dict[str, Settlement] = field(default_factory=dict)  # each id's attempt 1
+    retried: set[tuple[str, int]] = field(default_factory=set)  # (id, next attempt)
+    done: set[str] = field(default_factory=set)  # settled or parked
     payouts: dict[str, int] = field(default_factory=dict)
     released_minor: int = 0
     paid_out_minor: int = 0
@@ -71,6 +80,8 @@ class Certificate:
 class Report:
     certificates: int = 0
     settlements: int = 0
+    awaiting_results: int = 0  # settlements whose last attempt has no result yet
+    oldest_awaiting_ms: int | None = None  # when the oldest of them was published
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -78,7 +89,8 @@ class Report:
         return not self.problems
 
 
-def reconcile(events: list[bytes], accepted: list[bytes], payments: list[bytes]) -> Report:
+def reconcile(events: list[bytes], accepted: list[bytes], payments: list[bytes],
+              now_ms: int | None = None, results_within_ms: int | None = None) -> Report:
     certs: dict[str, Certificate] = defaultdict(Certificate)
     report = Report()
     for raw in events:
@@ -98,6 +110,11 @@ def reconcile(events: list[bytes], accepted: list[bytes], payments: list[bytes])
                 cert.held, cert.ended = False, True
         elif isinstance(event, CertificateEnded):
             cert.ended = True
+        elif isinstance(event, PaymentReported):
+            if event.next_attempt is not None:
+                cert.retried.add((event.settlement_id, event.next_attempt))
+            else:
+                cert.done.add(event.settlement_id)
     for raw in accepted:
         record = _decode_accepted(raw)
         cert = certs[record.command.certificate_id]
@@ -109,12 +126,22 @@ def reconcile(events: list[bytes], accepted: list[bytes], payments: list[bytes])
         report.settlements += 1
         cert = certs[s.certificate_id]
         where = f"{s.certificate_id} {s.settlement_id}"
-        seen = cert.settlements.get(s.settlement_id)
+        seen = cert.settlements.get((s.settlement_id, s.attempt))
         if seen is not None:
             kind = "duplicate" if seen == raw else "conflicting"
             report.problems.append(f"{where}: {kind} settlement id")
             continue
-        cert.settlements[s.settlement_id] = raw
+        cert.settlements[(s.settlement_id, s.attempt)] = raw
+        if s.attempt > 1:
+            # the same movement again, not a new one: no money counted twice
+            original = cert.first.get(s.settlement_id)
+            if (s.settlement_id, s.attempt) not in cert.retried:
+                report.problems.append(f"{where}: attempt {s.attempt} without a failed "
+                                       "attempt before it")
+            if original is None or msgspec.structs.replace(original, attempt=s.attempt) != s:
+                report.problems.append(f"{where}: attempt {s.attempt} differs from attempt 1")
+            continue
+        cert.first[s.settlement_id] = s
         if s.command_id not in cert.commands:
             report.problems.append(f"{where}: no accepted command {s.command_id} caused it")
         if isinstance(s, (Clawback, BuyerRefund)) and s.command_id not in cert.refunds:
@@ -138,6 +165,16 @@ def reconcile(events: list[bytes], accepted: list[bytes], payments: list[bytes])
     for cid, cert in sorted(certs.items()):
         report.certificates += 1
         _check(cid, cert, report.problems)
+        for sid, s in cert.first.items():
+            if sid in cert.done:
+                continue
+            report.awaiting_results += 1
+            if report.oldest_awaiting_ms is None or s.at_ms < report.oldest_awaiting_ms:
+                report.oldest_awaiting_ms = s.at_ms
+            if (results_within_ms is not None and now_ms is not None
+                    and now_ms - s.at_ms > results_within_ms):
+                report.problems.append(f"{cid} {sid}: no payment result after "
+                                       f"{(now_ms - s.at_ms) // 1000} s")
     return report
 
 

@@ -17,6 +17,7 @@ from confluent_kafka import Message
 
 from domain import CertificateState
 from services.circulation.intake import Source, sequence
+from services.circulation.results import forward_results
 from services.common.auth import Keyring, header_dict
 from services.common.follower import MEMBERS
 from services.common.metrics import Metrics
@@ -42,6 +43,9 @@ class CirculationStage:
 
     def input_topic(self) -> str:
         return self.topics.commands
+
+    def companions(self) -> list:
+        return [forward_results]
 
     def output_topics(self) -> list[str]:
         return [self.topics.accepted, self.topics.certificate_events, self.topics.rejections]

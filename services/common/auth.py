@@ -30,6 +30,7 @@ from schemas.commands import (
     ConfirmFunding,
     Refund,
     ReleaseHold,
+    ReportPayment,
 )
 from schemas.rejections import Reason
 
@@ -44,6 +45,7 @@ SIGNER_SCOPE: dict[type, str] = {t: "gateway" for t in COMMAND_TYPES}
 SIGNER_SCOPE[CheckExpiry] = "system"
 SIGNER_SCOPE[ReleaseHold] = "system"
 SIGNER_SCOPE[ConfirmFunding] = "payments"
+SIGNER_SCOPE[ReportPayment] = "payments"
 
 
 def signer_scope(command: Command) -> str:

@@ -86,6 +86,10 @@ class FollowerStage:
         members = MEMBERS[self.output]
         return [x for x in (*result.events, *result.settlements) if isinstance(x, members)]
 
+    def money_of(self, result: StepResult, mine: list) -> list:
+        """What this stage counts on commission_money_minor_units_total."""
+        return mine
+
     def apply(self, state: CertificateState | None, record: Message) -> Applied:
         accepted = _decode_accepted(record.value())
         self.metrics.count_in(type(accepted.command).__name__)
@@ -94,6 +98,6 @@ class FollowerStage:
             return Applied(state, False, [])
         mine = self.select(result)
         self.metrics.count_out(self.output_topic, mine)
-        self.metrics.count_money(mine)
+        self.metrics.count_money(self.money_of(result, mine))
         return Applied(result.state, True, [Output(self.output_topic, _encode(x)) for x in mine],
                        received_ms=accepted.received_ms)

@@ -21,8 +21,23 @@ from prometheus_client import (
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from schemas.events import CommissionAcquired, Event, PoolReplenished, PoolWithdrawn
-from schemas.payments import BudgetRelease, CommissionPayout, SellerPayment, Settlement
+from schemas.events import (
+    CertificatePurchased,
+    CommissionAcquired,
+    Event,
+    HoldReleased,
+    PaymentReported,
+    PoolReplenished,
+    PoolWithdrawn,
+)
+from schemas.payments import (
+    BudgetRelease,
+    BuyerRefund,
+    Clawback,
+    CommissionPayout,
+    SellerPayment,
+    Settlement,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -65,6 +80,18 @@ class Metrics:
         self.skipped = Counter("commission_records_skipped_total",
                                "Input records below the table's position (applied before), "
                                "skipped.", ["service"], registry=r)
+        self.awaiting_results = Gauge(
+            "commission_settlements_awaiting_result",
+            "Settlements published whose last attempt has no result from the payment "
+            "system yet (cash-out's table).", ["service"], registry=r)
+        self.oldest_awaiting_result = Gauge(
+            "commission_settlements_oldest_awaiting_result_seconds",
+            "Age of the oldest settlement waiting for a payment result (0: none).",
+            ["service"], registry=r)
+        self.parked_payments = Gauge(
+            "commission_settlements_parked",
+            "Settlements that failed their last attempt and wait for an operator.",
+            ["service"], registry=r)
         self.aborted_rounds = Counter("commission_rounds_aborted_total",
                                       "Rounds whose transaction was aborted (the group moved "
                                       "on while it ran) and whose partitions were restored "
@@ -121,6 +148,20 @@ class Metrics:
                 m.labels(s, "released", x.currency).inc(x.amount_minor)
             elif isinstance(x, SellerPayment):
                 m.labels(s, "seller_paid", x.currency).inc(x.amount_minor)
+            elif isinstance(x, BuyerRefund):
+                m.labels(s, "refunded", x.currency).inc(x.amount_minor)
+            elif isinstance(x, Clawback):
+                m.labels(s, "clawed_back", x.currency).inc(x.amount_minor)
+            elif isinstance(x, CertificatePurchased) and x.held_until_ms is not None:
+                # the commission and the price, held until the hold ends
+                m.labels(s, "held", x.currency).inc(x.held_minor + x.price_minor)
+            elif isinstance(x, HoldReleased):
+                m.labels(s, "hold_released", x.currency).inc(
+                    x.paid_out_minor + x.seller_paid_minor)
+            elif isinstance(x, PaymentReported) and x.outcome != "settled":
+                # a failed attempt (retried), or the last one (parked for an operator)
+                flow = "failed_parked" if x.outcome == "parked" else "failed_retried"
+                m.labels(s, flow, x.currency).inc(x.amount_minor)
 
 
 class ReadModelMetrics:

@@ -9,6 +9,7 @@ supervisor restarts it; the restart restores the table from the changelog.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -32,6 +33,18 @@ def setup_logging(service: str, level: str) -> None:
     logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
+def _crash_only(companion, settings: Settings, stop: threading.Event,
+                log: logging.Logger) -> None:
+    """A stage's companion thread (the circulation's payment-results forwarder): its
+    failure stops the process for a restart, as the runner's does."""
+    try:
+        companion(settings, stop)
+    except BaseException:  # noqa: BLE001
+        log.critical(f"{companion.__name__} failed; stopping for a restart", exc_info=True)
+        logging.shutdown()
+        os._exit(EXIT_RESTART)
+
+
 def run_service(name: str, factory: StageFactory) -> None:
     settings = Settings.from_env()
     setup_logging(name, settings.log_level)
@@ -43,6 +56,9 @@ def run_service(name: str, factory: StageFactory) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     ops = start_ops_server(settings.metrics_port, runner, metrics) if settings.metrics_port else None
+    for companion in getattr(stage, "companions", list)():
+        threading.Thread(target=_crash_only, args=(companion, settings, stop, log),
+                         name=companion.__name__, daemon=True).start()
     log.info(f"starting: group {runner.group}, transactional id {runner.transactional_id}, "
              f"input {stage.input_topic()}, metrics port {settings.metrics_port or 'off'}")
     try:

@@ -114,7 +114,43 @@ def build(n_certs: int, n_commands: int, seed: int, t0_ms: int) -> list[c.Comman
             commands.append(c.CancelCertificate(command_id=f"{cid}-cancel", certificate_id=cid,
                                                 at_ms=at(), account_id="seller"))
             del cancel_at[cid]
-    return commands
+    return with_payment_results(commands, rng)
+
+
+def with_payment_results(commands: list[c.Command], rng: random.Random) -> list[c.Command]:
+    """Insert the payment system's results: each settlement the core publishes gets
+    one (settled, or now and then failed: then its next attempt gets one too) a few
+    commands later, as the payment system would send them."""
+    out: list[c.Command] = []
+    states: dict[str, CertificateState] = {}
+    scheduled: list[tuple[int, c.Command]] = []
+
+    def run(command: c.Command) -> None:
+        out.append(command)
+        cid = command.certificate_id
+        state = states.get(cid)
+        outcome = handle(state, command, sequencer_entropy(state, cid))
+        if not isinstance(outcome, Accepted):
+            return
+        states[cid] = outcome.state
+        for settlement in outcome.settlements:
+            result = "failed" if rng.random() < 0.2 else "settled"
+            report = c.ReportPayment(
+                command_id=f"result:{settlement.settlement_id}:{settlement.attempt}",
+                certificate_id=cid, at_ms=command.at_ms, settlement_id=settlement.settlement_id,
+                attempt=settlement.attempt, result=result,
+                reason=None if result == "settled" else "declined")
+            scheduled.append((len(out) + rng.randrange(1, 40), report))
+
+    for command in commands:
+        run(command)
+        due = [x for x in scheduled if x[0] <= len(out)]
+        for item in due:
+            scheduled.remove(item)
+            run(item[1])
+    for _, report in scheduled:
+        run(report)
+    return out
 
 
 def _after_purchase(rng: random.Random, cid: str, price: int, hold_s: int,

@@ -1,0 +1,112 @@
+"""The payment system's results (issue #13, rule 4): settled, failed and published
+again with the next attempt, parked after the last; and every result that cannot
+apply refused with its reason, changing nothing."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from domain.payments import MAX_ATTEMPTS
+from schemas import commands as c
+from schemas.events import PaymentReported
+from schemas.payments import CommissionPayout
+from schemas.rejections import Reason
+from tests.unit.domain.scenario import Scenario
+
+pytestmark = pytest.mark.unit
+
+
+def paid() -> Scenario:
+    """a and b acquire 100 each; bought with no hold: four settlements published
+    (two payouts, the budget release, the seller's payment)."""
+    s = Scenario()
+    s.setup(price_minor=10_000, budget_minor=1_000, attached_minor=300,
+            acquisition=c.AcquisitionPolicy(amount=c.FixedAmount(amount_minor=100)))
+    s.circulate("a")
+    s.circulate("b")
+    s.purchase()
+    assert len(s.settlements) == 4
+    return s
+
+
+def report(s: Scenario, settlement_id: str, attempt: int, result: str, **extra):
+    return s.send(c.ReportPayment, command_id=f"result:{settlement_id}:{attempt}",
+                  settlement_id=settlement_id, attempt=attempt, result=result, **extra)
+
+
+def payout_to(s: Scenario, account: str) -> CommissionPayout:
+    return next(x for x in s.settlements if isinstance(x, CommissionPayout)
+                and x.payee_id == account)
+
+
+def test_a_settled_result_is_recorded_once():
+    s = paid()
+    sid = payout_to(s, "a").settlement_id
+    report(s, sid, 1, "settled")
+    assert [(e.outcome, e.payee_id, e.amount_minor) for e in s.of(PaymentReported)] == [
+        ("settled", "a", 100)]
+    assert report(s, sid, 1, "settled").command_id == f"result:{sid}:1"  # a Duplicate
+    assert s.refused(c.ReportPayment, command_id=f"result:{sid}:1", settlement_id=sid,
+                     attempt=1, result="failed").reason is Reason.DUPLICATE_CONFLICT
+    assert s.refused(c.ReportPayment, command_id=f"result:{sid}:2", settlement_id=sid,
+                     attempt=2, result="failed").reason is Reason.PAYMENT_ALREADY_SETTLED
+
+
+def test_a_payout_that_fails_twice_is_published_again_then_settles():
+    s = paid()
+    first = payout_to(s, "a")
+    report(s, first.settlement_id, 1, "failed", reason="account closed")
+    report(s, first.settlement_id, 2, "failed", reason="timeout")
+    again = [x for x in s.settlements if x.settlement_id == first.settlement_id]
+    # the same settlement, the same id and amount, the next attempt each time
+    assert [x.attempt for x in again] == [1, 2, 3]
+    assert {(x.payee_id, x.amount_minor, x.command_id) for x in again} == {
+        ("a", 100, first.command_id)}
+    report(s, first.settlement_id, 3, "settled")
+    assert [e.outcome for e in s.of(PaymentReported)] == ["retried", "retried", "settled"]
+
+
+def test_a_payout_that_fails_every_attempt_is_parked():
+    s = paid()
+    sid = payout_to(s, "b").settlement_id
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        report(s, sid, attempt, "failed", reason="no such account")
+    assert s.of(PaymentReported)[-1].outcome == "parked"
+    assert len([x for x in s.settlements if x.settlement_id == sid]) == MAX_ATTEMPTS
+    assert s.refused(c.ReportPayment, command_id=f"result:{sid}:{MAX_ATTEMPTS + 1}",
+                     settlement_id=sid, attempt=MAX_ATTEMPTS + 1,
+                     result="settled").reason is Reason.PAYMENT_PARKED
+
+
+def test_results_that_cannot_apply_are_refused():
+    s = paid()
+    sid = payout_to(s, "a").settlement_id
+    unknown = "0" * 32
+    assert s.refused(c.ReportPayment, command_id=f"result:{unknown}:1", settlement_id=unknown,
+                     attempt=1, result="settled").reason is Reason.UNKNOWN_SETTLEMENT
+    assert s.refused(c.ReportPayment, command_id=f"result:{sid}:2", settlement_id=sid,
+                     attempt=2, result="settled").reason is Reason.STALE_ATTEMPT
+    assert s.refused(c.ReportPayment, command_id="my-own-id", settlement_id=sid,
+                     attempt=1, result="settled").reason is Reason.INVALID_FIELD
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_any_sequence_of_results_publishes_each_attempt_once(data):
+    s = paid()
+    ids = [x.settlement_id for x in s.settlements]
+    for _ in range(data.draw(st.integers(0, 25))):
+        sid = data.draw(st.sampled_from(ids))
+        attempt = data.draw(st.integers(1, MAX_ATTEMPTS + 1))
+        report(s, sid, attempt, data.draw(st.sampled_from(["settled", "failed"])))
+    for sid in ids:
+        attempts = [x.attempt for x in s.settlements if x.settlement_id == sid]
+        assert attempts == list(range(1, len(attempts) + 1))  # each once, in order
+        assert len(attempts) <= MAX_ATTEMPTS
+        outcomes = [e.outcome for e in s.of(PaymentReported) if e.settlement_id == sid]
+        assert outcomes.count("settled") + outcomes.count("parked") <= 1
+        assert outcomes.count("retried") == len(attempts) - 1
+        if "parked" in outcomes:
+            assert len(attempts) == MAX_ATTEMPTS

@@ -1,0 +1,124 @@
+"""The audit's reconciliation over what the core publishes: a clean lifecycle
+(hold, release, refunds, clawbacks, a failed and retried payout) reconciles, and each
+kind of tampering a broken or malicious stage could publish is found."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from domain import Accepted
+from schemas import commands as c
+from schemas.commands import AcceptedCommand
+from schemas.payments import BuyerRefund, Clawback, CommissionPayout, SellerPayment
+from schemas.topics import TOPICS
+from services.audit.report import reconcile
+from tests.unit.domain.scenario import Scenario
+
+pytestmark = pytest.mark.unit
+encode = msgspec.json.encode
+EVENTS = dict((t.name, t.message_types()) for t in TOPICS)["certificate-events"]
+
+
+class Recorded(Scenario):
+    """A scenario that also keeps what the topics would hold."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.accepted: list[bytes] = []
+
+    def apply(self, command):
+        outcome = super().apply(command)
+        if isinstance(outcome, Accepted):
+            self.accepted.append(encode(AcceptedCommand(seq=outcome.state.seq, received_ms=0,
+                                                        command=command)))
+        return outcome
+
+    def topics(self, payments=None):
+        events = [encode(e) for e in self.events if isinstance(e, EVENTS)]
+        return events, self.accepted, [encode(s) for s in (payments or self.settlements)]
+
+
+def lifecycle(hold_s: int = 60) -> Recorded:
+    s = Recorded()
+    s.setup(price_minor=10_000, budget_minor=1_000, attached_minor=300, hold_s=hold_s,
+            acquisition=c.AcquisitionPolicy(amount=c.FixedAmount(amount_minor=100)))
+    s.circulate("a")
+    s.circulate("b")
+    s.purchase()
+    return s
+
+
+def released(s: Recorded) -> Recorded:
+    s.advance(60_000)
+    s.must(c.ReleaseHold, command_id="release:1")
+    return s
+
+
+def test_a_whole_lifecycle_reconciles():
+    s = released(lifecycle())
+    s.must(c.Refund, by="seller", account_id="seller", amount_minor=2_500, refund_ref="r1")
+    payout = next(x for x in s.settlements if isinstance(x, CommissionPayout))
+    s.must(c.ReportPayment, command_id=f"result:{payout.settlement_id}:1",
+           settlement_id=payout.settlement_id, attempt=1, result="failed")
+    s.must(c.ReportPayment, command_id=f"result:{payout.settlement_id}:2",
+           settlement_id=payout.settlement_id, attempt=2, result="settled")
+    report = reconcile(*s.topics(), now_ms=s.now_ms, results_within_ms=10**9)
+    assert report.ok, report.problems
+    # a's payout settled; b's payout, the seller's payment, releases, clawbacks and the
+    # buyer's refund still wait for their result
+    assert report.awaiting_results == len({x.settlement_id for x in s.settlements}) - 1
+
+
+def test_a_settlement_with_no_result_in_time_is_reported():
+    s = released(lifecycle())
+    report = reconcile(*s.topics(), now_ms=s.now_ms + 3_600_000, results_within_ms=60_000)
+    assert not report.ok and all("no payment result" in p for p in report.problems)
+
+
+def test_payable_while_held_is_found():
+    s = lifecycle()
+    forged = CommissionPayout(settlement_id="f" * 32, certificate_id=s.certificate_id,
+                              command_id=s.settlements[0].command_id, seq=1, at_ms=0,
+                              funding_ref="escrow-1", currency="USD", amount_minor=1,
+                              payee_id="a")
+    report = reconcile(*s.topics(s.settlements + [forged]))
+    assert any("payable while held" in p for p in report.problems)
+
+
+def test_a_clawback_or_refund_without_a_refund_is_found():
+    s = released(lifecycle())
+    cause = s.settlements[-1].command_id  # the release: not a refund
+    forged = [Clawback(settlement_id="c" * 32, certificate_id=s.certificate_id,
+                       command_id=cause, seq=1, at_ms=0, funding_ref="escrow-1",
+                       currency="USD", amount_minor=50, payee_id="a", refund_ref="x",
+                       of_kind="commission_payout"),
+              BuyerRefund(settlement_id="d" * 32, certificate_id=s.certificate_id,
+                          command_id=cause, seq=1, at_ms=0, funding_ref="pay-1",
+                          currency="USD", amount_minor=50, payee_id="buyer",
+                          payment_ref="pay-1", refund_ref="x")]
+    report = reconcile(*s.topics(s.settlements + forged))
+    assert sum("without a refund" in p for p in report.problems) == 2
+
+
+def test_a_retry_nobody_asked_for_or_one_that_differs_is_found():
+    s = released(lifecycle())
+    payout = next(x for x in s.settlements if isinstance(x, CommissionPayout))
+    unasked = msgspec.structs.replace(payout, attempt=2)
+    report = reconcile(*s.topics(s.settlements + [unasked]))
+    assert any("without a failed attempt" in p for p in report.problems)
+    s.must(c.ReportPayment, command_id=f"result:{payout.settlement_id}:1",
+           settlement_id=payout.settlement_id, attempt=1, result="failed")
+    changed = msgspec.structs.replace(payout, attempt=2, amount_minor=payout.amount_minor + 1)
+    published = [x for x in s.settlements if x.attempt == 1] + [changed]
+    report = reconcile(*s.topics(published))
+    assert any("differs from attempt 1" in p for p in report.problems)
+
+
+def test_a_seller_paid_twice_or_money_missing_is_found():
+    s = released(lifecycle())
+    seller = next(x for x in s.settlements if isinstance(x, SellerPayment))
+    twice = msgspec.structs.replace(seller, settlement_id="e" * 32)
+    assert not reconcile(*s.topics(s.settlements + [twice])).ok
+    missing = [x for x in s.settlements if not isinstance(x, CommissionPayout)]
+    assert any("budget" in p for p in reconcile(*s.topics(missing)).problems)
