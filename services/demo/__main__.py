@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import msgspec
 from kafka import KafkaConsumer, TopicPartition
 
 from deploy.localstack import REPO_ROOT, default_run_dir, default_stack, pid_alive, read_pid
+from schemas.commands import ReportPayment
 from schemas.payments import Settlement
 from schemas.rejections import Rejection
 from services.audit.__main__ import main as audit
@@ -35,6 +37,8 @@ from services.common.settings import Settings
 from services.common.topics import ensure_topics
 from services.demo.feeder import Feeder
 from services.gateway import CommandSender
+
+_encode = msgspec.json.Encoder().encode
 
 SERVICES = ("circulation", "allocation", "withdrawal", "cashout")
 # the platform side: the read model (faust) and the read API over it
@@ -101,11 +105,17 @@ class Services:
 
 
 class Tally(threading.Thread):
-    """Counts settlements and rejections published since the demo started."""
+    """Counts settlements and rejections published since the demo started, and plays
+    the payment system: it reports a result for every settlement on
+    ``payment-results`` (signed with the payments key), settling most and failing
+    one in ten, so failed attempts are published again and a few are parked."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, payer: CommandSender | None = None) -> None:
         super().__init__(daemon=True)
         self.settings = settings
+        self.payer = payer
+        self.results: Counter = Counter()
+        self.rng = random.Random(7)
         self.settlements: Counter = Counter()
         self.money: dict[tuple[str, str], int] = defaultdict(int)
         self.rejections: Counter = Counter()
@@ -129,10 +139,25 @@ class Tally(threading.Thread):
                         s = decode_s(record.value)
                         kind = type(s).__name__
                         self.settlements[kind] += 1
-                        self.money[(kind, s.currency)] += s.amount_minor
+                        if s.attempt == 1:  # a retry is the same money again
+                            self.money[(kind, s.currency)] += s.amount_minor
+                        self.pay(s)
                     else:
                         self.rejections[decode_r(record.value).reason.value] += 1
         consumer.close()
+
+    def pay(self, s: Settlement) -> None:
+        if self.payer is None:
+            return
+        result = "failed" if self.rng.random() < 0.1 else "settled"
+        self.results[result] += 1
+        command = ReportPayment(command_id=f"result:{s.settlement_id}:{s.attempt}",
+                                certificate_id=s.certificate_id, at_ms=int(time.time() * 1000),
+                                settlement_id=s.settlement_id, attempt=s.attempt,
+                                result=result, reason=None if result == "settled" else "declined")
+        body = _encode(command)
+        self.payer.send_raw(s.certificate_id.encode(), body,
+                            headers=self.payer.keyring.sign(body, self.payer.key_for(command)))
 
 
 def draw(tty: bool, started: float, feeder: Feeder, tally: Tally, services: Services,
@@ -148,6 +173,8 @@ def draw(tty: bool, started: float, feeder: Feeder, tally: Tally, services: Serv
         f"(target {rate:.0f}/s)   offers {feeder.offers}   certificates live {len(feeder.live)}",
         f"settlements     {sum(tally.settlements.values()):>8}   "
         + "  ".join(f"{k} {v}" for k, v in sorted(tally.settlements.items())),
+        f"payment system  settled {tally.results['settled']}   failed {tally.results['failed']}"
+        "   (a failed attempt is published again; the third failure is parked)",
     ]
     for (kind, currency), amount in sorted(tally.money.items()):
         lines.append(f"    {kind:<18} {amount / 100:>14,.2f} {currency}")
@@ -184,7 +211,9 @@ def main() -> int:
     settings = Settings.from_env(bootstrap=kafka.bootstrap)
     ensure_topics(settings, settings.topics.all())
     services = Services(settings, default_run_dir() / "services", redis.url)
-    tally = Tally(settings)
+    payer = CommandSender(settings, Keyring.from_env())
+    payer.topic = settings.topics.payment_results  # the payment system's own topic
+    tally = Tally(settings, payer)
     tally.start()
     for name in (*SERVICES, *PLATFORM):
         services.start(name)

@@ -3,7 +3,10 @@ bad input (forged and malformed commands) so every counter on the screen moves.
 
 The feeder also plays the payment system for the demo: it confirms each pool's
 escrow hold (``ConfirmFunding``, signed with the payments key) before the seller
-posts, as a real payment system would once it holds the funder's money."""
+posts, as a real payment system would once it holds the funder's money, and now and
+then refunds a purchase (within its hold or after it). Pools hold the money of a
+purchase for 20 s, so the demo shows held money being released by the timer.
+services/demo/__main__.py's payment system reports a result for each settlement."""
 
 from __future__ import annotations
 
@@ -22,11 +25,16 @@ from services.gateway import CommandSender
 _encode = msgspec.json.Encoder().encode
 
 
+DEMO_HOLD_S = 20
+
+
 @dataclass
 class Live:
     certificate_id: str
     chain: list[str] = field(default_factory=list)
     buy_after: int = 0
+    price_minor: int = 0
+    refund_at: float | None = None  # monotonic time of a refund to come, if any
 
 
 class Feeder:
@@ -39,6 +47,7 @@ class Feeder:
         self.sent = 0
         self.accounts = [f"user-{i}" for i in range(300)]
         self.forged = Key("dev-gw-1", "gateway", b"an-attacker-guessing-the-secret")
+        self.sold: list[Live] = []  # bought, with a refund to come
 
     def _id(self, prefix: str) -> str:
         self.ids += 1
@@ -74,21 +83,28 @@ class Feeder:
                         c.RandomAmount(min_minor=1, max_minor=max(1, budget // 10))]),
                     max_depth=self.rng.choice([None, 3])),
                 thresholds=c.Thresholds(max_circulations=self.rng.choice([20, 40, None]),
-                                        max_cumulative_bp_of_price=3_000)))
+                                        max_cumulative_bp_of_price=3_000),
+                hold_s=DEMO_HOLD_S))
             self._send(c.ConfirmFunding(  # the payment system holds the budget in escrow
                 command_id=self._id("escrow-held"), certificate_id=issue.certificate_id,
                 at_ms=now, funding_ref=escrow, amount_minor=budget, currency=issue.currency))
             self._send(c.PostCertificate(command_id=self._id("post"),
                                          certificate_id=issue.certificate_id, at_ms=now,
                                          account_id=issue.account_id))
-            self.live.append(Live(issue.certificate_id, buy_after=self.rng.randint(3, 15)))
+            self.live.append(Live(issue.certificate_id, buy_after=self.rng.randint(3, 15),
+                                  price_minor=issue.price_minor))
 
     def step(self) -> None:
-        """One user action: mostly a share, sometimes a purchase or a bad command."""
+        """One user action: mostly a share, sometimes a purchase, a refund or a bad
+        command."""
         if len(self.live) < 40:
             self.new_offer()
             return
         now = int(time.time() * 1000)
+        due = [s for s in self.sold if s.refund_at is not None and s.refund_at <= time.monotonic()]
+        if due:
+            self.refund(due[0], now)
+            return
         cert = self.live[min(int(self.rng.expovariate(0.08)), len(self.live) - 1)]
         roll = self.rng.random()
         if roll < 0.01:
@@ -106,6 +122,9 @@ class Feeder:
                                   at_ms=now, account_id=self.rng.choice(self.accounts),
                                   payment_ref=self._id("pay")))
             self.live.remove(cert)
+            if self.rng.random() < 0.25:  # a quarter are refunded: within the hold or after
+                cert.refund_at = time.monotonic() + self.rng.choice([5, DEMO_HOLD_S + 10])
+                self.sold.append(cert)
         else:
             account = self.rng.choice(self.accounts)
             via = cert.chain[-1] if cert.chain and self.rng.random() < 0.8 else None
@@ -113,3 +132,13 @@ class Feeder:
                                    at_ms=now, account_id=account, via=via))
             if account != (cert.chain[-1] if cert.chain else None):
                 cert.chain.append(account)
+
+    def refund(self, cert: Live, now: int) -> None:
+        """Half the price back, or all of it; by the seller or the payment system."""
+        self.sold.remove(cert)
+        by = self.rng.choice(["seller", "payment_system"])
+        seller = cert.certificate_id.partition("~")[0]
+        amount = self.rng.choice([cert.price_minor, cert.price_minor // 2])
+        self._send(c.Refund(command_id=self._id("refund"), certificate_id=cert.certificate_id,
+                            at_ms=now, by=by, account_id=seller if by == "seller" else None,
+                            amount_minor=amount, refund_ref=self._id("rf")))

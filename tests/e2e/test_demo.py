@@ -63,8 +63,12 @@ def test_make_run_shows_the_system_working_and_stops_cleanly(tmp_path):
     assert catalogue, "the read API served no catalogue while the demo ran"
     settled = [int(n) for n in re.findall(r"settlements\s+(\d+)", out.stdout)]
     assert settled and settled[-1] > 0, out.stdout[-2000:]
-    assert re.search(r"audit OK: \d+ certificates, [1-9]\d* settlements, 0 discrepancies",
+    assert re.search(r"audit OK: \d+ certificates, [1-9]\d* settlements "
+                     r"\(\d+ awaiting a payment result\), 0 discrepancies",
                      out.stdout), out.stdout[-2000:]
+    # the life after the purchase: the payment system settled some settlements
+    reported = [int(n) for n in re.findall(r"payment system\s+settled (\d+)", out.stdout)]
+    assert reported and reported[-1] > 0, out.stdout[-2000:]
     assert "stopped the Kafka broker and Redis this run started" in out.stdout
     for pidfile in run_dir.rglob("*.pid"):
         pid = read_pid(pidfile)
