@@ -105,10 +105,15 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     WebDriverWait(browser, 20).until(lambda d: "sent=" in d.current_url)
     until(browser, f"{base}/page/certificates/{cid}",
           lambda d: d.find_element(By.ID, "status").text == "purchased")
+    # the pool's default 14-day hold: the commission is held, the page says until when
+    held = browser.find_element(By.ID, "held").text
+    assert "Commission of 5.00 EUR" in held and "held until" in held, held
+    assert not browser.find_elements(By.ID, "warning")  # bought: no "buy now" warning
 
     log_in(browser, base, "alice")  # earnings are private
     until(browser, f"{base}/page/accounts/alice",
           lambda d: d.find_elements(By.ID, "earn-EUR")
-          and d.find_element(By.CSS_SELECTOR, "#earn-EUR .paid").text == "2.50 EUR")
+          and d.find_element(By.CSS_SELECTOR, "#earn-EUR .held").text == "2.50 EUR")
+    assert browser.find_element(By.CSS_SELECTOR, "#earn-EUR .paid").text == "0.00 EUR"
     browser.save_screenshot(str(Path(tmp_path) / "earnings.png"))
     pipeline.assert_running()
