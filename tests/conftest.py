@@ -118,3 +118,40 @@ class Names:
 def names(request) -> Names:
     test = request.node.name.replace("[", "-").replace("]", "")[:40]
     return Names(f"t-{test}-{uuid.uuid4().hex[:8]}")
+
+
+# --- no silent skips ------------------------------------------------------------------
+# With COMMISSION_FORBID_SKIPS=1 (.ci/run sets it) a skipped test fails the run unless
+# tests/allowed_skips.txt names it with its reason: a test skipped in CI is a test not
+# run, and must not pass unnoticed.
+
+_SKIPPED: list[tuple[str, str]] = []
+
+
+def _allowed_skips() -> dict[str, str]:
+    path = Path(__file__).parent / "allowed_skips.txt"
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            prefix, _, why = line.partition("\t")
+            out[prefix] = why
+    return out
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _SKIPPED.append((report.nodeid, str(report.longrepr[-1]) if isinstance(
+            report.longrepr, tuple) else str(report.longrepr)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("COMMISSION_FORBID_SKIPS") != "1" or not _SKIPPED:
+        return
+    allowed = _allowed_skips()
+    refused = [(n, why) for n, why in _SKIPPED if not any(n.startswith(p) for p in allowed)]
+    if refused:
+        for nodeid, why in refused:
+            print(f"\nSKIPPED BUT NOT ALLOWED: {nodeid}: {why}")
+        print("a skipped test is a test not run: fix it, or add it with its reason to "
+              "tests/allowed_skips.txt")
+        session.exitstatus = 1
