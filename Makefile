@@ -11,8 +11,9 @@ STAMP  := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml deploy/install-system.sh deploy/kafka/pom.xml
+$(STAMP): pyproject.toml deploy/install-system.sh deploy/kafka/pom.xml deploy/tools/package-lock.json
 	./deploy/install-system.sh
+	npm ci --prefix deploy/tools --no-audit --no-fund --loglevel=error
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

@@ -19,6 +19,8 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # the browser test of the web pages (tests/e2e/test_browser.py)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+# the official AsyncAPI parser checks schemas/asyncapi.yaml (deploy/tools, from npm)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

@@ -37,6 +37,20 @@ def json_schemas() -> dict[str, str]:
     return out
 
 
+def _asyncapi_schema(node):
+    """msgspec writes OpenAPI's discriminator object ({propertyName, mapping}); an
+    AsyncAPI schema object wants the property name as a string."""
+    if isinstance(node, dict):
+        out = {k: _asyncapi_schema(v) for k, v in node.items()}
+        d = out.get("discriminator")
+        if isinstance(d, dict) and "propertyName" in d:
+            out["discriminator"] = d["propertyName"]
+        return out
+    if isinstance(node, list):
+        return [_asyncapi_schema(v) for v in node]
+    return node
+
+
 def asyncapi() -> str:
     messages: dict[str, dict] = {}
     components: dict[str, dict] = {}
@@ -82,7 +96,7 @@ def asyncapi() -> str:
         },
         "channels": channels,
         "operations": operations,
-        "components": {"messages": messages, "schemas": components},
+        "components": {"messages": messages, "schemas": _asyncapi_schema(components)},
     }
     return yaml.safe_dump(doc, sort_keys=True, width=100)
 
