@@ -40,12 +40,12 @@ def track(state: CertificateState, settlements: list[Settlement]) -> None:
 def report(state: CertificateState, c: ReportPayment, entry: PaymentTrack,
            rec: Recorder) -> None:
     s = entry.settlement
-    assert s is not None and entry.status == "awaiting"
+    assert entry.status == "awaiting"
     fields = dict(settlement_id=c.settlement_id, settlement_kind=s.__struct_config__.tag,
                   payee_id=s.payee_id, amount_minor=s.amount_minor, currency=s.currency,
                   attempt=c.attempt, reason=c.reason)
     if c.result == "settled":
-        entry.status, entry.settlement = "settled", None
+        entry.status = "settled"
         rec.event(PaymentReported, outcome="settled", **fields)
     elif c.attempt < MAX_ATTEMPTS:
         entry.attempt = c.attempt + 1

@@ -84,12 +84,12 @@ class Pool(msgspec.Struct, kw_only=True, array_like=True):
 
 
 class PaymentTrack(msgspec.Struct, array_like=True):
-    """One settlement, from its publication to the payment system's last result.
-    The settlement itself is kept only while it may have to be published again."""
+    """One settlement, from its publication to the payment system's last result
+    (the settlement as last published: to publish it again, and to say whose it is)."""
 
     status: Literal["awaiting", "settled", "parked"]
     attempt: int
-    settlement: Settlement | None
+    settlement: Settlement
 
 
 class CertificateState(msgspec.Struct, kw_only=True, array_like=True):

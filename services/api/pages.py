@@ -103,12 +103,22 @@ class Pages:
         if request.query.get("sent"):
             parts.append(f"<p class='msg' id='sent'>Sent: command {esc(request.query['sent'])}"
                          "</p>")
-        if me:
+        members = await self.reads.members(cid)
+        if via and via in members:
+            parts.append(f"<p id='shared-by'>Shared with you by <b>{esc(via)}</b>.</p>")
+        if me and me in members and s["status"] == "posted":
+            # only an account in the chain can be someone's `via`: a link from anyone
+            # else would be refused (via_not_in_chain)
             link = f"{request.scheme}://{request.host}/page/certificates/{cid}?via={me}"
             parts.append(
-                f"<p>Your share link: <input id='share' size=60 readonly value='{esc(link)}'>"
+                f"<p>Your share link: <input id='share' size=60 readonly value='{esc(link)}' "
+                "aria-label='your share link'>"
                 "<button onclick=\"navigator.clipboard.writeText("
                 "document.getElementById('share').value)\">Copy</button></p>")
+        elif me and s["status"] == "posted":
+            parts.append("<p id='share-hint'>Circulate it to your feed to get a share link "
+                         "of your own.</p>")
+        if me:
             for action, label in (("circulate", "Circulate to my feed"), ("purchase", "Buy")):
                 parts.append(
                     f"<form class='inline' method='post' action='/page/certificates/{esc(cid)}/"
@@ -149,12 +159,15 @@ class Pages:
         rows = "".join(
             f"<tr id='earn-{esc(cur)}'><td>{esc(cur)}</td><td>{money(e['pending_minor'], cur)}"
             f"</td><td class='held'>{money(e['held_minor'], cur)}</td>"
+            f"<td class='payable'>{money(e['payable_minor'], cur)}</td>"
             f"<td class='paid'>{money(e['paid_minor'], cur)}</td>"
+            f"<td class='failed'>{money(e['failed_minor'], cur)}</td>"
             f"<td>{money(e['voided_minor'], cur)}</td>"
             f"<td class='clawed'>{money(e['clawed_back_minor'], cur)}</td></tr>"
             for cur, e in (await self.reads.earnings_of(account)).items())
         body = (f"<h1>{esc(account)}</h1><h2>Earnings</h2><table><tr><th>Currency</th>"
-                "<th>Pending</th><th>Held (bought; paid when the hold ends)</th><th>Paid</th>"
+                "<th>Pending (not bought yet)</th><th>Held (bought; until the hold ends)</th>"
+                "<th>Being paid</th><th>Paid</th><th>Payment failed</th>"
                 f"<th>Voided</th><th>Clawed back</th></tr>{rows}</table>")
         return self._layout(account, me, body, f"/page/accounts/{account}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import msgspec
@@ -15,6 +16,10 @@ from services.readmodel.projection import NO_DEADLINE, Keys
 
 MAX_PAGE_SIZE = 100
 _decode_state = msgspec.msgpack.Decoder(CertificateState).decode
+
+
+# schemas.types.Id
+_ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@~-]{0,63}")
 
 
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -90,21 +95,27 @@ class ReadApi:
             return problem(404, "unknown_certificate", "no certificate with this id")
         return web.json_response(found)
 
+    async def members(self, cid: str) -> dict[str, int]:
+        """The accounts in a certificate's chain (only they can be a ``via``)."""
+        raw = await self.redis.get(self.keys.state(cid))
+        return _decode_state(raw).members if raw else {}
+
     async def share_link(self, request: web.Request) -> web.Response:
         cid = request.match_info["id"]
         found = await self.summary(cid, int(time.time() * 1000))
         if found is None:
             return problem(404, "unknown_certificate", "no certificate with this id")
         via = request.query.get("via")
-        raw = await self.redis.get(self.keys.state(cid))
-        members = _decode_state(raw).members if raw else {}
-        valid = via is not None and via in members
+        valid = via is not None and via in await self.members(cid)
         return web.json_response({"certificate": found, "via": via, "via_valid": valid,
                                   "circulate": {"certificate_id": cid,
                                                 "via": via if valid else None}})
 
     async def feed(self, request: web.Request) -> web.Response:
         account = request.match_info["id"]
+        if not _ACCOUNT_ID.fullmatch(account):
+            return problem(400, "invalid_parameter", "not an account id: 1-64 characters "
+                           "of [A-Za-z0-9._:@~-]")
         ids = await self.redis.zrevrange(self.keys.feed(account), 0, MAX_PAGE_SIZE - 1)
         now = int(time.time() * 1000)
         items = [s for s in [await self.summary(i.decode(), now) for i in ids] if s]
@@ -115,11 +126,15 @@ class ReadApi:
         sums: dict[str, dict[str, int]] = {}
         for k, v in raw.items():
             currency, kind = k.decode().split(":")
-            sums.setdefault(currency, {"acquired": 0, "held": 0, "paid": 0, "voided": 0,
-                                       "clawed_back": 0})[kind] = int(v)
+            sums.setdefault(currency, {"acquired": 0, "held": 0, "payable": 0, "paid": 0,
+                                       "failed": 0, "voided": 0, "clawed_back": 0})[kind] = int(v)
         # pending: acquired on a certificate not bought yet; held: bought, payable
-        # when the hold ends; clawed back: owed back after a refund after the hold
-        return {c: {"pending_minor": s["acquired"] - s["held"] - s["paid"] - s["voided"],
-                    "held_minor": s["held"], "paid_minor": s["paid"],
+        # when the hold ends; payable: sent to the payment system; paid: it reported
+        # the payout settled; failed: every attempt failed (an operator looks at it);
+        # clawed back: owed back after a refund after the hold
+        return {c: {"pending_minor": s["acquired"] - s["held"] - s["payable"] - s["paid"]
+                    - s["failed"] - s["voided"],
+                    "held_minor": s["held"], "payable_minor": s["payable"],
+                    "paid_minor": s["paid"], "failed_minor": s["failed"],
                     "voided_minor": s["voided"], "clawed_back_minor": s["clawed_back"]}
                 for c, s in sorted(sums.items())}

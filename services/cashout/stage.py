@@ -47,8 +47,8 @@ class CashoutStage(FollowerStage):
         for entry in state.payments.values():
             if entry.status == "awaiting":
                 waiting += 1
-                at = entry.settlement.at_ms if entry.settlement is not None else None
-                if at is not None and (oldest is None or at < oldest):
+                at = entry.settlement.at_ms
+                if oldest is None or at < oldest:
                     oldest = at
             elif entry.status == "parked":
                 parked += 1

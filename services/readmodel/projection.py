@@ -14,8 +14,10 @@ Keys (all under ``rm:{prefix}``):
   catalogue:deadline    sorted set: the same by display deadline (ms; none: 2^53)
   offer:{offer}         hash: copies, purchased
   feed:{account}        sorted set: certificates the account holds, by time
-  earn:{account}        hash: "{currency}:acquired|held|paid|voided|clawed_back" (minor
-                        units; held: bought, payable when the hold ends)
+  earn:{account}        hash: "{currency}:acquired|held|payable|paid|failed|voided|
+                        clawed_back" (minor units): held until the hold ends, then
+                        payable (published to the payment system), paid once it
+                        reports the payout settled, failed if it failed every attempt
   cmd:{command id}      hash: the command's outcome (accepted or rejected with reason)
 """
 
@@ -36,6 +38,7 @@ from schemas.events import (
     CommissionAcquired,
     Event,
     HoldReleased,
+    PaymentReported,
     PoolWithdrawn,
     PurchaseRefunded,
 )
@@ -185,13 +188,19 @@ def project(k: Keys, state: CertificateState, events: list[Event],
             for v in e.voided:
                 w.hincrby.append((k.earnings(v.account_id), f"{e.currency}:voided",
                                   v.amount_minor))
+        elif isinstance(e, PaymentReported) and e.settlement_kind == "commission_payout" and (
+                e.outcome != "retried"):
+            # payable until the payment system says: settled (paid) or parked (failed)
+            done = "paid" if e.outcome == "settled" else "failed"
+            w.hincrby.append((k.earnings(e.payee_id), f"{e.currency}:payable", -e.amount_minor))
+            w.hincrby.append((k.earnings(e.payee_id), f"{e.currency}:{done}", e.amount_minor))
     released = any(isinstance(e, HoldReleased) for e in events)
     for s in settlements:
-        if isinstance(s, CommissionPayout):
-            w.hincrby.append((k.earnings(s.payee_id), f"{s.currency}:paid", s.amount_minor))
+        if isinstance(s, CommissionPayout) and s.attempt == 1:  # a retry: the same money
+            w.hincrby.append((k.earnings(s.payee_id), f"{s.currency}:payable", s.amount_minor))
             if released:
                 w.hincrby.append((k.earnings(s.payee_id), f"{s.currency}:held", -s.amount_minor))
-        elif isinstance(s, Clawback) and s.of_kind == "commission_payout":
+        elif isinstance(s, Clawback) and s.of_kind == "commission_payout" and s.attempt == 1:
             w.hincrby.append((k.earnings(s.payee_id), f"{s.currency}:clawed_back",
                               s.amount_minor))
     if state.status == "posted" and pool is not None:

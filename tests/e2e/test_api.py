@@ -47,10 +47,12 @@ def test_catalogue_certificate_share_link_feed_and_earnings(pipeline):
     feed = wait_for(port, "/accounts/alice/feed", lambda b: len(b["items"]) == 1)
     assert [i["id"] for i in feed["items"]] == [B]  # A moved on to bob
     alice = login(port, "alice")
+    # B's payout is published (no hold) but no payment system reported it: being paid
     earnings = wait_for(port, "/accounts/alice/earnings",
-                        lambda b: b["earnings"].get("USD", {}).get("paid_minor"), token=alice)
+                        lambda b: b["earnings"].get("USD", {}).get("payable_minor"), token=alice)
     assert earnings["earnings"] == {"USD": {"pending_minor": 10_000, "held_minor": 0,
-                                            "paid_minor": 10_000, "voided_minor": 0,
+                                            "payable_minor": 10_000, "paid_minor": 0,
+                                            "failed_minor": 0, "voided_minor": 0,
                                             "clawed_back_minor": 0}}
 
     assert get(port, "/readyz") == (200, {"ok": True, "redis": True})

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import time
 
+import msgspec
+
 from deploy.localstack import free_port
 from schemas import commands as c
+from schemas.payments import CommissionPayout, Settlement
 from tests.e2e.http import call, get, login, outcome, wait_for
+
+decode_settlement = msgspec.json.Decoder(Settlement).decode
 
 
 def test_a_user_flow_through_the_api(pipeline):
@@ -70,9 +75,25 @@ def test_a_user_flow_through_the_api(pipeline):
                       lambda b: b["earnings"].get("EUR", {}).get("held_minor"), token=alice)
     assert earned["earnings"]["EUR"]["paid_minor"] == 0
     earned = wait_for(port, "/accounts/alice/earnings",
-                      lambda b: b["earnings"].get("EUR", {}).get("paid_minor"), token=alice)
-    assert earned["earnings"]["EUR"] == {"pending_minor": 0, "held_minor": 0, "paid_minor": 100,
-                                         "voided_minor": 0, "clawed_back_minor": 0}
+                      lambda b: b["earnings"].get("EUR", {}).get("payable_minor"), token=alice)
+    assert earned["earnings"]["EUR"]["paid_minor"] == 0  # paid only once it is settled
+    # the payment system reports alice's payout settled (its key, on payment-results)
+    [payout] = [s for s in map(decode_settlement, pipeline.read(pipeline.topics.payments))
+                if isinstance(s, CommissionPayout) and s.payee_id == "alice"]
+    result = c.ReportPayment(command_id=f"result:{payout.settlement_id}:1", certificate_id=cid,
+                             at_ms=int(time.time() * 1000), settlement_id=payout.settlement_id,
+                             attempt=1, result="settled")
+    body = msgspec.json.encode(result)
+    pipeline.sender.producer.send(pipeline.topics.payment_results, key=cid.encode(), value=body,
+                                  headers=pipeline.sender.keyring.sign(
+                                      body, pipeline.sender.key_for(result)))
+    pipeline.sender.producer.flush()
+    earned = wait_for(port, "/accounts/alice/earnings",
+                      lambda b: b["earnings"]["EUR"]["paid_minor"], token=alice)
+    assert earned["earnings"]["EUR"] == {"pending_minor": 0, "held_minor": 0,
+                                         "payable_minor": 0, "paid_minor": 100,
+                                         "failed_minor": 0, "voided_minor": 0,
+                                         "clawed_back_minor": 0}
     # after the hold, the seller refunds half: half of alice's commission is clawed back
     _, stranger_refund, _ = call(port, "POST", f"/certificates/{cid}/refund",
                                  {"amount_minor": 2_500, "refund_ref": "rf-x"}, alice)

@@ -83,16 +83,20 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     until(browser, base + "/", lambda d: d.find_elements(By.CLASS_NAME, "cert"))[0].click()
     assert browser.find_element(By.ID, "commission").text == "2.50 EUR"
     assert browser.find_element(By.ID, "funding").text.startswith("funding confirmed")
-    share_link = browser.find_element(By.ID, "share").get_attribute("value")
-    assert share_link.endswith(f"/page/certificates/{cid}?via=alice")
+    # not in the chain yet: no share link (a friend following it would be refused)
+    assert not browser.find_elements(By.ID, "share")
+    assert browser.find_elements(By.ID, "share-hint")
     browser.find_element(By.ID, "circulate").click()
     WebDriverWait(browser, 20).until(lambda d: "sent=" in d.current_url)
     assert browser.find_element(By.ID, "sent").text.startswith("Sent: command web-")
     until(browser, f"{base}/page/certificates/{cid}",
           lambda d: d.find_element(By.ID, "holder").text == "alice")
+    share_link = browser.find_element(By.ID, "share").get_attribute("value")
+    assert share_link.endswith(f"/page/certificates/{cid}?via=alice")
 
     log_in(browser, base, "bob")
     browser.get(share_link)
+    assert browser.find_element(By.ID, "shared-by").text == "Shared with you by alice."
     browser.find_element(By.ID, "circulate").click()
     WebDriverWait(browser, 20).until(lambda d: "sent=" in d.current_url)
     # the 2nd circulation of at most 4 reaches the 50 % warning ratio: the page warns

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 from deploy.localstack import free_port
 from domain import CertificateState
 from schemas.commands import AcceptedCommand
+from schemas.payments import CommissionPayout
 from services.common.metrics import scrape, total
 from services.readmodel.projection import NO_DEADLINE, Keys, page
 from tests.e2e.http import wait_for
@@ -36,13 +37,21 @@ def expected_earnings(states: dict[str, CertificateState]) -> dict[str, dict[str
             sums[f"{s.currency}:acquired"] += amount
             if account in pool.payouts:  # it reached a purchase
                 kept = pool.payouts[account]  # less what refunds in the hold voided
-                sums[f"{s.currency}:held" if s.held_until_ms is not None
-                     else f"{s.currency}:paid"] += kept
+                if kept:  # a payout refunded to nothing within the hold is never published
+                    sums[f"{s.currency}:held" if s.held_until_ms is not None
+                         else f"{s.currency}:{payout_status(s, account)}"] += kept
                 sums[f"{s.currency}:voided"] += amount - kept
                 sums[f"{s.currency}:clawed_back"] += pool.clawed.get(account, 0)
             elif pool.status == "withdrawn":  # voided, or the certificate ended unsold
                 sums[f"{s.currency}:voided"] += amount
     return {a: {k: v for k, v in sums.items() if v} for a, sums in out.items()}
+
+
+def payout_status(state: CertificateState, account: str) -> str:
+    """Where an account's published payout stands with the payment system."""
+    [entry] = [e for e in state.payments.values()
+               if isinstance(e.settlement, CommissionPayout) and e.settlement.payee_id == account]
+    return {"awaiting": "payable", "settled": "paid", "parked": "failed"}[entry.status]
 
 
 def wait_projected(pipeline, client: redis.Redis, keys: Keys,
