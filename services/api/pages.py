@@ -13,7 +13,10 @@ import uuid
 
 from aiohttp import web
 
+from domain import CertificateState
+from domain.pool import acquisition_amount
 from schemas import commands as c
+from schemas.commands import RandomAmount
 from services.api.money import money
 from services.api.reads import ReadApi
 
@@ -26,6 +29,39 @@ text-align:left}.label{background:#c62828;color:#fff;border-radius:1rem;padding:
 
 def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
+
+
+def gain_of(state: CertificateState, account: str) -> tuple[int, str]:
+    """An account's gain on a certificate and where it stands."""
+    pool = state.pool
+    acquired = pool.acquired.get(account, 0) if pool is not None else 0
+    if pool is None or not acquired:
+        claim = pool is not None and account in pool.claimable
+        return 0, "claimable" if claim else "no gain"
+    if account in pool.payouts:
+        kept = pool.payouts[account]
+        if state.held_until_ms is not None:
+            return kept, "held until the hold ends"
+        clawed = pool.clawed.get(account, 0)
+        return kept - clawed, "paid out" + (" (part clawed back)" if clawed else "")
+    if pool.status == "withdrawn":
+        return 0, "voided"
+    return acquired, "pending: paid if the certificate is bought"
+
+
+def claimable(state: CertificateState | None, account: str | None) -> str | None:
+    """What ``account`` may claim on the certificate now, in words, or None."""
+    if state is None or account is None or state.pool is None:
+        return None
+    pool = state.pool
+    if state.status != "posted" or pool.status != "open" or account not in pool.claimable:
+        return None
+    amount = pool.acquisition.amount
+    if isinstance(amount, RandomAmount):
+        low, high = (min(x, pool.attached_minor) for x in (amount.min_minor, amount.max_minor))
+        return (f"a random amount from {money(low, state.currency)} to "
+                f"{money(high, state.currency)}")
+    return money(acquisition_amount(pool, b""), state.currency)
 
 
 class Pages:
@@ -101,9 +137,22 @@ class Pages:
             parts.append("<p class='warn' id='warning'>The commission on this certificate will "
                          "soon be withdrawn: buy now.</p>")
         if request.query.get("sent"):
-            parts.append(f"<p class='msg' id='sent'>Sent: command {esc(request.query['sent'])}"
-                         "</p>")
-        members = await self.reads.members(cid)
+            sent = request.query["sent"]
+            parts.append(f"<p class='msg' id='sent'>Sent: command {esc(sent)}</p>")
+            outcome = await self.reads.command_outcome(sent)
+            if outcome.get("status"):
+                said = outcome["status"] + (f": {outcome['reason']}" if outcome.get("reason")
+                                            else "")
+                parts.append(f"<p class='msg' id='outcome'>Outcome: {esc(said)}</p>")
+        state = await self.reads.state(cid)
+        members = state.members if state is not None else {}
+        claim = claimable(state, me)
+        if claim:
+            parts.append(
+                f"<p class='msg' id='claimable'>You can claim {esc(claim)} on this "
+                f"certificate.</p><form class='inline' method='post' "
+                f"action='/page/certificates/{esc(cid)}/claim'>"
+                "<button id='claim'>Claim</button></form>")
         if via and via in members:
             parts.append(f"<p id='shared-by'>Shared with you by <b>{esc(via)}</b>.</p>")
         if me and me in members and s["status"] == "posted":
@@ -169,7 +218,37 @@ class Pages:
                 "<th>Pending (not bought yet)</th><th>Held (bought; until the hold ends)</th>"
                 "<th>Being paid</th><th>Paid</th><th>Payment failed</th>"
                 f"<th>Voided</th><th>Clawed back</th></tr>{rows}</table>")
+        body += await self._certificates_of(account)
         return self._layout(account, me, body, f"/page/accounts/{account}")
+
+    async def _certificates_of(self, account: str) -> str:
+        """Claims waiting, and every certificate the account holds or shared with its
+        status and the account's gain on it."""
+        redis, keys = self.reads.redis, self.reads.keys
+        claims, rows = [], []
+        for raw in await redis.zrevrange(keys.claims(account), 0, 99):
+            cid = raw.decode()
+            what = claimable(await self.reads.state(cid), account)
+            if what:
+                claims.append(f"<li><a class='claim' href='/page/certificates/{esc(cid)}'>"
+                              f"{esc(cid)}</a>: {esc(what)}</li>")
+        for raw in await redis.zrevrange(keys.shared(account), 0, 99):
+            cid = raw.decode()
+            state = await self.reads.state(cid)
+            if state is None:
+                continue
+            gain, how = gain_of(state, account)
+            holds = " (you hold it)" if state.holder == account else ""
+            rows.append(f"<tr class='mine'><td><a href='/page/certificates/{esc(cid)}'>"
+                        f"{esc(cid)}</a>{holds}</td><td>{esc(state.status)}</td>"
+                        f"<td>{money(gain, state.currency)}</td><td>{esc(how)}</td></tr>")
+        out = ""
+        if claims:
+            out += f"<h2>You can claim</h2><ul id='claims'>{''.join(claims)}</ul>"
+        out += ("<h2>Certificates you hold or shared</h2><table id='mine'><tr>"
+                "<th>Certificate</th><th>Status</th><th>Your gain</th><th>Where it stands</th>"
+                f"</tr>{''.join(rows)}</table>")
+        return out
 
     async def login(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -196,6 +275,8 @@ class Pages:
                                    via=via if via != me else None)
         elif action == "purchase":
             await gateway.send_for(me, c.Purchase, cid, command_id, payment_ref=command_id)
+        elif action == "claim":
+            await gateway.send_for(me, c.Claim, cid, command_id)
         else:
             raise web.HTTPNotFound()
         raise web.HTTPSeeOther(f"/page/certificates/{cid}?sent={command_id}")

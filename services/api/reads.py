@@ -95,10 +95,18 @@ class ReadApi:
             return problem(404, "unknown_certificate", "no certificate with this id")
         return web.json_response(found)
 
+    async def state(self, cid: str) -> CertificateState | None:
+        raw = await self.redis.get(self.keys.state(cid))
+        return _decode_state(raw) if raw else None
+
     async def members(self, cid: str) -> dict[str, int]:
         """The accounts in a certificate's chain (only they can be a ``via``)."""
-        raw = await self.redis.get(self.keys.state(cid))
-        return _decode_state(raw).members if raw else {}
+        state = await self.state(cid)
+        return state.members if state is not None else {}
+
+    async def command_outcome(self, command_id: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(self.keys.outcome(command_id))
+        return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def share_link(self, request: web.Request) -> web.Response:
         cid = request.match_info["id"]

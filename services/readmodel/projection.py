@@ -14,6 +14,9 @@ Keys (all under ``rm:{prefix}``):
   catalogue:deadline    sorted set: the same by display deadline (ms; none: 2^53)
   offer:{offer}         hash: copies, purchased
   feed:{account}        sorted set: certificates the account holds, by time
+  shared:{account}      sorted set: certificates the account ever circulated, by time
+  claim:{account}       sorted set: certificates where it may claim (the pages check
+                        the state before offering it: a claim may have lapsed since)
   earn:{account}        hash: "{currency}:acquired|held|payable|paid|failed|voided|
                         clawed_back" (minor units): held until the hold ends, then
                         payable (published to the payment system), paid once it
@@ -31,6 +34,7 @@ import msgspec
 from domain import CertificateState
 from schemas.commands import RandomAmount, ReplenishRandom
 from schemas.events import (
+    AcquisitionClaimable,
     CertificateCirculated,
     CertificateEnded,
     CertificateIssued,
@@ -62,6 +66,12 @@ class Keys:
 
     def feed(self, account: str) -> str:
         return f"{self.p}feed:{account}"
+
+    def shared(self, account: str) -> str:
+        return f"{self.p}shared:{account}"
+
+    def claims(self, account: str) -> str:
+        return f"{self.p}claim:{account}"
 
     def earnings(self, account: str) -> str:
         return f"{self.p}earn:{account}"
@@ -169,7 +179,11 @@ def project(k: Keys, state: CertificateState, events: list[Event],
             if e.previous_holder is not None:
                 w.zrem.append((k.feed(e.previous_holder), cid))
             w.zadd.append((k.feed(e.account_id), cid, e.at_ms))
+            w.zadd.append((k.shared(e.account_id), cid, e.at_ms))
+        elif isinstance(e, AcquisitionClaimable):
+            w.zadd.append((k.claims(e.account_id), cid, e.at_ms))
         elif isinstance(e, CommissionAcquired):
+            w.zrem.append((k.claims(e.account_id), cid))
             w.hincrby.append((k.earnings(e.account_id), f"{e.currency}:acquired", e.amount_minor))
         elif isinstance(e, PoolWithdrawn):
             for v in e.voided:

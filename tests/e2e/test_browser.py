@@ -121,3 +121,45 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     assert browser.find_element(By.CSS_SELECTOR, "#earn-EUR .paid").text == "0.00 EUR"
     browser.save_screenshot(str(Path(tmp_path) / "earnings.png"))
     pipeline.assert_running()
+
+
+def test_claim_and_an_accounts_certificates_in_the_browser(pipeline, browser):
+    """A claim-triggered pool: the page tells a sharer what it can claim, the Claim
+    button claims it, and the account page lists the certificate with the gain."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    pipeline.start_all()
+    pipeline.start("readmodel")
+    pipeline.start("api", API_PORT=str(port))
+    t, cid = int(time.time() * 1000), cert_id("web-claim")
+    pipeline.send(*setup(cid, t, name="Kettle", price_minor=3_000, budget_minor=1_000,
+                         attached_minor=300, acquisition=c.AcquisitionPolicy(
+                             trigger="claim", amount=c.FixedAmount(amount_minor=120))))
+    wait_for(port, f"/certificates/{cid}", lambda b: b["status"] == "posted", pipeline=pipeline)
+
+    log_in(browser, base, "dave")
+    browser.get(f"{base}/page/certificates/{cid}")
+    assert not browser.find_elements(By.ID, "claimable")  # nothing to claim before sharing
+    browser.find_element(By.ID, "circulate").click()
+    WebDriverWait(browser, 20).until(lambda d: "sent=" in d.current_url)
+    claim = until(browser, f"{base}/page/certificates/{cid}",
+                  lambda d: d.find_elements(By.ID, "claimable"))[0]
+    assert claim.text == "You can claim 1.20 EUR on this certificate."
+    until(browser, f"{base}/page/accounts/dave",
+          lambda d: d.find_elements(By.CSS_SELECTOR, "#claims a.claim"))
+    browser.get(f"{base}/page/certificates/{cid}")
+    browser.find_element(By.ID, "claim").click()
+    WebDriverWait(browser, 20).until(lambda d: "sent=" in d.current_url)
+    sent = browser.current_url
+    until(browser, sent, lambda d: d.find_elements(By.ID, "outcome")
+          and d.find_element(By.ID, "outcome").text == "Outcome: accepted")
+    assert not browser.find_elements(By.ID, "claimable")  # claimed: nothing more to claim
+    row = until(browser, f"{base}/page/accounts/dave",
+                lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#mine tr.mine")
+                           if "1.20 EUR" in r.text])[0]
+    assert cid in row.text and "(you hold it)" in row.text and "pending" in row.text
+    assert not browser.find_elements(By.ID, "claims")
+    pipeline.assert_running()
