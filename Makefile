@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install up down run watch audit test test-unit test-integration test-e2e bench soak lint schemas clean
+.PHONY: install up down run watch audit test test-unit test-integration test-e2e bench soak screenshots lint schemas clean
 
 install: $(STAMP)
 
@@ -56,6 +56,10 @@ bench: install
 # 100,000 commands; then the core comparison and the audit (docs/soak.md)
 soak: install
 	$(PY) -m tests.soak $(SOAK_ARGS)
+
+# the browser test, keeping its screenshots in docs/screenshots (shown in the README)
+screenshots: install
+	SCREENSHOTS=1 $(PY) -m pytest tests/e2e/test_browser.py -q
 
 lint: install
 	$(PY) -m ruff check domain schemas services deploy tests benchmarks

@@ -41,6 +41,8 @@ SUMMARY = {
         "warnings": {"type": "array", "items": {"type": "string"}},
         "thresholds": {"type": "object"}, "share_link": {"type": "string"},
         "time_left_ms": {"type": ["integer", "null"]}, "copies_left": {"type": "integer"},
+        "copies": {"type": "integer", "description": "copies the offer was issued in"},
+        "offer_id": {"type": "string"},
         "funding_confirmed": {"type": "boolean",
                               "description": "the payment system holds the budget in escrow"},
         "odds": {"type": "array", "description": "every random amount the pool draws: "

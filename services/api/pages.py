@@ -19,12 +19,36 @@ from schemas import commands as c
 from schemas.commands import RandomAmount
 from services.api.money import money
 from services.api.reads import ReadApi
+from services.readmodel.projection import NO_DEADLINE
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222}
 table{border-collapse:collapse;width:100%}td,th{padding:.4rem;border-bottom:1px solid #ddd;
 text-align:left}.label{background:#c62828;color:#fff;border-radius:1rem;padding:.1rem .6rem}
 .warn{background:#fff3cd;border:1px solid #e0a800;padding:.5rem;margin:.5rem 0}
-.msg{background:#e8f5e9;padding:.5rem}form.inline{display:inline}input{margin:.2rem}"""
+.msg{background:#e8f5e9;padding:.5rem}form.inline{display:inline}input{margin:.2rem;max-width:95%}
+td,th,a,p,li,h1{overflow-wrap:anywhere}
+@media (max-width:600px){body{margin:.5rem}td,th{padding:.2rem;font-size:.85rem}}"""
+
+
+# Ticks every countdown on a page once a second in the browser: a span with class
+# "countdown" and data-deadline (Unix ms) shows the time left until then.
+COUNTDOWN_JS = """<script>
+function tick(){const now=Date.now();for(const el of document.querySelectorAll('.countdown')){
+let s=Math.max(0,Math.floor((Number(el.dataset.deadline)-now)/1000));
+const d=Math.floor(s/86400);s-=d*86400;const h=Math.floor(s/3600);s-=h*3600;
+const m=Math.floor(s/60);s-=m*60;
+el.textContent=(d?d+' d ':'')+(d||h?h+' h ':'')+(d||h||m?m+' min ':'')+s+' s';}}
+tick();setInterval(tick,1000);</script>"""
+
+
+def duration(ms: int) -> str:
+    """The same text as the browser's countdown, for the first paint."""
+    s = max(0, ms // 1000)
+    d, s = divmod(s, 86_400)
+    h, s = divmod(s, 3_600)
+    m, s = divmod(s, 60)
+    parts = [f"{d} d" if d else "", f"{h} h" if d or h else "", f"{m} min" if d or h or m else ""]
+    return " ".join(p for p in parts if p) + (" " if any(parts) else "") + f"{s} s"
 
 
 def esc(value: object) -> str:
@@ -80,33 +104,56 @@ class Pages:
         else:
             who = (f'<form class="inline" method="post" action="/page/login">'
                    f'<input type="hidden" name="next" value="{esc(back)}">'
-                   f'<input name="account_id" placeholder="account" required>'
-                   f'<input name="password" type="password" placeholder="password" required>'
+                   f'<input name="account_id" placeholder="account" aria-label="account" required>'
+                   f'<input name="password" type="password" placeholder="password" '
+                   f'aria-label="password" required>'
                    f'<button id="login">Log in</button></form>')
-        page = (f"<!doctype html><html><head><meta charset=utf-8><title>{esc(title)}</title>"
+        page = (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+                "<meta name=viewport content='width=device-width, initial-scale=1'>"
+                f"<title>{esc(title)}</title>"
                 f"<style>{STYLE}</style></head><body><p><a href='/'>Catalogue</a> · {who}</p>"
                 f"{body}</body></html>")
         return web.Response(text=page, content_type="text/html")
 
     async def catalogue(self, request: web.Request) -> web.Response:
+        """One row per offer: its copies on sale are one line ("n of N left") that
+        links to the copy with the most commission; sorted by commission, or by the
+        time left (``?sort=time_left``)."""
         me = await self._me(request)
         keys = self.reads.keys
-        ids = await self.reads.redis.zrevrange(keys.by_commission, 0, 49)
+        by_time = request.query.get("sort") == "time_left"
+        if by_time:
+            ids = await self.reads.redis.zrangebyscore(keys.by_deadline, 0, NO_DEADLINE - 1,
+                                                       start=0, num=200)
+        else:
+            ids = await self.reads.redis.zrevrange(keys.by_commission, 0, 199)
         now = int(time.time() * 1000)
-        rows = []
+        offers: dict[str, dict] = {}
         for raw in ids:
             s = await self.reads.summary(raw.decode(), now)
-            if s is None:
+            if s is None or s["status"] != "posted":
                 continue
-            warn = " ⚠ withdrawal near" if s["warnings"] else ""
-            left = "" if s["time_left_ms"] is None else f"{s['time_left_ms'] // 1000} s"
+            first = offers.setdefault(s["offer_id"] or s["id"], {**s, "on_sale": 0})
+            first["on_sale"] += 1
+        rows = []
+        for s in list(offers.values())[:50]:
+            warn = (" <span class='warn-inline'>⚠ withdrawal near</span>"
+                    if s["warnings"] and s["pool_status"] == "open" else "")
+            left = "" if s["time_left_ms"] is None else (
+                f"<span class='countdown' data-deadline='{now + s['time_left_ms']}'>"
+                f"{duration(s['time_left_ms'])}</span>")
+            copies = s["on_sale"]  # copies of the offer on sale now
             rows.append(
-                f"<tr><td><a class='cert' href='/page/certificates/{esc(s['id'])}'>"
+                f"<tr class='offer'><td><a class='cert' href='/page/certificates/{esc(s['id'])}'>"
                 f"{esc(s['name'] or s['id'])}</a></td><td>{money(**s['price'])}</td>"
                 f"<td><span class='label'>{money(**s['commission'])}</span>{warn}</td>"
+                f"<td class='copies'>{copies} of {s.get('copies', copies)} left</td>"
                 f"<td>{left}</td></tr>")
-        body = ("<h1>Catalogue</h1><table><tr><th>Product</th><th>Price</th>"
-                "<th>Commission</th><th>Time left</th></tr>" + "".join(rows) + "</table>")
+        sort = ("<p>Sort by <a id='sort-commission' href='/'>commission</a> · "
+                "<a id='sort-time' href='/?sort=time_left'>time left</a></p>")
+        body = ("<h1>Catalogue</h1>" + sort + "<table><tr><th>Product</th><th>Price</th>"
+                "<th>Commission</th><th>Copies</th><th>Time left</th></tr>" + "".join(rows)
+                + "</table>" + COUNTDOWN_JS)
         return self._layout("Catalogue", me, body, "/")
 
     async def certificate(self, request: web.Request) -> web.Response:
@@ -125,6 +172,8 @@ class Pages:
                  f"{s['chain_length']} circulations</p>"]
         cur = s["price"]["currency"]
         parts.extend(self._pool_rules(s))
+        if s["status"] == "posted" and s["pool_status"] == "open":
+            parts.append(self._progress(s, cur))
         if s["held_until_ms"] is not None:
             until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(s["held_until_ms"] / 1000))
             parts.append(f"<p id='held'>Bought. Commission of {money(s['held_minor'], cur)} and "
@@ -173,7 +222,28 @@ class Pages:
                     f"<form class='inline' method='post' action='/page/certificates/{esc(cid)}/"
                     f"{action}'><input type='hidden' name='via' value='{esc(via)}'>"
                     f"<button id='{action}'>{label}</button></form> ")
-        return self._layout(s["name"] or cid, me, "".join(parts), here)
+        return self._layout(s["name"] or cid, me, "".join(parts) + COUNTDOWN_JS, here)
+
+    @staticmethod
+    def _progress(s: dict, cur: str) -> str:
+        """How close the withdrawal is: the time left ticking, and each threshold."""
+        items = []
+        if s["time_left_ms"] is not None:
+            deadline = int(time.time() * 1000) + s["time_left_ms"]
+            items.append(f"<li id='time-left'>commission withdrawn in <span class='countdown' "
+                         f"data-deadline='{deadline}'>{duration(s['time_left_ms'])}</span></li>")
+        count, limit = s["thresholds"].get("circulations", [0, None])
+        if limit:
+            items.append(f"<li id='progress-circulations'>shares that count: {count} of "
+                         f"{limit}</li>")
+        acquired, cap = s["thresholds"].get("cumulative_minor", [0, None])
+        if cap:
+            items.append(f"<li id='progress-cumulative'>commission taken: "
+                         f"{money(acquired, cur)} of {money(cap, cur)}</li>")
+        if not items:
+            return ""
+        return ("<h2>Until the commission is withdrawn</h2><ul id='progress'>"
+                + "".join(items) + "</ul>")
 
     @staticmethod
     def _pool_rules(s: dict) -> list[str]:

@@ -41,6 +41,7 @@ class ReadApi:
         page = {k.decode(): v.decode() for k, v in raw.items()}
         out: dict = {
             "id": cid, "name": page.get("name", ""), "status": page["status"],
+            "offer_id": page.get("offer_id", ""),
             "price": {"amount_minor": int(page["price_minor"]), "currency": page["currency"]},
             "commission": {"amount_minor": int(page.get("attached_minor", 0))
                            if page.get("pool_status") == "open" else 0,
@@ -68,6 +69,7 @@ class ReadApi:
         if offer:
             copies = int(offer.get(b"copies", 0))
             out["copies_left"] = copies - int(offer.get(b"purchased", 0))
+            out["copies"] = copies
         return out
 
     async def catalogue(self, request: web.Request) -> web.Response:

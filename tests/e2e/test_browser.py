@@ -1,9 +1,12 @@
 """The web page in headless Chromium (Debian's chromium + chromedriver, via selenium):
 alice circulates from the catalogue, bob follows alice's share link and circulates,
-carol buys; alice's earnings page then shows her commission paid."""
+carol buys; alice's earnings page then shows her commission held until the hold ends.
+The catalogue groups copies, the withdrawal countdown ticks, the pages fit a phone;
+screenshots go to docs/screenshots with `make screenshots`."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +19,7 @@ from tests.e2e.certificates import cert_id, setup
 from tests.e2e.http import wait_for
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -50,6 +54,14 @@ def until(driver, url: str, check, timeout_s: float = 60):
         time.sleep(0.5)
 
 
+def shot(driver, tmp_path, name: str) -> None:
+    """A screenshot: into the test's folder, or docs/screenshots with SCREENSHOTS=1
+    (`make screenshots`)."""
+    folder = ROOT / "docs" / "screenshots" if os.environ.get("SCREENSHOTS") == "1" else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(folder / f"{name}.png"))
+
+
 def log_in(driver, base: str, account: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -75,12 +87,22 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     pipeline.start("api", API_PORT=str(port))
     t, cid = int(time.time() * 1000), cert_id("web-lamp")
     pipeline.send(*setup(cid, t, name="Desk lamp", price_minor=4_500, budget_minor=2_000,
-                         attached_minor=250,
+                         attached_minor=250, time_limit_s=3_600,
                          thresholds=c.Thresholds(max_circulations=4, warn_at_bp=5_000)))
     wait_for(port, f"/certificates/{cid}", lambda b: b["status"] == "posted", pipeline=pipeline)
 
     log_in(browser, base, "alice")
+    row = until(browser, base + "/", lambda d: d.find_elements(By.CSS_SELECTOR, "tr.offer"))[0]
+    assert "1 of 1 left" in row.text
+    shot(browser, tmp_path, "catalogue")
     until(browser, base + "/", lambda d: d.find_elements(By.CLASS_NAME, "cert"))[0].click()
+    # the withdrawal countdown ticks in the browser, without a reload
+    countdown = browser.find_element(By.CSS_SELECTOR, "#time-left .countdown")
+    first = countdown.text
+    WebDriverWait(browser, 5).until(lambda d: countdown.text != first)
+    assert first.startswith("59 min") or first.startswith("1 h"), first
+    assert browser.find_element(By.ID, "progress-circulations").text == (
+        "shares that count: 0 of 4")
     assert browser.find_element(By.ID, "commission").text == "2.50 EUR"
     assert browser.find_element(By.ID, "funding").text.startswith("funding confirmed")
     # not in the chain yet: no share link (a friend following it would be refused)
@@ -102,6 +124,7 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     # the 2nd circulation of at most 4 reaches the 50 % warning ratio: the page warns
     until(browser, share_link, lambda d: d.find_element(By.ID, "holder").text == "bob"
           and d.find_elements(By.ID, "warning"))
+    shot(browser, tmp_path, "certificate")
 
     log_in(browser, base, "carol")
     browser.get(f"{base}/page/certificates/{cid}")
@@ -119,7 +142,17 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
           lambda d: d.find_elements(By.ID, "earn-EUR")
           and d.find_element(By.CSS_SELECTOR, "#earn-EUR .held").text == "2.50 EUR")
     assert browser.find_element(By.CSS_SELECTOR, "#earn-EUR .paid").text == "0.00 EUR"
-    browser.save_screenshot(str(Path(tmp_path) / "earnings.png"))
+    shot(browser, tmp_path, "earnings")
+    # a phone-sized window: nothing wider than the screen, every control labelled
+    browser.set_window_size(390, 844)
+    for page in ("/", f"/page/certificates/{cid}", "/page/accounts/alice"):
+        browser.get(base + page)
+        width = browser.execute_script("return document.documentElement.scrollWidth")
+        assert width <= 390, f"{page} is {width} px wide at 390"
+        for control in browser.find_elements(By.CSS_SELECTOR, "input:not([type=hidden])"):
+            assert control.get_attribute("aria-label") or control.get_attribute("placeholder"), (
+                page, control.get_attribute("outerHTML"))
+    shot(browser, tmp_path, "phone-earnings")
     pipeline.assert_running()
 
 
