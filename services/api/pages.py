@@ -19,6 +19,7 @@ from schemas import commands as c
 from schemas.commands import RandomAmount
 from services.api.money import money
 from services.api.reads import ReadApi
+from services.api.tree import share_tree_svg
 from services.readmodel.projection import NO_DEADLINE
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222}
@@ -195,6 +196,8 @@ class Pages:
                 parts.append(f"<p class='msg' id='outcome'>Outcome: {esc(said)}</p>")
         state = await self.reads.state(cid)
         members = state.members if state is not None else {}
+        if state is not None and state.chain:
+            parts.append("<h2>Who shared it</h2>" + share_tree_svg(state))
         claim = claimable(state, me)
         if claim:
             parts.append(

@@ -124,6 +124,11 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     # the 2nd circulation of at most 4 reaches the 50 % warning ratio: the page warns
     until(browser, share_link, lambda d: d.find_element(By.ID, "holder").text == "bob"
           and d.find_elements(By.ID, "warning"))
+    # the share tree: bob under alice, each with the commission it took, pending
+    drawn = {g.get_attribute("data-account"): g.text for g in
+             browser.find_elements(By.CSS_SELECTOR, "#share-tree g.node")}
+    assert set(drawn) == {"catalogue", "alice", "bob"}, drawn
+    assert "pending" in drawn["alice"] and "pending" in drawn["bob"]
     shot(browser, tmp_path, "certificate")
 
     log_in(browser, base, "carol")

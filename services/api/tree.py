@@ -1,0 +1,115 @@
+"""The share tree of a certificate as a server-rendered SVG (no scripts, no external
+assets): who shared from whom, who gained how much, and whether each gain is
+pending, held, paid or voided.
+
+An account is placed where it first joined the chain: under the account it came
+via, or under the catalogue. Large trees stay readable: at most ``MAX_NODES``
+accounts are drawn, breadth first (the first levels matter most), and each node
+whose children were not all drawn says how many more shared below it.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from domain import CertificateState
+from services.api.money import money
+
+MAX_NODES = 40
+ROOT = ""  # the catalogue
+NODE_W, NODE_H, GAP_X, GAP_Y = 150, 56, 12, 34
+COLOURS = {"pending": "#1565c0", "held": "#ef6c00", "paid": "#2e7d32", "voided": "#9e9e9e",
+           "": "#616161"}
+
+
+def _gain(state: CertificateState, account: str) -> tuple[int, str]:
+    pool = state.pool
+    if pool is None or account not in pool.acquired:
+        return 0, ""
+    if account in pool.payouts:
+        return pool.payouts[account], "held" if state.held_until_ms is not None else "paid"
+    if pool.status == "withdrawn":
+        return pool.acquired[account], "voided"
+    return pool.acquired[account], "pending"
+
+
+def share_tree_svg(state: CertificateState) -> str:
+    children: dict[str, list[str]] = {ROOT: []}
+    parent: dict[str, str] = {}
+    for hop in state.chain:
+        if hop.account_id in parent:
+            continue  # placed where it first joined
+        up = hop.via if hop.via in parent else ROOT
+        parent[hop.account_id] = up
+        children.setdefault(up, []).append(hop.account_id)
+        children.setdefault(hop.account_id, [])
+    # breadth first, up to MAX_NODES accounts
+    shown: list[str] = []
+    queue = list(children[ROOT])
+    while queue and len(shown) < MAX_NODES:
+        account = queue.pop(0)
+        shown.append(account)
+        queue.extend(children[account])
+    visible = set(shown)
+
+    # how many accounts hang below each one (children join after their parent, so one
+    # pass in reverse join order adds every subtree up; no recursion over 10,000 hops)
+    below = dict.fromkeys(children, 0)
+    for account in reversed(list(parent)):
+        below[parent[account]] += 1 + below[account]
+
+    # x by the order of leaves in a depth-first walk, y by level
+    pos: dict[str, tuple[float, int]] = {}
+    next_x = [0]
+
+    def place(account: str, level: int) -> float:
+        kids = [c for c in children[account] if c in visible]
+        if not kids:
+            x = float(next_x[0])
+            next_x[0] += 1
+        else:
+            xs = [place(c, level + 1) for c in kids]
+            x = (xs[0] + xs[-1]) / 2
+        pos[account] = (x, level)
+        return x
+
+    place(ROOT, 0)
+    width = max(1, next_x[0]) * (NODE_W + GAP_X) + GAP_X
+    height = (max(level for _, level in pos.values()) + 1) * (NODE_H + GAP_Y) + GAP_Y
+    out = [f"<svg id='share-tree' xmlns='http://www.w3.org/2000/svg' role='img' "
+           f"viewBox='0 0 {width:.0f} {height:.0f}' style='max-width:100%;height:auto' "
+           f"font-family='sans-serif' font-size='12'>",
+           f"<title>Share tree: {len(parent)} accounts, {len(state.chain)} shares</title>"]
+
+    def box(account: str) -> tuple[float, float]:
+        x, level = pos[account]
+        return GAP_X + x * (NODE_W + GAP_X), GAP_Y / 2 + level * (NODE_H + GAP_Y)
+
+    for account in pos:
+        if account == ROOT:
+            continue
+        (px, py), (cx, cy) = box(parent[account]), box(account)
+        out.append(f"<line x1='{px + NODE_W / 2:.0f}' y1='{py + NODE_H:.0f}' "
+                   f"x2='{cx + NODE_W / 2:.0f}' y2='{cy:.0f}' stroke='#bbb'/>")
+    for account in pos:
+        bx, by = box(account)
+        if account == ROOT:
+            label, detail, colour = "catalogue", f"{len(parent)} accounts", COLOURS[""]
+        else:
+            amount, status = _gain(state, account)
+            label = account
+            detail = f"{money(amount, state.currency)} {status}" if status else "no gain"
+            colour = COLOURS[status]
+        hidden = [c for c in children[account] if c not in visible]
+        more = len(hidden) + sum(below[c] for c in hidden)
+        out.append(f"<g class='node' data-account='{escape(label)}'>"
+                   f"<rect x='{bx:.0f}' y='{by:.0f}' width='{NODE_W}' height='{NODE_H}' rx='6' "
+                   f"fill='white' stroke='{colour}' stroke-width='2'/>"
+                   f"<text x='{bx + 8:.0f}' y='{by + 18:.0f}' font-weight='bold'>"
+                   f"{escape(label[:20])}</text>"
+                   f"<text x='{bx + 8:.0f}' y='{by + 35:.0f}' fill='{colour}'>"
+                   f"{escape(detail[:26])}</text>"
+                   + (f"<text x='{bx + 8:.0f}' y='{by + 50:.0f}' fill='#616161'>"
+                      f"+{more} more below</text>" if more else "") + "</g>")
+    out.append("</svg>")
+    return "".join(out)

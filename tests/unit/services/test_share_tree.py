@@ -1,0 +1,60 @@
+"""The share tree SVG: who shared from whom with each gain, and a 500-hop chain
+summarised to a readable picture."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from schemas import commands as c
+from services.api.tree import MAX_NODES, share_tree_svg
+from tests.unit.domain.scenario import Scenario
+
+pytestmark = pytest.mark.unit
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def nodes(svg: str) -> dict[str, str]:
+    root = ET.fromstring(svg)  # well-formed XML, or this raises
+    return {g.get("data-account"): " ".join(t.text or "" for t in g.iter(f"{SVG}text"))
+            for g in root.iter(f"{SVG}g")}
+
+
+def test_each_account_under_whom_it_came_via_with_its_gain():
+    s = Scenario()
+    s.setup(price_minor=10_000, budget_minor=1_000, attached_minor=300,
+            acquisition=c.AcquisitionPolicy(amount=c.FixedAmount(amount_minor=100)))
+    s.circulate("ann")
+    s.circulate("bob", via="ann")
+    s.circulate("cy", via="ann")
+    s.circulate("ann", via="cy")  # a repeat: ann stays where she first joined
+    got = nodes(share_tree_svg(s.state))
+    assert set(got) == {"catalogue", "ann", "bob", "cy"}
+    assert got["ann"] == "ann 1.00 USD pending"
+    svg = ET.fromstring(share_tree_svg(s.state))
+    assert len(list(svg.iter(f"{SVG}line"))) == 3  # catalogue-ann, ann-bob, ann-cy
+
+
+def test_a_chain_of_500_hops_is_summarised():
+    s = Scenario()
+    s.setup(price_minor=10_000, budget_minor=100_000, attached_minor=300,
+            acquisition=c.AcquisitionPolicy(amount=c.FixedAmount(amount_minor=1)))
+    for i in range(500):  # a long line of shares, and a few fans
+        s.circulate(f"u{i}", via=f"u{i - 1}" if i % 7 else None)
+    svg = share_tree_svg(s.state)
+    got = nodes(svg)
+    assert len(got) == MAX_NODES + 1  # the accounts drawn, and the catalogue
+    hidden = [text for text in got.values() if "more below" in text]
+    assert hidden  # what was not drawn is counted where it hangs
+    assert len(svg) < 60_000
+
+
+def test_the_longest_chain_allowed_draws_without_deep_recursion():
+    s = Scenario()
+    s.setup(price_minor=10_000, budget_minor=100_000, attached_minor=300,
+            acquisition=c.AcquisitionPolicy(amount=c.FixedAmount(amount_minor=1)))
+    for i in range(3_000):  # one straight line of shares: 3,000 levels deep
+        s.circulate(f"u{i}", via=f"u{i - 1}" if i else None)
+    got = nodes(share_tree_svg(s.state))
+    assert got["u39"].endswith("+2960 more below")
