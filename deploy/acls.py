@@ -95,6 +95,8 @@ def grants(settings: Names) -> dict[str, list[Grant]]:
                              Grant(R, T, t.payments)]
     out["audit"] = [Grant(R, T, topic) for topic in (t.accepted, t.certificate_events,
                                                       t.payments)]
+    # where cash-out stands in accepted: what is complete and what is in flight
+    out["audit"] += [Grant(D, G, f"{g}-cashout")]
     return out
 
 

@@ -20,9 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
+from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry, Gauge, start_http_server, write_to_textfile
 
-from services.audit.read import read_topic
+from schemas.commands import AcceptedCommand
+from services.audit.read import read_records, read_topic
 from services.audit.report import Report, reconcile
 from services.common.settings import Settings
 
@@ -58,25 +61,60 @@ class AuditGauges:
         self.last_run.set(time.time())
 
 
+_decode_accepted = msgspec.json.Decoder(AcceptedCommand).decode
+
+
+def cashout_positions(settings: Settings, timeout_s: float = 30.0) -> dict[int, int]:
+    """The cash-out group's committed offset in `accepted`, per partition: the records
+    below it are applied and their settlements committed with it. Asked as the runner
+    asks it (librdkafka, read_committed: require_stable, so an offset whose transaction
+    is still open is waited for, never half-seen). The group is not joined."""
+    reader = Consumer({"bootstrap.servers": settings.bootstrap,
+                       "group.id": f"{settings.group_prefix}-cashout",
+                       "isolation.level": "read_committed", "enable.auto.commit": False,
+                       "client.id": "commission-audit", **settings.kafka_auth.librdkafka()})
+    try:
+        topic = settings.topics.accepted
+        meta = reader.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            return {}
+        committed = reader.committed([TopicPartition(topic, p) for p in meta.partitions],
+                                     timeout=timeout_s)
+        return {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
+    finally:
+        reader.close()
+
+
 def audit_once(timeout_s: float, results_within_s: float | None = None) -> Report | None:
     """The report, or None when the topics could not be read (never a silent pass)."""
     settings = Settings.from_env()
     t = settings.topics
+    auth = settings.kafka_auth
     try:
-        events = read_topic(settings.bootstrap, t.certificate_events, timeout_s, settings.kafka_auth)
-        accepted = read_topic(settings.bootstrap, t.accepted, timeout_s, settings.kafka_auth)
-        payments = read_topic(settings.bootstrap, t.payments, timeout_s, settings.kafka_auth)
+        # A running pipeline: first where the cash-out service stands in `accepted`
+        # (committed with its outputs), then payments, then what caused them. Every
+        # settlement read has its cause read too; a certificate with commands at or
+        # beyond that position is in flight, and its sums are not complete yet.
+        done = cashout_positions(settings)
+        payments = read_topic(settings.bootstrap, t.payments, timeout_s, auth)
+        accepted = read_records(settings.bootstrap, t.accepted, timeout_s, auth)
+        events = read_topic(settings.bootstrap, t.certificate_events, timeout_s, auth)
     except Exception as exc:
         print(f"audit: cannot read the topics: {exc}", file=sys.stderr)
         return None
-    report = reconcile(events, accepted, payments, now_ms=int(time.time() * 1000),
+    in_flight = frozenset(
+        _decode_accepted(r.value).command.certificate_id for r in accepted
+        if r.offset >= done.get(r.partition, 0))
+    report = reconcile(events, [r.value for r in accepted], payments,
+                       now_ms=int(time.time() * 1000),
                        results_within_ms=None if results_within_s is None
-                       else int(results_within_s * 1000))
+                       else int(results_within_s * 1000), in_flight=in_flight)
     for problem in report.problems:
         print(f"DISCREPANCY {problem}")
     verdict = "OK" if report.ok else "FAILED"
     print(f"audit {verdict}: {report.certificates} certificates, {report.settlements} "
-          f"settlements ({report.awaiting_results} awaiting a payment result), "
+          f"settlements ({report.awaiting_results} awaiting a payment result, "
+          f"{report.in_flight} certificates in flight), "
           f"{len(report.problems)} discrepancies", flush=True)
     return report
 

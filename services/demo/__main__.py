@@ -13,6 +13,7 @@ Watch the settlements from a second terminal with `make watch` (or
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import random
 import signal
@@ -25,11 +26,16 @@ from pathlib import Path
 
 import msgspec
 from kafka import KafkaConsumer, TopicPartition
+from rich.console import Console
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
 
 from deploy.localstack import REPO_ROOT, default_run_dir, default_stack, pid_alive, read_pid
 from schemas.commands import ReportPayment
 from schemas.payments import Settlement
 from schemas.rejections import Rejection
+from services.audit.__main__ import audit_once
 from services.audit.__main__ import main as audit
 from services.common.auth import Keyring
 from services.common.metrics import scrape, total
@@ -160,39 +166,76 @@ class Tally(threading.Thread):
                             headers=self.payer.keyring.sign(body, self.payer.key_for(command)))
 
 
-def draw(tty: bool, started: float, feeder: Feeder, tally: Tally, services: Services,
-         rate: float) -> None:
+def summary(started: float, feeder: Feeder, tally: Tally, services: Services, rate: float,
+            verdict: str) -> list[tuple[str, str]]:
+    """What the demo shows, as (label, text) rows: the same for the screen and the log."""
     elapsed = time.monotonic() - started
-    lines = [
-        f"commission engine demo  {elapsed:6.0f} s   (Ctrl-C to stop; `make watch` in "
-        "another terminal shows payments)",
-        f"web: http://127.0.0.1:{API_PORT}/  (log in as alice / demo-alice)   "
-        f"API: http://127.0.0.1:{API_PORT}/openapi.json",
-        "",
-        f"commands sent   {feeder.sent:>8}   {feeder.sent / max(elapsed, 1e-9):7.1f}/s "
-        f"(target {rate:.0f}/s)   offers {feeder.offers}   certificates live {len(feeder.live)}",
-        f"settlements     {sum(tally.settlements.values()):>8}   "
-        + "  ".join(f"{k} {v}" for k, v in sorted(tally.settlements.items())),
-        f"payment system  settled {tally.results['settled']}   failed {tally.results['failed']}"
-        "   (a failed attempt is published again; the third failure is parked)",
+    rows = [
+        ("commands", f"{feeder.sent} sent, {feeder.sent / max(elapsed, 1e-9):.0f}/s "
+                     f"(target {rate:.0f}/s); offers {feeder.offers}, live {len(feeder.live)}"),
+        ("settlements", f"{sum(tally.settlements.values())}: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(tally.settlements.items()))),
     ]
+    by_currency: dict[str, list[str]] = defaultdict(list)
     for (kind, currency), amount in sorted(tally.money.items()):
-        lines.append(f"    {kind:<18} {amount / 100:>14,.2f} {currency}")
-    lines.append(f"rejections      {sum(tally.rejections.values()):>8}   "
-                 + "  ".join(f"{k} {v}" for k, v in sorted(tally.rejections.items())))
+        by_currency[currency].append(f"{kind} {amount / 100:,.2f}")
+    rows += [(f"money {currency}", ", ".join(items)) for currency, items in by_currency.items()]
+    rows.append(("payment system", f"settled {tally.results['settled']}, failed "
+                 f"{tally.results['failed']} (published again; the 3rd failure is parked)"))
+    rows.append(("rejections", f"{sum(tally.rejections.values())}: " + ", ".join(
+        f"{k} {v}" for k, v in tally.rejections.most_common(6))))
     lags = {s: services.lag(s) for s in SERVICES}  # one scrape per service
-    lines.append("lag (messages)  " + "   ".join(
-        f"{s} {'-' if lag is None else lag}" for s, lag in lags.items()))
+    rows.append(("lag", ", ".join(f"{s} {'-' if lag is None else lag}"
+                                  for s, lag in lags.items())))
     if services.restarts:
-        lines.append("restarts        " + "  ".join(f"{k} {v}" for k, v in services.restarts.items()))
+        rows.append(("restarts", ", ".join(f"{k} {v}" for k, v in services.restarts.items())))
+    rows.append(("audit", verdict))
+    return rows
+
+
+def draw(live, started: float, feeder: Feeder, tally: Tally, services: Services, rate: float,
+         verdict: str) -> None:
+    """Redraw the summary in place on a terminal (rich), or print one plain line."""
+    rows = summary(started, feeder, tally, services, rate, verdict)
     try:
-        if tty:
-            sys.stdout.write("\x1b[2J\x1b[H" + "\n".join(lines) + "\n")
+        if live is not None:
+            table = Table(show_header=False, box=None, pad_edge=False, expand=True)
+            table.add_column(style="bold", no_wrap=True)
+            table.add_column(overflow="fold")
+            for label, text in rows:
+                table.add_row(label, text)
+            elapsed = time.monotonic() - started
+            live.update(Panel(table, title=f"commission engine demo · {elapsed:.0f} s",
+                              subtitle=f"web http://127.0.0.1:{API_PORT}/ (alice / demo-alice) "
+                                       "· Ctrl-C stops"), refresh=True)
         else:
-            sys.stdout.write(" | ".join(line.strip() for line in lines[2:] if line.strip()) + "\n")
-        sys.stdout.flush()
+            sys.stdout.write(" | ".join(f"{label} {text}" for label, text in rows) + "\n")
+            sys.stdout.flush()
     except BrokenPipeError:
         raise KeyboardInterrupt from None  # whoever read our output is gone: stop cleanly
+
+
+class Auditor(threading.Thread):
+    """Runs the audit (the reconciliation of the topics) every ``every`` seconds, so the
+    summary shows its latest verdict."""
+
+    def __init__(self, every: float = 15.0) -> None:
+        super().__init__(daemon=True)
+        self.every = every
+        self.verdict = "first run pending"
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.every):
+            with contextlib.redirect_stdout(io.StringIO()):
+                report = audit_once(30.0)
+            if report is None:
+                self.verdict = "could not read the topics"
+            else:
+                self.verdict = (f"{'OK' if report.ok else 'FAILED'}: {report.certificates} "
+                                f"certificates, {report.settlements} settlements, "
+                                f"{len(report.problems)} discrepancies "
+                                f"({time.strftime('%H:%M:%S')})")
 
 
 def _interrupt(signum, frame) -> None:
@@ -220,22 +263,33 @@ def main() -> int:
     sender = CommandSender(settings, Keyring.from_env())
     feeder = Feeder(sender)
     tty = sys.stdout.isatty()
+    auditor = Auditor()
+    auditor.start()
+    # on a terminal the summary is redrawn in place (rich); otherwise a plain line
+    live = Live(console=Console(), auto_refresh=False, transient=False) if tty else None
     started = time.monotonic()
     next_draw = started
     interval = 1.0 / rate
     try:
+        if live is not None:
+            live.start()
         while not seconds or time.monotonic() - started < seconds:
             feeder.step()
             now = time.monotonic()
             if now >= next_draw:
                 sender.flush()
                 services.supervise()
-                draw(tty, started, feeder, tally, services, rate)
+                draw(live, started, feeder, tally, services, rate, auditor.verdict)
                 next_draw = now + (1.0 if tty else 5.0)
             time.sleep(max(0.0, started + feeder.sent * interval - time.monotonic()))
     except KeyboardInterrupt:
-        print("\nstopping: draining the pipeline ...")
+        pass
     finally:
+        if live is not None:
+            live.stop()
+        auditor.stopping.set()
+        with contextlib.suppress(BrokenPipeError):
+            print("\nstopping: draining the pipeline ...")
         sender.flush()
         sender.close()
         deadline = time.monotonic() + 60

@@ -238,10 +238,17 @@ def test_killing_the_read_model_mid_stream_projects_each_command_once(pipeline, 
     redelivered = 0.0
     try:
         done = pipeline.feed_in_background(commands, every=100, pause_s=0.3)
-        # three kills, and more (up to eight) while none has landed between a
-        # projection and its offset commit yet: on a loaded machine a kill can miss
-        instance = 0
-        while instance < 3 or (not redelivered and instance < 8 and not done.is_set()):
+        # three kills, and more (up to twelve) while none has landed between a
+        # projection and its offset commit yet: on a loaded machine a kill can miss.
+        # Once the traffic is sent, more of it (new certificates) keeps the read model
+        # busy for the next kill.
+        instance, tail_seed = 0, 100
+        while instance < 3 or (not redelivered and instance < 12):
+            if done.is_set() and instance >= 3:
+                tail_seed += 1
+                tail = build(3, 300, seed=tail_seed, t0_ms=int(time.time() * 1000))
+                commands += tail
+                done = pipeline.feed_in_background(tail, every=100, pause_s=0.2)
             instance += 1
             time.sleep(rng.uniform(1.0, 3.0))
             redelivered += skipped()
@@ -249,6 +256,7 @@ def test_killing_the_read_model_mid_stream_projects_each_command_once(pipeline, 
             port = free_port()
             pipeline.start("readmodel", instance=instance, metrics_port=port)
         assert done.wait(120)
+        states = expect(commands).states
         wait_projected(pipeline, client, keys, states)
         check(client, keys, states)
         redelivered += skipped()
