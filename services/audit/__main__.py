@@ -92,13 +92,15 @@ def audit_once(timeout_s: float, results_within_s: float | None = None) -> Repor
     auth = settings.kafka_auth
     try:
         # A running pipeline: first where the cash-out service stands in `accepted`
-        # (committed with its outputs), then payments, then what caused them. Every
-        # settlement read has its cause read too; a certificate with commands at or
-        # beyond that position is in flight, and its sums are not complete yet.
+        # (committed with its outputs), then payments, then what caused them: the
+        # events, then `accepted` (written in one transaction with the events, so it
+        # holds every command whose events were read, and more). Every settlement read
+        # has its cause read too; a certificate with commands at or beyond the
+        # cash-out's position is in flight, and its sums are not complete yet.
         done = cashout_positions(settings)
         payments = read_topic(settings.bootstrap, t.payments, timeout_s, auth)
-        accepted = read_records(settings.bootstrap, t.accepted, timeout_s, auth)
         events = read_topic(settings.bootstrap, t.certificate_events, timeout_s, auth)
+        accepted = read_records(settings.bootstrap, t.accepted, timeout_s, auth)
     except Exception as exc:
         print(f"audit: cannot read the topics: {exc}", file=sys.stderr)
         return None

@@ -235,7 +235,8 @@ class Auditor(threading.Thread):
                 self.verdict = (f"{'OK' if report.ok else 'FAILED'}: {report.certificates} "
                                 f"certificates, {report.settlements} settlements, "
                                 f"{len(report.problems)} discrepancies "
-                                f"({time.strftime('%H:%M:%S')})")
+                                f"({time.strftime('%H:%M:%S')})"
+                                + (f"; first: {report.problems[0]}" if report.problems else ""))
 
 
 def _interrupt(signum, frame) -> None:
