@@ -77,7 +77,8 @@ def share_tree_svg(state: CertificateState) -> str:
     width = max(1, next_x[0]) * (NODE_W + GAP_X) + GAP_X
     height = (max(level for _, level in pos.values()) + 1) * (NODE_H + GAP_Y) + GAP_Y
     out = [f"<svg id='share-tree' xmlns='http://www.w3.org/2000/svg' role='img' "
-           f"viewBox='0 0 {width:.0f} {height:.0f}' style='max-width:100%;height:auto' "
+           f"width='{width:.0f}' viewBox='0 0 {width:.0f} {height:.0f}' "
+           "style='max-width:100%;height:auto' "
            f"font-family='sans-serif' font-size='12'>",
            f"<title>Share tree: {len(parent)} accounts, {len(state.chain)} shares</title>"]
 

@@ -34,7 +34,8 @@ def browser(tmp_path):
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chrome'}"):
+                 "--disable-dev-shm-usage", "--window-size=1000,1400",
+                 f"--user-data-dir={tmp_path / 'chrome'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.set_page_load_timeout(30)
