@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -61,6 +62,10 @@ def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
     metrics = ReadModelMetrics()
     projected = metrics.commands.labels("projected")
     skipped = metrics.commands.labels("skipped")
+    # Fault injection (tests): SIGKILL this worker right after its n-th projection,
+    # before faust can commit that record's offset: a restart must meet it again.
+    kill_after = int(os.environ.get("COMMISSION_READMODEL_KILL_AFTER", "0"))
+    count = [0]
 
     @app.page("/metrics")
     async def prometheus(web, request):
@@ -108,6 +113,9 @@ def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
             if applied:
                 projected.inc()
                 metrics.trail.observe(max(0.0, time.time() - accepted_ms / 1000))
+                count[0] += 1
+                if count[0] == kill_after:  # no await since the projection: uncommitted
+                    os.kill(os.getpid(), signal.SIGKILL)
             else:
                 skipped.inc()
 

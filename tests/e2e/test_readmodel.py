@@ -214,52 +214,46 @@ def test_a_record_of_an_aborted_transaction_is_not_projected(pipeline, stack):
 
 
 def test_killing_the_read_model_mid_stream_projects_each_command_once(pipeline, stack):
-    """SIGKILL the read model three times while commands flow: faust redelivers what it
-    had not committed, and the sequence number stored with each projection (in the same
-    Redis transaction) skips it, so counters such as earnings are added once."""
-    import random
-    import signal
-
+    """SIGKILL the read model three times while commands flow, each time right after a
+    projection whose offset faust has not committed (COMMISSION_READMODEL_KILL_AFTER):
+    the next worker gets that record again, and the sequence number stored with each
+    projection (in the same Redis transaction) skips it, so counters such as earnings
+    are added once."""
     commands = build(30, 2_000, seed=61, t0_ms=int(time.time() * 1000))
     states = expect(commands).states
     pipeline.start_all()
-    port = free_port()
-    pipeline.start("readmodel", metrics_port=port)
     client = redis.Redis.from_url(stack.redis_url)
     keys = Keys(pipeline.topics.prefix)
-    rng = random.Random(3)
+    ports = [free_port() for _ in range(4)]
 
-    def skipped() -> float:  # redeliveries this instance found projected already
+    def skipped(port: int) -> float:  # redeliveries this instance found projected already
         try:
             return total(scrape(port), "commission_readmodel_commands_total", outcome="skipped")
         except OSError:
-            return 0.0  # not serving yet: it has skipped nothing
+            return 0.0  # gone, or not serving yet
 
-    redelivered = 0.0
     try:
+        # instances 0-2 each kill themselves after 300 projections; 3 runs to the end
+        pipeline.start("readmodel", instance=0, metrics_port=ports[0],
+                       COMMISSION_READMODEL_KILL_AFTER="300")
         done = pipeline.feed_in_background(commands, every=100, pause_s=0.3)
-        # three kills, and more (up to twelve) while none has landed between a
-        # projection and its offset commit yet: on a loaded machine a kill can miss.
-        # Once the traffic is sent, more of it (new certificates) keeps the read model
-        # busy for the next kill.
-        instance, tail_seed = 0, 100
-        while instance < 3 or (not redelivered and instance < 12):
-            if done.is_set() and instance >= 3:
-                tail_seed += 1
-                tail = build(3, 300, seed=tail_seed, t0_ms=int(time.time() * 1000))
-                commands += tail
-                done = pipeline.feed_in_background(tail, every=100, pause_s=0.2)
-            instance += 1
-            time.sleep(rng.uniform(1.0, 3.0))
-            redelivered += skipped()
-            pipeline.signal("readmodel", instance=instance - 1, sig=signal.SIGKILL)
-            port = free_port()
-            pipeline.start("readmodel", instance=instance, metrics_port=port)
+        redelivered = 0.0
+        for instance in (1, 2, 3):
+            deadline = time.monotonic() + 120
+            while pipeline.procs[("readmodel", instance - 1)].poll() is None:
+                assert time.monotonic() < deadline, f"instance {instance - 1} was not killed"
+                time.sleep(0.2)
+            pipeline.procs.pop(("readmodel", instance - 1))  # killed, as planned
+            kill = {} if instance == 3 else {"COMMISSION_READMODEL_KILL_AFTER": "300"}
+            pipeline.start("readmodel", instance=instance, metrics_port=ports[instance], **kill)
+            # the record projected last before the kill comes again: skipped once here
+            deadline = time.monotonic() + 60
+            while skipped(ports[instance]) < 1 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            redelivered += skipped(ports[instance])
+            assert redelivered >= instance, f"instance {instance} met no redelivered record"
         assert done.wait(120)
-        states = expect(commands).states
         wait_projected(pipeline, client, keys, states)
         check(client, keys, states)
-        redelivered += skipped()
-        assert redelivered > 0, "no kill landed between a projection and its offset commit"
     finally:
         client.close()
