@@ -38,6 +38,7 @@ from schemas.payments import (
     SellerPayment,
     Settlement,
 )
+from schemas.rejections import Reason
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -106,8 +107,17 @@ class Metrics:
                                          buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
                                          registry=r)
         self.timer_commands = Counter("commission_timer_commands_total",
-                                      "check_expiry commands sent by the withdrawal timer.",
-                                      ["service"], registry=r)
+                                      "check_expiry and release_hold commands sent by the "
+                                      "withdrawal timer.", ["service"], registry=r)
+        # Series that exist from the start, at 0: a counter that has not moved yet
+        # (no determinism error, no aborted round, no rejection of some reason) is a
+        # 0 on the dashboards and in the alerts' expressions, not "No data".
+        for counter in (self.determinism_errors, self.aborted_rounds, self.skipped,
+                        self.timer_commands):
+            counter.labels(service)
+        if service == "circulation":
+            for reason in Reason:
+                self.rejections.labels(service, reason.value)
 
         # bound children by label values: ``labels()`` costs ~1.8 us a call against
         # ~0.4 us for ``inc()``, and it ran several times per message (~8 % of the

@@ -171,3 +171,16 @@ def test_followers_apply_in_sequence_and_detect_disagreement():
     gap = c.AcceptedCommand(seq=5, received_ms=T, command=post)
     with pytest.raises(DeterminismError):
         follow(state, gap)
+
+
+def test_counters_that_have_not_moved_are_there_at_zero():
+    # a panel or alert over a counter that never moved shows 0, not "No data"
+    from prometheus_client import generate_latest
+
+    from services.common.metrics import Metrics
+    text = generate_latest(Metrics("circulation").registry).decode()
+    for line in ('commission_determinism_errors_total{service="circulation"} 0.0',
+                 'commission_rounds_aborted_total{service="circulation"} 0.0',
+                 'commission_rejections_total{reason="bad_signature",service="circulation"} 0.0',
+                 'commission_rejections_total{reason="payment_parked",service="circulation"} 0.0'):
+        assert line in text, line
