@@ -269,7 +269,10 @@ class StageRunner:
         for record in records:
             error = record.error()
             if error is not None and error.code() != KafkaError._PARTITION_EOF:
-                if error.fatal():
+                # a fatal consumer error (e.g. a static member fenced after the broker
+                # came back) arrives as a record error whose fatal() may be False: the
+                # consumer is unusable either way, so stop for a restart
+                if error.fatal() or error.code() == KafkaError._FATAL:
                     raise Fatal(f"consumer: {error}")
                 log.warning(f"consumer: {error}")
         return [r for r in records if r.error() is None]
