@@ -36,19 +36,21 @@ class CommandSender:
         scope = signer_scope(command)
         return self.key if scope == "gateway" else self.keyring.first(scope)
 
-    def send(self, command: Command) -> None:
+    def send(self, command: Command, topic: str | None = None) -> None:
+        """Sign ``command`` with the key its scope needs and send it to ``commands``
+        (or ``topic``: the payment system's results go to ``payment-results``)."""
         body = _encode(command)
         self.send_raw(command.certificate_id.encode(), body,
-                      headers=self.keyring.sign(body, self.key_for(command)))
+                      headers=self.keyring.sign(body, self.key_for(command)), topic=topic)
 
     def send_raw(self, key: bytes | None, body: bytes, *, sign: bool = True,
                  headers: list[tuple[str, bytes]] | None = None,
-                 timestamp_ms: int | None = None) -> None:
+                 timestamp_ms: int | None = None, topic: str | None = None) -> None:
         """Send bytes as they are (tests use this for forged and malformed input, and
         ``timestamp_ms`` for a record timestamp set by the producer)."""
         if headers is None:
             headers = self.keyring.sign(body, self.key) if sign else []
-        self.producer.send(self.topic, key=key, value=body, headers=headers,
+        self.producer.send(topic or self.topic, key=key, value=body, headers=headers,
                            timestamp_ms=timestamp_ms)
 
     def flush(self) -> None:

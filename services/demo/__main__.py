@@ -44,8 +44,6 @@ from services.common.topics import ensure_topics
 from services.demo.feeder import Feeder
 from services.gateway import CommandSender
 
-_encode = msgspec.json.Encoder().encode
-
 SERVICES = ("circulation", "allocation", "withdrawal", "cashout")
 # the platform side: the read model (faust) and the read API over it
 PLATFORM = ("readmodel", "api")
@@ -161,9 +159,7 @@ class Tally(threading.Thread):
                                 certificate_id=s.certificate_id, at_ms=int(time.time() * 1000),
                                 settlement_id=s.settlement_id, attempt=s.attempt,
                                 result=result, reason=None if result == "settled" else "declined")
-        body = _encode(command)
-        self.payer.send_raw(s.certificate_id.encode(), body,
-                            headers=self.payer.keyring.sign(body, self.payer.key_for(command)))
+        self.payer.send(command, topic=self.settings.topics.payment_results)
 
 
 def summary(started: float, feeder: Feeder, tally: Tally, services: Services, rate: float,
@@ -255,8 +251,7 @@ def main() -> int:
     settings = Settings.from_env(bootstrap=kafka.bootstrap)
     ensure_topics(settings, settings.topics.all())
     services = Services(settings, default_run_dir() / "services", redis.url)
-    payer = CommandSender(settings, Keyring.from_env())
-    payer.topic = settings.topics.payment_results  # the payment system's own topic
+    payer = CommandSender(settings, Keyring.from_env())  # the payment system's own client
     tally = Tally(settings, payer)
     tally.start()
     for name in (*SERVICES, *PLATFORM):

@@ -26,7 +26,6 @@ from tests.e2e.certificates import cert_id, setup
 
 decode_event = msgspec.json.Decoder(Event).decode
 decode_settlement = msgspec.json.Decoder(Settlement).decode
-encode = msgspec.json.Encoder().encode
 
 
 def certificate(name: str, t: int, **pool) -> tuple[str, list[c.Command]]:
@@ -55,11 +54,8 @@ def report(pipeline, s: Settlement, attempt: int, result: str) -> None:
                               certificate_id=s.certificate_id, at_ms=int(time.time() * 1000),
                               settlement_id=s.settlement_id, attempt=attempt, result=result,
                               reason=None if result == "settled" else "bank said no")
-    sender = pipeline.sender
-    body = encode(command)
-    sender.producer.send(pipeline.topics.payment_results, key=s.certificate_id.encode(),
-                         value=body, headers=sender.keyring.sign(body, sender.key_for(command)))
-    sender.producer.flush()
+    pipeline.sender.send(command, topic=pipeline.topics.payment_results)
+    pipeline.sender.flush()
 
 
 def settlements_until(pipeline, done, timeout_s: float = 60) -> list[Settlement]:

@@ -83,11 +83,8 @@ def test_a_user_flow_through_the_api(pipeline):
     result = c.ReportPayment(command_id=f"result:{payout.settlement_id}:1", certificate_id=cid,
                              at_ms=int(time.time() * 1000), settlement_id=payout.settlement_id,
                              attempt=1, result="settled")
-    body = msgspec.json.encode(result)
-    pipeline.sender.producer.send(pipeline.topics.payment_results, key=cid.encode(), value=body,
-                                  headers=pipeline.sender.keyring.sign(
-                                      body, pipeline.sender.key_for(result)))
-    pipeline.sender.producer.flush()
+    pipeline.sender.send(result, topic=pipeline.topics.payment_results)
+    pipeline.sender.flush()
     earned = wait_for(port, "/accounts/alice/earnings",
                       lambda b: b["earnings"]["EUR"]["paid_minor"], token=alice)
     assert earned["earnings"]["EUR"] == {"pending_minor": 0, "held_minor": 0,
