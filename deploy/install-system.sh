@@ -14,8 +14,9 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
 # validates deploy/compose.yaml without a Docker engine (tests/integration/test_deploy.py)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
-# promtool checks and unit-tests the alert rules (deploy/prometheus)
-command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# the Prometheus server `make run` and tests/e2e/test_prometheus.py start, and promtool,
+# which checks and unit-tests the alert rules (deploy/prometheus); one Debian package
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
 # the browser test of the web pages (tests/e2e/test_browser.py)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)

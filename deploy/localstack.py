@@ -23,6 +23,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -31,6 +32,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,16 +199,24 @@ def redis_answers(port: int) -> bool:
         return False
 
 
-def wait_until(check, timeout_s: float, what: str, log: Path | None = None) -> None:
+def wait_until(check, timeout_s: float, what: str, log: Path | None = None,
+               pid: int | None = None) -> None:
+    """Wait for ``check``; give up at the timeout, or at once when process ``pid``
+    (the server being started) has exited."""
     deadline = time.monotonic() + timeout_s
+    exited = False
     while time.monotonic() < deadline:
         if check():
             return
+        if pid is not None and not pid_alive(pid):
+            exited = True
+            break
         time.sleep(0.2)
     tail = ""
     if log is not None and log.exists():
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-    raise RuntimeError(f"{what} did not answer within {timeout_s:.0f}s\n{tail}")
+    why = "exited" if exited else f"did not answer within {timeout_s:.0f}s"
+    raise RuntimeError(f"{what} {why}\n{tail}")
 
 
 @dataclass(frozen=True)
@@ -447,6 +457,80 @@ class Redis:
         stop_pidfile(self.pidfile)
 
 
+PROMETHEUS_START_TIMEOUT_S = 30.0
+ALERT_RULES = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
+
+
+def prometheus_answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class Prometheus:
+    """Debian's ``prometheus`` server, scraping the processes given to ``start`` on
+    127.0.0.1 with the project's alert rules loaded; its data in its own folder.
+
+    Each target is its own scrape target whose ``instance`` label is the process's
+    name (``circulation``, ``api``, ...), so an alert says which process is down.
+    """
+
+    run_dir: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / "prometheus.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / "prometheus.log"
+
+    def config(self, jobs: dict[str, dict[str, int]], rules: Path, interval_s: float) -> str:
+        """The scrape configuration: ``jobs`` maps a job name to {process name: port}."""
+        lines = ["global:", f"  scrape_interval: {interval_s:g}s",
+                 f"  evaluation_interval: {interval_s:g}s", "rule_files:",
+                 f"  - {json.dumps(str(rules))}", "scrape_configs:"]
+        for job, targets in jobs.items():
+            lines += [f"  - job_name: {job}", "    static_configs:"]
+            lines += [f"      - targets: [\"127.0.0.1:{port}\"]\n"
+                      f"        labels: {{instance: {name}}}" for name, port in targets.items()]
+        return "\n".join(lines) + "\n"
+
+    def start(self, jobs: dict[str, dict[str, int]], *, rules: Path = ALERT_RULES,
+              interval_s: float = 5.0) -> None:
+        if self.running():
+            return
+        server = shutil.which("prometheus")
+        if server is None:
+            raise SystemExit("prometheus is missing: run `make install` (apt-get install prometheus)")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config = self.run_dir / "prometheus.yml"
+        config.write_text(self.config(jobs, rules, interval_s))
+        pid = _spawn([server, f"--config.file={config}",
+                      f"--storage.tsdb.path={self.run_dir / 'data'}",
+                      "--storage.tsdb.retention.time=2d",
+                      f"--web.listen-address=127.0.0.1:{self.port}"], self.log)
+        self.pidfile.write_text(f"{pid}\n")
+        # ours must answer, not another server on the port (it would exit, port taken)
+        wait_until(lambda: pid_alive(pid) and prometheus_answers(self.port),
+                   PROMETHEUS_START_TIMEOUT_S, "prometheus", self.log, pid=pid)
+
+    def running(self) -> bool:
+        pid = read_pid(self.pidfile)
+        return pid is not None and pid_alive(pid) and prometheus_answers(self.port)
+
+    def stop(self) -> None:
+        stop_pidfile(self.pidfile)
+
+
 def default_run_dir() -> Path:
     return Path(os.environ.get("COMMISSION_RUN_DIR", REPO_ROOT / "run"))
 
@@ -462,6 +546,12 @@ def default_stack() -> tuple[Kafka, Redis]:
     return kafka, redis
 
 
+def default_prometheus() -> Prometheus:
+    """The Prometheus server `make run` starts (DEMO_PROMETHEUS_PORT, default 9090)."""
+    return Prometheus(default_run_dir() / "prometheus",
+                      int(os.environ.get("DEMO_PROMETHEUS_PORT", "9090")))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.localstack")
     parser.add_argument("action", choices=["up", "down", "status", "fetch"])
@@ -475,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kafka  {kafka.bootstrap}  (logs {kafka.log})")
         print(f"redis  {redis.url}  (logs {redis.log})")
     elif args.action == "down":
+        default_prometheus().stop()  # if a `make run` left one (its pid file says)
         redis.stop()
         kafka.stop()
         print("stopped what `up` started")

@@ -49,6 +49,10 @@ class AuditGauges:
                             registry=r)
         self.last_run = Gauge("commission_audit_last_run_timestamp_seconds",
                               "When the last audit finished.", registry=r)
+        # before the first audit nothing is known: NaN, so neither "failed" (0) nor
+        # "not run for hours" can fire while the first audit reads the topics
+        for gauge in (self.success, self.discrepancies, self.last_run):
+            gauge.set(float("nan"))
 
     def record(self, report: Report | None) -> None:
         self.success.set(int(report is not None and report.ok))

@@ -476,6 +476,8 @@ class StageRunner:
         open. Errors are kept and raised by the loop (librdkafka would log them)."""
         try:
             starts = self._take_over([tp.partition for tp in partitions])
+            for p in starts:  # an owned partition reports 0 while it runs, not nothing
+                self.metrics.parked.labels(self.stage.name, str(p)).set(0)
             consumer.incremental_assign(
                 [TopicPartition(self.input, p, offset) for p, offset in starts.items()])
             self.joined.set()
@@ -494,12 +496,14 @@ class StageRunner:
     def _forget(self, partitions: list[int]) -> None:
         for p in partitions:
             self.parts.pop(p, None)
-            if self.parked.pop(p, None) is not None:
-                self.metrics.parked.labels(self.stage.name, str(p)).set(0)
-            try:
-                self.metrics.lag.remove(self.stage.name, self.input, str(p))
-            except KeyError:
-                pass  # never measured
+            self.parked.pop(p, None)
+            # another worker reports a partition this one no longer owns
+            for gauge, labels in ((self.metrics.parked, (self.stage.name, str(p))),
+                                  (self.metrics.lag, (self.stage.name, self.input, str(p)))):
+                try:
+                    gauge.remove(*labels)
+                except KeyError:
+                    pass  # never measured
             forget = getattr(self.stage, "forget_partition", None)
             if forget is not None:
                 forget(p)

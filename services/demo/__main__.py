@@ -4,7 +4,10 @@ cleanly and run the audit.
 
     DEMO_RATE=100       commands per second from the feeder
     DEMO_SECONDS=0      stop by itself after this many seconds (0: until Ctrl-C)
-    DEMO_METRICS_BASE_PORT=9101   the services' metrics on 9101..9104
+    DEMO_METRICS_BASE_PORT=9101   /metrics of the four services on 9101..9104, the
+                                  read model on 9105, the audit on 9106
+    DEMO_PROMETHEUS_PORT=9090     a Prometheus server scraping all of them (and the
+                                  API) every 5 s with deploy/prometheus/alerts.yml
 
 Watch the settlements from a second terminal with `make watch` (or
 `python -m services.watch payments`).
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import random
 import signal
@@ -21,21 +25,31 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import msgspec
 from kafka import KafkaConsumer, TopicPartition
+from prometheus_client import start_http_server
 from rich.console import Console
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from deploy.localstack import REPO_ROOT, default_run_dir, default_stack, pid_alive, read_pid
+from deploy.localstack import (
+    REPO_ROOT,
+    Prometheus,
+    default_prometheus,
+    default_run_dir,
+    default_stack,
+    pid_alive,
+    read_pid,
+)
 from schemas.commands import ReportPayment
 from schemas.payments import Settlement
 from schemas.rejections import Rejection
-from services.audit.__main__ import audit_once
+from services.audit.__main__ import AuditGauges, audit_once
 from services.audit.__main__ import main as audit
 from services.common.auth import Keyring
 from services.common.metrics import scrape, total
@@ -49,6 +63,7 @@ SERVICES = ("circulation", "allocation", "withdrawal", "cashout")
 PLATFORM = ("readmodel", "api")
 METRICS_BASE_PORT = int(os.environ.get("DEMO_METRICS_BASE_PORT", "9101"))
 API_PORT = int(os.environ.get("DEMO_API_PORT", "8080"))
+AUDIT_PORT = METRICS_BASE_PORT + 5
 
 
 class Services:
@@ -163,7 +178,7 @@ class Tally(threading.Thread):
 
 
 def summary(started: float, feeder: Feeder, tally: Tally, services: Services, rate: float,
-            verdict: str) -> list[tuple[str, str]]:
+            verdict: str, monitoring: str = "") -> list[tuple[str, str]]:
     """What the demo shows, as (label, text) rows: the same for the screen and the log."""
     elapsed = time.monotonic() - started
     rows = [
@@ -186,13 +201,15 @@ def summary(started: float, feeder: Feeder, tally: Tally, services: Services, ra
     if services.restarts:
         rows.append(("restarts", ", ".join(f"{k} {v}" for k, v in services.restarts.items())))
     rows.append(("audit", verdict))
+    if monitoring:
+        rows.append(("prometheus", monitoring))
     return rows
 
 
 def draw(live, started: float, feeder: Feeder, tally: Tally, services: Services, rate: float,
-         verdict: str) -> None:
+         verdict: str, monitoring: str = "") -> None:
     """Redraw the summary in place on a terminal (rich), or print one plain line."""
-    rows = summary(started, feeder, tally, services, rate, verdict)
+    rows = summary(started, feeder, tally, services, rate, verdict, monitoring)
     try:
         if live is not None:
             table = Table(show_header=False, box=None, pad_edge=False, expand=True)
@@ -213,18 +230,22 @@ def draw(live, started: float, feeder: Feeder, tally: Tally, services: Services,
 
 class Auditor(threading.Thread):
     """Runs the audit (the reconciliation of the topics) every ``every`` seconds, so the
-    summary shows its latest verdict."""
+    summary shows its latest verdict, and serves its gauges on AUDIT_PORT for
+    Prometheus (as `python -m services.audit --every S --port P` does in production)."""
 
     def __init__(self, every: float = 15.0) -> None:
         super().__init__(daemon=True)
         self.every = every
         self.verdict = "first run pending"
         self.stopping = threading.Event()
+        self.gauges = AuditGauges()
+        start_http_server(AUDIT_PORT, addr="127.0.0.1", registry=self.gauges.registry)
 
     def run(self) -> None:
         while not self.stopping.wait(self.every):
             with contextlib.redirect_stdout(io.StringIO()):
                 report = audit_once(30.0)
+            self.gauges.record(report)
             if report is None:
                 self.verdict = "could not read the topics"
             else:
@@ -233,6 +254,20 @@ class Auditor(threading.Thread):
                                 f"{len(report.problems)} discrepancies "
                                 f"({time.strftime('%H:%M:%S')})"
                                 + (f"; first: {report.problems[0]}" if report.problems else ""))
+
+
+def monitoring(prometheus: Prometheus) -> str:
+    """One line from the demo's Prometheus: its address, targets up, alerts firing."""
+    try:
+        with urllib.request.urlopen(f"{prometheus.url}/api/v1/query?query=up", timeout=1) as r:
+            up = [int(float(v["value"][1])) for v in json.loads(r.read())["data"]["result"]]
+        with urllib.request.urlopen(f"{prometheus.url}/api/v1/alerts", timeout=1) as r:
+            alerts = json.loads(r.read())["data"]["alerts"]
+    except (OSError, ValueError, KeyError):
+        return f"{prometheus.url} (not answering)"
+    firing = sorted({a["labels"]["alertname"] for a in alerts if a["state"] == "firing"})
+    return (f"{prometheus.url} · {sum(up)} of {len(up)} targets up · firing: "
+            f"{', '.join(firing) or 'none'}")
 
 
 def _interrupt(signum, frame) -> None:
@@ -251,6 +286,18 @@ def main() -> int:
     settings = Settings.from_env(bootstrap=kafka.bootstrap)
     ensure_topics(settings, settings.topics.all())
     services = Services(settings, default_run_dir() / "services", redis.url)
+    prometheus = default_prometheus()
+    prometheus_was_up = prometheus.running()
+    try:
+        prometheus.start({"commission": {**{name: services.port(name)
+                                             for name in (*SERVICES, "readmodel")},
+                                          "api": API_PORT},
+                          "commission-audit": {"audit": AUDIT_PORT}})
+        print(f"prometheus {prometheus.url} (alerts {prometheus.url}/alerts)", flush=True)
+    except RuntimeError as err:  # e.g. the port is taken: the demo runs on without it
+        prometheus.stop()
+        print(f"prometheus did not start ({str(err).splitlines()[-1]}); set "
+              "DEMO_PROMETHEUS_PORT to a free port to have one", flush=True)
     payer = CommandSender(settings, Keyring.from_env())  # the payment system's own client
     tally = Tally(settings, payer)
     tally.start()
@@ -275,7 +322,8 @@ def main() -> int:
             if now >= next_draw:
                 sender.flush()
                 services.supervise()
-                draw(live, started, feeder, tally, services, rate, auditor.verdict)
+                draw(live, started, feeder, tally, services, rate, auditor.verdict,
+                     monitoring(prometheus))
                 next_draw = now + (1.0 if tty else 5.0)
             time.sleep(max(0.0, started + feeder.sent * interval - time.monotonic()))
     except KeyboardInterrupt:
@@ -301,6 +349,8 @@ def main() -> int:
     except BrokenPipeError:
         pass
     finally:
+        if not prometheus_was_up:
+            prometheus.stop()
         if not stack_was_up:
             redis.stop()
             kafka.stop()

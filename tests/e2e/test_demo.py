@@ -4,6 +4,7 @@ stops what it started."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,11 +20,12 @@ from deploy.localstack import free_port, pid_alive, read_pid
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def four_free_ports() -> int:
-    for base in range(23100, 24000, 7):
+def free_ports_from(count: int) -> int:
+    """The first of ``count`` consecutive free ports."""
+    for base in range(23100, 24000, count + 1):
         socks = []
         try:
-            for p in range(base, base + 4):
+            for p in range(base, base + count):
                 s = socket.socket()
                 s.bind(("127.0.0.1", p))
                 socks.append(s)
@@ -33,7 +35,15 @@ def four_free_ports() -> int:
         finally:
             for s in socks:
                 s.close()
-    raise RuntimeError("no four consecutive free ports")
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def prometheus_up(port: str) -> dict[str, float]:
+    """{instance: value of `up`} from the demo's Prometheus ({} while it has none)."""
+    url = f"http://127.0.0.1:{port}/api/v1/query?query=up"
+    with urllib.request.urlopen(url, timeout=2) as r:
+        return {v["metric"]["instance"]: float(v["value"][1])
+                for v in json.loads(r.read())["data"]["result"]}
 
 
 def test_make_run_shows_the_system_working_and_stops_cleanly(tmp_path):
@@ -41,7 +51,8 @@ def test_make_run_shows_the_system_working_and_stops_cleanly(tmp_path):
     env = {**os.environ, "DEMO_SECONDS": "30", "DEMO_RATE": "120",
            "COMMISSION_RUN_DIR": str(run_dir), "KAFKA_PORT": str(free_port()),
            "KAFKA_CONTROLLER_PORT": str(free_port()), "REDIS_PORT": str(free_port()),
-           "DEMO_METRICS_BASE_PORT": str(four_free_ports()), "DEMO_API_PORT": str(free_port())}
+           "DEMO_METRICS_BASE_PORT": str(free_ports_from(6)), "DEMO_API_PORT": str(free_port()),
+           "DEMO_PROMETHEUS_PORT": str(free_port())}
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "COMMISSION_TOPIC_PREFIX"):
         env.pop(name, None)
     env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{env['KAFKA_PORT']}"
@@ -57,10 +68,21 @@ def test_make_run_shows_the_system_working_and_stops_cleanly(tmp_path):
         except OSError:
             pass
         time.sleep(1)
+    # the demo's Prometheus scrapes every process of it: four stages, the read model,
+    # the API and the audit
+    up: dict[str, float] = {}
+    while demo.poll() is None and time.monotonic() < deadline + 20 and len(up) < 7:
+        with contextlib.suppress(OSError):
+            up = {k: v for k, v in prometheus_up(env["DEMO_PROMETHEUS_PORT"]).items() if v == 1}
+        time.sleep(1)
     stdout, stderr = demo.communicate(timeout=240)
     out = subprocess.CompletedProcess(demo.args, demo.returncode, stdout, stderr)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert catalogue, "the read API served no catalogue while the demo ran"
+    assert sorted(up) == ["allocation", "api", "audit", "cashout", "circulation", "readmodel",
+                          "withdrawal"], up
+    assert f"prometheus http://127.0.0.1:{env['DEMO_PROMETHEUS_PORT']}" in out.stdout
+    assert re.search(r"\| prometheus http://\S+ · 7 of 7 targets up", out.stdout), out.stdout[-2000:]
     settled = [int(n) for n in re.findall(r"settlements\s+(\d+)", out.stdout)]
     assert settled and settled[-1] > 0, out.stdout[-2000:]
     assert re.search(r"audit OK: \d+ certificates, [1-9]\d* settlements "
