@@ -458,6 +458,14 @@ class StageRunner:
     def _update_gauges(self) -> None:
         self.metrics.table_rows.labels(self.stage.name).set(
             sum(len(part.rows) for part in self.parts.values()))
+        # The consumer's position steps over the commit markers of transactions (the
+        # table's position stops at the last record applied): without it an idle
+        # partition of a transactional input would show a lag of 1 for ever.
+        try:
+            stepped = {tp.partition: tp.offset for tp in self.consumer.position(
+                [TopicPartition(self.input, p) for p in self.parts])}
+        except KafkaException:
+            stepped = {}
         for p, part in self.parts.items():
             try:
                 _, high = self.consumer.get_watermark_offsets(
@@ -466,7 +474,7 @@ class StageRunner:
                 continue
             if high >= 0:
                 self.metrics.lag.labels(self.stage.name, self.input, str(p)).set(
-                    max(0, high - part.position))
+                    max(0, high - max(part.position, stepped.get(p, -1))))
 
     # --- rebalances ---------------------------------------------------------------------
 

@@ -1,0 +1,113 @@
+"""Clawbacks offset against the account's later payouts (issue #13, rule 3).
+
+A refund after the hold claws back what was already paid: a ``clawback`` settlement
+per account, a debit. Each account keeps its outstanding clawback balance, per
+currency, in its own ledger; every later payout to that account (a commission payout
+or a seller's payment, on any certificate) is reduced by that balance first:
+
+    amount_minor (what the payment system pays) = gross_minor - offset_minor
+    offset_minor = min(outstanding balance, gross_minor), taken at the first attempt
+
+Both the gross and the offset are on the settlement. The certificate's own
+accounting (its conservation equation, its earnings) keeps the gross: the
+certificate paid the account in full, and the account paid part of its debt back
+with it. The platform, which made the funder whole at the clawback
+(``budget_release`` reason ``clawback``), recovers the offset.
+
+Rules, and why:
+
+* Only payouts are reduced: a budget release returns the funder's own escrow and a
+  buyer refund the buyer's own money, neither is the account's earnings.
+* The offset is decided once, at the first attempt. A failed attempt is published
+  again with the same offset (the same settlement, the same amounts), and a payout
+  parked after its last failure keeps it: the operator who settles it by hand pays
+  what the settlement says.
+* A balance in one currency is never offset against a payout in another.
+
+Per ledger and currency, always: clawed_back = outstanding + recovered.
+
+This is applied by its own stage, keyed by account (services/netting), because one
+account's clawbacks and payouts come from many certificates.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas.payments import Clawback, CommissionPayout, SellerPayment, Settlement
+
+# settlements that pay an account its earnings, and so may be reduced by its debt
+NETTABLE = (CommissionPayout, SellerPayment)
+
+
+class NettingViolation(RuntimeError):
+    """A ledger broke its equation: a bug; the stage must not publish."""
+
+
+class AccountLedger(msgspec.Struct, kw_only=True):
+    account_id: str
+    # currency -> clawbacks not yet recovered from a payout
+    outstanding: dict[str, int] = msgspec.field(default_factory=dict)
+    # currency -> every clawback; and every offset taken (recovered)
+    clawed_back: dict[str, int] = msgspec.field(default_factory=dict)
+    recovered: dict[str, int] = msgspec.field(default_factory=dict)
+    # settlement id -> the offset its first attempt took (only those > 0), so a later
+    # attempt of the same payout carries the same amounts
+    offsets: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+def _add(counts: dict[str, int], currency: str, amount: int) -> None:
+    counts[currency] = counts.get(currency, 0) + amount
+
+
+def net(ledger: AccountLedger | None, s: Settlement) -> tuple[AccountLedger, Settlement]:
+    """Apply one settlement for ``s.payee_id`` to its ledger: the ledger after it, and
+    the settlement to publish (a payout with its gross and offset; others as they
+    are). Pure: the same ledger and settlement give the same result."""
+    ledger = (AccountLedger(account_id=s.payee_id) if ledger is None
+              else msgspec.structs.replace(
+                  ledger, outstanding=dict(ledger.outstanding),
+                  clawed_back=dict(ledger.clawed_back), recovered=dict(ledger.recovered),
+                  offsets=dict(ledger.offsets)))
+    if ledger.account_id != s.payee_id:
+        raise NettingViolation(f"{s.settlement_id} for {s.payee_id} applied to the "
+                               f"ledger of {ledger.account_id}")
+    out: Settlement = s
+    if isinstance(s, Clawback):
+        if s.attempt == 1:
+            _add(ledger.outstanding, s.currency, s.amount_minor)
+            _add(ledger.clawed_back, s.currency, s.amount_minor)
+    elif isinstance(s, NETTABLE):
+        if s.attempt == 1 and s.settlement_id not in ledger.offsets:
+            offset = min(ledger.outstanding.get(s.currency, 0), s.amount_minor)
+            if offset:
+                ledger.offsets[s.settlement_id] = offset
+                _add(ledger.outstanding, s.currency, -offset)
+                _add(ledger.recovered, s.currency, offset)
+        else:
+            offset = ledger.offsets.get(s.settlement_id, 0)
+        out = msgspec.structs.replace(s, amount_minor=s.amount_minor - offset,
+                                      gross_minor=s.amount_minor, offset_minor=offset)
+    check(ledger)
+    return ledger, out
+
+
+def check(ledger: AccountLedger) -> None:
+    for currency in {*ledger.outstanding, *ledger.clawed_back, *ledger.recovered}:
+        owed = ledger.outstanding.get(currency, 0)
+        total = ledger.clawed_back.get(currency, 0)
+        back = ledger.recovered.get(currency, 0)
+        if owed < 0 or back < 0 or total != owed + back:
+            raise NettingViolation(f"{ledger.account_id} {currency}: clawed back {total} != "
+                                   f"outstanding {owed} + recovered {back}")
+
+
+def replay(settlements: list[Settlement]) -> tuple[dict[str, AccountLedger], list[Settlement]]:
+    """Net ``settlements`` in the order given (each account's in the order the
+    netting stage applies them): the ledgers after them, and what is published."""
+    ledgers: dict[str, AccountLedger] = {}
+    published = []
+    for s in settlements:
+        ledgers[s.payee_id], out = net(ledgers.get(s.payee_id), s)
+        published.append(out)
+    return ledgers, published

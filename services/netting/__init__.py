@@ -1,0 +1,1 @@
+"""The netting service: recovers clawbacks from the account's later payouts."""
