@@ -58,7 +58,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_JSON = ROOT / "benchmarks" / "results" / "pipeline.json"
 RESULTS_MD = ROOT / "docs" / "benchmarks.md"
 CHART = ROOT / "docs" / "benchmark-pipeline.png"
-SERVICES = ("circulation", "allocation", "withdrawal", "cashout")
+SERVICES = ("circulation", "allocation", "withdrawal", "cashout", "netting")
+FOLLOWERS = ("allocation", "withdrawal", "cashout")  # the readers of accepted
 OUTPUT_TOPICS = ("certificate-events", "allocations", "withdrawals", "payments", "rejections")
 DRAIN_TIMEOUT_S = 240.0
 WARMUP_MS = 15_000
@@ -151,8 +152,10 @@ class Deployment:
         t = self.settings.topics
         consumed = self.counter("circulation", "commission_messages_in_total")
         handed = self.counter("circulation", "commission_messages_out_total", topic=t.accepted)
-        followers = [self.counter(s, "commission_messages_in_total") for s in SERVICES[1:]]
-        return int(consumed), all(f >= handed for f in followers)
+        followers = [self.counter(s, "commission_messages_in_total") for s in FOLLOWERS]
+        settled = self.counter("cashout", "commission_messages_out_total", topic=t.settlements)
+        netted = self.counter("netting", "commission_messages_in_total")
+        return int(consumed), all(f >= handed for f in followers) and netted >= settled
 
     def wait_ready(self, warmup: list[Item]) -> None:
         self.sender.send(warmup)

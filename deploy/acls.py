@@ -27,7 +27,7 @@ from kafka.admin import (
 
 from schemas.topics import Topics
 
-STAGES = ("circulation", "allocation", "withdrawal", "cashout")
+STAGES = ("circulation", "allocation", "withdrawal", "cashout", "netting")
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,11 @@ def grants(settings: Names) -> dict[str, list[Grant]]:
     R, W, C, D = ACLOperation.READ, ACLOperation.WRITE, ACLOperation.CREATE, ACLOperation.DESCRIBE
     outputs = {"circulation": [t.accepted, t.certificate_events, t.rejections],
                "allocation": [t.allocations], "withdrawal": [t.withdrawals, t.commands],
-               "cashout": [t.payments]}
+               "cashout": [t.settlements], "netting": [t.payments]}
+    sources = {"circulation": t.commands, "netting": t.settlements}
     out: dict[str, list[Grant]] = {}
     for stage in STAGES:
-        source = t.commands if stage == "circulation" else t.accepted
+        source = sources.get(stage, t.accepted)
         table = changelog(t, g, stage)
         out[stage] = [
             Grant(R, T, source), Grant(R, G, f"{g}-{stage}"),
@@ -94,9 +95,9 @@ def grants(settings: Names) -> dict[str, list[Grant]]:
                              Grant(W, T, t.payment_results), Grant(D, T, t.payment_results),
                              Grant(R, T, t.payments)]
     out["audit"] = [Grant(R, T, topic) for topic in (t.accepted, t.certificate_events,
-                                                      t.payments)]
+                                                      t.settlements, t.payments)]
     # where cash-out stands in accepted: what is complete and what is in flight
-    out["audit"] += [Grant(D, G, f"{g}-cashout")]
+    out["audit"] += [Grant(D, G, f"{g}-cashout"), Grant(D, G, f"{g}-netting")]
     return out
 
 

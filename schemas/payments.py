@@ -36,16 +36,25 @@ class _Settlement(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     attempt: int = 1
 
 
-class CommissionPayout(_Settlement, tag="commission_payout", kw_only=True):
+class _Payout(_Settlement, kw_only=True):
+    """A payment of the account's earnings. The amount to pay, ``amount_minor``, is
+    ``gross_minor - offset_minor``: the account's outstanding clawbacks (any
+    certificate, same currency) are recovered from its payouts first
+    (domain/netting.py). ``amount_minor`` 0: nothing to transfer, the whole payout
+    went to the account's debt; report it ``settled`` like any other."""
+
+    payee_id: Id
+    gross_minor: AmountMinor | None = None  # what the certificate paid; None: no netting
+    offset_minor: AmountMinor = 0  # recovered from the payee's outstanding clawbacks
+
+
+class CommissionPayout(_Payout, tag="commission_payout", kw_only=True):
     """Pay a pending acquisition out of the escrowed budget to the account."""
 
-    payee_id: Id
 
-
-class SellerPayment(_Settlement, tag="seller_payment", kw_only=True):
+class SellerPayment(_Payout, tag="seller_payment", kw_only=True):
     """The buyer's payment of the price to the seller (not from the budget)."""
 
-    payee_id: Id
     payer_id: Id
     payment_ref: Id
 
@@ -70,8 +79,9 @@ class BuyerRefund(_Settlement, tag="buyer_refund", kw_only=True):
 
 class Clawback(_Settlement, tag="clawback", kw_only=True):
     """A DEBIT: ``payee_id`` owes ``amount_minor`` (of a payout it was already paid,
-    ``of_kind``) because the purchase was refunded after the hold. The payment system
-    offsets it against that account's future payouts. Never a payment to make."""
+    ``of_kind``) because the purchase was refunded after the hold. Never a payment to
+    make: the engine recovers it from the account's next payouts (their
+    ``offset_minor``), so the payment system only records it."""
 
     payee_id: Id  # the account debited
     refund_ref: Id

@@ -2,7 +2,10 @@
 
 Every topic is keyed by certificate id and has the same partition count, so one
 certificate's messages stay in one partition of every topic and are processed in
-order at every stage.
+order at every stage. One is keyed by account instead: ``settlements``, cash-out's
+settlements on their way to the netting stage, which recovers an account's
+clawbacks from its payouts on any certificate (domain/netting.py), so one account's
+settlements are applied in order there.
 """
 
 from __future__ import annotations
@@ -66,8 +69,13 @@ TOPICS: tuple[TopicSpec, ...] = (
               (CommissionAcquired, AcquisitionClaimable, PoolReplenished)),
     TopicSpec("withdrawals", Event, "events", "withdrawal", "Warnings and withdrawals of pools.",
               (WithdrawalWarned, PoolWithdrawn)),
-    TopicSpec("payments", Settlement, "payments", "cash-out",
-              "Settlement instructions for payment systems; dedupe on settlement_id."),
+    TopicSpec("settlements", Settlement, "payments", "cash-out",
+              "Internal, keyed by the payee's account id: every settlement as the "
+              "certificate made it (gross), applied in order per account by netting."),
+    TopicSpec("payments", Settlement, "payments", "netting",
+              "Settlement instructions for payment systems, keyed by certificate id; "
+              "payouts net of the payee's outstanding clawbacks (gross_minor, "
+              "offset_minor); dedupe on settlement_id."),
     TopicSpec("rejections", Rejection, "rejections", "circulation",
               "Every refused command with a reason code and the original bytes."),
     TopicSpec("payment-results", ReportPayment, "commands", "payment system",
@@ -108,6 +116,10 @@ class Topics:
         return self.name("withdrawals")
 
     @property
+    def settlements(self) -> str:
+        return self.name("settlements")
+
+    @property
     def payments(self) -> str:
         return self.name("payments")
 
@@ -121,4 +133,5 @@ class Topics:
 
     def all(self) -> list[str]:
         return [self.commands, self.accepted, self.certificate_events, self.allocations,
-                self.withdrawals, self.payments, self.rejections, self.payment_results]
+                self.withdrawals, self.settlements, self.payments, self.rejections,
+                self.payment_results]

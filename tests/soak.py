@@ -26,9 +26,15 @@ from pathlib import Path
 import msgspec
 
 from deploy.localstack import Kafka, free_port
-from services.audit.read import read_rows
 from tests.e2e.pipeline import SERVICES, Pipeline
-from tests.e2e.traffic import accepted_of, build, expect, rejections_of
+from tests.e2e.traffic import (
+    accepted_of,
+    build,
+    committed_table,
+    expect,
+    expected_table,
+    rejections_of,
+)
 
 encode_state = msgspec.msgpack.Encoder().encode
 
@@ -118,13 +124,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{sum(expected.rejections.values())}), equal: "
               f"{got_rejections == expected.rejections}")
         ok &= got_accepted == expected.accepted and got_rejections == expected.rejections
-        want_states = {cid: encode_state(s) for cid, s in expected.states.items()}
         for service in SERVICES:
-            topic = f"{t.prefix}{pipeline.settings.group_prefix}-{service}-state-changelog"
+            want_states = expected_table(pipeline, expected, service)
             deadline = time.monotonic() + 300
             while True:
-                got_states = {k: encode_state(v) for k, v in
-                              read_rows(pipeline.settings.bootstrap, topic, 300).items()}
+                got_states = committed_table(pipeline, service)
                 if got_states == want_states or time.monotonic() > deadline:
                     break
                 time.sleep(2)

@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry, Gauge, start_http_server, write_to_textfile
 
 from schemas.commands import AcceptedCommand
+from services.audit.netting import check_netting
 from services.audit.read import read_records, read_topic
 from services.audit.report import Report, reconcile
 from services.common.settings import Settings
@@ -68,17 +69,17 @@ class AuditGauges:
 _decode_accepted = msgspec.json.Decoder(AcceptedCommand).decode
 
 
-def cashout_positions(settings: Settings, timeout_s: float = 30.0) -> dict[int, int]:
-    """The cash-out group's committed offset in `accepted`, per partition: the records
-    below it are applied and their settlements committed with it. Asked as the runner
+def stage_positions(settings: Settings, stage: str, topic: str,
+                    timeout_s: float = 30.0) -> dict[int, int]:
+    """A stage's committed offset in its input ``topic``, per partition: the records
+    below it are applied and their outputs committed with it. Asked as the runner
     asks it (librdkafka, read_committed: require_stable, so an offset whose transaction
     is still open is waited for, never half-seen). The group is not joined."""
     reader = Consumer({"bootstrap.servers": settings.bootstrap,
-                       "group.id": f"{settings.group_prefix}-cashout",
+                       "group.id": f"{settings.group_prefix}-{stage}",
                        "isolation.level": "read_committed", "enable.auto.commit": False,
                        "client.id": "commission-audit", **settings.kafka_auth.librdkafka()})
     try:
-        topic = settings.topics.accepted
         meta = reader.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
             return {}
@@ -95,14 +96,18 @@ def audit_once(timeout_s: float, results_within_s: float | None = None) -> Repor
     t = settings.topics
     auth = settings.kafka_auth
     try:
-        # A running pipeline: first where the cash-out service stands in `accepted`
-        # (committed with its outputs), then payments, then what caused them: the
-        # events, then `accepted` (written in one transaction with the events, so it
-        # holds every command whose events were read, and more). Every settlement read
-        # has its cause read too; a certificate with commands at or beyond the
-        # cash-out's position is in flight, and its sums are not complete yet.
-        done = cashout_positions(settings)
+        # A running pipeline, read from the last hop back to the first, each hop's
+        # position before its outputs: where netting stands in `settlements`, then
+        # payments; where cash-out stands in `accepted`, then settlements; then what
+        # caused them: the events, then `accepted` (written in one transaction with
+        # the events, so it holds every command whose events were read, and more).
+        # Everything read has its cause read too; a certificate with commands at or
+        # beyond the cash-out's position is in flight, and its sums are not complete
+        # yet; a settlement at or beyond netting's position may not be netted yet.
+        netted = stage_positions(settings, "netting", t.settlements)
         payments = read_topic(settings.bootstrap, t.payments, timeout_s, auth)
+        done = stage_positions(settings, "cashout", t.accepted)
+        settlements = read_records(settings.bootstrap, t.settlements, timeout_s, auth)
         events = read_topic(settings.bootstrap, t.certificate_events, timeout_s, auth)
         accepted = read_records(settings.bootstrap, t.accepted, timeout_s, auth)
     except Exception as exc:
@@ -111,10 +116,12 @@ def audit_once(timeout_s: float, results_within_s: float | None = None) -> Repor
     in_flight = frozenset(
         _decode_accepted(r.value).command.certificate_id for r in accepted
         if r.offset >= done.get(r.partition, 0))
-    report = reconcile(events, [r.value for r in accepted], payments,
+    report = reconcile(events, [r.value for r in accepted], [r.value for r in settlements],
                        now_ms=int(time.time() * 1000),
                        results_within_ms=None if results_within_s is None
                        else int(results_within_s * 1000), in_flight=in_flight)
+    report.problems += check_netting(
+        [(r.partition, r.offset, r.value) for r in settlements], payments, netted)
     for problem in report.problems:
         print(f"DISCREPANCY {problem}")
     verdict = "OK" if report.ok else "FAILED"

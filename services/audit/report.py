@@ -90,10 +90,12 @@ class Report:
         return not self.problems
 
 
-def reconcile(events: list[bytes], accepted: list[bytes], payments: list[bytes],
+def reconcile(events: list[bytes], accepted: list[bytes], settlements: list[bytes],
               now_ms: int | None = None, results_within_ms: int | None = None,
               in_flight: frozenset[str] = frozenset()) -> Report:
-    """``in_flight``: certificates with accepted commands the cash-out service has not
+    """``settlements``: the topic ``settlements`` (as cash-out made them, before
+    netting: services/audit/netting.py checks that hop).
+    ``in_flight``: certificates with accepted commands the cash-out service has not
     committed yet (a running pipeline); their sums are not complete yet, so only the
     checks that hold at every moment apply to them (duplicates, causes, nothing
     payable while held, retries, clawbacks with a refund)."""
@@ -127,7 +129,7 @@ def reconcile(events: list[bytes], accepted: list[bytes], payments: list[bytes],
         cert.commands.add(record.command.command_id)
         if isinstance(record.command, Refund):
             cert.refunds.add(record.command.command_id)
-    for raw in payments:
+    for raw in settlements:
         s = _decode_settlement(raw)
         report.settlements += 1
         cert = certs[s.certificate_id]

@@ -1,11 +1,12 @@
 """The cash-out service: settlements.
 
 Consumes ``accepted`` and applies each command to its own copy of the state;
-publishes ``payments``: every money movement (commission payouts, budget releases,
+publishes ``settlements``: every money movement (commission payouts, budget releases,
 the seller's payment, buyer refunds, clawbacks), each with a deterministic
 ``settlement_id`` that payment systems deduplicate on, and again with the next
-``attempt`` when the payment system reported an attempt failed. It is the only
-writer of ``payments``.
+``attempt`` when the payment system reported an attempt failed. They are keyed by
+the payee's account: the netting stage (services/netting) recovers each account's
+clawbacks from its later payouts and is the one writer of ``payments``.
 
 It also counts what the payment system still owes a result for: from its table,
 the settlements waiting (and the age of the oldest) and those parked after their
@@ -28,7 +29,7 @@ _MONEY_EVENTS = (CertificatePurchased, HoldReleased, PaymentReported)
 
 class CashoutStage(FollowerStage):
     def __init__(self, settings: Settings, keyring: Keyring, metrics: Metrics) -> None:
-        super().__init__("cashout", settings, metrics, "payments")
+        super().__init__("cashout", settings, metrics, "settlements")
         # key -> (partition, waiting, oldest waiting at_ms, parked)
         self.results: dict[bytes, tuple[int, int, int | None, int]] = {}
         metrics.awaiting_results.labels(self.name).set_function(
@@ -36,6 +37,9 @@ class CashoutStage(FollowerStage):
         metrics.parked_payments.labels(self.name).set_function(
             lambda: sum(p for _, _, _, p in self.results.values()))
         metrics.oldest_awaiting_result.labels(self.name).set_function(self._oldest_age_s)
+
+    def key_of(self, settlement) -> bytes:
+        return settlement.payee_id.encode()
 
     def money_of(self, result: StepResult, mine: list) -> list:
         # held, released from the hold and failed payments are facts, not settlements

@@ -99,5 +99,10 @@ class FollowerStage:
         mine = self.select(result)
         self.metrics.count_out(self.output_topic, mine)
         self.metrics.count_money(self.money_of(result, mine))
-        return Applied(result.state, True, [Output(self.output_topic, _encode(x)) for x in mine],
+        return Applied(result.state, True,
+                       [Output(self.output_topic, _encode(x), key=self.key_of(x)) for x in mine],
                        received_ms=accepted.received_ms)
+
+    def key_of(self, message) -> bytes | None:
+        """The output's key; None: the certificate's (the input's)."""
+        return None

@@ -175,3 +175,18 @@ class RowStore:
     def changes(self, key: bytes, state: CertificateState) -> list[tuple[bytes, bytes]]:
         records, self.written[key] = encode_row(key, state, self.written.get(key))
         return records
+
+
+class WholeRowStore:
+    """Rows of another kind (an account's ledger) kept whole: one changelog record per
+    row, rewritten when it changes. For rows that stay small."""
+
+    def __init__(self, row_type: type) -> None:
+        self.rows: dict[bytes, object] = {}
+        self._decode = msgspec.msgpack.Decoder(row_type).decode
+
+    def restore(self, records: dict[bytes, bytes]) -> None:
+        self.rows = {key: self._decode(value) for key, value in records.items()}
+
+    def changes(self, key: bytes, row: object) -> list[tuple[bytes, bytes]]:
+        return [(key, _encode(row))]

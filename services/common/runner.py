@@ -122,6 +122,9 @@ class StageRunner:
         self.group = f"{settings.group_prefix}-{stage.name}"
         self.input = stage.input_topic()
         self.changelog = f"{settings.topics.prefix}{self.group}-state-changelog"
+        # how rows are kept in the changelog: a certificate's head and segments
+        # (rows.py) unless the stage keeps another kind of row (netting: ledgers)
+        self._new_store = getattr(stage, "row_store", RowStore)
         self.transactional_id = f"{self.group}-{settings.instance}"
         self.parts: dict[int, Partition] = {}
         self.parked: dict[int, str] = {}
@@ -309,8 +312,11 @@ class StageRunner:
             producer.begin_transaction()
             latencies = []
             for p, _, _, outputs, received in work:
-                for topic, key, value, headers in outputs:
-                    produce(topic, value, key, partition=p, headers=headers)
+                for topic, key, value, headers, own_key in outputs:
+                    if own_key:  # keyed otherwise than the input: its key's partition
+                        produce(topic, value, key, headers=headers)
+                    else:
+                        produce(topic, value, key, partition=p, headers=headers)
                 latencies += received
             faults.at("after_outputs")
             for p, part, touched, _, _ in work:
@@ -354,7 +360,7 @@ class StageRunner:
         rows = part.rows
         apply = self.stage.apply
         touched: dict[bytes, CertificateState] = {}
-        outputs: list[tuple[str, bytes | None, bytes, list | None]] = []
+        outputs: list[tuple[str, bytes | None, bytes, list | None, bool]] = []
         received: list[int] = []
         position = part.position
         skipped = 0
@@ -372,7 +378,8 @@ class StageRunner:
                 rows[key] = applied.state
                 touched[key] = applied.state
             for out in applied.outputs:
-                outputs.append((out.topic, key, out.value, list(out.headers) or None))
+                outputs.append((out.topic, out.key or key, out.value, list(out.headers) or None,
+                                out.key is not None))
             if applied.outputs and applied.received_ms is not None:
                 received.append(applied.received_ms)
             position = offset + 1
@@ -627,7 +634,7 @@ class StageRunner:
         for p in partitions:
             raw = records[p]
             position_raw = raw.pop(POSITION_KEY, None)
-            store = RowStore()
+            store = self._new_store()
             store.restore({k: v for k, v in raw.items() if v is not None})
             out[p] = (store, None if position_raw is None else _decode_position(position_raw))
         seconds = time.monotonic() - started

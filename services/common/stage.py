@@ -1,7 +1,7 @@
 """What a stage is to the runner: a name, an input, outputs, and ``apply``.
 
-A stage decides what one input record does to one certificate's state and what to
-publish; the runner (services/common/runner.py) does all the Kafka: transactions,
+A stage decides what one input record does to one row of its table (a certificate's
+state; for netting an account's ledger) and what to publish; the runner (services/common/runner.py) does all the Kafka: transactions,
 positions, rebalances. Each service folder holds its own stage (``stage.py``).
 """
 
@@ -21,6 +21,10 @@ class Output:
     topic: str
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
+    # None: the input record's key, and so its partition number (every topic has the
+    # same count). A key of its own goes to the partition the Java client's
+    # partitioner gives it (murmur2), like every other producer of that topic.
+    key: bytes | None = None
 
 
 @dataclass

@@ -1,11 +1,11 @@
-"""`make run`: start the stack if needed, the four services and a demo feeder, and
+"""`make run`: start the stack if needed, the five stages and a demo feeder, and
 show a live one-screen summary until Ctrl-C (or DEMO_SECONDS), then shut down
 cleanly and run the audit.
 
     DEMO_RATE=100       commands per second from the feeder
     DEMO_SECONDS=0      stop by itself after this many seconds (0: until Ctrl-C)
-    DEMO_METRICS_BASE_PORT=9101   /metrics of the four services on 9101..9104, the
-                                  read model on 9105, the audit on 9106
+    DEMO_METRICS_BASE_PORT=9101   /metrics of the five stages on 9101..9105, the
+                                  read model on 9106, the audit on 9107
     DEMO_PROMETHEUS_PORT=9090     a Prometheus server scraping all of them (and the
                                   API) every 5 s with deploy/prometheus/alerts.yml
 
@@ -58,16 +58,16 @@ from services.common.topics import ensure_topics
 from services.demo.feeder import Feeder
 from services.gateway import CommandSender
 
-SERVICES = ("circulation", "allocation", "withdrawal", "cashout")
+SERVICES = ("circulation", "allocation", "withdrawal", "cashout", "netting")
 # the platform side: the read model (faust) and the read API over it
 PLATFORM = ("readmodel", "api")
 METRICS_BASE_PORT = int(os.environ.get("DEMO_METRICS_BASE_PORT", "9101"))
 API_PORT = int(os.environ.get("DEMO_API_PORT", "8080"))
-AUDIT_PORT = METRICS_BASE_PORT + 5
+AUDIT_PORT = METRICS_BASE_PORT + len(SERVICES) + 1
 
 
 class Services:
-    """The four services as child processes, with pid files and restart on exit 75."""
+    """The five stages as child processes, with pid files and restart on exit 75."""
 
     def __init__(self, settings: Settings, folder: Path, redis_url: str) -> None:
         self.settings = settings
@@ -78,7 +78,7 @@ class Services:
         self.restarts: Counter = Counter()
 
     def port(self, name: str) -> int:
-        """9101-9104 the four services, 9105 the read model (the API serves its own
+        """9101-9105 the five stages, 9106 the read model (the API serves its own
         /metrics on API_PORT)."""
         return METRICS_BASE_PORT + (*SERVICES, "readmodel").index(name)
 

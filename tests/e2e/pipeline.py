@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from schemas.commands import Command
-from services.audit.read import read_topic
+from services.audit.netting import check_netting
+from services.audit.read import read_records, read_topic
 from services.audit.report import Report, reconcile
 from services.common.auth import Keyring
 from services.common.settings import PLAINTEXT, KafkaAuth, Settings, Topics
@@ -20,7 +21,7 @@ from services.common.topics import ensure_topics
 from services.gateway import CommandSender
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("circulation", "allocation", "withdrawal", "cashout")
+SERVICES = ("circulation", "allocation", "withdrawal", "cashout", "netting")
 
 
 class Pipeline:
@@ -146,5 +147,12 @@ class Pipeline:
 
     def audit(self) -> Report:
         t = self.topics
-        return reconcile(self.read(t.certificate_events), self.read(t.accepted),
-                         self.read(t.payments))
+        settlements = read_records(self.settings.bootstrap, t.settlements, 60,
+                                   self.settings.kafka_auth)
+        report = reconcile(self.read(t.certificate_events), self.read(t.accepted),
+                           [r.value for r in settlements])
+        # netting publishes one payment per settlement: wait until it has caught up
+        payments = self.wait_for(t.payments, len(settlements))
+        report.problems += check_netting([(r.partition, r.offset, r.value) for r in settlements],
+                                         payments)
+        return report

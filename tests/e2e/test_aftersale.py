@@ -83,7 +83,7 @@ def test_holds_refunds_ends_and_payment_results_on_the_pipeline(pipeline):
     cancelled, cancelled_cmds = certificate("cancelled", t)
     closing, closing_cmds = certificate("closing", t, close_after_s=2)
     pipeline.send(
-        *held_cmds, buy(held, t),
+        *held_cmds,
         *refunded_cmds, buy(refunded, t), refund(refunded, t, 1, 4_000, "payment_system"),
         refund(refunded, t, 2, 6_000, "seller"),
         *clawed_cmds, buy(clawed, t), refund(clawed, t, 1, 5_000, "seller"),
@@ -92,12 +92,21 @@ def test_holds_refunds_ends_and_payment_results_on_the_pipeline(pipeline):
                                              account_id="seller"),
         *closing_cmds)
 
+    # `clawed` is refunded after its hold (none): ann and the seller owe what they were
+    # paid of it; then `held` is bought, and its payouts recover those debts first
+    settlements_until(pipeline, lambda got: sum(isinstance(s, Clawback) for s in got) == 2)
+    pipeline.send(buy(held, t))
     # the hold: nothing payable at the purchase, then the timer's release pays
     got = settlements_until(pipeline, lambda got: any(
         isinstance(s, CommissionPayout) and s.certificate_id == held for s in got))
     assert of(got, held) == Counter({("BudgetRelease", "funder", 900, 1): 1,
-                                     ("CommissionPayout", "ann", 100, 1): 1,
-                                     ("SellerPayment", "seller", 10_000, 1): 1})
+                                     ("CommissionPayout", "ann", 50, 1): 1,
+                                     ("SellerPayment", "seller", 5_000, 1): 1})
+    # ... with the gross and the offset on each: 100 less ann's 50, 10,000 less 5,000
+    assert sorted((s.payee_id, s.gross_minor, s.offset_minor, s.amount_minor) for s in got
+                  if isinstance(s, (CommissionPayout, SellerPayment))
+                  and s.certificate_id == held) == [("ann", 100, 50, 50),
+                                                    ("seller", 10_000, 5_000, 5_000)]
     release = next(s for s in got if isinstance(s, CommissionPayout) and s.certificate_id == held)
     purchase = next(s for s in got if isinstance(s, BudgetRelease) and s.certificate_id == held)
     assert release.at_ms - purchase.at_ms >= 2_000  # not before the hold ended
@@ -150,7 +159,7 @@ def test_holds_refunds_ends_and_payment_results_on_the_pipeline(pipeline):
                         ("ann", 2, "retried"), ("seller", 2, "retried"),
                         ("ann", 3, "settled"), ("seller", 3, "parked")]
     got = [decode_settlement(r) for r in pipeline.read(pipeline.topics.payments)]
-    assert of(got, held)[("CommissionPayout", "ann", 100, 3)] == 1  # attempt 3, once
+    assert of(got, held)[("CommissionPayout", "ann", 50, 3)] == 1  # attempt 3, once, as net
     assert [s.attempt for s in got if s.settlement_id == seller.settlement_id] == [1, 2, 3]
 
     refunds = [e for e in events if isinstance(e, PurchaseRefunded)]

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from tests.e2e.traffic import accepted_of, build, expect, rejections_of
+from tests.e2e.traffic import accepted_of, assert_outputs_as_expected, build, expect
 
 
 def test_broker_crash_mid_stream(pipeline, stack):
@@ -42,16 +42,15 @@ def test_broker_crash_mid_stream(pipeline, stack):
         for key in pipeline.restart_exited():
             restarted[key] += 1
         got = Counter(pipeline.read(pipeline.topics.payments))
-        done = sent.is_set() and sum(got.values()) >= sum(expected.topics["payments"].values())
+        done = sent.is_set() and sum(got.values()) >= sum(
+            expected.topics["settlements"].values())  # netting publishes each one
         time.sleep(1)
     assert sent.is_set()
-    for base, want in expected.topics.items():
-        got = Counter(pipeline.wait_for(pipeline.topics.name(base), sum(want.values()), 120))
-        assert got == want, (base, restarted)
+    print(f"restarted: {restarted}")  # shown with a failure
+    # every output as the core computes it, and the sequencer's verdicts too: each
+    # accepted once, at its seq; each refusal once
+    assert_outputs_as_expected(pipeline, expected, timeout_s=120)
     t = pipeline.topics
-    # the sequencer's verdicts too: each accepted once, at its seq; each refusal once
     assert accepted_of(pipeline.wait_for(t.accepted, sum(expected.accepted.values()))) \
         == expected.accepted, restarted
-    assert rejections_of(pipeline.wait_for(t.rejections, sum(expected.rejections.values()))) \
-        == expected.rejections, restarted
     assert pipeline.audit().ok

@@ -51,7 +51,7 @@ def test_make_run_shows_the_system_working_and_stops_cleanly(tmp_path):
     env = {**os.environ, "DEMO_SECONDS": "30", "DEMO_RATE": "120",
            "COMMISSION_RUN_DIR": str(run_dir), "KAFKA_PORT": str(free_port()),
            "KAFKA_CONTROLLER_PORT": str(free_port()), "REDIS_PORT": str(free_port()),
-           "DEMO_METRICS_BASE_PORT": str(free_ports_from(6)), "DEMO_API_PORT": str(free_port()),
+           "DEMO_METRICS_BASE_PORT": str(free_ports_from(7)), "DEMO_API_PORT": str(free_port()),
            "DEMO_PROMETHEUS_PORT": str(free_port())}
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "COMMISSION_TOPIC_PREFIX"):
         env.pop(name, None)
@@ -68,10 +68,10 @@ def test_make_run_shows_the_system_working_and_stops_cleanly(tmp_path):
         except OSError:
             pass
         time.sleep(1)
-    # the demo's Prometheus scrapes every process of it: four stages, the read model,
+    # the demo's Prometheus scrapes every process of it: five stages, the read model,
     # the API and the audit
     up: dict[str, float] = {}
-    while demo.poll() is None and time.monotonic() < deadline + 20 and len(up) < 7:
+    while demo.poll() is None and time.monotonic() < deadline + 20 and len(up) < 8:
         with contextlib.suppress(OSError):
             up = {k: v for k, v in prometheus_up(env["DEMO_PROMETHEUS_PORT"]).items() if v == 1}
         time.sleep(1)
@@ -79,10 +79,10 @@ def test_make_run_shows_the_system_working_and_stops_cleanly(tmp_path):
     out = subprocess.CompletedProcess(demo.args, demo.returncode, stdout, stderr)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert catalogue, "the read API served no catalogue while the demo ran"
-    assert sorted(up) == ["allocation", "api", "audit", "cashout", "circulation", "readmodel",
-                          "withdrawal"], up
+    assert sorted(up) == ["allocation", "api", "audit", "cashout", "circulation", "netting",
+                          "readmodel", "withdrawal"], up
     assert f"prometheus http://127.0.0.1:{env['DEMO_PROMETHEUS_PORT']}" in out.stdout
-    assert re.search(r"\| prometheus http://\S+ · 7 of 7 targets up", out.stdout), out.stdout[-2000:]
+    assert re.search(r"\| prometheus http://\S+ · 8 of 8 targets up", out.stdout), out.stdout[-2000:]
     settled = [int(n) for n in re.findall(r"settlements\s+(\d+)", out.stdout)]
     assert settled and settled[-1] > 0, out.stdout[-2000:]
     assert re.search(r"audit OK: \d+ certificates, [1-9]\d* settlements "

@@ -53,7 +53,8 @@ def test_each_process_runs_with_its_own_grants_and_no_more(stack, names, tmp_pat
 
         # and no more: a forged verdict or settlement from another process's login
         for user, topic in (("allocation", t.payments), ("api", t.accepted),
-                            ("cashout", t.accepted), ("readmodel", t.payments)):
+                            ("cashout", t.accepted), ("cashout", t.payments),
+                            ("netting", t.settlements), ("readmodel", t.payments)):
             producer = KafkaProducer(bootstrap_servers=bootstrap, max_block_ms=15_000,
                                      **login(user, local_password(user)).kafka_python())
             try:
@@ -61,7 +62,7 @@ def test_each_process_runs_with_its_own_grants_and_no_more(stack, names, tmp_pat
                     producer.send(topic, key=b"c", value=b"forged").get(timeout=15)
             finally:
                 producer.close(timeout=5)
-        assert Counter(pipeline.read(t.payments)) == want.topics["payments"]
+        assert Counter(pipeline.read(t.settlements)) == want.topics["settlements"]
     finally:
         admin.close()
         pipeline.stop_all()

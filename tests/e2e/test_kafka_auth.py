@@ -6,7 +6,6 @@ of leaving it waiting."""
 from __future__ import annotations
 
 import time
-from collections import Counter
 
 import pytest
 import redis
@@ -16,7 +15,7 @@ from services.common.settings import KafkaAuth
 from services.readmodel.projection import Keys
 from tests.e2e.pipeline import SERVICES, Pipeline
 from tests.e2e.test_readmodel import wait_projected
-from tests.e2e.traffic import build, expect
+from tests.e2e.traffic import assert_outputs_as_expected, build, expect
 
 
 def _auth(stack, protocol: str, password: str | None = None) -> tuple[str, KafkaAuth]:
@@ -45,9 +44,7 @@ def send_and_check(pipeline: Pipeline, redis_url: str, seed: int):
     want = expect(commands)
     pipeline.send(*commands)
     t = pipeline.topics
-    for base, counter in want.topics.items():
-        got = Counter(pipeline.wait_for(t.name(base), sum(counter.values()), timeout_s=120))
-        assert got == counter, base
+    assert_outputs_as_expected(pipeline, want, timeout_s=120)
     client = redis.Redis.from_url(redis_url)
     try:
         wait_projected(pipeline, client, Keys(t.prefix), want.states)

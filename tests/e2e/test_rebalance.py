@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import signal
 import time
-from collections import Counter
 
 from deploy.localstack import free_port
 from services.common.metrics import scrape, total
 from tests.e2e.pipeline import SERVICES
-from tests.e2e.traffic import build, expect
+from tests.e2e.traffic import assert_outputs_as_expected, build, expect
 
 
 def consumed(port: int) -> float:
@@ -41,8 +40,6 @@ def test_second_worker_leaves_and_rejoins_mid_stream(pipeline):
         pipeline.start(service, instance=1)
     assert done.wait(120)
 
-    for base, want in expected.topics.items():
-        got = Counter(pipeline.wait_for(pipeline.topics.name(base), sum(want.values()), 300))
-        assert got == want, base
+    assert_outputs_as_expected(pipeline, expected, timeout_s=300)
     pipeline.assert_running()
     assert pipeline.audit().ok

@@ -12,15 +12,21 @@ from dataclasses import dataclass, field
 import msgspec
 
 from domain import Accepted, CertificateState, Duplicate, Rejected, handle
+from domain.netting import AccountLedger, replay
 from schemas import commands as c
 from schemas.commands import CheckExpiry, ReleaseHold
+from schemas.payments import Settlement
 from schemas.rejections import Rejection
 from schemas.topics import TOPICS
+from services.audit.read import read_records, read_rows, read_table
+from services.common.rows import RUNNER_PREFIX
 from tests.e2e.certificates import cert_id, sequencer_entropy, setup
 
 encode = msgspec.json.Encoder().encode
+_encode_row = msgspec.msgpack.Encoder().encode
 _decode_accepted = msgspec.json.Decoder(c.AcceptedCommand).decode
 _decode_rejection = msgspec.json.Decoder(Rejection).decode
+_decode_settlement = msgspec.json.Decoder(Settlement).decode
 MEMBERS = {t.name: t.message_types() for t in TOPICS}
 
 
@@ -199,7 +205,7 @@ def rejections_of(records: list[bytes]) -> Counter:
 
 def expect(commands: list[c.Command]) -> Expected:
     out = Expected(topics={"certificate-events": Counter(), "allocations": Counter(),
-                           "withdrawals": Counter(), "payments": Counter()})
+                           "withdrawals": Counter(), "settlements": Counter()})
     for command in commands:
         cid = command.certificate_id
         state = out.states.get(cid)
@@ -228,6 +234,41 @@ def assert_outputs_as_expected(pipeline, expected: Expected, timeout_s: float) -
         missing, extra = want - got, got - want
         assert not missing and not extra, (
             f"{base}: {sum(missing.values())} missing, {sum(extra.values())} extra")
+    # payments: the core's netting of the settlements, in the order netting read them
+    # (one account's settlements are in one partition, in order)
+    want = Counter(encode(s) for s in replay(_settlements_in_order(pipeline))[1])
+    got = Counter(pipeline.wait_for(t.payments, sum(want.values()), timeout_s=timeout_s))
+    missing, extra = want - got, got - want
+    assert not missing and not extra, (
+        f"payments: {sum(missing.values())} missing, {sum(extra.values())} extra")
     got_rejections = rejections_of(
         pipeline.wait_for(t.rejections, sum(expected.rejections.values())))
     assert got_rejections == expected.rejections
+
+
+def committed_table(pipeline, stage: str) -> dict[str, bytes]:
+    """A stage's committed table from its changelog, each row as msgpack bytes."""
+    topic = f"{pipeline.topics.prefix}{pipeline.settings.group_prefix}-{stage}-state-changelog"
+    if stage == "netting":  # an account's ledger per row, kept whole (rows.WholeRowStore)
+        return {k.decode(): v for k, v in read_table(pipeline.settings.bootstrap, topic, 120).items()
+                if not k.startswith(RUNNER_PREFIX)}
+    return {k: _encode_row(v) for k, v in read_rows(pipeline.settings.bootstrap, topic, 120).items()}
+
+
+def expected_table(pipeline, expected: Expected, stage: str) -> dict[str, bytes]:
+    """What the core says the stage's table holds: every certificate's state; for
+    netting, the ledgers of the settlements on the topic, netted in their order (an
+    account never clawed back has no row)."""
+    if stage != "netting":
+        return {cid: _encode_row(state) for cid, state in expected.states.items()}
+    ledgers, _ = replay(_settlements_in_order(pipeline))
+    return {account: _encode_row(ledger) for account, ledger in ledgers.items()
+            if ledger != AccountLedger(account_id=account)}
+
+
+def _settlements_in_order(pipeline) -> list[Settlement]:
+    """The settlements topic as netting reads it: each partition in its order."""
+    records = read_records(pipeline.settings.bootstrap, pipeline.topics.settlements, 60,
+                           pipeline.settings.kafka_auth)
+    return [_decode_settlement(r.value) for r in sorted(records,
+                                                        key=lambda r: (r.partition, r.offset))]

@@ -17,7 +17,7 @@ from services.common.metrics import ApiMetrics, Metrics, ReadModelMetrics
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
-SERVICES = ("circulation", "allocation", "withdrawal", "cashout")
+SERVICES = ("circulation", "allocation", "withdrawal", "cashout", "netting")
 
 
 def tool(name: str) -> str:
@@ -156,6 +156,9 @@ def test_acl_commands_name_operations_kafka_acls_knows():
     # the stages' money topics: written by their stage only
     writers = {re.search(r"User:(\S+)", line).group(1) for line in lines
                if "--operation Write --topic 'payments'" in line}
+    assert writers == {"netting"}
+    writers = {re.search(r"User:(\S+)", line).group(1) for line in lines
+               if "--operation Write --topic 'settlements'" in line}
     assert writers == {"cashout"}
     writers = {re.search(r"User:(\S+)", line).group(1) for line in lines
                if "--operation Write --topic 'accepted'" in line}
