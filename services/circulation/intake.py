@@ -102,7 +102,13 @@ def sequence(state: CertificateState | None, raw: bytes, source: Source, keyring
     decoded = decode(raw, source, keyring, max_skew_ms)
     if isinstance(decoded, StepResult):
         return decoded
-    command = decoded
+    # The engine's clock is the broker's: the time `commands` appended the record
+    # (LogAppendTime, checked at start), never the signer's. A signer's ``at_ms``
+    # only has to be within max_skew_ms of it (else ``stale``); a gateway with a
+    # fast clock can no longer end a time limit or a hold early, nor a slow one
+    # buy after a deadline. The accepted record carries this time, so every stage
+    # applies the command at the same moment.
+    command = msgspec.structs.replace(decoded, at_ms=source.timestamp_ms)
     entropy = entropy_at(draw_key.secret, state, command.certificate_id)
     outcome = handle(state, command, entropy)
     if isinstance(outcome, Rejected):

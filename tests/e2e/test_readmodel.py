@@ -19,7 +19,7 @@ from schemas.payments import CommissionPayout
 from services.common.metrics import scrape, total
 from services.readmodel.projection import NO_DEADLINE, Keys, page
 from tests.e2e.http import wait_for
-from tests.e2e.traffic import build, expect
+from tests.e2e.traffic import build, expect, settled
 
 decode_state = msgspec.msgpack.Decoder(CertificateState).decode
 
@@ -96,13 +96,14 @@ def check(client: redis.Redis, keys: Keys, states: dict[str, CertificateState]) 
 
 def test_projections_match_the_core_and_rebuild_after_a_wipe(pipeline, stack):
     commands = build(30, 1_500, seed=41, t0_ms=int(time.time() * 1000))
-    states = expect(commands).states
     pipeline.start_all()
     probe_port = free_port()
     pipeline.start("readmodel", metrics_port=probe_port)
     pipeline.send(*commands)
     client = redis.Redis.from_url(stack.redis_url)
     keys = Keys(pipeline.topics.prefix)
+    expected = settled(pipeline)  # the core's, from the commands as received
+    states = expected.states
     try:
         wait_projected(pipeline, client, keys, states)
         check(client, keys, states)
@@ -114,7 +115,7 @@ def test_projections_match_the_core_and_rebuild_after_a_wipe(pipeline, stack):
                 ("commission_readmodel_commands_total", "skipped"): 0,
                 ("commission_readmodel_trail_seconds_count", None): accepted,
                 ("commission_readmodel_rejections_total", None): sum(
-                    expect(commands).rejections.values())}
+                    expected.rejections.values())}
 
         def counted() -> dict:
             samples = scrape(probe_port)
@@ -142,7 +143,6 @@ def test_projections_match_the_core_and_rebuild_after_a_wipe(pipeline, stack):
 
 def test_read_model_trails_the_pipeline_by_under_a_second_at_demo_load(pipeline, stack):
     commands = build(40, 1_200, seed=43, t0_ms=int(time.time() * 1000))
-    states = expect(commands).states
     pipeline.start_all()
     pipeline.start("readmodel")
     client = redis.Redis.from_url(stack.redis_url)
@@ -150,11 +150,11 @@ def test_read_model_trails_the_pipeline_by_under_a_second_at_demo_load(pipeline,
     # warm-up: every service and the read model up and projecting (the 40 set-ups)
     setup, load = commands[:120], commands[120:]
     pipeline.send(*setup)
-    wait_projected(pipeline, client, keys, expect(setup).states)
+    wait_projected(pipeline, client, keys, settled(pipeline).states)
     done = pipeline.feed_in_background(load, every=50, pause_s=0.5)  # ~100 commands/s
     try:
         assert done.wait(120)
-        wait_projected(pipeline, client, keys, states)
+        wait_projected(pipeline, client, keys, settled(pipeline).states)
         trails = []
         for command in load:
             got = client.hgetall(keys.outcome(command.command_id))
@@ -220,7 +220,6 @@ def test_killing_the_read_model_mid_stream_projects_each_command_once(pipeline, 
     projection (in the same Redis transaction) skips it, so counters such as earnings
     are added once."""
     commands = build(30, 2_000, seed=61, t0_ms=int(time.time() * 1000))
-    states = expect(commands).states
     pipeline.start_all()
     client = redis.Redis.from_url(stack.redis_url)
     keys = Keys(pipeline.topics.prefix)
@@ -253,6 +252,7 @@ def test_killing_the_read_model_mid_stream_projects_each_command_once(pipeline, 
             redelivered += skipped(ports[instance])
             assert redelivered >= instance, f"instance {instance} met no redelivered record"
         assert done.wait(120)
+        states = settled(pipeline).states
         wait_projected(pipeline, client, keys, states)
         check(client, keys, states)
     finally:

@@ -10,7 +10,7 @@ import time
 from deploy.localstack import free_port
 from services.common.metrics import scrape, total
 from tests.e2e.pipeline import SERVICES
-from tests.e2e.traffic import assert_outputs_as_expected, build, expect
+from tests.e2e.traffic import assert_outputs_as_expected, build
 
 
 def consumed(port: int) -> float:
@@ -23,7 +23,6 @@ def consumed(port: int) -> float:
 
 def test_second_worker_leaves_and_rejoins_mid_stream(pipeline):
     commands = build(60, 3_000, seed=23, t0_ms=int(time.time() * 1000))
-    expected = expect(commands)
     ports = {(s, i): free_port() for s in SERVICES for i in (0, 1)}
     for (service, instance), port in ports.items():
         pipeline.start(service, instance=instance, metrics_port=port)
@@ -40,6 +39,6 @@ def test_second_worker_leaves_and_rejoins_mid_stream(pipeline):
         pipeline.start(service, instance=1)
     assert done.wait(120)
 
-    assert_outputs_as_expected(pipeline, expected, timeout_s=300)
+    assert_outputs_as_expected(pipeline, timeout_s=300)
     pipeline.assert_running()
     assert pipeline.audit().ok

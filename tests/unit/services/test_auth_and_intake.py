@@ -11,8 +11,9 @@ from domain.draw import MissingEntropy
 from schemas import commands as c
 from schemas.rejections import Reason
 from services.circulation.intake import Source, sequence
-from services.common.auth import Key, Keyring
+from services.common.auth import Key, Keyring, signer_scope
 from services.common.follower import DeterminismError, StepResult, follow
+from tests.e2e.certificates import cert_id, setup
 
 KEYS = Keyring.parse("gw:gateway:0123456789abcdef-gw,sys:system:0123456789abcdef-sys,"
                      "pay:payments:0123456789abcdef-pay,draw:draw:0123456789abcdef-draw")
@@ -184,3 +185,46 @@ def test_counters_that_have_not_moved_are_there_at_zero():
                  'commission_rejections_total{reason="bad_signature",service="circulation"} 0.0',
                  'commission_rejections_total{reason="payment_parked",service="circulation"} 0.0'):
         assert line in text, line
+
+
+def _signed_run(commands: list[c.Command], broker_ms: int, state=None):
+    """Each command signed with the key its kind needs, appended at ``broker_ms``."""
+    results = []
+    for command in commands:
+        body = encode(command)
+        key = next(k for k in KEYS.keys.values() if k.scope == signer_scope(command))
+        result = sequence(state, body, source(body, key=command.certificate_id.encode(),
+                                              signer=key, ts=broker_ms), KEYS,
+                          max_skew_ms=600_000, draw_key=KEYS.keys["draw"])
+        state = result.state if result.changed else state
+        results.append(result)
+    return state, results
+
+
+@pytest.mark.parametrize("signer_ahead_ms", [0, 540_000])
+def test_the_clock_is_the_brokers_so_a_fast_signer_cannot_end_a_hold_or_a_time_limit_early(
+        signer_ahead_ms):
+    cert = cert_id("clock")
+    t = T + signer_ahead_ms  # what the signers stamp: up to 9 minutes ahead, accepted
+    commands = [*setup(cert, t, price_minor=1_000, budget_minor=500, attached_minor=100,
+                       time_limit_s=300, hold_s=300),
+                c.Circulate(command_id="s1", certificate_id=cert, at_ms=t, account_id="ann")]
+    state, results = _signed_run(commands, broker_ms=T)
+    assert all(r.rejection is None for r in results)
+    # every command happened when the broker appended it, whatever its stamp said
+    assert {r.accepted.command.at_ms for r in results} == {T} and state.clock_ms == T
+    # 9 minutes ahead, the time limit (5 minutes) would be over: it is not, at T + 1 s
+    _, [early] = _signed_run([c.CheckExpiry(command_id="x1", certificate_id=cert, at_ms=t + 1_000)],
+                             broker_ms=T + 1_000, state=state)
+    assert early.rejection is not None and early.rejection.reason == Reason.NOTHING_DUE
+    buy = c.Purchase(command_id="b1", certificate_id=cert, at_ms=t + 1_000, account_id="bea",
+                     payment_ref="p1")
+    state, _ = _signed_run([buy], broker_ms=T + 1_000, state=state)
+    assert state.held_until_ms == T + 1_000 + 300_000
+    # nor is the hold: a release stamped after its end, appended before it, is refused
+    release = c.ReleaseHold(command_id="r1", certificate_id=cert, at_ms=t + 2_000)
+    _, [refused] = _signed_run([release], broker_ms=T + 2_000, state=state)
+    assert refused.rejection is not None and refused.accepted is None
+    # ... and accepted once the broker's time is past it
+    _, [released] = _signed_run([release], broker_ms=T + 1_000 + 300_000, state=state)
+    assert released.rejection is None and released.accepted is not None
