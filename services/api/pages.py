@@ -17,6 +17,7 @@ from domain import CertificateState
 from domain.pool import acquisition_amount
 from schemas import commands as c
 from schemas.commands import RandomAmount
+from services.api.gains import PHRASES, gain_of
 from services.api.money import money
 from services.api.reads import ReadApi
 from services.api.tree import share_tree_svg
@@ -54,24 +55,6 @@ def duration(ms: int) -> str:
 
 def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
-
-
-def gain_of(state: CertificateState, account: str) -> tuple[int, str]:
-    """An account's gain on a certificate and where it stands."""
-    pool = state.pool
-    acquired = pool.acquired.get(account, 0) if pool is not None else 0
-    if pool is None or not acquired:
-        claim = pool is not None and account in pool.claimable
-        return 0, "claimable" if claim else "no gain"
-    if account in pool.payouts:
-        kept = pool.payouts[account]
-        if state.held_until_ms is not None:
-            return kept, "held until the hold ends"
-        clawed = pool.clawed.get(account, 0)
-        return kept - clawed, "paid out" + (" (part clawed back)" if clawed else "")
-    if pool.status == "withdrawn":
-        return 0, "voided"
-    return acquired, "pending: paid if the certificate is bought"
 
 
 def claimable(state: CertificateState | None, account: str | None) -> str | None:
@@ -312,9 +295,10 @@ class Pages:
                 continue
             gain, how = gain_of(state, account)
             holds = " (you hold it)" if state.holder == account else ""
+            kept = 0 if how == "voided" else gain  # a voided gain is no gain
             rows.append(f"<tr class='mine'><td><a href='/page/certificates/{esc(cid)}'>"
                         f"{esc(cid)}</a>{holds}</td><td>{esc(state.status)}</td>"
-                        f"<td>{money(gain, state.currency)}</td><td>{esc(how)}</td></tr>")
+                        f"<td>{money(kept, state.currency)}</td><td>{esc(PHRASES[how])}</td></tr>")
         out = ""
         if claims:
             out += f"<h2>You can claim</h2><ul id='claims'>{''.join(claims)}</ul>"

@@ -13,24 +13,17 @@ from __future__ import annotations
 from html import escape
 
 from domain import CertificateState
+from services.api.gains import PHRASES, gain_of
 from services.api.money import money
 
 MAX_NODES = 40
 ROOT = ""  # the catalogue
 NODE_W, NODE_H, GAP_X, GAP_Y = 150, 56, 12, 34
-COLOURS = {"pending": "#1565c0", "held": "#ef6c00", "paid": "#2e7d32", "voided": "#9e9e9e",
-           "": "#616161"}
-
-
-def _gain(state: CertificateState, account: str) -> tuple[int, str]:
-    pool = state.pool
-    if pool is None or account not in pool.acquired:
-        return 0, ""
-    if account in pool.payouts:
-        return pool.payouts[account], "held" if state.held_until_ms is not None else "paid"
-    if pool.status == "withdrawn":
-        return pool.acquired[account], "voided"
-    return pool.acquired[account], "pending"
+COLOURS = {"pending": "#1565c0", "held": "#ef6c00", "paid": "#2e7d32", "clawed": "#2e7d32",
+           "voided": "#9e9e9e", "none": "#616161", "claimable": "#616161"}
+# the status as the tree says it, in one word or two
+WORDS = {"pending": "pending", "held": "held", "paid": "paid", "clawed": "paid, part clawed",
+         "voided": "voided"}
 
 
 def share_tree_svg(state: CertificateState) -> str:
@@ -95,11 +88,12 @@ def share_tree_svg(state: CertificateState) -> str:
     for account in pos:
         bx, by = box(account)
         if account == ROOT:
-            label, detail, colour = "catalogue", f"{len(parent)} accounts", COLOURS[""]
+            label, detail, colour = "catalogue", f"{len(parent)} accounts", COLOURS["none"]
         else:
-            amount, status = _gain(state, account)
+            amount, status = gain_of(state, account)
             label = account
-            detail = f"{money(amount, state.currency)} {status}" if status else "no gain"
+            detail = (f"{money(amount, state.currency)} {WORDS[status]}" if status in WORDS
+                      else PHRASES[status])
             colour = COLOURS[status]
         hidden = [c for c in children[account] if c not in visible]
         more = len(hidden) + sum(below[c] for c in hidden)

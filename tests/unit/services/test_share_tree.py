@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from schemas import commands as c
+from services.api.gains import PHRASES, gain_of
 from services.api.tree import MAX_NODES, share_tree_svg
 from tests.unit.domain.scenario import Scenario
 
@@ -58,3 +59,15 @@ def test_the_longest_chain_allowed_draws_without_deep_recursion():
         s.circulate(f"u{i}", via=f"u{i - 1}" if i else None)
     got = nodes(share_tree_svg(s.state))
     assert got["u39"].endswith("+2960 more below")
+
+
+def test_the_tree_and_the_account_page_say_the_same_of_a_clawed_back_gain():
+    s = Scenario()
+    s.setup(price_minor=10_000, budget_minor=1_000, attached_minor=300,
+            acquisition=c.AcquisitionPolicy(amount=c.FixedAmount(amount_minor=100)))
+    s.circulate("ann")
+    s.purchase()  # no hold: paid at once
+    s.must(c.Refund, by="seller", account_id="seller", amount_minor=5_000, refund_ref="rf-1")
+    assert gain_of(s.state, "ann") == (50, "clawed")  # paid 100, half clawed back
+    assert nodes(share_tree_svg(s.state))["ann"] == "ann 0.50 USD paid, part clawed"
+    assert PHRASES["clawed"] == "paid out (part clawed back)"

@@ -1,0 +1,35 @@
+"""An account's gain on one certificate and where it stands: one answer for the share
+tree and the account's page, so the two never disagree."""
+
+from __future__ import annotations
+
+from domain import CertificateState
+
+# what each status says on a page
+PHRASES = {
+    "none": "no gain",
+    "claimable": "claimable",
+    "pending": "pending: paid if the certificate is bought",
+    "held": "held until the hold ends",
+    "paid": "paid out",
+    "clawed": "paid out (part clawed back)",
+    "voided": "voided",
+}
+
+
+def gain_of(state: CertificateState, account: str) -> tuple[int, str]:
+    """(amount, status): what ``account`` keeps of the certificate's pool (paid less
+    what was clawed back), holds, may still be paid (pending), or lost (voided)."""
+    pool = state.pool
+    acquired = pool.acquired.get(account, 0) if pool is not None else 0
+    if pool is None or not acquired:
+        return 0, "claimable" if pool is not None and account in pool.claimable else "none"
+    if account in pool.payouts:
+        kept = pool.payouts[account]
+        if state.held_until_ms is not None:
+            return kept, "held"
+        clawed = pool.clawed.get(account, 0)
+        return kept - clawed, "clawed" if clawed else "paid"
+    if pool.status == "withdrawn":
+        return acquired, "voided"
+    return acquired, "pending"
