@@ -491,8 +491,6 @@ class StageRunner:
         open. Errors are kept and raised by the loop (librdkafka would log them)."""
         try:
             starts = self._take_over([tp.partition for tp in partitions])
-            for p in starts:  # an owned partition reports 0 while it runs, not nothing
-                self.metrics.parked.labels(self.stage.name, str(p)).set(0)
             consumer.incremental_assign(
                 [TopicPartition(self.input, p, offset) for p, offset in starts.items()])
             self.joined.set()
@@ -538,6 +536,9 @@ class StageRunner:
             store, position = restored[p]
             offset = self._start_offset(p, store, position, committed.get(p, -1001))
             self.parts[p] = Partition(store, max(offset, 0))
+            # an owned partition reports 0 while it runs, not nothing (also after an
+            # aborted round, which forgets and takes over its partitions again)
+            self.metrics.parked.labels(self.stage.name, str(p)).set(0)
             on_row = getattr(self.stage, "on_row", None)
             if on_row is not None:
                 for key, state in store.rows.items():
