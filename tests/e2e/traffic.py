@@ -185,26 +185,56 @@ class Expected:
     rejected: dict[tuple, str | None] = field(default_factory=dict)
 
 
-def accepted_of(records: list[bytes]) -> Counter:
-    """What an ``accepted`` topic holds, in the shape of Expected.accepted."""
+def _ALL(certificate_id: str) -> bool:
+    return True
+
+
+def accepted_of(records: list[bytes], keep=_ALL) -> Counter:
+    """What an ``accepted`` topic holds, in the shape of Expected.accepted, for the
+    certificates ``keep`` keeps. A record that does not decode is never published by
+    the pipeline; it counts (and so differs from any expectation) unless a test that
+    writes one itself filters."""
     out: Counter = Counter()
     for raw in records:
-        a = _decode_accepted(raw)
-        out[(a.command.certificate_id, a.seq, a.command.command_id)] += 1
+        try:
+            a = _decode_accepted(raw)
+        except msgspec.DecodeError:
+            if keep is _ALL:
+                out[("<undecodable>", 0, raw[:60].decode("utf-8", "replace"))] += 1
+            continue
+        if keep(a.command.certificate_id):
+            out[(a.command.certificate_id, a.seq, a.command.command_id)] += 1
     return out
 
 
-def rejections_of(records: list[bytes]) -> Counter:
+def rejections_of(records: list[bytes], keep=_ALL) -> Counter:
     out: Counter = Counter()
     for raw in records:
         r = _decode_rejection(raw)
-        out[(r.command_id, r.reason.value)] += 1
+        if r.certificate_id is None or keep(r.certificate_id):
+            out[(r.command_id, r.reason.value)] += 1
     return out
 
 
+def _new_expected() -> Expected:
+    return Expected(topics={"certificate-events": Counter(), "allocations": Counter(),
+                            "withdrawals": Counter(), "settlements": Counter()})
+
+
+def _published(out: Expected, cid: str, seq: int, command: c.Command, events, settlements,
+               state: CertificateState) -> None:
+    """Record an accepted command: its state, its verdict and what it publishes."""
+    out.states[cid] = state
+    out.accepted[(cid, seq, command.command_id)] += 1
+    out.accepted_kinds[type(command).__name__] += 1
+    for item in (*events, *settlements):
+        for topic, counter in out.topics.items():
+            if isinstance(item, MEMBERS[topic]):
+                counter[encode(item)] += 1
+
+
 def expect(commands: list[c.Command]) -> Expected:
-    out = Expected(topics={"certificate-events": Counter(), "allocations": Counter(),
-                           "withdrawals": Counter(), "settlements": Counter()})
+    out = _new_expected()
     for command in commands:
         cid = command.certificate_id
         state = out.states.get(cid)
@@ -215,12 +245,8 @@ def expect(commands: list[c.Command]) -> Expected:
             if not isinstance(command, CheckExpiry):
                 out.rejections[(command.command_id, "duplicate")] += 1
         elif isinstance(outcome, Accepted):
-            out.states[cid] = outcome.state
-            out.accepted[(cid, outcome.state.seq, command.command_id)] += 1
-            for item in (*outcome.events, *outcome.settlements):
-                for topic, counter in out.topics.items():
-                    if isinstance(item, MEMBERS[topic]):
-                        counter[encode(item)] += 1
+            _published(out, cid, outcome.state.seq, command, outcome.events,
+                       outcome.settlements, outcome.state)
     return out
 
 
@@ -232,8 +258,7 @@ def seen(pipeline) -> Expected:
     settings = pipeline.settings
     records = read_records(settings.bootstrap, pipeline.topics.commands, 60,
                            settings.kafka_auth)
-    out = Expected(topics={"certificate-events": Counter(), "allocations": Counter(),
-                           "withdrawals": Counter(), "settlements": Counter()})
+    out = _new_expected()
     keyring = pipeline.keyring
     draw_key = keyring.first("draw")
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
@@ -247,14 +272,8 @@ def seen(pipeline) -> Expected:
             out.rejections[key] += 1
             out.rejected[key] = result.rejection.certificate_id
         if result.changed and result.accepted is not None:
-            out.states[cid] = result.state
-            a = result.accepted
-            out.accepted[(cid, a.seq, a.command.command_id)] += 1
-            out.accepted_kinds[type(a.command).__name__] += 1
-            for item in (*result.events, *result.settlements):
-                for topic, counter in out.topics.items():
-                    if isinstance(item, MEMBERS[topic]):
-                        counter[encode(item)] += 1
+            _published(out, cid, result.accepted.seq, result.accepted.command, result.events,
+                       result.settlements, result.state)
     return out
 
 
@@ -280,10 +299,6 @@ def holds_ending(want: Expected) -> bool:
                for s in want.states.values())
 
 
-def _ALL(certificate_id: str) -> bool:
-    return True
-
-
 def differences(pipeline, want: Expected, keep=_ALL) -> list[str]:
     """How the committed outputs differ from ``want`` (empty: they do not); ``keep``
     limits both to some certificates."""
@@ -301,32 +316,20 @@ def differences(pipeline, want: Expected, keep=_ALL) -> list[str]:
             return Counter(records)
         return Counter(r for r in records if keep(msgspec.json.decode(r)["certificate_id"]))
 
+    settlements = _settlement_records(pipeline)
+    got_topics = {base: [r.value for r in settlements] if base == "settlements"
+                  else pipeline.read(t.name(base)) for base in want.topics}
     for base, want_c in want.topics.items():
-        compare(base, mine(list(want_c.elements())), mine(pipeline.read(t.name(base))))
+        compare(base, mine(list(want_c.elements())), mine(got_topics[base]))
     # payments: the core's netting of the settlements, in the order netting read them
     # (one account's settlements are in one partition, in order)
-    netted = Counter(encode(s) for s in replay(_settlements_in_order(pipeline))[1])
+    netted = Counter(encode(s) for s in replay(_in_order(settlements))[1])
     compare("payments", mine(list(netted.elements())), mine(pipeline.read(t.payments)))
-    got_accepted: Counter = Counter()
-    for raw in pipeline.read(t.accepted):
-        try:
-            a = _decode_accepted(raw)
-        except msgspec.DecodeError:
-            # none is ever published; a test that writes one itself keeps it out
-            got_accepted[("<undecodable>", 0, raw[:60].decode("utf-8", "replace"))] += 1
-            continue
-        got_accepted[(a.command.certificate_id, a.seq, a.command.command_id)] += 1
     compare("accepted", Counter({k: n for k, n in want.accepted.items() if keep(k[0])}),
-            Counter({k: n for k, n in got_accepted.items()
-                     if keep(k[0]) and (keep is _ALL or k[0] != "<undecodable>")}))
-    got_rejections = Counter()
-    for raw in pipeline.read(t.rejections):
-        r = _decode_rejection(raw)
-        if r.certificate_id is None or keep(r.certificate_id):
-            got_rejections[(r.command_id, r.reason.value)] += 1
+            accepted_of(pipeline.read(t.accepted), keep))
     compare("rejections", Counter({k: n for k, n in want.rejections.items()
                                    if want.rejected.get(k) is None or keep(want.rejected[k])}),
-            got_rejections)
+            rejections_of(pipeline.read(t.rejections), keep))
     return problems
 
 
@@ -364,14 +367,17 @@ def expected_table(pipeline, expected: Expected, stage: str) -> dict[str, bytes]
     account never clawed back has no row)."""
     if stage != "netting":
         return {cid: _encode_row(state) for cid, state in expected.states.items()}
-    ledgers, _ = replay(_settlements_in_order(pipeline))
+    ledgers, _ = replay(_in_order(_settlement_records(pipeline)))
     return {account: _encode_row(ledger) for account, ledger in ledgers.items()
             if ledger != AccountLedger(account_id=account)}
 
 
-def _settlements_in_order(pipeline) -> list[Settlement]:
+def _settlement_records(pipeline) -> list:
+    return read_records(pipeline.settings.bootstrap, pipeline.topics.settlements, 60,
+                        pipeline.settings.kafka_auth)
+
+
+def _in_order(records: list) -> list[Settlement]:
     """The settlements topic as netting reads it: each partition in its order."""
-    records = read_records(pipeline.settings.bootstrap, pipeline.topics.settlements, 60,
-                           pipeline.settings.kafka_auth)
     return [_decode_settlement(r.value) for r in sorted(records,
                                                         key=lambda r: (r.partition, r.offset))]
