@@ -25,9 +25,8 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry, Gauge, start_http_server, write_to_textfile
 
 from schemas.commands import AcceptedCommand
-from services.audit.netting import check_netting
 from services.audit.read import read_records, read_topic
-from services.audit.report import Report, reconcile
+from services.audit.report import Report, reconcile_all
 from services.common.settings import Settings
 
 
@@ -116,12 +115,11 @@ def audit_once(timeout_s: float, results_within_s: float | None = None) -> Repor
     in_flight = frozenset(
         _decode_accepted(r.value).command.certificate_id for r in accepted
         if r.offset >= done.get(r.partition, 0))
-    report = reconcile(events, [r.value for r in accepted], [r.value for r in settlements],
-                       now_ms=int(time.time() * 1000),
-                       results_within_ms=None if results_within_s is None
-                       else int(results_within_s * 1000), in_flight=in_flight)
-    report.problems += check_netting(
-        [(r.partition, r.offset, r.value) for r in settlements], payments, netted)
+    report = reconcile_all(events, [r.value for r in accepted],
+                           [(r.partition, r.offset, r.value) for r in settlements], payments,
+                           netted=netted, now_ms=int(time.time() * 1000),
+                           results_within_ms=None if results_within_s is None
+                           else int(results_within_s * 1000), in_flight=in_flight)
     for problem in report.problems:
         print(f"DISCREPANCY {problem}")
     verdict = "OK" if report.ok else "FAILED"

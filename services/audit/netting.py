@@ -32,8 +32,9 @@ def check_netting(settlements: list[tuple[int, int, bytes]], payments: list[byte
     ``done``: the netting group's committed offset per partition (None: all done)."""
     problems: list[str] = []
     ordered = sorted(settlements)
+    decoded = [_decode(value) for _, _, value in ordered]
     try:
-        _, netted = replay([_decode(value) for _, _, value in ordered])
+        _, netted = replay(decoded)
     except NettingViolation as exc:
         return [f"netting: the settlements break a ledger: {exc}"]
     want = Counter(_encode(s) for s in netted)
@@ -50,8 +51,7 @@ def check_netting(settlements: list[tuple[int, int, bytes]], payments: list[byte
         problems.append(f"{s.certificate_id} {s.settlement_id} attempt {s.attempt}: netted "
                         "but missing from payments")
     clawed: dict[tuple[str, str], int] = defaultdict(int)
-    for _, _, value in ordered:
-        s = _decode(value)
+    for s in decoded:
         if isinstance(s, Clawback) and s.attempt == 1:
             clawed[(s.payee_id, s.currency)] += s.amount_minor
     offset: dict[tuple[str, str], int] = defaultdict(int)

@@ -48,6 +48,7 @@ from schemas.payments import (
     SellerPayment,
     Settlement,
 )
+from services.audit.netting import check_netting
 
 _decode_settlement = msgspec.json.Decoder(Settlement).decode
 _decode_event = msgspec.json.Decoder(Event).decode
@@ -227,3 +228,14 @@ def _check(cid: str, cert: Certificate, problems: list[str]) -> None:
                             f"!= price {cert.price_minor}")
     elif cert.refunded_minor and not cert.purchased:
         problems.append(f"{cid}: refunded but not purchased")
+
+
+def reconcile_all(events: list[bytes], accepted: list[bytes],
+                  settlements: list[tuple[int, int, bytes]], payments: list[bytes], *,
+                  netted: dict[int, int] | None = None, **options) -> Report:
+    """Both hops: every certificate from ``settlements`` (``reconcile``, with its
+    ``options``) and what netting made of them on ``payments`` (``check_netting``;
+    ``settlements`` as (partition, offset, value), ``netted`` netting's positions)."""
+    report = reconcile(events, accepted, [value for _, _, value in settlements], **options)
+    report.problems += check_netting(settlements, payments, netted)
+    return report

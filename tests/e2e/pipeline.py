@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 from schemas.commands import Command
-from services.audit.netting import check_netting
 from services.audit.read import read_records, read_topic
-from services.audit.report import Report, reconcile
+from services.audit.report import Report, reconcile_all
 from services.common.auth import Keyring
 from services.common.settings import PLAINTEXT, KafkaAuth, Settings, Topics
 from services.common.topics import ensure_topics
@@ -149,10 +148,7 @@ class Pipeline:
         t = self.topics
         settlements = read_records(self.settings.bootstrap, t.settlements, 60,
                                    self.settings.kafka_auth)
-        report = reconcile(self.read(t.certificate_events), self.read(t.accepted),
-                           [r.value for r in settlements])
         # netting publishes one payment per settlement: wait until it has caught up
         payments = self.wait_for(t.payments, len(settlements))
-        report.problems += check_netting([(r.partition, r.offset, r.value) for r in settlements],
-                                         payments)
-        return report
+        return reconcile_all(self.read(t.certificate_events), self.read(t.accepted),
+                             [(r.partition, r.offset, r.value) for r in settlements], payments)
