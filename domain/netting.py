@@ -63,24 +63,24 @@ def _add(counts: dict[str, int], currency: str, amount: int) -> None:
 def net(ledger: AccountLedger | None, s: Settlement) -> tuple[AccountLedger, Settlement]:
     """Apply one settlement for ``s.payee_id`` to its ledger: the ledger after it, and
     the settlement to publish (a payout with its gross and offset; others as they
-    are). Pure: the same ledger and settlement give the same result."""
-    ledger = (AccountLedger(account_id=s.payee_id) if ledger is None
-              else msgspec.structs.replace(
-                  ledger, outstanding=dict(ledger.outstanding),
-                  clawed_back=dict(ledger.clawed_back), recovered=dict(ledger.recovered),
-                  offsets=dict(ledger.offsets)))
-    if ledger.account_id != s.payee_id:
+    are). Pure: the ledger given is never changed; a new one is returned when the
+    settlement changes it, the same one otherwise."""
+    if ledger is None:
+        ledger = AccountLedger(account_id=s.payee_id)
+    elif ledger.account_id != s.payee_id:
         raise NettingViolation(f"{s.settlement_id} for {s.payee_id} applied to the "
                                f"ledger of {ledger.account_id}")
     out: Settlement = s
     if isinstance(s, Clawback):
         if s.attempt == 1:
+            ledger = _copy(ledger)
             _add(ledger.outstanding, s.currency, s.amount_minor)
             _add(ledger.clawed_back, s.currency, s.amount_minor)
     elif isinstance(s, NETTABLE):
         if s.attempt == 1 and s.settlement_id not in ledger.offsets:
             offset = min(ledger.outstanding.get(s.currency, 0), s.amount_minor)
             if offset:
+                ledger = _copy(ledger)
                 ledger.offsets[s.settlement_id] = offset
                 _add(ledger.outstanding, s.currency, -offset)
                 _add(ledger.recovered, s.currency, offset)
@@ -90,6 +90,12 @@ def net(ledger: AccountLedger | None, s: Settlement) -> tuple[AccountLedger, Set
                                       gross_minor=s.amount_minor, offset_minor=offset)
     check(ledger)
     return ledger, out
+
+
+def _copy(ledger: AccountLedger) -> AccountLedger:
+    return msgspec.structs.replace(
+        ledger, outstanding=dict(ledger.outstanding), clawed_back=dict(ledger.clawed_back),
+        recovered=dict(ledger.recovered), offsets=dict(ledger.offsets))
 
 
 def check(ledger: AccountLedger) -> None:

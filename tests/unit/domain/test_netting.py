@@ -134,3 +134,12 @@ def test_offsets_never_exceed_what_was_clawed_back_and_every_payout_adds_up(step
                 assert all(s.amount_minor == 0 for s in out[last_claw:]
                            if isinstance(s, CommissionPayout) and s.payee_id == account
                            and s.currency == currency and s.attempt == 1)
+
+
+def test_the_ledger_given_is_never_changed():
+    ledger, _ = net(None, clawback("c1", "amy", 30))
+    before = msgspec.msgpack.decode(msgspec.msgpack.encode(ledger), type=AccountLedger)
+    after, _ = net(ledger, payout("c2", "amy", 100))
+    assert ledger == before and after.outstanding == {"USD": 0}
+    same, _ = net(after, payout("c3", "amy", 10))  # nothing owed: nothing changes
+    assert same is after
