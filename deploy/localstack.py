@@ -36,6 +36,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 KAFKA_VERSION = "3.9.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -220,11 +221,38 @@ def wait_until(check, timeout_s: float, what: str, log: Path | None = None,
 
 
 @dataclass(frozen=True)
-class Kafka:
-    """A single-node KRaft broker (combined controller and broker) on 127.0.0.1."""
+class _Server:
+    """A server this module starts: its pid file and log in ``run_dir``; running when
+    that pid lives and its port answers (``answers``)."""
 
     run_dir: Path
     port: int
+    name: ClassVar[str]
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / f"{self.name}.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / f"{self.name}.log"
+
+    def answers(self) -> bool:
+        raise NotImplementedError
+
+    def running(self) -> bool:
+        pid = read_pid(self.pidfile)
+        return pid is not None and pid_alive(pid) and self.answers()
+
+    def stop(self) -> None:
+        stop_pidfile(self.pidfile)
+
+
+@dataclass(frozen=True)
+class Kafka(_Server):
+    """A single-node KRaft broker (combined controller and broker) on 127.0.0.1."""
+
+    name: ClassVar[str] = "kafka"
     controller_port: int
     default_partitions: int = 4
     # optional listeners that need a login (SASL PLAIN or SCRAM-SHA-256 with SASL_USER),
@@ -288,14 +316,6 @@ class Kafka:
                         "-keyout", str(key), "-out", str(cert), "-days", "30",
                         "-subj", f"/CN={MTLS_CLIENT}"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    @property
-    def pidfile(self) -> Path:
-        return self.run_dir / "kafka.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.run_dir / "kafka.log"
 
     def properties(self) -> str:
         # One node: every internal topic has replication factor and min ISR 1, or
@@ -395,12 +415,8 @@ class Kafka:
         self.pidfile.write_text(f"{pid}\n")
         wait_until(lambda: kafka_answers(self.port), KAFKA_START_TIMEOUT_S, "kafka", self.log)
 
-    def running(self) -> bool:
-        pid = read_pid(self.pidfile)
-        return pid is not None and pid_alive(pid) and kafka_answers(self.port)
-
-    def stop(self) -> None:
-        stop_pidfile(self.pidfile)
+    def answers(self) -> bool:
+        return kafka_answers(self.port)
 
     def kill(self) -> None:
         """SIGKILL the broker: for tests of what survives a broker crash."""
@@ -414,23 +430,14 @@ class Kafka:
 
 
 @dataclass(frozen=True)
-class Redis:
+class Redis(_Server):
     """Debian's redis-server with AOF on, so a restart loses nothing."""
 
-    run_dir: Path
-    port: int
+    name: ClassVar[str] = "redis"
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.run_dir / "redis.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.run_dir / "redis.log"
 
     def start(self) -> None:
         if self.running():
@@ -449,12 +456,8 @@ class Redis:
         self.pidfile.write_text(f"{pid}\n")
         wait_until(lambda: redis_answers(self.port), REDIS_START_TIMEOUT_S, "redis", self.log)
 
-    def running(self) -> bool:
-        pid = read_pid(self.pidfile)
-        return pid is not None and pid_alive(pid) and redis_answers(self.port)
-
-    def stop(self) -> None:
-        stop_pidfile(self.pidfile)
+    def answers(self) -> bool:
+        return redis_answers(self.port)
 
 
 PROMETHEUS_START_TIMEOUT_S = 30.0
@@ -470,7 +473,7 @@ def prometheus_answers(port: int) -> bool:
 
 
 @dataclass(frozen=True)
-class Prometheus:
+class Prometheus(_Server):
     """Debian's ``prometheus`` server, scraping the processes given to ``start`` on
     127.0.0.1 with the project's alert rules loaded; its data in its own folder.
 
@@ -478,20 +481,11 @@ class Prometheus:
     name (``circulation``, ``api``, ...), so an alert says which process is down.
     """
 
-    run_dir: Path
-    port: int
+    name: ClassVar[str] = "prometheus"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.run_dir / "prometheus.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.run_dir / "prometheus.log"
 
     def config(self, jobs: dict[str, dict[str, int]], rules: Path, interval_s: float) -> str:
         """The scrape configuration: ``jobs`` maps a job name to {process name: port}."""
@@ -523,12 +517,8 @@ class Prometheus:
         wait_until(lambda: pid_alive(pid) and prometheus_answers(self.port),
                    PROMETHEUS_START_TIMEOUT_S, "prometheus", self.log, pid=pid)
 
-    def running(self) -> bool:
-        pid = read_pid(self.pidfile)
-        return pid is not None and pid_alive(pid) and prometheus_answers(self.port)
-
-    def stop(self) -> None:
-        stop_pidfile(self.pidfile)
+    def answers(self) -> bool:
+        return prometheus_answers(self.port)
 
 
 def default_run_dir() -> Path:
