@@ -34,14 +34,16 @@ from __future__ import annotations
 
 import msgspec
 
+from domain.invariants import InvariantViolation
 from schemas.payments import Clawback, CommissionPayout, SellerPayment, Settlement
 
 # settlements that pay an account its earnings, and so may be reduced by its debt
 NETTABLE = (CommissionPayout, SellerPayment)
 
 
-class NettingViolation(RuntimeError):
-    """A ledger broke its equation: a bug; the stage must not publish."""
+class NettingViolation(InvariantViolation):
+    """A ledger broke its equation: a bug; the stage must not publish (the runner
+    parks the partition, as for any broken invariant)."""
 
 
 class AccountLedger(msgspec.Struct, kw_only=True):

@@ -17,8 +17,7 @@ from __future__ import annotations
 import msgspec
 from confluent_kafka import Message
 
-from domain.invariants import InvariantViolation
-from domain.netting import AccountLedger, NettingViolation, net
+from domain.netting import AccountLedger, net
 from schemas.payments import Settlement
 from services.common.auth import Keyring
 from services.common.metrics import Metrics
@@ -51,10 +50,7 @@ class NettingStage:
     def apply(self, ledger: AccountLedger | None, record: Message) -> Applied:
         settlement = _decode(record.value())
         self.metrics.count_in(type(settlement).__name__)
-        try:
-            after, out = net(ledger, settlement)
-        except NettingViolation as exc:  # parks the partition (runner), publishes nothing
-            raise InvariantViolation(str(exc)) from exc
+        after, out = net(ledger, settlement)  # a NettingViolation parks the partition
         self.metrics.count_out(self.output, [out])
         offset = getattr(out, "offset_minor", 0)
         if offset and out.attempt == 1:
@@ -62,7 +58,7 @@ class NettingStage:
         outputs = [Output(self.output, _encode(out), key=out.certificate_id.encode())]
         if ledger is None and after == AccountLedger(account_id=after.account_id):
             return Applied(None, False, outputs)  # no row for an account never clawed back
-        return Applied(after, after != ledger, outputs)
+        return Applied(after, after is not ledger, outputs)  # net returns a new one if changed
 
 
 def build(settings: Settings, keyring: Keyring, metrics: Metrics) -> NettingStage:
