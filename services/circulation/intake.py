@@ -9,8 +9,6 @@ reach the same verdict.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import msgspec
 
 from domain import Accepted, CertificateState, Duplicate, Rejected, handle
@@ -24,8 +22,7 @@ _decode_command = msgspec.json.Decoder(Command).decode
 _decode_any = msgspec.json.Decoder().decode
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(msgspec.Struct, frozen=True):
     """Where a message came from: goes into every rejection."""
 
     topic: str
@@ -33,7 +30,7 @@ class Source:
     offset: int
     timestamp_ms: int
     key: bytes | None
-    headers: dict[str, bytes] = field(default_factory=dict)
+    headers: dict[str, bytes] = msgspec.field(default_factory=dict)
 
 
 def reject(raw: bytes, source: Source, reason: Reason, detail: str,

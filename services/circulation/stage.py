@@ -40,6 +40,9 @@ class CirculationStage:
         self.max_skew_ms = settings.max_clock_skew_ms
         self.draw_key = keyring.first("draw")
         self.own = MEMBERS["certificate-events"]
+        self.accepted = settings.topics.accepted
+        self.events = settings.topics.certificate_events
+        self.rejections = settings.topics.rejections
 
     def input_topic(self) -> str:
         return self.topics.commands
@@ -48,40 +51,42 @@ class CirculationStage:
         return [forward_results]
 
     def output_topics(self) -> list[str]:
-        return [self.topics.accepted, self.topics.certificate_events, self.topics.rejections]
+        return [self.accepted, self.events, self.rejections]
 
     def apply(self, state: CertificateState | None, record: Message) -> Applied:
         source = Source(record.topic(), record.partition(), record.offset(),
                         record.timestamp()[1], record.key(), header_dict(record.headers()))
         result = sequence(state, record.value() or b"", source, self.keyring, self.max_skew_ms,
                           self.draw_key)
-        outputs: list[Output] = []
-        if result.accepted is not None:
-            kind = type(result.accepted.command).__name__
-        else:
-            kind = "refused" if result.rejection is not None else "no_effect"
-        self.metrics.count_in(kind)
-        if result.rejection is not None:
-            r = result.rejection
-            self.metrics.rejections.labels(self.name, r.reason.value).inc()
-            self.metrics.count_out(self.topics.rejections, [r])
-            log.info("command refused", extra={
-                "certificate_id": r.certificate_id, "command_id": r.command_id,
-                "reason": r.reason.value, "topic": record.topic(), "partition": record.partition(),
-                "offset": record.offset()})
-            outputs.append(Output(self.topics.rejections, _encode(result.rejection)))
-        if result.accepted is not None:
-            log.debug("command accepted", extra={
-                "certificate_id": result.accepted.command.certificate_id,
-                "command_id": result.accepted.command.command_id, "seq": result.accepted.seq,
-                "topic": record.topic(), "partition": record.partition(),
-                "offset": record.offset()})
-            outputs.append(Output(self.topics.accepted, _encode(result.accepted)))
-            self.metrics.count_out(self.topics.accepted, [result.accepted])
+        metrics = self.metrics
+        accepted = result.accepted
+        if accepted is not None:
+            if log.isEnabledFor(logging.DEBUG):  # not even the dict, per command, otherwise
+                log.debug("command accepted", extra={
+                    "certificate_id": accepted.command.certificate_id,
+                    "command_id": accepted.command.command_id, "seq": accepted.seq,
+                    "topic": record.topic(), "partition": record.partition(),
+                    "offset": record.offset()})
+            metrics.count_in(type(accepted.command).__name__)
             own = [e for e in result.events if isinstance(e, self.own)]
-            outputs.extend(Output(self.topics.certificate_events, _encode(e)) for e in own)
-            self.metrics.count_out(self.topics.certificate_events, own)
-        return Applied(result.state, result.changed, outputs, received_ms=source.timestamp_ms)
+            metrics.count_out(self.accepted, [accepted])
+            metrics.count_out(self.events, own)
+            outputs = [Output(self.accepted, _encode(accepted))]
+            outputs += [Output(self.events, _encode(e)) for e in own]
+            return Applied(result.state, result.changed, outputs, received_ms=source.timestamp_ms)
+        r = result.rejection
+        if r is None:
+            metrics.count_in("no_effect")
+            return Applied(result.state, result.changed, [], received_ms=source.timestamp_ms)
+        metrics.count_in("refused")
+        metrics.count_rejection(r.reason.value)
+        metrics.count_out(self.rejections, [r])
+        log.info("command refused", extra={
+            "certificate_id": r.certificate_id, "command_id": r.command_id,
+            "reason": r.reason.value, "topic": record.topic(), "partition": record.partition(),
+            "offset": record.offset()})
+        return Applied(result.state, result.changed, [Output(self.rejections, _encode(r))],
+                       received_ms=source.timestamp_ms)
 
 
 def build(settings: Settings, keyring: Keyring, metrics: Metrics) -> CirculationStage:

@@ -61,7 +61,7 @@ from confluent_kafka import (
 from domain import CertificateState, InvariantViolation
 from services.common.faults import Faults
 from services.common.follower import DeterminismError
-from services.common.metrics import Metrics
+from services.common.metrics import Metrics, observe_many
 from services.common.rows import POSITION_KEY, RowStore
 from services.common.settings import Settings
 from services.common.stage import Stage
@@ -255,9 +255,17 @@ class StageRunner:
 
     def _next_batch(self) -> list[Message]:
         """Records for the next round: wait up to commit_interval_s for the first,
-        then up to batch_linger_ms more to fill it. Fewer, fuller transactions cost
-        the broker less, which is what keeps latency low on a small machine."""
-        records = self._consume(MAX_BATCH_RECORDS, self.settings.commit_interval_s)
+        take every record already fetched, then wait up to batch_linger_ms for more.
+
+        Under load the records that arrive while a round commits make the next round
+        (rounds grow with the load, so do the records per transaction); at a low
+        rate a record waits at most the linger. librdkafka's consume(n, timeout)
+        returns only when it has n records or the timeout passed, so asking it for a
+        whole round at once held every paced record up to commit_interval_s in every
+        stage (at 5,764 commands/s: p50 419 ms end to end; 251 ms without it)."""
+        records = self._consume(1, self.settings.commit_interval_s)
+        if records:
+            records += self._consume(MAX_BATCH_RECORDS - 1, 0)
         linger_s = self.settings.batch_linger_ms / 1000
         if records and linger_s > 0 and len(records) < MAX_BATCH_RECORDS:
             deadline = time.monotonic() + linger_s
@@ -294,13 +302,16 @@ class StageRunner:
         for record in records:
             by_partition.setdefault(record.partition(), []).append(record)
         work = []  # (partition, its state, touched rows, outputs, received times)
+        metrics = self.metrics
         for p, batch in by_partition.items():
             part = self.parts.get(p)
             if part is None or part.parked:
                 continue  # revoked since the fetch (the new owner applies them), or parked
+            counted = metrics.mark()
             try:
                 work.append(self._apply(p, part, batch))
             except Poison as poison:
+                metrics.rollback(counted)
                 self._park(p, str(poison))
         self._processing.observe((time.perf_counter() - started) / len(records))
         if not work:
@@ -345,10 +356,10 @@ class StageRunner:
                          exc_info=True)
             raise Fatal(str(exc)) from exc
         faults.at("after_commit")
-        done = time.time()
+        done_ms = time.time() * 1000
+        metrics.publish()
         self._transaction.observe(time.perf_counter() - started)
-        for received_ms in latencies:
-            self._end_to_end.observe(max(0.0, done - received_ms / 1000))
+        observe_many(self._end_to_end, [max(0.0, done_ms - ms) / 1000 for ms in latencies])
         on_row = getattr(self.stage, "on_row", None)
         if on_row is not None:
             for p, _, touched, _, _ in work:
@@ -400,6 +411,7 @@ class StageRunner:
             self.producer.abort_transaction(INIT_TIMEOUT_S)
         except KafkaException as exc:
             raise Fatal(f"aborting a transaction: {exc}") from exc
+        self.metrics.rollback()  # nothing of the round was published
         self.metrics.aborted_rounds.labels(self.stage.name).inc()
         owned = sorted(self.parts)
         self._forget(owned)

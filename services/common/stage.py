@@ -8,16 +8,16 @@ positions, rebalances. Each service folder holds its own stage (``stage.py``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from confluent_kafka import Message
 
 from domain import CertificateState
 
 
-@dataclass(frozen=True)
-class Output:
+class Output(NamedTuple):
+    """One record to publish (a tuple: a stage makes several per command)."""
+
     topic: str
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
@@ -27,8 +27,7 @@ class Output:
     key: bytes | None = None
 
 
-@dataclass
-class Applied:
+class Applied(NamedTuple):
     """What a stage made of one record."""
 
     state: CertificateState | None

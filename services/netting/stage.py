@@ -54,7 +54,7 @@ class NettingStage:
         self.metrics.count_out(self.output, [out])
         offset = getattr(out, "offset_minor", 0)
         if offset and out.attempt == 1:
-            self.metrics.money.labels(self.name, "clawback_recovered", out.currency).inc(offset)
+            self.metrics.count_flow("clawback_recovered", out.currency, offset)
         outputs = [Output(self.output, _encode(out), key=out.certificate_id.encode())]
         if ledger is None and after == AccountLedger(account_id=after.account_id):
             return Applied(None, False, outputs)  # no row for an account never clawed back
