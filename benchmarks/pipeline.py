@@ -24,7 +24,6 @@ table in docs/benchmarks.md and docs/benchmark-pipeline.png.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import gc
 import json
@@ -39,9 +38,7 @@ from pathlib import Path
 
 import msgspec
 import psutil
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError
-from confluent_kafka import TopicPartition as RdTopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from benchmarks.core import machine
 from benchmarks.generator import Item, Sender, TrafficSpec, generate
@@ -52,7 +49,6 @@ from services.common.metrics import scrape, total
 from services.common.rows import assemble, head_of
 from services.common.settings import Settings, Topics
 from services.common.topics import ensure_topics
-from services.gateway import CommandSender
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_JSON = ROOT / "benchmarks" / "results" / "pipeline.json"
@@ -108,7 +104,7 @@ class Deployment:
                     "COMMISSION_PARTITIONS": str(partitions), "LOG_LEVEL": "warning"}
         logs.mkdir(parents=True, exist_ok=True)
         keyring = Keyring.from_env()
-        self.sender = Sender(CommandSender(self.settings, keyring), keyring)
+        self.sender = Sender(self.settings, keyring)
 
     def start(self) -> None:
         for s in self.stages:
@@ -131,7 +127,7 @@ class Deployment:
         try:
             names = [t for t in consumer.list_topics(timeout=10).topics
                      if t.startswith(f"{self.prefix}.") and not t.endswith(".commands")]
-            tps = [RdTopicPartition(t, p, OFFSET_BEGINNING) for t in names
+            tps = [TopicPartition(t, p, OFFSET_BEGINNING) for t in names
                    for p in range(self.settings.partitions)]
             end = sum(consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps)
             consumer.assign(tps)
@@ -152,25 +148,33 @@ class Deployment:
         except OSError:
             return -1.0
 
-    def done(self) -> tuple[int, bool]:
-        """(commands the sequencer consumed, whether every follower caught up)."""
+    def done(self, expected: int) -> tuple[int, bool]:
+        """(commands the sequencer consumed, whether all ``expected`` are consumed and
+        every later stage caught up). The later stages are asked only once the
+        sequencer has them all: every scrape costs the scraped stage CPU."""
         t = self.settings.topics
-        consumed = self.counter("circulation", "commission_messages_in_total")
-        handed = self.counter("circulation", "commission_messages_out_total", topic=t.accepted)
+        try:
+            metrics = scrape(self.ports["circulation"])
+        except OSError:
+            return 0, False  # not serving yet
+        consumed = int(total(metrics, "commission_messages_in_total"))
+        if consumed < expected:
+            return consumed, False
+        handed = total(metrics, "commission_messages_out_total", topic=t.accepted)
         followers = [self.counter(s, "commission_messages_in_total") for s in FOLLOWERS]
         caught_up = all(f >= handed for f in followers)
         if "netting" in self.stages:
             settled = self.counter("cashout", "commission_messages_out_total",
                                    topic=t.settlements)
             caught_up &= self.counter("netting", "commission_messages_in_total") >= settled
-        return int(consumed), caught_up
+        return consumed, caught_up
 
     def wait_ready(self, warmup: list[Item]) -> None:
         self.sender.send(warmup)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            consumed, caught_up = self.done()
-            if consumed >= len(warmup) and caught_up and all(
+            consumed, caught_up = self.done(len(warmup))
+            if caught_up and all(
                     self.counter(s, "commission_messages_in_total") > 0 for s in self.stages):
                 return
             time.sleep(0.3)
@@ -197,41 +201,48 @@ class Deployment:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        self.sender.sender.close()
+        self.sender.close()
 
 
-def throughput(dep: Deployment, name: str, items: list[Item]) -> Run:
-    """Load the whole backlog first, then start the services and time the drain: the
-    rate is the pipeline's, not the load generator's."""
-    dep.sender.send(items)
+def throughput(dep: Deployment, name: str, items: list[Item], warmup: list[Item]) -> Run:
+    """The services started and warmed up first (joined, tables restored, a few
+    thousand commands through every stage), then the whole load sent flat out while
+    they run; the rate is the commands divided by the time from the first one sent
+    to the moment every stage has consumed everything. The generator sends with
+    librdkafka (well over 100,000 commands/s here), so the pipeline sets the pace.
+    CPU seconds are those of the measured window only (start-up and warm-up apart)."""
     dep.start()
+    dep.wait_ready(warmup)
+    base, _ = dep.done(0)
+    prepared = dep.sender.prepare_now(items)
+    before = dep.process_stats()
     run = Run(name, commands=len(items))
-    first = None
-    started = time.monotonic()
+    sending = threading.Thread(target=dep.sender.send_prepared, args=(prepared,), daemon=True)
+    first = time.monotonic()
+    sending.start()
     while True:
-        consumed, caught_up = dep.done()
+        consumed, caught_up = dep.done(base + len(items))
         now = time.monotonic()
-        if consumed > 0 and first is None:
-            first = now
-        if first is not None:
-            run.progress.append((round(now - first, 2), consumed))
-        if consumed >= len(items) and caught_up:
+        run.progress.append((round(now - first, 2), consumed - base))
+        if caught_up:
             break
-        if now - started > DRAIN_TIMEOUT_S:
-            raise RuntimeError(f"{name}: {consumed}/{len(items)} after {now - started:.0f}s")
-        time.sleep(0.1)
+        if now - first > DRAIN_TIMEOUT_S:
+            raise RuntimeError(f"{name}: {consumed - base}/{len(items)} after {now - first:.0f}s")
+        time.sleep(0.05)
     run.seconds = round(time.monotonic() - first, 2)
     run.rate = round(len(items) / run.seconds, 1)
-    run.processes = dep.process_stats()
+    sending.join()
+    after = dep.process_stats()
+    run.processes = {s: {"cpu_seconds": round(after[s]["cpu_seconds"] - before[s]["cpu_seconds"], 2),
+                         "peak_rss_mib": after[s]["peak_rss_mib"]} for s in after}
     return run
 
 
 class EffectReader(threading.Thread):
     """Records when each command's effects become readable (read_committed).
 
-    On aiokafka (its record parsing is in C): the instrument shares the two cores
-    with what it measures, and kafka-python's pure-Python parsing of ~4 output
-    records per command took a third of a core at 2,700 commands/s."""
+    On librdkafka: the instrument shares the two cores with what it measures (an
+    asyncio client's per-record futures cost several times more)."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(daemon=True)
@@ -241,32 +252,30 @@ class EffectReader(threading.Thread):
         self.ready = threading.Event()
 
     def run(self) -> None:
-        asyncio.run(self._read())
-
-    async def _read(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, group_id=None,
-                                    isolation_level="read_committed",
-                                    enable_auto_commit=False, fetch_max_wait_ms=100,
-                                    **self.settings.kafka_auth.aiokafka())
-        await consumer.start()
+        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap,
+                             "group.id": "bench-effects", "enable.auto.commit": False,
+                             "isolation.level": "read_committed", "fetch.wait.max.ms": 10,
+                             **self.settings.kafka_auth.librdkafka()})
         try:
-            tps = [TopicPartition(self.settings.topics.name(t), p) for t in OUTPUT_TOPICS
-                   for p in range(self.settings.partitions)]
+            tps = []
+            for t in OUTPUT_TOPICS:
+                for p in range(self.settings.partitions):
+                    tp = TopicPartition(self.settings.topics.name(t), p)
+                    tp.offset = consumer.get_watermark_offsets(tp, timeout=10)[1]
+                    tps.append(tp)
             consumer.assign(tps)
-            await consumer.seek_to_end(*tps)
-            for tp in tps:
-                await consumer.position(tp)
             self.ready.set()
+            last = self.last_ms
             while not self.stopping.is_set():
-                batch = await consumer.getmany(timeout_ms=50)
+                batch = consumer.consume(10_000, 0.05)
                 now = int(time.time() * 1000)
-                for records in batch.values():
-                    for r in records:
-                        cid = _decode_id(r.value).command_id
+                for r in batch:
+                    if r.error() is None:
+                        cid = _decode_id(r.value()).command_id
                         if cid is not None:
-                            self.last_ms[cid] = now
+                            last[cid] = now
         finally:
-            await consumer.stop()
+            consumer.close()
 
 
 def latency(dep: Deployment, items: list[Item], rate: float, warmup: list[Item]) -> Run:
@@ -488,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
                             ("pipeline", "services")):
             dep = deploy(key, module)
             try:
-                runs[key] = throughput(dep, key, items)
+                runs[key] = throughput(dep, key, items, warm)
                 print(f"{key}: {runs[key].rate:,.0f} commands/s", flush=True)
                 if key == "pipeline":
                     state = state_bytes(dep)
@@ -510,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             hot_items = generate(TrafficSpec(certificates=1, commands=args.hot + 3, hot=True,
                                              purchase_rate=0.0, seed=7, prefix="hot"))
-            runs["hot"] = throughput(dep, "one hot certificate", hot_items)
+            runs["hot"] = throughput(dep, "one hot certificate", hot_items, warm)
             print(f"hot: {runs['hot'].rate:,.0f} commands/s", flush=True)
         finally:
             dep.stop()
