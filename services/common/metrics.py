@@ -122,14 +122,32 @@ class Metrics:
                 self.rejections.labels(service, reason.value)
 
         # A stage counts while it applies a round's records, into plain lists (an
-        # append is ~50 ns; a labelled Prometheus inc ~1.5 us, several per message);
-        # the runner publishes them once per round after the round's transaction
-        # commits, or drops them when it aborts: the counters say what was published.
-        self._in: list[str] = []
-        self._out: list[tuple[str, type]] = []
-        self._money: list[tuple[str, str, int]] = []
-        self._refused: list[str] = []
+        # append is ~50 ns; a labelled Prometheus inc ~1.5 us, several per message),
+        # one tally per input partition (see use); the runner publishes them once per
+        # round after the round's transaction commits, drops a parked partition's and
+        # all of an aborted round: the counters say what was published.
+        self._tallies: dict[int | None, tuple[list, list, list, list]] = {}
+        self._in: list[str]
+        self._out: list[tuple[str, type]]
+        self._money: list[tuple[str, str, int]]
+        self._refused: list[str]
+        self.use(None)
         self._children: dict[tuple, Counter] = {}
+
+    def use(self, partition: int | None) -> None:
+        """Count into ``partition``'s tally from now on."""
+        tally = self._tallies.get(partition)
+        if tally is None:
+            tally = self._tallies[partition] = ([], [], [], [])
+        self._in, self._out, self._money, self._refused = tally
+
+    def drop(self, partition: int | None = None) -> None:
+        """Forget what was counted for ``partition`` since the last publish (a parked
+        partition's part of the round); without one, all of it (an aborted round)."""
+        for p, tally in self._tallies.items():
+            if partition is None or p == partition:
+                for counted in tally:
+                    counted.clear()
 
     def count_in(self, kind: str) -> None:
         self._in.append(kind)
@@ -173,16 +191,6 @@ class Metrics:
                 flow(("failed_parked" if x.outcome == "parked" else "failed_retried",
                       x.currency, x.amount_minor))
 
-    def mark(self) -> tuple[int, int, int, int]:
-        """Where the counts of the round stand (see rollback)."""
-        return len(self._in), len(self._out), len(self._money), len(self._refused)
-
-    def rollback(self, mark: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
-        """Forget what was counted since ``mark`` (a parked partition's part of the
-        round; the whole round when its transaction aborts)."""
-        for counted, n in zip((self._in, self._out, self._money, self._refused), mark, strict=True):
-            del counted[n:]
-
     def _child(self, counter: Counter, *labels: str) -> Counter:
         # bound children by label values: labels() costs ~1.8 us a call
         key = (counter, *labels)
@@ -193,19 +201,25 @@ class Metrics:
 
     def publish(self) -> None:
         """Add what the round counted to the counters: once per committed round."""
-        for kind, n in collections.Counter(self._in).items():
-            self._child(self.messages_in, kind).inc(n)
-        for (topic, kind), n in collections.Counter(self._out).items():
-            self._child(self.messages_out, topic, kind.__name__).inc(n)
-        for reason, n in collections.Counter(self._refused).items():
-            self._child(self.rejections, reason).inc(n)
-        if self._money:
-            sums: dict[tuple[str, str], int] = {}
-            for flow, currency, amount in self._money:
+        kinds_in: collections.Counter = collections.Counter()
+        kinds_out: collections.Counter = collections.Counter()
+        refused: collections.Counter = collections.Counter()
+        sums: dict[tuple[str, str], int] = {}
+        for counted_in, counted_out, money, counted_refused in self._tallies.values():
+            kinds_in.update(counted_in)
+            kinds_out.update(counted_out)
+            refused.update(counted_refused)
+            for flow, currency, amount in money:
                 sums[flow, currency] = sums.get((flow, currency), 0) + amount
-            for (flow, currency), amount in sums.items():
-                self._child(self.money, flow, currency).inc(amount)
-        self.rollback()
+        for kind, n in kinds_in.items():
+            self._child(self.messages_in, kind).inc(n)
+        for (topic, kind), n in kinds_out.items():
+            self._child(self.messages_out, topic, kind.__name__).inc(n)
+        for reason, n in refused.items():
+            self._child(self.rejections, reason).inc(n)
+        for (flow, currency), amount in sums.items():
+            self._child(self.money, flow, currency).inc(amount)
+        self.drop()
 
 
 def observe_many(histogram, values: list[float]) -> None:
