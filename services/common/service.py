@@ -8,6 +8,7 @@ supervisor restarts it; the restart restores the table from the changelog.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -45,7 +46,17 @@ def _crash_only(companion, settings: Settings, stop: threading.Event,
         os._exit(EXIT_RESTART)
 
 
+# A stage allocates several container objects per command (states, events, outputs)
+# that die young and form no cycles, while its table keeps hundreds of thousands of
+# long-lived ones: with the default thresholds (700, 10, 10) the cyclic collector
+# ran thousands of times a second and walked the table on every older pass (~3 % of
+# a follower's CPU in `perf`, 13 % of the sequencer's Python path offline).
+GC_THRESHOLDS = (100_000, 50, 100)
+
+
 def run_service(name: str, factory: StageFactory) -> None:
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.freeze()  # what the imports made lives for good: never traverse it again
     settings = Settings.from_env()
     setup_logging(name, settings.log_level)
     log = logging.getLogger(f"commission.{name}")
