@@ -277,6 +277,7 @@ class Sender:
 
     def close(self) -> None:
         self.flush()
+        self.producer = None  # librdkafka's client ends with its last reference
 
 
 def _failed(error, message) -> None:
