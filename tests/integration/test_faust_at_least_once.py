@@ -72,6 +72,12 @@ def test_faust_table_dedupe_is_not_exactly_once(stack, names, tmp_path, order):
         assert len(seen) == 1, f"the first worker wrote nothing to {first_write}"
     finally:
         _kill(first)
+    # in the window: the first record's first write is there and nothing after it
+    # (a kill that came late would leave the second record's table write too, with
+    # the first output still in the dead worker's buffer: then the checks below
+    # would fail for the wrong reason)
+    assert len(read_all(stack.bootstrap, first_write, expect=1, idle_s=0.5,
+                        isolation_level="read_uncommitted")) == 1, "the kill missed the window"
     assert [r.value.decode() for r in read_all(stack.bootstrap, out, expect=0, idle_s=0.5)] \
         == (SENT[:1] if order == "send-first" else []), "the kill missed the window"
 
