@@ -11,23 +11,27 @@ So one row is several changelog records, all with the row's partition and all se
 in the same transaction:
 
     key            value (msgpack)
-    {id}           Head: the state with those three parts empty, and their lengths
-    {id}#h{n}      hops n*SEGMENT ... (n+1)*SEGMENT-1 of the chain
+    {id}           Head: the state with those three parts empty, their lengths, and
+                   the last, partly filled segment of each (the tails)
+    {id}#h{n}      hops n*SEGMENT ... (n+1)*SEGMENT-1 of the chain, once full
     {id}#a{n}      the same slice of the applied command ids, as (id, digest) pairs
     {id}#g{n}      the same slice of the gains, as (account, amount) pairs
 
-A write sends the head and only the segments that changed since the row was last
-written (the last, partly filled one and any new ones), however long the chain:
-~600 B per command on the benchmark's traffic when every command is its own batch
-(1,860 B with 32-item segments and a head with field names; segments of 8 keep the
-rewritten part small, and restoring reads more, smaller records). ``#`` cannot occur in a certificate id (schemas.types.Id), so segment keys
-never collide with row keys. Compaction keeps the last record of every key, which
-is exactly the newest head and the newest version of every segment.
+A write sends the head and the segments that filled up since the row was last
+written, each exactly once; a row touched by one command is written as the head
+alone. On the benchmark's traffic in rounds of 300 commands: 14,413 records for
+3,506 row writes, against 22,421 when every part's partial segment was a record of
+its own, rewritten in every write (the bytes the same: 6.06 against 5.99 MB). ``#`` cannot occur in a certificate id
+(schemas.types.Id), so segment keys never collide with row keys. Compaction keeps
+the last record of every key, which is exactly the newest head and every full
+segment. A head written before tails were (``tails`` None) is read the old way:
+its partial segments are records of their own; the first new write of such a row
+puts its tail in the head, and the stale partial record is ignored until its full
+version replaces it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from itertools import islice
 from typing import NamedTuple
 
@@ -51,6 +55,12 @@ class Head(msgspec.Struct, array_like=True):
     hops: int
     applied: int
     gains: int
+    # The last, partly filled segment of each part (hops, applied ids, gains), kept
+    # in the head: a segment is a record of its own only once it is full, so a write
+    # is the head plus a segment every SEGMENT appends, not the head plus a rewrite
+    # of three partial segments every time. None: a head written before tails were
+    # (its partial segments are records of their own); still read.
+    tails: tuple[list[Hop], list[tuple[str, bytes]], list[tuple[str, int]]] | None = None
 
 
 _decode_head = msgspec.msgpack.Decoder(Head).decode
@@ -84,33 +94,39 @@ def head_of(state: CertificateState) -> CertificateState:
         pool=None if pool is None else msgspec.structs.replace(pool, acquired={}))
 
 
-def _segments(tag: bytes, key: bytes, items: Iterable, written: int, now: int
-              ) -> list[tuple[bytes, bytes]]:
-    """The segments holding items written..now-1 of ``items`` (the first segment may
-    be partly old: it is written whole)."""
-    if now == written:
+def _last(items, m: int) -> list:
+    """The last ``m`` items of a list or a dict's items, in order, without walking
+    the rest (a row's chain and applied ids grow with every command)."""
+    if m <= 0:
         return []
-    first = written // SEGMENT
-    it = islice(items, first * SEGMENT, None)
-    out = []
-    for n in range(first, (now - 1) // SEGMENT + 1):
-        chunk = list(islice(it, SEGMENT))
-        out.append((key + _SEP + tag + str(n).encode(), _encode(chunk)))
-    return out
+    if isinstance(items, list):
+        return items[-m:]
+    return list(islice(reversed(items), m))[::-1]
 
 
 def encode_row(key: bytes, state: CertificateState, written: Lengths | None
                ) -> tuple[list[tuple[bytes, bytes]], Lengths]:
-    """The changelog records that bring the row from ``written`` to ``state``."""
+    """The changelog records that bring the row from ``written`` to ``state``: the
+    head (with every part's partly filled last segment) and the segments that
+    filled up since ``written``."""
     old = written or Lengths(0, 0, 0)
     now = lengths(state)
     if now.hops < old.hops or now.applied < old.applied or now.gains < old.gains:
         raise CorruptRow(f"{key!r}: an append-only part shrank ({old} -> {now})")
-    records = [(key, _encode(Head(head_of(state), *now)))]
-    records += _segments(b"h", key, state.chain, old.hops, now.hops)
-    records += _segments(b"a", key, state.applied.items(), old.applied, now.applied)
-    if state.pool is not None:
-        records += _segments(b"g", key, state.pool.acquired.items(), old.gains, now.gains)
+    size = SEGMENT
+    gains = {} if state.pool is None else state.pool.acquired
+    records: list[tuple[bytes, bytes]] = []
+    tails = []
+    for tag, items, before, count in ((b"h", state.chain, old.hops, now.hops),
+                                      (b"a", state.applied.items(), old.applied, now.applied),
+                                      (b"g", gains.items(), old.gains, now.gains)):
+        first = before // size  # the first segment not written full yet
+        recent = _last(items, count - first * size)
+        for n in range(first, count // size):
+            chunk = recent[(n - first) * size:(n - first + 1) * size]
+            records.append((key + _SEP + tag + str(n).encode(), _encode(chunk)))
+        tails.append(recent[(count // size - first) * size:])
+    records.insert(0, (key, _encode(Head(head_of(state), *now, tuple(tails)))))
     return records, now
 
 
@@ -130,7 +146,16 @@ def assemble(records: dict[bytes, bytes]) -> dict[bytes, CertificateState]:
     for key, head in heads.items():
         mine = parts.get(key, {})
         state = head.state
-        state.chain = _collect(key, mine.get(b"h", {}), head.hops, _decode_hops)
+        if head.tails is None:  # partial segments are records of their own
+            tails: tuple[list, list, list] = ([], [], [])
+            counts = (head.hops, head.applied, head.gains)
+        else:
+            tails = head.tails
+            counts = tuple(n - len(tail) for n, tail in zip(
+                (head.hops, head.applied, head.gains), tails, strict=True))
+            if any(n < 0 or n % SEGMENT for n in counts):
+                raise CorruptRow(f"{key!r}: the head's tails do not fit its lengths")
+        state.chain = _collect(key, mine.get(b"h", {}), counts[0], _decode_hops) + tails[0]
         members: dict[str, int] = {}
         depth: dict[str, int] = {}
         for index, hop in enumerate(state.chain):
@@ -140,8 +165,9 @@ def assemble(records: dict[bytes, bytes]) -> dict[bytes, CertificateState]:
                 depth[hop.account_id] = 1 if hop.via is None else depth[hop.via] + 1
         state.members = members
         state.depth = depth
-        state.applied = dict(_collect(key, mine.get(b"a", {}), head.applied, _decode_applied))
-        gains = _collect(key, mine.get(b"g", {}), head.gains, _decode_gains)
+        state.applied = dict(
+            _collect(key, mine.get(b"a", {}), counts[1], _decode_applied) + tails[1])
+        gains = _collect(key, mine.get(b"g", {}), counts[2], _decode_gains) + tails[2]
         if state.pool is not None:
             state.pool.acquired = dict(gains)
         elif gains:

@@ -145,3 +145,92 @@ def test_a_shrinking_part_is_a_bug():
     state.chain.pop()
     with pytest.raises(CorruptRow, match="shrank"):
         encode_row(key, state, written)
+
+
+def test_a_write_is_the_head_and_each_segment_that_filled_up_once():
+    """The partly filled last segment of every part travels in the head: a write is
+    one record, plus one for each segment that filled up since the last write (each
+    full segment is sent exactly once)."""
+    commands = long_chain(10 * rows.SEGMENT)
+    store = RowStore()
+    compacted: dict[bytes, bytes] = {}
+    state = None
+    before = rows.Lengths(0, 0, 0)
+    sent_alone = 0
+    for command in commands:
+        outcome = apply(state, command)
+        assert isinstance(outcome, Accepted), outcome
+        state = outcome.state
+        key = state.certificate_id.encode()
+        records = store.changes(key, state)
+        now = rows.lengths(state)
+        filled = sum(a // rows.SEGMENT - b // rows.SEGMENT for a, b in zip(now, before,
+                                                                            strict=True))
+        assert len(records) == 1 + filled
+        assert sorted(k for k, _ in records[1:]) == sorted(set(k for k, _ in records[1:]))
+        assert all(k not in compacted for k, _ in records[1:]), "a full segment sent twice"
+        compacted.update(records)
+        sent_alone += len(records) == 1
+        before = now
+    assert encode(assemble(compacted)[key]) == encode(state)
+    assert sent_alone >= len(commands) * 3 // 4  # most writes: one record
+
+
+def _old_format(key, state, written):
+    """What encode_row wrote before tails were in the head: every part's partly
+    filled segment as a record of its own, rewritten on every write."""
+    old = written or rows.Lengths(0, 0, 0)
+    now = rows.lengths(state)
+    head = msgspec.msgpack.encode([rows.head_of(state), *now])  # four fields: no tails
+    records = [(key, head)]
+    gains = {} if state.pool is None else state.pool.acquired
+    for tag, items, before, count in ((b"h", state.chain, old.hops, now.hops),
+                                      (b"a", list(state.applied.items()), old.applied,
+                                       now.applied),
+                                      (b"g", list(gains.items()), old.gains, now.gains)):
+        if count == before:
+            continue
+        for n in range(before // rows.SEGMENT, (count - 1) // rows.SEGMENT + 1):
+            chunk = list(items[n * rows.SEGMENT:(n + 1) * rows.SEGMENT])
+            records.append((key + b"#" + tag + str(n).encode(), encode(chunk)))
+    return records, now
+
+
+def test_a_changelog_written_before_tails_restores_and_goes_on():
+    """An upgrade: rows written in the old format (partial segments as records)
+    assemble as before, and the new writes on top of them (tails in the head, the
+    stale partial segment left until its full version replaces it) assemble to the
+    state after every command."""
+    commands = long_chain(5 * rows.SEGMENT + 3)
+    cut = 4 + 2 * rows.SEGMENT + 5  # mid-segment
+    compacted: dict[bytes, bytes] = {}
+    state, written = None, None
+    for command in commands[:cut]:
+        outcome = apply(state, command)
+        assert isinstance(outcome, Accepted), outcome
+        state = outcome.state
+        key = state.certificate_id.encode()
+        records, written = _old_format(key, state, written)
+        compacted.update(records)
+    assert encode(assemble(compacted)[key]) == encode(state)
+    store = RowStore()
+    store.restore(compacted)
+    state = store.rows[key]
+    for command in commands[cut:]:
+        outcome = apply(state, command)
+        assert isinstance(outcome, Accepted), outcome
+        state = outcome.state
+        compacted.update(store.changes(key, state))
+        assert encode(assemble(compacted)[key]) == encode(state)
+
+
+def test_tails_that_do_not_fit_the_lengths_are_refused():
+    state = final_state(long_chain(rows.SEGMENT + 3))
+    key = state.certificate_id.encode()
+    records, _ = encode_row(key, state, None)
+    compacted = dict(records)
+    head = msgspec.msgpack.decode(compacted[key], type=rows.Head)
+    head.tails[0].pop()  # a hop fewer than the head counts
+    compacted[key] = encode(head)
+    with pytest.raises(CorruptRow, match="tails"):
+        assemble(compacted)
