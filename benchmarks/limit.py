@@ -59,7 +59,12 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     while not stop.is_set():
-        records = consumer.consume(BATCH, settings.commit_interval_s)
+        # as the runner does: the first record that arrives, then every one already
+        # fetched (consume(BATCH, t) alone returns only when BATCH records are there
+        # or t passed, which held the last rounds of every hop for t)
+        records = consumer.consume(1, settings.commit_interval_s)
+        if records:
+            records += consumer.consume(BATCH - 1, 0)
         records = [r for r in records if r.error() is None]
         if not records:
             continue
