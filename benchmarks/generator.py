@@ -33,7 +33,7 @@ from confluent_kafka import Producer
 
 from domain.offer import certificate_id_for, offer_owner
 from schemas import commands as c
-from services.common.auth import Key, Keyring, signer_scope
+from services.common.auth import Key, Keyring
 from services.common.settings import Settings
 
 _encode = msgspec.json.Encoder().encode
@@ -217,11 +217,6 @@ class Sender:
         self.forger = Key(keyring.first("gateway").key_id, "gateway", b"forged-forged-forged-x")
         self.sent_ms: dict[str, int] = {}
 
-    def key_for(self, command: c.Command) -> Key:
-        """The key whose scope may sign ``command``, as the gateway (or, for what the
-        payment system says, the payment system) signs it."""
-        return self.keyring.first(signer_scope(command))
-
     def prepare(self, items: list[Item], start_ms: int, rate: float = 0.0) -> list[Prepared]:
         out: list[Prepared] = []
         for i, item in enumerate(items):
@@ -231,7 +226,7 @@ class Sender:
             at_ms = start_ms + (int(i * 1000 / rate) if rate else 0)
             command = msgspec.structs.replace(item.command, at_ms=at_ms)
             body = _encode(command)
-            key = self.forger if item.forged else self.key_for(command)
+            key = self.forger if item.forged else self.keyring.key_for(command)
             out.append((command.certificate_id.encode(), body, self.keyring.sign(body, key),
                         command.command_id))
         return out

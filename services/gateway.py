@@ -11,7 +11,7 @@ import msgspec
 from kafka import KafkaProducer
 
 from schemas.commands import Command
-from services.common.auth import Key, Keyring, signer_scope
+from services.common.auth import Key, Keyring
 from services.common.settings import Settings
 
 _encode = msgspec.json.Encoder().encode
@@ -31,10 +31,7 @@ class CommandSender:
     def key_for(self, command: Command) -> Key:
         """The key whose scope may sign ``command`` (a payments key for what the payment
         system says: the demo and the tests play the payment system too)."""
-        if self.fixed_key is not None:
-            return self.fixed_key
-        scope = signer_scope(command)
-        return self.key if scope == "gateway" else self.keyring.first(scope)
+        return self.fixed_key or self.keyring.key_for(command)
 
     def send(self, command: Command, topic: str | None = None) -> None:
         """Sign ``command`` with the key its scope needs and send it to ``commands``

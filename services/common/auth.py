@@ -117,6 +117,10 @@ class Keyring:
                 return key
         raise KeyError(f"no key with scope {scope!r} is configured (COMMISSION_KEYS)")
 
+    def key_for(self, command: Command) -> Key:
+        """The key that signs ``command``: the first of the scope that may sign it."""
+        return self.first(signer_scope(command))
+
     def sign(self, body: bytes, key: Key) -> list[tuple[str, bytes]]:
         mac = hmac.new(key.secret, body, hashlib.sha256).hexdigest().encode()
         return [(KEY_ID_HEADER, key.key_id.encode()), (SIGNATURE_HEADER, mac)]

@@ -11,7 +11,7 @@ from domain.draw import MissingEntropy
 from schemas import commands as c
 from schemas.rejections import Reason
 from services.circulation.intake import Source, sequence
-from services.common.auth import Key, Keyring, signer_scope
+from services.common.auth import Key, Keyring
 from services.common.follower import DeterminismError, StepResult, follow
 from tests.e2e.certificates import cert_id, setup
 
@@ -192,7 +192,7 @@ def _signed_run(commands: list[c.Command], broker_ms: int, state=None):
     results = []
     for command in commands:
         body = encode(command)
-        key = next(k for k in KEYS.keys.values() if k.scope == signer_scope(command))
+        key = KEYS.key_for(command)
         result = sequence(state, body, source(body, key=command.certificate_id.encode(),
                                               signer=key, ts=broker_ms), KEYS,
                           max_skew_ms=600_000, draw_key=KEYS.keys["draw"])
