@@ -328,9 +328,9 @@ class StageRunner:
         work: dict[int, _Work] = {}
         count = 0
         while True:
-            published = self._apply_all(records, work)
+            self._apply_all(records, work)
             count += len(records)
-            if published or count >= MAX_BATCH_RECORDS:
+            if count >= MAX_BATCH_RECORDS or any(w.outputs for w in work.values()):
                 break
             left = patience - time.monotonic()
             if left <= 0:
@@ -340,10 +340,10 @@ class StageRunner:
                 break
         self._processing.observe((time.perf_counter() - started) / max(count, 1))
         metrics = self.metrics
-        # parked, or revoked by a rebalance that ended the accumulation
-        work = {p: w for p, w in work.items() if self.parts.get(p) is w.part}
+        for p in [p for p, w in work.items() if self.parts.get(p) is not w.part]:
+            del work[p]  # revoked by a rebalance that ended the accumulation
+            metrics.drop(p)
         if not work:
-            metrics.drop()
             return
         faults.at("after_apply")
         producer = self.producer
@@ -397,14 +397,12 @@ class StageRunner:
                 for key, state in w.touched.items():
                     on_row(p, key, state)
 
-    def _apply_all(self, records: list[Message], work: dict[int, _Work]) -> bool:
-        """Apply records to the round's work, in order per partition; whether any
-        of them published something."""
+    def _apply_all(self, records: list[Message], work: dict[int, _Work]) -> None:
+        """Apply records to the round's work, in order per partition."""
         by_partition: dict[int, list[Message]] = {}
         for record in records:
             by_partition.setdefault(record.partition(), []).append(record)
         metrics = self.metrics
-        published = False
         for p, batch in by_partition.items():
             part = self.parts.get(p)
             if part is None or part.parked:
@@ -414,17 +412,15 @@ class StageRunner:
                 w = work[p] = _Work(part)
             metrics.use(p)
             try:
-                published |= self._apply(part, batch, w)
+                self._apply(part, batch, w)
             except Poison as poison:
                 # none of the partition's round is committed: not counted either
                 metrics.drop(p)
                 del work[p]
                 self._park(p, str(poison))
-        return published
 
-    def _apply(self, part: Partition, batch: list[Message], w: _Work) -> bool:
-        """Apply one partition's records in order; the outputs are only collected.
-        Whether any record published something."""
+    def _apply(self, part: Partition, batch: list[Message], w: _Work) -> None:
+        """Apply one partition's records in order; the outputs are only collected."""
         rows = part.rows
         apply = self.stage.apply
         touched = w.touched
@@ -432,7 +428,6 @@ class StageRunner:
         received = w.received
         position = part.position
         skipped = 0
-        published = False
         for record in batch:
             offset = record.offset()
             if offset < position:
@@ -447,7 +442,6 @@ class StageRunner:
                 rows[key] = applied.state
                 touched[key] = applied.state
             if applied.outputs:
-                published = True
                 for out in applied.outputs:
                     outputs.append((out.topic, out.key or key, out.value,
                                     list(out.headers) or None, out.key is not None))
@@ -457,7 +451,6 @@ class StageRunner:
         if skipped:
             self._skipped.inc(skipped)
         part.position = position
-        return published
 
     def _abort_round(self, error: KafkaError) -> None:
         """Abort the round's transaction and put every owned partition back where
