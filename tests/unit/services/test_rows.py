@@ -107,20 +107,26 @@ def final_state(commands):
     return state
 
 
-def test_a_write_sends_the_head_and_only_the_segments_that_changed():
-    commands = long_chain(40 * rows.SEGMENT)
-    store = RowStore()
-    compacted: dict[bytes, bytes] = {}
+def writes(commands, store: RowStore):
+    """Apply the commands (every one accepted) and write each one's changes:
+    (state, records) after each."""
     state = None
-    biggest_write = 0
     for command in commands:
         outcome = apply(state, command)
         assert isinstance(outcome, Accepted), outcome
         state = outcome.state
-        key = state.certificate_id.encode()
-        records = store.changes(key, state)
+        yield state, store.changes(state.certificate_id.encode(), state)
+
+
+def test_a_write_sends_the_head_and_only_the_segments_that_changed():
+    commands = long_chain(40 * rows.SEGMENT)
+    compacted: dict[bytes, bytes] = {}
+    biggest_write = 0
+    written = list(writes(commands, RowStore()))
+    for _, records in written:
         compacted.update(records)
         biggest_write = max(biggest_write, sum(len(v) for _, v in records))
+    state = written[-1][0]
     whole = len(encode(state))
     assert encode(assemble(compacted)[state.certificate_id.encode()]) == encode(state)
     # head + at most two segments per part, however long the chain: a fraction of the row
@@ -152,17 +158,10 @@ def test_a_write_is_the_head_and_each_segment_that_filled_up_once():
     one record, plus one for each segment that filled up since the last write (each
     full segment is sent exactly once)."""
     commands = long_chain(10 * rows.SEGMENT)
-    store = RowStore()
     compacted: dict[bytes, bytes] = {}
-    state = None
     before = rows.Lengths(0, 0, 0)
     sent_alone = 0
-    for command in commands:
-        outcome = apply(state, command)
-        assert isinstance(outcome, Accepted), outcome
-        state = outcome.state
-        key = state.certificate_id.encode()
-        records = store.changes(key, state)
+    for state, records in writes(commands, RowStore()):
         now = rows.lengths(state)
         filled = sum(a // rows.SEGMENT - b // rows.SEGMENT for a, b in zip(now, before,
                                                                             strict=True))
@@ -172,7 +171,7 @@ def test_a_write_is_the_head_and_each_segment_that_filled_up_once():
         compacted.update(records)
         sent_alone += len(records) == 1
         before = now
-    assert encode(assemble(compacted)[key]) == encode(state)
+    assert encode(assemble(compacted)[state.certificate_id.encode()]) == encode(state)
     assert sent_alone >= len(commands) * 3 // 4  # most writes: one record
 
 
@@ -215,13 +214,8 @@ def test_a_changelog_written_before_tails_restores_and_goes_on():
     assert encode(assemble(compacted)[key]) == encode(state)
     store = RowStore()
     store.restore(compacted)
-    state = store.rows[key]
-    for command in commands[cut:]:
-        outcome = apply(state, command)
-        assert isinstance(outcome, Accepted), outcome
-        state = outcome.state
-        compacted.update(store.changes(key, state))
-        assert encode(assemble(compacted)[key]) == encode(state)
+    # new writes on top, assembled after every command
+    replay_into_changelog(commands[cut:], store, compacted, state=store.rows[key])
 
 
 def test_tails_that_do_not_fit_the_lengths_are_refused():
