@@ -7,7 +7,8 @@ consumer in the stage's group, both librdkafka (confluent-kafka). A round is:
      (the first that arrives, every one already fetched, a short linger);
   2. apply them, in order per partition, to the table (rows keyed by certificate
      id, one store per partition), collecting the outputs; while nothing was
-     published yet, fetch and apply more, for up to ``commit_interval_s``;
+     published yet, fetch and apply more, for up to ``commit_interval_s`` (every
+     round lasts at least ``round_min_ms``: 0 by default);
   3. in ONE transaction: the outputs (to the same partition of every output topic:
      all topics are co-partitioned, so a certificate's messages keep their order),
      the changed rows and the *position* of every partition of the round (input
@@ -37,7 +38,7 @@ fails the same way on every attempt (a determinism error, an undecodable accepte
 record) does not stop the worker: its partition is *parked* (paused, counted,
 logged, shown in readiness and an alert) and the other partitions keep running.
 
-Limits: ``MAX_BATCH_RECORDS`` records per round; a transaction stays open no longer
+Limits: ``MAX_BATCH_RECORDS`` records per fetch, ``MAX_ROUND_RECORDS`` per round; a transaction stays open no longer
 than one round; ``TXN_TIMEOUT_MS`` bounds how long a vanished worker's open
 transaction can hold back read_committed readers.
 """
@@ -72,7 +73,10 @@ from services.common.topics import ensure_topics
 log = logging.getLogger("commission.runner")
 _librdkafka_log = logging.getLogger("librdkafka")
 
-MAX_BATCH_RECORDS = 2_000
+MAX_BATCH_RECORDS = 2_000  # per fetch
+# per round: a round that accumulates (no outputs yet, or round_min_ms) commits at
+# this many records at the latest, to bound the transaction and what a kill loses
+MAX_ROUND_RECORDS = 10_000
 # A vanished worker's open transaction holds back read_committed readers (the next
 # stage, the restore of its partitions) until the coordinator aborts it.
 TXN_TIMEOUT_MS = 10_000
@@ -313,7 +317,8 @@ class StageRunner:
         and commits them together: nothing waits on its outputs, and every
         transaction costs the broker and the stage ~1 ms of CPU whatever it holds.
         The first output ends the accumulation (it is what the next stage waits
-        for). A round never spans a rebalance: a callback that ran while it
+        for), unless ``round_min_ms`` asks every round to last that long (Kafka
+        Streams' commit.interval.ms: fewer, larger transactions for more latency). A round never spans a rebalance: a callback that ran while it
         accumulated ends it, and its offsets, sent with the generation it began in,
         make it abort and restore (_abort_round)."""
         faults = self.faults
@@ -324,15 +329,21 @@ class StageRunner:
         rebalances = self._rebalances
         faults.at("after_fetch")
         started = time.perf_counter()
-        patience = time.monotonic() + self.settings.commit_interval_s
+        settings = self.settings
+        opened = time.monotonic()
+        # with outputs: commit once the round is round_min_ms old (0: at once);
+        # without: once it is commit_interval_s old (or round_min_ms, if longer)
+        earliest = opened + settings.round_min_ms / 1000
+        patience = max(earliest, opened + settings.commit_interval_s)
         work: dict[int, _Work] = {}
         count = 0
         while True:
             self._apply_all(records, work)
             count += len(records)
-            if count >= MAX_BATCH_RECORDS or any(w.outputs for w in work.values()):
+            if count >= MAX_ROUND_RECORDS:
                 break
-            left = patience - time.monotonic()
+            until = earliest if any(w.outputs for w in work.values()) else patience
+            left = until - time.monotonic()
             if left <= 0:
                 break
             records = self._next_batch(left)

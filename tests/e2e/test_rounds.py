@@ -1,0 +1,66 @@
+"""How rounds are cut, seen on the broker: one transaction marker per partition a
+committed round wrote to.
+
+By default a round with outputs commits at once (the lowest latency): commands that
+arrive 100 ms apart are committed one transaction each. With
+``COMMISSION_ROUND_MIN_MS`` (Kafka Streams' commit.interval.ms) every round lasts at
+least that long, so the same commands share one transaction.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from tests.e2e.certificates import cert_id, setup
+from tests.e2e.pipeline import Pipeline
+
+SENT = 20
+SPACING_S = 0.1  # 2 s for all of them: well inside a 4-s round
+
+
+def end_offset(pipeline: Pipeline, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": pipeline.settings.bootstrap,
+                         "group.id": "rounds-watermarks", "enable.auto.commit": False})
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+    finally:
+        consumer.close()
+
+
+def markers_on_accepted(pipeline: Pipeline) -> int:
+    """Control records on the one partition of ``accepted``: its end offset minus
+    the records a read_committed reader gets (nothing is aborted in this test)."""
+    topic = pipeline.topics.accepted
+    return end_offset(pipeline, topic) - len(pipeline.read(topic))
+
+
+@pytest.mark.parametrize("round_min_ms", [0, 4000])
+def test_round_min_ms_makes_fewer_larger_transactions(stack, names, tmp_path, round_min_ms):
+    pipeline = Pipeline(stack.bootstrap, names.prefix, tmp_path / "logs", partitions=1)
+    try:
+        pipeline.start("circulation", COMMISSION_ROUND_MIN_MS=str(round_min_ms))
+        t = int(time.time() * 1000)
+        first = cert_id("rounds-first")
+        pipeline.send(setup(first, t, price_minor=5_000, budget_minor=1_000,
+                            attached_minor=100)[0])
+        pipeline.wait_for(pipeline.topics.accepted, 1)  # joined, restored, one round done
+        before = markers_on_accepted(pipeline)
+        for i in range(SENT):
+            issue = setup(cert_id(f"rounds-{i}"), t, price_minor=5_000, budget_minor=1_000,
+                          attached_minor=100)[0]
+            pipeline.send(issue)
+            time.sleep(SPACING_S)
+        pipeline.wait_for(pipeline.topics.accepted, 1 + SENT)
+        transactions = markers_on_accepted(pipeline) - before
+        if round_min_ms:
+            # the 20 arrive within 2 s of the first: one round (two if a stall split it)
+            assert 1 <= transactions <= 2, transactions
+        else:
+            # one round each, unless slow commits let a few queue up together
+            assert transactions >= SENT // 2, transactions
+    finally:
+        pipeline.stop_all()
+        pipeline.sender.close()
