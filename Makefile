@@ -49,6 +49,7 @@ test-e2e: install
 	$(PY) -m pytest tests/e2e
 
 bench: install
+	./deploy/install-system.sh bench
 	$(PY) -m benchmarks.core
 	$(PY) -m benchmarks.pipeline
 

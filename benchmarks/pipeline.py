@@ -8,7 +8,9 @@ Scenarios, each on fresh topics and consumer groups:
    confluent-kafka exactly-once loops with no runner (benchmarks/limit.py): the hop
    limit of this broker and machine, what the others are measured against;
 1. raw: the same topology through the project's runner, copying records without
-   processing (benchmarks/passthrough.py);
+   processing (benchmarks/passthrough.py); again with every round lasting at least
+   100 ms (raw-100ms: Kafka Streams' commit interval, to compare markers);
+   kstreams: the peer, Kafka Streams on the same topology (benchmarks/peers.py);
 2. pipeline at its maximum: on services started and warmed up (2,000 commands),
    the generated traffic sent flat out (librdkafka); the rate is the number of
    commands divided by the time from the first one sent until every stage has
@@ -65,6 +67,9 @@ PASSTHROUGH = ("benchmarks.passthrough", "benchmarks.limit")
 OUTPUT_TOPICS = ("certificate-events", "allocations", "withdrawals", "payments", "rejections")
 DRAIN_TIMEOUT_S = 240.0
 WARMUP_MS = 15_000
+# Kafka Streams' commit.interval.ms under exactly-once: the runner passthrough again
+# with every round lasting that long, to compare markers at the same interval
+ROUND_MIN_MS = {"COMMISSION_ROUND_MIN_MS": "100"}
 
 
 class _CommandId(msgspec.Struct):
@@ -91,7 +96,7 @@ class Deployment:
     """One scenario's services (real or passthrough) on their own topic prefix."""
 
     def __init__(self, bootstrap: str, prefix: str, module: str, logs: Path,
-                 partitions: int = 4) -> None:
+                 partitions: int = 4, env: dict[str, str] | None = None) -> None:
         self.settings = Settings(bootstrap=bootstrap, topics=Topics(prefix=f"{prefix}."),
                                  group_prefix=prefix, partitions=partitions)
         ensure_topics(self.settings, self.settings.topics.all())
@@ -103,7 +108,8 @@ class Deployment:
         self.logs = logs
         self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                     "COMMISSION_TOPIC_PREFIX": f"{prefix}.", "COMMISSION_GROUP_PREFIX": prefix,
-                    "COMMISSION_PARTITIONS": str(partitions), "LOG_LEVEL": "warning"}
+                    "COMMISSION_PARTITIONS": str(partitions), "LOG_LEVEL": "warning",
+                    **(env or {})}
         logs.mkdir(parents=True, exist_ok=True)
         keyring = Keyring.from_env()
         self.sender = Sender(self.settings, keyring)
@@ -131,16 +137,24 @@ class Deployment:
                      if t.startswith(f"{self.prefix}.") and not t.endswith(".commands")]
             tps = [TopicPartition(t, p, OFFSET_BEGINNING) for t in names
                    for p in range(self.settings.partitions)]
-            end = sum(consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps)
+            # records below each partition's end as it was when asked: what a service
+            # still commits meanwhile is neither counted nor a marker here
+            end = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10)[1]
+                   for tp in tps}
             consumer.assign(tps)
-            records, eof = 0, 0
-            while eof < len(tps):
+            records = 0
+            done = {k for k, e in end.items() if e == 0}
+            while len(done) < len(end):
                 for m in consumer.consume(10_000, 1.0):
+                    k = (m.topic(), m.partition())
                     if m.error() is not None:
-                        eof += m.error().code() == KafkaError._PARTITION_EOF
-                    else:
+                        if m.error().code() == KafkaError._PARTITION_EOF:
+                            done.add(k)
+                    elif m.offset() < end[k]:
                         records += 1
-            return end - records
+                    else:
+                        done.add(k)
+            return sum(end.values()) - records
         finally:
             consumer.close()
 
@@ -336,24 +350,28 @@ def latency(dep: Deployment, items: list[Item], rate: float, warmup: list[Item])
 
 
 def state_bytes(dep: Deployment) -> dict[str, float]:
-    """Row sizes in the cash-out table: whole (as one msgpack value), and without what
-    grows with each hop (the head record the changelog rewrites on every change)."""
+    """Row sizes in the cash-out table: whole (as one msgpack value); without what
+    grows with each hop; and the head record the changelog rewrites on every change
+    (that, plus each growing part's last, partly filled segment: rows.py)."""
     topic = f"{dep.settings.topics.prefix}{dep.settings.group_prefix}-cashout-state-changelog"
     records = read_table(dep.settings.bootstrap, topic, 120)
     rows = assemble(records)
     encode = msgspec.msgpack.Encoder().encode
-    whole, fixed, per_hop = [], [], []
+    whole, fixed, heads, per_hop = [], [], [], []
     for key, state in rows.items():
         size = len(encode(state))
-        head = len(records[key])
+        without = len(encode(head_of(state)))
         whole.append(size)
-        fixed.append(head)
+        fixed.append(without)
+        heads.append(len(records[key]))
         if state.chain:
-            per_hop.append((size - len(encode(head_of(state)))) / len(state.chain))
+            per_hop.append((size - without) / len(state.chain))
     return {"certificates": len(rows), "row_bytes_mean": round(sum(whole) / len(whole), 1),
             "row_bytes_max": max(whole),
             "fixed_bytes_mean": round(sum(fixed) / len(fixed), 1),
             "fixed_bytes_max": max(fixed),
+            "head_bytes_mean": round(sum(heads) / len(heads), 1),
+            "head_bytes_max": max(heads),
             "bytes_per_hop_mean": round(sum(per_hop) / max(1, len(per_hop)), 1)}
 
 
@@ -391,6 +409,7 @@ def markdown(result: dict) -> str:
     r = result["runs"]
     raw, peak, half, hot = (r["raw"], r["pipeline"], r["latency"], r["hot"])
     limit = r.get("limit", raw)
+    r100, ks = r.get("raw-100ms"), r.get("kstreams")
     wu = result["warm_up"]
     lines = [
         f"\n### Pipeline end to end, {result['when']}\n",
@@ -411,10 +430,17 @@ def markdown(result: dict) -> str:
         f"{limit['seconds']} | {limit['rate']:,.0f} | 100 % | |",
         f"| runner passthrough (no processing) | {raw['commands']} | {raw['seconds']} "
         f"| {raw['rate']:,.0f} | {100 * raw['rate'] / limit['rate']:.0f} % | >= 50 % |",
+        *([f"| runner passthrough, every round >= 100 ms | {r100['commands']} | "
+            f"{r100['seconds']} | {r100['rate']:,.0f} | {100 * r100['rate'] / limit['rate']:.0f} % "
+            f"| |"] if r100 else []),
+        *([f"| Kafka Streams {result['kafka']}, the passthrough's topology (exactly_once_v2, "
+            f"commit.interval.ms 100, warm JIT) | {ks['commands']} | {ks['seconds']} | "
+            f"{ks['rate']:,.0f} | {100 * ks['rate'] / limit['rate']:.0f} % | the peer |"]
+          if ks else []),
         f"| pipeline, flat out | {peak['commands']} | {peak['seconds']} | {peak['rate']:,.0f} "
         f"| {100 * peak['rate'] / limit['rate']:.0f} % | >= 20,000 commands/s |",
         f"| one hot certificate | {hot['commands']} | {hot['seconds']} | {hot['rate']:,.0f} "
-        f"| | >= 2,000 circulations/s |",
+        f"| | >= 10,000 circulations/s |",
         "",
         f"Latency at half the maximum ({half['rate']:,.0f} commands/s paced, "
         f"{half['commands']} commands), command timestamp to last effect readable "
@@ -428,7 +454,7 @@ def markdown(result: dict) -> str:
         "| service | scenario | CPU seconds | peak RSS MiB |",
         "| --- | --- | ---: | ---: |",
     ]
-    for key in ("limit", "raw", "pipeline", "hot"):
+    for key in ("limit", "raw", "raw-100ms", "kstreams", "pipeline", "hot"):
         for service, stats in r.get(key, {}).get("processes", {}).items():
             lines.append(f"| {service} | {key} | {stats['cpu_seconds']} | "
                          f"{stats['peak_rss_mib']} |")
@@ -446,7 +472,10 @@ def markdown(result: dict) -> str:
         f"{s['row_bytes_max']:,} B; without what grows with each hop (the chain, its "
         f"index, the command ids and the per-account gains) mean "
         f"{s['fixed_bytes_mean']:,.0f} B, max {s['fixed_bytes_max']:,} B (target <= 2 KiB); "
-        f"{s['bytes_per_hop_mean']:.0f} B per hop.",
+        f"{s['bytes_per_hop_mean']:.0f} B per hop"
+        + (f"; the head record every write rewrites (that and the partly filled last "
+           f"segment of each growing part) mean {s['head_bytes_mean']:,.0f} B, max "
+           f"{s['head_bytes_max']:,} B." if "head_bytes_mean" in s else "."),
         "",
     ]
     return "\n".join(lines)
@@ -464,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm-up-seconds", type=float, default=40.0)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
+    from benchmarks.peers import KafkaStreamsDeployment  # it subclasses Deployment
+
     workdir = Path(tempfile.mkdtemp(prefix="commission-bench-"))
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     kafka = None
@@ -478,9 +509,9 @@ def main(argv: list[str] | None = None) -> int:
         items = generate(spec)
         warm = generate(TrafficSpec(certificates=40, commands=2000, seed=99, prefix="warm"))
 
-        def deploy(name: str, module: str) -> Deployment:
+        def deploy(name: str, module: str, env: dict[str, str] | None = None) -> Deployment:
             return Deployment(bootstrap, f"bench-{stamp}-{name}", module, workdir / "logs",
-                              args.partitions)
+                              args.partitions, env)
 
         # A freshly started broker spends its first minute of load compiling (JIT) on
         # the same two cores: on a new broker the first paced run had p50 ~900 ms for
@@ -500,8 +531,13 @@ def main(argv: list[str] | None = None) -> int:
             dep.stop()
         markers = {}
         for key, module in (("limit", "benchmarks.limit"), ("raw", "benchmarks.passthrough"),
+                            ("raw-100ms", "benchmarks.passthrough"), ("kstreams", "peer"),
                             ("pipeline", "services")):
-            dep = deploy(key, module)
+            if key == "kstreams":
+                dep = KafkaStreamsDeployment(bootstrap, f"bench-{stamp}-{key}", workdir / "logs",
+                                             args.partitions, jit_warmup=items)
+            else:
+                dep = deploy(key, module, ROUND_MIN_MS if key == "raw-100ms" else {})
             try:
                 runs[key] = throughput(dep, key, items, warm)
                 print(f"{key}: {runs[key].rate:,.0f} commands/s", flush=True)

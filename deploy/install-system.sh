@@ -22,6 +22,10 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 # the official AsyncAPI parser checks schemas/asyncapi.yaml (deploy/tools, from npm)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# `make bench` only (install-system.sh bench): javac compiles its Kafka Streams peer
+if [ "${1:-}" = bench ]; then
+  command -v javac >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
+fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
