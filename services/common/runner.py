@@ -7,8 +7,8 @@ consumer in the stage's group, both librdkafka (confluent-kafka). A round is:
      (the first that arrives, every one already fetched, a short linger);
   2. apply them, in order per partition, to the table (rows keyed by certificate
      id, one store per partition), collecting the outputs; while nothing was
-     published yet, fetch and apply more, for up to ``commit_interval_s`` (every
-     round lasts at least ``round_min_ms``: 0 by default);
+     published yet, fetch and apply more, for up to ``commit_interval_s``; and
+     until ``commit_spacing_ms`` after the previous commit (0 by default);
   3. in ONE transaction: the outputs (to the same partition of every output topic:
      all topics are co-partitioned, so a certificate's messages keep their order),
      the changed rows and the *position* of every partition of the round (input
@@ -74,7 +74,7 @@ log = logging.getLogger("commission.runner")
 _librdkafka_log = logging.getLogger("librdkafka")
 
 MAX_BATCH_RECORDS = 2_000  # per fetch
-# per round: a round that accumulates (no outputs yet, or round_min_ms) commits at
+# per round: a round that accumulates (no outputs yet, or commit spacing) commits at
 # this many records at the latest, to bound the transaction and what a kill loses
 MAX_ROUND_RECORDS = 10_000
 # A vanished worker's open transaction holds back read_committed readers (the next
@@ -156,6 +156,7 @@ class StageRunner:
         self._next_tick = 0.0
         self._next_gauges = 0.0
         self._rebalances = 0  # rebalance callbacks so far (a round never spans one)
+        self._committed_at = 0.0  # time.monotonic() when the last commit ended
         name = stage.name
         self._skipped = metrics.skipped.labels(name)
         self._transaction = metrics.transaction.labels(name)
@@ -317,8 +318,9 @@ class StageRunner:
         and commits them together: nothing waits on its outputs, and every
         transaction costs the broker and the stage ~1 ms of CPU whatever it holds.
         The first output ends the accumulation (it is what the next stage waits
-        for), unless ``round_min_ms`` asks every round to last that long (Kafka
-        Streams' commit.interval.ms: fewer, larger transactions for more latency). A round never spans a rebalance: a callback that ran while it
+        for), but not sooner than ``commit_spacing_ms`` after the previous commit
+        ended (Kafka Streams' commit.interval.ms: under load, fewer and larger
+        transactions; after a quiet spell a round commits at once). A round never spans a rebalance: a callback that ran while it
         accumulated ends it, and its offsets, sent with the generation it began in,
         make it abort and restore (_abort_round)."""
         faults = self.faults
@@ -331,9 +333,9 @@ class StageRunner:
         started = time.perf_counter()
         settings = self.settings
         opened = time.monotonic()
-        # with outputs: commit once the round is round_min_ms old (0: at once);
-        # without: once it is commit_interval_s old (or round_min_ms, if longer)
-        earliest = opened + settings.round_min_ms / 1000
+        # with outputs: commit at once, or commit_spacing_ms after the last commit;
+        # without: once the round is commit_interval_s old (or that, if later)
+        earliest = max(opened, self._committed_at + settings.commit_spacing_ms / 1000)
         patience = max(earliest, opened + settings.commit_interval_s)
         work: dict[int, _Work] = {}
         count = 0
@@ -397,6 +399,7 @@ class StageRunner:
                          extra={"topic": self.input, "partitions": sorted(work)},
                          exc_info=True)
             raise Fatal(str(exc)) from exc
+        self._committed_at = time.monotonic()
         faults.at("after_commit")
         done_ms = time.time() * 1000
         metrics.publish()

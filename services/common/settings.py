@@ -170,11 +170,12 @@ class Settings:
     # at 2,600 commands/s, p99 after warm-up: 0 ms 319, 5 ms 173-202, 10 ms 210,
     # 20 ms 227-240 (fewer transactions, each waits longer) -- docs/benchmarks.md
     batch_linger_ms: int = 5
-    # every round applies records for at least this long before it commits, like
-    # Kafka Streams' commit.interval.ms (100 ms under exactly-once): fewer, larger
-    # transactions (fewer markers, less broker CPU) for that much more latency per
-    # stage. 0: a round with outputs commits at once, the lowest latency.
-    round_min_ms: int = 0
+    # a round with outputs commits no sooner than this after the previous commit
+    # ended, as Kafka Streams' commit.interval.ms (100 ms under exactly-once): under
+    # load, fewer and larger transactions (fewer markers, less CPU in the broker and
+    # the stage); a record that arrives after a quiet spell still commits at once.
+    # 0: every round with outputs commits at once.
+    commit_spacing_ms: int = 0
     # a signed command whose at_ms is further than this from the broker's record
     # timestamp is refused as stale: a captured command cannot be replayed later
     max_clock_skew_ms: int = 10 * 60 * 1000
@@ -202,7 +203,7 @@ class Settings:
             data_dir=_env("COMMISSION_DATA_DIR", cls.data_dir),
             commit_interval_s=float(_env("COMMISSION_COMMIT_INTERVAL_S", str(cls.commit_interval_s))),
             batch_linger_ms=int(_env("COMMISSION_BATCH_LINGER_MS", str(cls.batch_linger_ms))),
-            round_min_ms=int(_env("COMMISSION_ROUND_MIN_MS", str(cls.round_min_ms))),
+            commit_spacing_ms=int(_env("COMMISSION_COMMIT_SPACING_MS", str(cls.commit_spacing_ms))),
             max_clock_skew_ms=int(_env("COMMISSION_MAX_CLOCK_SKEW_MS", str(cls.max_clock_skew_ms))),
             timer_interval_s=float(_env("COMMISSION_TIMER_INTERVAL_S", str(cls.timer_interval_s))),
             log_level=_env("LOG_LEVEL", cls.log_level),

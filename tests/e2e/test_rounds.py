@@ -3,8 +3,9 @@ committed round wrote to.
 
 By default a round with outputs commits at once (the lowest latency): commands that
 arrive 100 ms apart are committed one transaction each. With
-``COMMISSION_ROUND_MIN_MS`` (Kafka Streams' commit.interval.ms) every round lasts at
-least that long, so the same commands share one transaction.
+``COMMISSION_COMMIT_SPACING_MS`` (Kafka Streams' commit.interval.ms) a stage commits
+no sooner than that after its previous commit, so the same commands share one
+transaction; and a command after a quiet spell is committed at once.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tests.e2e.certificates import cert_id, setup
 from tests.e2e.pipeline import Pipeline
 
 SENT = 20
-SPACING_S = 0.1  # 2 s for all of them: well inside a 4-s round
+SPACING_S = 0.1  # 2 s for all of them: well inside 6 s of spacing
 
 
 def end_offset(pipeline: Pipeline, topic: str) -> int:
@@ -37,27 +38,35 @@ def markers_on_accepted(pipeline: Pipeline) -> int:
     return end_offset(pipeline, topic) - len(pipeline.read(topic))
 
 
-@pytest.mark.parametrize("round_min_ms", [0, 4000])
-def test_round_min_ms_makes_fewer_larger_transactions(stack, names, tmp_path, round_min_ms):
+@pytest.mark.parametrize("spacing_ms", [0, 6000])
+def test_commit_spacing_makes_fewer_larger_transactions(stack, names, tmp_path, spacing_ms):
     pipeline = Pipeline(stack.bootstrap, names.prefix, tmp_path / "logs", partitions=1)
     try:
-        pipeline.start("circulation", COMMISSION_ROUND_MIN_MS=str(round_min_ms))
+        pipeline.start("circulation", COMMISSION_COMMIT_SPACING_MS=str(spacing_ms))
         t = int(time.time() * 1000)
-        first = cert_id("rounds-first")
-        pipeline.send(setup(first, t, price_minor=5_000, budget_minor=1_000,
-                            attached_minor=100)[0])
+
+        def issue(name: str):
+            return setup(cert_id(name), t, price_minor=5_000, budget_minor=1_000,
+                         attached_minor=100)[0]
+
+        pipeline.send(issue("rounds-first"))
         pipeline.wait_for(pipeline.topics.accepted, 1)  # joined, restored, one round done
         before = markers_on_accepted(pipeline)
         for i in range(SENT):
-            issue = setup(cert_id(f"rounds-{i}"), t, price_minor=5_000, budget_minor=1_000,
-                          attached_minor=100)[0]
-            pipeline.send(issue)
+            pipeline.send(issue(f"rounds-{i}"))
             time.sleep(SPACING_S)
         pipeline.wait_for(pipeline.topics.accepted, 1 + SENT)
         transactions = markers_on_accepted(pipeline) - before
-        if round_min_ms:
-            # the 20 arrive within 2 s of the first: one round (two if a stall split it)
+        if spacing_ms:
+            # the 20 arrive within 2 s, all within 6 s of the first one's commit: one
+            # round (two if the first commit ended before the stage joined them all)
             assert 1 <= transactions <= 2, transactions
+            # after a quiet spell longer than the spacing, a command commits at once
+            time.sleep(spacing_ms / 1000 + 0.5)
+            sent = time.monotonic()
+            pipeline.send(issue("rounds-after-quiet"))
+            pipeline.wait_for(pipeline.topics.accepted, 2 + SENT)
+            assert time.monotonic() - sent < spacing_ms / 1000, "a quiet stage waited"
         else:
             # one round each, unless slow commits let a few queue up together
             assert transactions >= SENT // 2, transactions
