@@ -26,7 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from benchmarks.generator import Item
 from benchmarks.pipeline import Deployment
-from deploy.localstack import cache_dir
+from deploy.localstack import cache_dir, maven_runtime
 
 KSTREAMS_VERSION = "3.9.1"
 HERE = Path(__file__).resolve().parent / "kstreams"
@@ -40,19 +40,8 @@ JVM = ("-Xms128m", "-Xmx512m")
 def ensure_kstreams() -> list[str]:
     """The java command line of the peer: its jars fetched once, Hops.java compiled."""
     root = cache_dir().parent / f"kstreams-{KSTREAMS_VERSION}"
-    libs, classes = root / "libs", root / "classes"
-    marker = root / "complete"
-    if not marker.exists():
-        if shutil.which("mvn") is None:
-            raise SystemExit("maven (mvn) is required to fetch the Kafka Streams jars")
-        tmp = root / "libs.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        subprocess.run(["mvn", "-q", "-B", "-f", str(HERE / "pom.xml"),
-                        f"-Dkafka.version={KSTREAMS_VERSION}", "dependency:copy-dependencies",
-                        "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"], check=True)
-        shutil.rmtree(libs, ignore_errors=True)
-        tmp.rename(libs)
-        marker.write_text(KSTREAMS_VERSION + "\n")
+    libs = maven_runtime(HERE / "pom.xml", root, KSTREAMS_VERSION, "the Kafka Streams jars")
+    classes = root / "classes"
     shutil.rmtree(classes, ignore_errors=True)
     subprocess.run(["javac", "-d", str(classes), "-cp", f"{libs}/*", str(SOURCE)], check=True)
     log4j = root / "log4j.properties"

@@ -85,10 +85,34 @@ def cache_dir() -> Path:
 
 def ensure_kafka_jars() -> Path:
     """Copy the pinned broker and its runtime dependencies from Maven Central once."""
-    libs = cache_dir() / "libs"
-    marker = cache_dir() / "complete"
+    return maven_runtime(POM, cache_dir(), KAFKA_VERSION, "the Kafka broker jars")
+
+
+def maven_runtime(pom: Path, root: Path, version: str, what: str) -> Path:
+    """``root``/libs: the runtime dependencies of ``pom`` (with -Dkafka.version),
+    copied from Maven Central once; a ``complete`` marker says the copy finished."""
+    libs = root / "libs"
+    marker = root / "complete"
     if marker.exists():
         return libs
+    if shutil.which("mvn") is None:
+        raise SystemExit(f"maven (mvn) is required to fetch {what}")
+    tmp = root / "libs.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    subprocess.run(
+        [
+            "mvn", "-q", "-B", "-f", str(pom),
+            f"-Dkafka.version={version}",
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={tmp}",
+        ],
+        check=True,
+    )
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    marker.write_text(version + "\n")
+    return libs
     if shutil.which("mvn") is None:
         raise SystemExit("maven (mvn) is required to fetch the Kafka broker jars")
     tmp = cache_dir() / "libs.partial"
