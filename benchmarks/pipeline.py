@@ -409,7 +409,7 @@ def markdown(result: dict) -> str:
     r = result["runs"]
     raw, peak, half, hot = (r["raw"], r["pipeline"], r["latency"], r["hot"])
     limit = r.get("limit", raw)
-    r100, ks = r.get("raw-100ms"), r.get("kstreams")
+    r100, ks = r["raw-100ms"], r["kstreams"]
     wu = result["warm_up"]
     lines = [
         f"\n### Pipeline end to end, {result['when']}\n",
@@ -430,13 +430,12 @@ def markdown(result: dict) -> str:
         f"{limit['seconds']} | {limit['rate']:,.0f} | 100 % | |",
         f"| runner passthrough (no processing) | {raw['commands']} | {raw['seconds']} "
         f"| {raw['rate']:,.0f} | {100 * raw['rate'] / limit['rate']:.0f} % | >= 50 % |",
-        *([f"| runner passthrough, commits >= 100 ms apart | {r100['commands']} | "
-            f"{r100['seconds']} | {r100['rate']:,.0f} | {100 * r100['rate'] / limit['rate']:.0f} % "
-            f"| |"] if r100 else []),
-        *([f"| Kafka Streams {result['kafka']}, the passthrough's topology (exactly_once_v2, "
-            f"commit.interval.ms 100, warm JIT) | {ks['commands']} | {ks['seconds']} | "
-            f"{ks['rate']:,.0f} | {100 * ks['rate'] / limit['rate']:.0f} % | the peer |"]
-          if ks else []),
+        f"| runner passthrough, commits >= 100 ms apart | {r100['commands']} | "
+        f"{r100['seconds']} | {r100['rate']:,.0f} | {100 * r100['rate'] / limit['rate']:.0f} % "
+        f"| |",
+        f"| Kafka Streams {result['kafka']}, the passthrough's topology (exactly_once_v2, "
+        f"commit.interval.ms 100, warm JIT) | {ks['commands']} | {ks['seconds']} | "
+        f"{ks['rate']:,.0f} | {100 * ks['rate'] / limit['rate']:.0f} % | the peer |",
         f"| pipeline, flat out | {peak['commands']} | {peak['seconds']} | {peak['rate']:,.0f} "
         f"| {100 * peak['rate'] / limit['rate']:.0f} % | >= 20,000 commands/s |",
         f"| one hot certificate | {hot['commands']} | {hot['seconds']} | {hot['rate']:,.0f} "
@@ -472,10 +471,9 @@ def markdown(result: dict) -> str:
         f"{s['row_bytes_max']:,} B; without what grows with each hop (the chain, its "
         f"index, the command ids and the per-account gains) mean "
         f"{s['fixed_bytes_mean']:,.0f} B, max {s['fixed_bytes_max']:,} B (target <= 2 KiB); "
-        f"{s['bytes_per_hop_mean']:.0f} B per hop"
-        + (f"; the head record every write rewrites (that and the partly filled last "
-           f"segment of each growing part) mean {s['head_bytes_mean']:,.0f} B, max "
-           f"{s['head_bytes_max']:,} B." if "head_bytes_mean" in s else "."),
+        f"{s['bytes_per_hop_mean']:.0f} B per hop; the head record every write rewrites "
+        f"(that and the partly filled last segment of each growing part) mean "
+        f"{s['head_bytes_mean']:,.0f} B, max {s['head_bytes_max']:,} B.",
         "",
     ]
     return "\n".join(lines)
@@ -530,14 +528,17 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             dep.stop()
         markers = {}
-        for key, module in (("limit", "benchmarks.limit"), ("raw", "benchmarks.passthrough"),
-                            ("raw-100ms", "benchmarks.passthrough"), ("kstreams", "peer"),
-                            ("pipeline", "services")):
-            if key == "kstreams":
-                dep = KafkaStreamsDeployment(bootstrap, f"bench-{stamp}-{key}", workdir / "logs",
-                                             args.partitions, jit_warmup=items)
-            else:
-                dep = deploy(key, module, SPACED_100MS if key == "raw-100ms" else {})
+        scenarios = {
+            "limit": lambda: deploy("limit", "benchmarks.limit"),
+            "raw": lambda: deploy("raw", "benchmarks.passthrough"),
+            "raw-100ms": lambda: deploy("raw-100ms", "benchmarks.passthrough", SPACED_100MS),
+            "kstreams": lambda: KafkaStreamsDeployment(
+                bootstrap, f"bench-{stamp}-kstreams", workdir / "logs", args.partitions,
+                jit_warmup=items),
+            "pipeline": lambda: deploy("pipeline", "services"),
+        }
+        for key, make in scenarios.items():
+            dep = make()
             try:
                 runs[key] = throughput(dep, key, items, warm)
                 print(f"{key}: {runs[key].rate:,.0f} commands/s", flush=True)
