@@ -38,9 +38,9 @@ fails the same way on every attempt (a determinism error, an undecodable accepte
 record) does not stop the worker: its partition is *parked* (paused, counted,
 logged, shown in readiness and an alert) and the other partitions keep running.
 
-Limits: ``MAX_BATCH_RECORDS`` records per fetch, ``MAX_ROUND_RECORDS`` per round; a transaction stays open no longer
-than one round; ``TXN_TIMEOUT_MS`` bounds how long a vanished worker's open
-transaction can hold back read_committed readers.
+Limits: ``MAX_BATCH_RECORDS`` records per fetch, ``MAX_ROUND_RECORDS`` per round; a
+transaction stays open no longer than one round; ``TXN_TIMEOUT_MS`` bounds how long a
+vanished worker's open transaction can hold back read_committed readers.
 """
 
 from __future__ import annotations
@@ -320,9 +320,10 @@ class StageRunner:
         The first output ends the accumulation (it is what the next stage waits
         for), but not sooner than ``commit_spacing_ms`` after the previous commit
         ended (Kafka Streams' commit.interval.ms: under load, fewer and larger
-        transactions; after a quiet spell a round commits at once). A round never spans a rebalance: a callback that ran while it
-        accumulated ends it, and its offsets, sent with the generation it began in,
-        make it abort and restore (_abort_round)."""
+        transactions; after a quiet spell a round commits at once). A round never
+        spans a rebalance: a callback that ran while it accumulated ends it, and its
+        offsets, sent with the generation it began in, make it abort and restore
+        (_abort_round)."""
         faults = self.faults
         # The generation the records were fetched in: if the group moves on while
         # the round runs, adding the offsets fails and the round is aborted
