@@ -15,13 +15,13 @@ import signal
 import sys
 import threading
 
-from services.common.auth import Keyring
 from services.common.logs import json_handler
 from services.common.metrics import Metrics
 from services.common.ops import start_ops_server
 from services.common.runner import Fatal, StageRunner
 from services.common.settings import Settings
 from services.common.stage import StageFactory
+from services.common.stagekeys import stage_keys
 
 EXIT_RESTART = 75
 
@@ -61,7 +61,7 @@ def run_service(name: str, factory: StageFactory) -> None:
     setup_logging(name, settings.log_level)
     log = logging.getLogger(f"commission.{name}")
     metrics = Metrics(name)
-    stage = factory(settings, Keyring.from_env(), metrics)
+    stage = factory(settings, stage_keys(name), metrics)
     runner = StageRunner(stage, settings, metrics)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

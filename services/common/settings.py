@@ -6,12 +6,46 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from schemas.topics import DEFAULT_PARTITIONS, Topics
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
+
+
+def _from_file(variable: str) -> str | None:
+    """The stripped content of the file named by ``$variable`` (a mounted secret), or
+    None when the variable is not set."""
+    path = os.environ.get(variable)
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip()
+
+
+def redis_url_from_env(default: str = "redis://127.0.0.1:6379/0") -> str:
+    """``REDIS_URL``, with the password of its user from the file named by
+    ``REDIS_PASSWORD_FILE`` (a mounted secret) when that is set: production logs in as
+    its own ACL user over TLS (``rediss://user@host:port/db?ssl_ca_certs=...``) and
+    keeps the password out of the environment. Never log the result."""
+    url = _env("REDIS_URL", default)
+    password = _from_file("REDIS_PASSWORD_FILE")
+    if password is None:
+        return url
+    parts = urlsplit(url)
+    if parts.password is not None:
+        raise SystemExit("REDIS_URL carries a password and REDIS_PASSWORD_FILE is set: "
+                         "keep the password in the file only")
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    netloc = f"{user}:{quote(password, safe='')}@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -65,14 +99,16 @@ class KafkaAuth:
     def from_env(cls) -> KafkaAuth:
         protocol = _env("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
         sasl = protocol.startswith("SASL")
+        # without SASL the files may not be mounted: read them only when logging in
         password = os.environ.get("KAFKA_SASL_PASSWORD")
-        path = os.environ.get("KAFKA_SASL_PASSWORD_FILE")
-        if sasl and password is None and path:  # without SASL the file may not be mounted
-            with open(path, encoding="utf-8") as f:
-                password = f.read().strip()
+        if sasl and password is None:
+            password = _from_file("KAFKA_SASL_PASSWORD_FILE")
+        username = os.environ.get("KAFKA_SASL_USERNAME")
+        if sasl and username is None:
+            username = _from_file("KAFKA_SASL_USERNAME_FILE")
         mechanism = os.environ.get("KAFKA_SASL_MECHANISM", "PLAIN").upper()
         return cls(security_protocol=protocol, sasl_mechanism=mechanism if sasl else None,
-                   username=os.environ.get("KAFKA_SASL_USERNAME"), password=password,
+                   username=username, password=password,
                    ca_file=os.environ.get("KAFKA_SSL_CAFILE"),
                    cert_file=os.environ.get("KAFKA_SSL_CERTFILE"),
                    key_file=os.environ.get("KAFKA_SSL_KEYFILE"))

@@ -8,7 +8,8 @@ The app reads only committed records (``services/readmodel/committed.py``: faust
 would read uncommitted ones outside its exactly-once mode, and a record of an
 aborted transaction is not always decided the same way again).
 
-Environment: as the services, plus REDIS_URL (default redis://127.0.0.1:6379/0) and
+Environment: as the services, plus REDIS_URL (default redis://127.0.0.1:6379/0; the
+password of its user from the file REDIS_PASSWORD_FILE, if set) and
 COMMISSION_READMODEL_GROUP (default "{group prefix}-readmodel"; a new group replays
 the topic from the start, which is how the projections are rebuilt).
 """
@@ -29,7 +30,7 @@ from schemas.commands import AcceptedCommand
 from schemas.rejections import Rejection
 from services.common.logs import json_handler
 from services.common.metrics import ReadModelMetrics, exposition
-from services.common.settings import Settings
+from services.common.settings import Settings, redis_url_from_env
 from services.readmodel.committed import CommittedApp
 from services.readmodel.projection import Keys
 from services.readmodel.store import ReadModelStore
@@ -124,7 +125,7 @@ def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
 
 def main() -> None:
     settings = Settings.from_env()
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    redis_url = redis_url_from_env()
     group = os.environ.get("COMMISSION_READMODEL_GROUP", f"{settings.group_prefix}-readmodel")
     app = build_app(settings, redis_url, group)
     level = {"warning": "warn", "critical": "crit"}.get(settings.log_level, settings.log_level)

@@ -17,7 +17,7 @@ from services.common.metrics import ApiMetrics, Metrics, ReadModelMetrics
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
-SERVICES = ("circulation", "allocation", "withdrawal", "cashout", "netting")
+SERVICES = ("circulation", "captures", "allocation", "withdrawal", "cashout", "netting")
 
 
 def tool(name: str) -> str:
@@ -129,18 +129,24 @@ def test_kubernetes_manifests_have_probes_resources_and_budgets():
         pod = deployments[name]["spec"]["template"]["spec"]
         [container] = pod["containers"]
         env = {e["name"]: e for e in container["env"]}
-        assert env["KAFKA_SASL_USERNAME"]["valueFrom"]["secretKeyRef"]["name"] == \
-            f"commission-kafka-{name}"
         login = next(v for v in pod["volumes"] if v["name"] == "kafka-login")
-        assert login["secret"] == {"secretName": f"commission-kafka-{name}", "optional": True}
+        assert login["secret"]["secretName"] == f"commission-kafka-{name}"
+        assert login["secret"]["optional"] is True
         mount = next(m for m in container["volumeMounts"] if m["name"] == "kafka-login")
+        # read as files from the mounted secret, never as environment values
+        assert env["KAFKA_SASL_USERNAME_FILE"]["value"] == f"{mount['mountPath']}/username"
         assert env["KAFKA_SASL_PASSWORD_FILE"]["value"] == f"{mount['mountPath']}/password"
-    assert config["data"]["KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT"
-    [patch] = prod["patches"]
-    assert {(op["path"], op["value"]) for op in yaml.safe_load(patch["patch"])} == {
-        ("/data/KAFKA_SECURITY_PROTOCOL", "SASL_SSL"), ("/data/KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")}
+        assert "KAFKA_SASL_USERNAME" not in env and "KAFKA_SASL_PASSWORD" not in env
+    # production defaults in the base; only the dev overlay turns them off, on purpose
+    assert config["data"]["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert config["data"]["KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert config["data"]["COMMISSION_ENV"] == "production"
     dev = yaml.safe_load((DEPLOY / "k8s" / "overlays" / "dev" / "kustomization.yaml").read_text())
     assert dev["resources"] == ["../../base"]
+    [patch] = dev["patches"]
+    ops = {op["path"]: op.get("value") for op in yaml.safe_load(patch["patch"])}
+    assert ops["/data/KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT"
+    assert ops["/data/COMMISSION_ENV"] == "development"
 
 
 def test_acl_commands_name_operations_kafka_acls_knows():
