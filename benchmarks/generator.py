@@ -35,6 +35,8 @@ from domain.offer import certificate_id_for, offer_owner
 from schemas import commands as c
 from services.common.auth import Key, Keyring
 from services.common.settings import Settings
+from services.common.topics import PRODUCER_BATCH_BYTES
+from services.paysim.sender import payment_system_keyring
 
 _encode = msgspec.json.Encoder().encode
 
@@ -168,7 +170,11 @@ def traffic(spec: TrafficSpec) -> Iterator[Item]:
         elif rng.random() < spec.purchase_rate:
             yield Item(c.Purchase(command_id=f"{cid}-buy", certificate_id=cid, at_ms=0,
                                   account_id=f"buyer-{rng.randrange(10_000)}",
-                                  payment_ref=f"pay-{cid}"))
+                                  seller_id=offer_owner(cid.rpartition("-")[0]) or "",
+                                  payment_ref=f"pay-{cid}",
+                                  # at least any price _issue draws (the whole price
+                                  # is what the payment system captured)
+                                  captured_minor=1_000_000, currency="EUR"))
             setup = retire(cid)
             yield from setup
             sent += len(setup)
@@ -208,10 +214,13 @@ class Sender:
 
     def __init__(self, settings: Settings, keyring: Keyring) -> None:
         self.topic = settings.topics.commands
-        self.keyring = keyring
+        # it plays the payment system too (escrow confirmations, captures), straight
+        # onto commands: the benchmark measures the pipeline behind the captures stage
+        self.keyring = keyring.with_keys(payment_system_keyring())
         self.producer = Producer({
             "bootstrap.servers": settings.bootstrap, "enable.idempotence": True,
             "acks": "all", "linger.ms": 5, "partitioner": "murmur2_random",
+            "batch.size": PRODUCER_BATCH_BYTES,
             "queue.buffering.max.messages": 2_000_000, "client.id": "commission-generator",
             **settings.kafka_auth.librdkafka()})
         self.forger = Key(keyring.first("gateway").key_id, "gateway", b"forged-forged-forged-x")

@@ -27,7 +27,7 @@ from kafka.admin import (
 
 from schemas.topics import Topics
 
-STAGES = ("circulation", "allocation", "withdrawal", "cashout", "netting")
+STAGES = ("captures", "circulation", "allocation", "withdrawal", "cashout", "netting")
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,12 @@ def grants(settings: Names) -> dict[str, list[Grant]]:
     t, g = settings.topics, settings.group_prefix
     T, G, X = ResourceType.TOPIC, ResourceType.GROUP, ResourceType.TRANSACTIONAL_ID
     R, W, C, D = ACLOperation.READ, ACLOperation.WRITE, ACLOperation.CREATE, ACLOperation.DESCRIBE
-    outputs = {"circulation": [t.accepted, t.certificate_events, t.rejections],
+    outputs = {"captures": [t.commands, t.rejections],
+               "circulation": [t.accepted, t.certificate_events, t.rejections],
                "allocation": [t.allocations], "withdrawal": [t.withdrawals, t.commands],
                "cashout": [t.settlements], "netting": [t.payments]}
-    sources = {"circulation": t.commands, "netting": t.settlements}
+    sources = {"captures": t.payment_results, "circulation": t.commands,
+               "netting": t.settlements}
     out: dict[str, list[Grant]] = {}
     for stage in STAGES:
         source = sources.get(stage, t.accepted)
@@ -74,13 +76,12 @@ def grants(settings: Names) -> dict[str, list[Grant]]:
             # the input topic is created by whichever stage starts first
             Grant(C, T, source),
         ]
-    # the stale check needs the broker's time on commands: checked (and set) at start
-    out["circulation"] += [Grant(ACLOperation.DESCRIBE_CONFIGS, T, t.commands),
-                           Grant(ACLOperation.ALTER_CONFIGS, T, t.commands),
-                           # its forwarder of payment results (services/circulation/results.py)
-                           Grant(R, T, t.payment_results), Grant(C, T, t.payment_results),
-                           Grant(R, G, f"{g}-payment-results"),
-                           Grant(W, T, t.commands), Grant(D, T, t.commands)]
+    # the input topics' rules (the broker's time, the size bound): checked (and set)
+    # at start by the stages that read or write them
+    configs = (ACLOperation.DESCRIBE_CONFIGS, ACLOperation.ALTER_CONFIGS)
+    out["circulation"] += [Grant(op, T, t.commands) for op in configs]
+    out["captures"] += [Grant(op, T, topic) for op in configs
+                        for topic in (t.commands, t.payment_results)]
     readmodel = f"{g}-readmodel"  # faust's app id; a rebuild uses another suffix
     out["readmodel"] = [
         Grant(R, T, t.accepted), Grant(R, T, t.rejections),
@@ -89,11 +90,12 @@ def grants(settings: Names) -> dict[str, list[Grant]]:
         *(Grant(op, T, readmodel, prefixed=True) for op in (R, W, C, D)),
     ]
     out["api"] = [Grant(W, T, t.commands), Grant(D, T, t.commands)]
-    # the payment system confirms escrow holds and refunds (signed with its own
-    # payments key) on commands, reports results on payment-results, reads payments
-    out["payment-system"] = [Grant(W, T, t.commands), Grant(D, T, t.commands),
-                             Grant(W, T, t.payment_results), Grant(D, T, t.payment_results),
-                             Grant(R, T, t.payments)]
+    # the payment system says everything (escrow holds, captured purchases, its
+    # refunds, results; signed with its Ed25519 key) on payment-results and reads
+    # payments. It may not write commands: a capture reaches them only through the
+    # captures stage, which admits each payment reference once per seller.
+    out["payment-system"] = [Grant(W, T, t.payment_results), Grant(D, T, t.payment_results),
+                             Grant(R, T, t.payments), Grant(R, T, t.rejections)]
     out["audit"] = [Grant(R, T, topic) for topic in (t.accepted, t.certificate_events,
                                                       t.settlements, t.payments)]
     # where cash-out stands in accepted: what is complete and what is in flight

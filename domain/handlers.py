@@ -339,9 +339,22 @@ def _claim(state: CertificateState, c: Claim, ctx: _Context) -> Recorder:
 
 
 def _purchase(state: CertificateState, c: Purchase, ctx: _Context) -> Recorder:
+    """A payment the payment system captured (SPEC 8a). Whether its reference was
+    used before in the seller's program was decided by the captures stage, which
+    admits each (seller, payment_ref) once; here: for this certificate's seller, the
+    whole price, in its currency."""
     pool = _on_display(state, ctx.now)
     if c.account_id == state.seller_id:
         raise Refusal(Reason.BUYER_IS_SELLER, "the seller cannot buy their own certificate")
+    if c.seller_id != state.seller_id:
+        raise Refusal(Reason.PAYMENT_SELLER_MISMATCH,
+                      "the payment was captured for another seller than this certificate's")
+    if c.currency != state.currency:
+        raise Refusal(Reason.PAYMENT_CURRENCY_MISMATCH,
+                      f"the payment was captured in {c.currency}, the price is in {state.currency}")
+    if c.captured_minor < state.price_minor:
+        raise Refusal(Reason.PAYMENT_BELOW_PRICE,
+                      f"captured {c.captured_minor}, the price is {state.price_minor}")
     if ctx.now + pool.hold_s * 1000 > MAX_TIMESTAMP_MS:
         raise Refusal(Reason.INVALID_FIELD, "the hold would end beyond 2^53 ms")
     rec = Recorder(state, c.command_id, ctx.now)
@@ -375,11 +388,15 @@ def _refund(state: CertificateState, c: Refund, ctx: _Context) -> Recorder:
     _not_ended(state)
     if state.status != "purchased":
         raise Refusal(Reason.NOT_PURCHASED, "the certificate was not purchased")
+    if c.refund_ref in state.refund_refs:
+        raise Refusal(Reason.REFUND_REF_USED,
+                      f"refund {c.refund_ref} was applied already (under another command id)")
     left = state.price_minor - state.refunded_minor
     if c.amount_minor > left:
         raise Refusal(Reason.REFUND_EXCEEDS_PRICE,
                       f"at most {left} of the price is left to refund")
     rec = Recorder(state, c.command_id, ctx.now)
+    state.refund_refs.append(c.refund_ref)
     aftersale.refund(state, state.pool, c.amount_minor, c.by, c.refund_ref, rec)
     return rec
 

@@ -132,3 +132,6 @@ class CertificateState(msgspec.Struct, kw_only=True, array_like=True):
     price_clawed_minor: int = 0  # clawed back from the seller (refunds after the hold)
     # settlement id -> where it stands with the payment system (domain.payments)
     payments: dict[str, PaymentTrack] = msgspec.field(default_factory=dict)
+    # every refund reference applied: a reference refunds once, whatever command id
+    # carries it again
+    refund_refs: list[str] = msgspec.field(default_factory=list)

@@ -183,8 +183,25 @@ class Claim(_Command, tag="claim", kw_only=True):
 
 
 class Purchase(_Command, tag="purchase", kw_only=True):
+    """A captured payment, reported by the payment system (a ``payments`` key; SPEC 8a):
+    the buyer paid ``captured_minor`` in ``currency`` to ``seller_id`` for this
+    certificate under ``payment_ref``. The buyer's click only starts a checkout; a
+    purchase signed by the gateway is refused. It travels on ``payment-captures``,
+    keyed by :func:`capture_key`, where the captures stage admits each ``payment_ref``
+    once per seller before it reaches ``commands``. It counts only when the amount is
+    at least the price, in the certificate's currency, for its seller."""
+
     account_id: Id  # the buyer
+    seller_id: Id
     payment_ref: Id
+    captured_minor: PositiveAmountMinor
+    currency: Currency
+
+
+def capture_key(seller_id: str, payment_ref: str) -> bytes:
+    """The Kafka key of a capture on ``payment-captures``: one row per payment
+    reference in a seller's program (ids cannot contain ``/``; schemas.types.Id)."""
+    return f"{seller_id}/{payment_ref}".encode()
 
 
 class CheckExpiry(_Command, tag="check_expiry", kw_only=True):

@@ -2,9 +2,11 @@
 when it could be read (else the raw Kafka key).
 
 ``reason`` is a stable machine-readable code (:class:`Reason`); ``detail`` is for
-humans and never contains secrets. ``original`` holds the exact bytes received
-(base64 in JSON) with their source topic, partition and offset, so an operator can
-find, fix and resend the command.
+humans and never contains secrets. ``original`` holds the bytes received (base64 in
+JSON), at most :data:`MAX_ORIGINAL_BYTES` of them, with ``original_size`` and the
+``original_sha256`` of the whole, and their source topic, partition and offset, so
+an operator can find, fix and resend the command. A rejection stays a few KiB
+whatever arrived: a huge record cannot make its own rejection too large to publish.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import msgspec
 from schemas.types import TimestampMs
 
 REJECTION_VERSION = 1
+MAX_ORIGINAL_BYTES = 4096
 
 
 class Reason(str, enum.Enum):
@@ -59,15 +62,23 @@ class Reason(str, enum.Enum):
     ATTACHED_EXCEEDS_BUDGET = "attached_exceeds_budget"
     INVALID_RANGE = "invalid_range"
     BUYER_IS_SELLER = "buyer_is_seller"
+    # a captured payment (SPEC 8a)
+    PAYMENT_BELOW_PRICE = "payment_below_price"  # captured less than the price
+    PAYMENT_CURRENCY_MISMATCH = "payment_currency_mismatch"  # not the certificate's currency
+    PAYMENT_SELLER_MISMATCH = "payment_seller_mismatch"  # paid to another seller
+    PAYMENT_REF_USED = "payment_ref_used"  # this reference bought something already
     # after the purchase
     NOT_PURCHASED = "not_purchased"  # a refund of a certificate no one bought
     REFUND_EXCEEDS_PRICE = "refund_exceeds_price"  # beyond what is left of the price
+    REFUND_REF_USED = "refund_ref_used"  # this refund reference was applied already
     CERTIFICATE_ENDED = "certificate_ended"  # cancelled, closed or fully refunded
     # payment results
     UNKNOWN_SETTLEMENT = "unknown_settlement"  # no such settlement on this certificate
     STALE_ATTEMPT = "stale_attempt"  # a result for another attempt than the current one
     PAYMENT_ALREADY_SETTLED = "payment_already_settled"
     PAYMENT_PARKED = "payment_parked"  # it failed every attempt; an operator decides
+    # a record no decision could be made on (an error while handling it)
+    UNPROCESSABLE = "unprocessable"
 
 
 class Rejection(msgspec.Struct, frozen=True, kw_only=True, tag="rejection", tag_field="type"):
@@ -79,7 +90,9 @@ class Rejection(msgspec.Struct, frozen=True, kw_only=True, tag="rejection", tag_
     source_topic: str = ""
     source_partition: int = -1
     source_offset: int = -1
-    original: bytes = b""
+    original: bytes = b""  # the first MAX_ORIGINAL_BYTES of what arrived
+    original_size: int = 0  # bytes received; more than len(original) when cut
+    original_sha256: str = ""  # of all the bytes received (hex)
     at_ms: TimestampMs = 0
     # reason ``duplicate``: the first outcome of this command id (accepted, at this seq)
     first_seq: int | None = None

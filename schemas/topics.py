@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.commands import AcceptedCommand, Command, ReportPayment
+from schemas.commands import (
+    AcceptedCommand,
+    Command,
+    ConfirmFunding,
+    Purchase,
+    Refund,
+    ReportPayment,
+)
 from schemas.events import (
     AcquisitionClaimable,
     CertificateCirculated,
@@ -53,8 +60,9 @@ class TopicSpec:
 
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("commands", Command, "commands", "gateway; withdrawal timer (check_expiry, "
-              "release_hold); payment system (confirm_funding, refund)",
-              "Signed commands (HMAC-SHA256 in headers `key-id` and `signature`)."),
+              "release_hold); captures (what the payment system said)",
+              "Signed commands (headers `key-id` and `signature`: HMAC-SHA256 from the "
+              "gateway and the timer, Ed25519 from the payment system)."),
     TopicSpec("accepted", AcceptedCommand, "accepted", "circulation",
               "Internal: every accepted command with its per-certificate sequence number, "
               "applied in order by allocation, withdrawal and cash-out."),
@@ -78,11 +86,14 @@ TOPICS: tuple[TopicSpec, ...] = (
               "offset_minor); dedupe on settlement_id."),
     TopicSpec("rejections", Rejection, "rejections", "circulation",
               "Every refused command with a reason code and the original bytes."),
-    TopicSpec("payment-results", ReportPayment, "commands", "payment system",
-              "The payment system's result for each settlement attempt (report_payment, "
-              "signed with a payments key); the circulation service forwards them to "
-              "`commands`, where they are decided in order with everything else.",
-              (ReportPayment,)),
+    TopicSpec("payment-results", Command, "commands", "payment system",
+              "Everything the payment system says, signed with its Ed25519 key: escrow "
+              "confirmations (confirm_funding), captured purchases (purchase, keyed by "
+              "`{seller_id}/{payment_ref}`), its refunds, and each settlement attempt's "
+              "result (report_payment). The captures stage admits each payment reference "
+              "once per seller and forwards them to `commands`, where they are decided in "
+              "order with everything else.",
+              (ConfirmFunding, Purchase, Refund, ReportPayment)),
 )
 
 

@@ -13,16 +13,23 @@ from kafka import KafkaProducer
 from schemas.commands import Command
 from services.common.auth import Key, Keyring
 from services.common.settings import Settings
+from services.paysim.sender import payment_system_keyring, route
 
 _encode = msgspec.json.Encoder().encode
 
 
 class CommandSender:
-    def __init__(self, settings: Settings, keyring: Keyring, key: Key | None = None) -> None:
+    def __init__(self, settings: Settings, keyring: Keyring, key: Key | None = None,
+                 payer: Keyring | None = None) -> None:
         self.topic = settings.topics.commands
+        self.payment_results = settings.topics.payment_results
         self.keyring = keyring
         self.fixed_key = key  # sign everything with this one (tests of forged input)
         self.key = key or keyring.first("gateway")
+        # the payment system's own keys (its private key), for the demo and the tests
+        # that play the payment system, loaded when first needed; the API never has them
+        self._payer = payer
+        self._last_topic: str | None = None
         self.producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
                                       enable_idempotence=True, linger_ms=5,
                                       client_id="commission-gateway",
@@ -31,14 +38,26 @@ class CommandSender:
     def key_for(self, command: Command) -> Key:
         """The key whose scope may sign ``command`` (a payments key for what the payment
         system says: the demo and the tests play the payment system too)."""
-        return self.fixed_key or self.keyring.key_for(command)
+        if self.fixed_key is not None:
+            return self.fixed_key
+        if not route(command)[1]:
+            return self.keyring.key_for(command)
+        if self._payer is None:
+            self._payer = payment_system_keyring()
+        return self._payer.signing_key("payments")
 
     def send(self, command: Command, topic: str | None = None) -> None:
-        """Sign ``command`` with the key its scope needs and send it to ``commands``
-        (or ``topic``: the payment system's results go to ``payment-results``)."""
+        """Sign ``command`` with the key its scope needs and send it to ``commands``,
+        or to ``topic``: on ``payment-results`` what the payment system says goes
+        through the captures stage (a capture keyed by seller and payment reference,
+        services.paysim.sender.route). The tests and the demo feeder, which play
+        every party, put the payment system's word straight on ``commands`` too; in
+        a deployment its ACLs allow it only ``payment-results`` (deploy/acls.py)."""
         body = _encode(command)
-        self.send_raw(command.certificate_id.encode(), body,
-                      headers=self.keyring.sign(body, self.key_for(command)), topic=topic)
+        key = command.certificate_id.encode()
+        if topic is not None and topic != self.topic:
+            key = route(command)[0]
+        self.send_raw(key, body, headers=Keyring.sign(body, self.key_for(command)), topic=topic)
 
     def send_raw(self, key: bytes | None, body: bytes, *, sign: bool = True,
                  headers: list[tuple[str, bytes]] | None = None,
@@ -47,8 +66,13 @@ class CommandSender:
         ``timestamp_ms`` for a record timestamp set by the producer)."""
         if headers is None:
             headers = self.keyring.sign(body, self.key) if sign else []
-        self.producer.send(topic or self.topic, key=key, value=body, headers=headers,
-                           timestamp_ms=timestamp_ms)
+        topic = topic or self.topic
+        if topic != self._last_topic:
+            # what was sent before reaches its topic first: a capture sent after a
+            # circulation cannot overtake it through the captures stage
+            self.producer.flush()
+            self._last_topic = topic
+        self.producer.send(topic, key=key, value=body, headers=headers, timestamp_ms=timestamp_ms)
 
     def flush(self) -> None:
         self.producer.flush()

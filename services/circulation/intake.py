@@ -9,12 +9,14 @@ reach the same verdict.
 
 from __future__ import annotations
 
+import hashlib
+
 import msgspec
 
 from domain import Accepted, CertificateState, Duplicate, Rejected, handle
 from domain.draw import entropy_at
 from schemas.commands import COMMAND_VERSION, AcceptedCommand, CheckExpiry, Command, ReleaseHold
-from schemas.rejections import Reason, Rejection
+from schemas.rejections import MAX_ORIGINAL_BYTES, Reason, Rejection
 from services.common.auth import AuthError, Key, Keyring, signer_scope
 from services.common.follower import StepResult
 
@@ -41,15 +43,16 @@ def reject(raw: bytes, source: Source, reason: Reason, detail: str,
         reason=reason, detail=detail,
         command_id=command.command_id if command is not None else None,
         certificate_id=certificate_id, source_topic=source.topic,
-        source_partition=source.partition, source_offset=source.offset, original=raw,
-        at_ms=source.timestamp_ms,
+        source_partition=source.partition, source_offset=source.offset,
+        original=raw[:MAX_ORIGINAL_BYTES], original_size=len(raw),
+        original_sha256=hashlib.sha256(raw).hexdigest(), at_ms=source.timestamp_ms,
     ))
 
 
 def _validation_reason(raw: bytes, error: msgspec.ValidationError) -> tuple[Reason, str]:
     try:
         body = _decode_any(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return Reason.UNDECODABLE, "the command is not valid JSON"
     if isinstance(body, dict) and body.get("v", COMMAND_VERSION) != COMMAND_VERSION:
         return Reason.UNSUPPORTED_VERSION, f"schema version {body.get('v')!r} is not supported"
@@ -62,18 +65,26 @@ def _validation_reason(raw: bytes, error: msgspec.ValidationError) -> tuple[Reas
 def decode(raw: bytes, source: Source, keyring: Keyring, max_skew_ms: int
            ) -> Command | StepResult:
     """Authenticate, then decode and validate. The signature is checked first: an
-    unauthenticated sender learns nothing about what the decoder thinks."""
+    unauthenticated sender learns nothing about what the decoder thinks.
+
+    Whatever the bytes are, the answer is a command or a rejection: an error while
+    reading them (deep nesting that exhausts the stack, anything unforeseen) is the
+    record's rejection, never the stage's crash, so no record can stop the pipeline.
+    (What the core then does with a valid command is deterministic: an error there
+    is a bug and parks the partition, services/common/runner.py.)"""
     try:
         key = keyring.verify(raw, source.headers)
+        command = _decode_command(raw)
     except AuthError as err:
         return reject(raw, source, err.reason, err.detail)
-    try:
-        command = _decode_command(raw)
     except msgspec.ValidationError as err:
         reason, detail = _validation_reason(raw, err)
         return reject(raw, source, reason, detail)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return reject(raw, source, Reason.UNDECODABLE, "the command is not valid JSON")
+    except Exception as err:  # noqa: BLE001 - any input's verdict is a rejection
+        return reject(raw, source, Reason.UNPROCESSABLE,
+                      f"the record could not be read: {type(err).__name__}")
     if command.v != COMMAND_VERSION:
         return reject(raw, source, Reason.UNSUPPORTED_VERSION,
                       f"schema version {command.v} is not supported", command)

@@ -17,7 +17,6 @@ from confluent_kafka import Message
 
 from domain import CertificateState
 from services.circulation.intake import Source, sequence
-from services.circulation.results import forward_results
 from services.common.auth import Keyring, header_dict
 from services.common.follower import MEMBERS
 from services.common.metrics import Metrics
@@ -46,9 +45,6 @@ class CirculationStage:
 
     def input_topic(self) -> str:
         return self.topics.commands
-
-    def companions(self) -> list:
-        return [forward_results]
 
     def output_topics(self) -> list[str]:
         return [self.accepted, self.events, self.rejections]

@@ -1,33 +1,54 @@
-"""Command authentication: HMAC-SHA256 over the exact encoded command bytes.
+"""Command authentication: who may say what, checked on the exact encoded bytes.
 
-The gateway (where users log in) signs each command it produces; the signature and
-the id of the key travel in Kafka headers ``key-id`` and ``signature`` (hex). Keys
-rotate by adding a new key id next to the old one, moving the signers over, then
-removing the old id. Each key has a scope: ``gateway`` keys sign user commands,
-``system`` keys sign the withdrawal timer's ``check_expiry`` commands only,
-``payments`` keys sign what only the payment system may say (``confirm_funding``).
-A ``draw`` key signs nothing: it is the sequencer's secret for random amounts
-(domain.draw); the first one is used, and its id travels on each accepted record
-that drew, so it rotates like the others.
+Every signer sends ``key-id`` and ``signature`` (hex) headers with the command.
+Two kinds of key, chosen by who holds them:
 
-Keys come from ``COMMISSION_KEYS`` (``id:scope:secret,id:scope:secret``) or from
-the file named by ``COMMISSION_KEYS_FILE`` (one ``id:scope:secret`` per line). The
-secrets are never logged, never put in metrics, and never appear in ``repr``.
+- **Inside the engine, HMAC-SHA256** (``id:scope:secret``). ``gateway`` keys sign user
+  commands (the API holds one, the sequencer a copy to verify); ``system`` keys sign
+  the withdrawal timer's ``check_expiry`` and ``release_hold`` (the timer and the
+  sequencer); ``session`` keys sign the API's session tokens (the API only); a ``draw``
+  key signs nothing, it is the sequencer's secret for random amounts (domain.draw).
+  Both ends of an HMAC key are ours, and a verify costs ~1 us against ~125 us for
+  Ed25519 on this machine: at the gateway's volume that would be the sequencer's
+  whole budget per command. Each process holds only the secrets it uses
+  (deploy/keys.py says which; a test reads the manifests against it).
+- **From outside, Ed25519** (``id:payments:ed25519-public:<base64 of 32 bytes>``).
+  What only the payment system may say (``confirm_funding``, a captured ``purchase``,
+  its ``refund``s, ``report_payment``) is signed with the payment system's private
+  key, which the engine never holds: it verifies with the public key, so nothing it
+  holds can forge the payment system's word. The payment system (and the demo's
+  simulator, services/paysim) loads ``id:payments:ed25519-private:<base64 seed>``;
+  an engine keyring refuses such a line (:meth:`Keyring.for_engine`).
+
+Keys rotate by adding a new key id next to the old one, moving the signers over,
+then removing the old id. Keys come from ``COMMISSION_KEYS`` (comma-separated) or
+the file named by ``COMMISSION_KEYS_FILE`` (one per line). Secrets are never logged,
+never put in metrics, and never appear in ``repr``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from schemas.commands import (
     COMMAND_TYPES,
     CheckExpiry,
     Command,
     ConfirmFunding,
+    Purchase,
     Refund,
     ReleaseHold,
     ReportPayment,
@@ -36,16 +57,22 @@ from schemas.rejections import Reason
 
 KEY_ID_HEADER = "key-id"
 SIGNATURE_HEADER = "signature"
-SCOPES = ("gateway", "system", "payments", "draw")
+SCOPES = ("gateway", "system", "payments", "draw", "session")
+# the payment system's keys are Ed25519 only: an HMAC secret for it would let whoever
+# holds the engine's files speak for the payment system
+ASYMMETRIC_SCOPES = ("payments",)
 
 # Which key scope may sign which command: the timer's checks only with a system key,
-# what only the payment system knows only with a payments key, the rest only through
-# the gateway where users log in. A draw key signs nothing.
+# what only the payment system knows (an escrow hold, a captured payment, a result)
+# only with a payments key, the rest only through the gateway where users log in. A
+# purchase is the payment system's word (SPEC 8a): one signed by the gateway is
+# refused. Draw and session keys sign no command.
 SIGNER_SCOPE: dict[type, str] = {t: "gateway" for t in COMMAND_TYPES}
 SIGNER_SCOPE[CheckExpiry] = "system"
 SIGNER_SCOPE[ReleaseHold] = "system"
 SIGNER_SCOPE[ConfirmFunding] = "payments"
 SIGNER_SCOPE[ReportPayment] = "payments"
+SIGNER_SCOPE[Purchase] = "payments"
 
 
 def signer_scope(command: Command) -> str:
@@ -57,18 +84,65 @@ def signer_scope(command: Command) -> str:
 
 # Keys that make `make run` and the tests work out of the box. A deployment sets its
 # own through the environment; services refuse to start with these when
-# COMMISSION_ENV=production.
+# COMMISSION_ENV=production. The payment system's development key pair: the engine
+# gets the public half, the demo's payment system (services/paysim) the private one.
+DEV_PAYMENTS_PUBLIC = "dev-pay-2:payments:ed25519-public:0XGixNwEtm21QhJ8T1KW5jiQjcXh5c8EdTvYKrrShXI="
+DEV_PAYMENTS_PRIVATE = ("dev-pay-2:payments:ed25519-private:"
+                        "ZGV2LXBheW1lbnQtc3lzdGVtLXNlZWQtY2hhbmdlLW0=")
 DEV_KEYS = ("dev-gw-1:gateway:dev-gateway-secret-change-me,"
             "dev-sys-1:system:dev-system-secret-change-me,"
-            "dev-pay-1:payments:dev-payments-secret-change-me,"
-            "dev-draw-1:draw:dev-draw-secret-change-me")
+            f"{DEV_PAYMENTS_PUBLIC},"
+            "dev-draw-1:draw:dev-draw-secret-change-me,"
+            "dev-session-1:session:dev-session-secret-change-me")
+
+KeyKind = Literal["hmac", "ed25519-public", "ed25519-private"]
 
 
 @dataclass(frozen=True)
 class Key:
+    """One key. ``secret`` is the HMAC secret, or the raw 32 bytes of an Ed25519 key
+    (public or private seed, as ``kind`` says)."""
+
     key_id: str
     scope: str
     secret: bytes = field(repr=False)
+    kind: KeyKind = "hmac"
+
+    @property
+    def can_sign(self) -> bool:
+        return self.kind != "ed25519-public"
+
+    def public_key(self) -> Ed25519PublicKey:
+        if self.kind == "ed25519-public":
+            return Ed25519PublicKey.from_public_bytes(self.secret)
+        if self.kind == "ed25519-private":
+            return Ed25519PrivateKey.from_private_bytes(self.secret).public_key()
+        raise ValueError(f"key {self.key_id} is not an Ed25519 key")
+
+
+def _raw32(key_id: str, text: str) -> bytes:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"key {key_id}: not base64") from None
+    if len(raw) != 32:
+        raise ValueError(f"key {key_id}: an Ed25519 key is 32 bytes, got {len(raw)}")
+    return raw
+
+
+def _parse_key(entry: str) -> Key:
+    key_id, scope, rest = entry.split(":", 2)
+    if scope not in SCOPES:
+        raise ValueError(f"key {key_id}: unknown scope {scope!r}")
+    kind, _, material = rest.partition(":")
+    if kind in ("ed25519-public", "ed25519-private"):
+        return Key(key_id, scope, _raw32(key_id, material), kind)  # type: ignore[arg-type]
+    if scope in ASYMMETRIC_SCOPES:
+        raise ValueError(f"key {key_id}: a {scope} key must be Ed25519 "
+                         f"(ed25519-public:<base64>), not a shared secret")
+    if len(rest) < 16:
+        raise ValueError(f"key {key_id}: secret shorter than 16 characters")
+    return Key(key_id, scope, rest.encode())
 
 
 class AuthError(Exception):
@@ -89,40 +163,69 @@ class Keyring:
             entry = raw.strip()
             if not entry or entry.startswith("#"):
                 continue
-            key_id, scope, secret = entry.split(":", 2)
-            if scope not in SCOPES:
-                raise ValueError(f"key {key_id}: unknown scope {scope!r}")
-            if len(secret) < 16:
-                raise ValueError(f"key {key_id}: secret shorter than 16 characters")
-            keys[key_id] = Key(key_id, scope, secret.encode())
+            key = _parse_key(entry)
+            keys[key.key_id] = key
         if not keys:
             raise ValueError("no keys configured")
         return cls(keys)
 
     @classmethod
-    def from_env(cls) -> Keyring:
-        path = os.environ.get("COMMISSION_KEYS_FILE")
+    def from_env(cls, variable: str = "COMMISSION_KEYS", dev: str = DEV_KEYS) -> Keyring:
+        """The keys in ``$variable`` or in the file ``${variable}_FILE``; the
+        development ``dev`` keys when neither is set (refused in production)."""
+        path = os.environ.get(f"{variable}_FILE")
         if path:
             return cls.parse(Path(path).read_text())
-        text = os.environ.get("COMMISSION_KEYS")
+        text = os.environ.get(variable)
         if text is None:
             if os.environ.get("COMMISSION_ENV") == "production":
-                raise SystemExit("COMMISSION_KEYS or COMMISSION_KEYS_FILE must be set in production")
-            text = DEV_KEYS
+                raise SystemExit(f"{variable} or {variable}_FILE must be set in production")
+            text = dev
         return cls.parse(text)
 
+    def with_keys(self, other: Keyring) -> Keyring:
+        """This keyring and ``other``'s keys (``other``'s win on a shared id): for a
+        process that plays several parties, as the load generator does."""
+        return Keyring({**self.keys, **other.keys})
+
+    def for_engine(self) -> Keyring:
+        """This keyring, checked for use inside the engine: a service that holds the
+        payment system's private key could forge its word, so it refuses to start."""
+        for key in self.keys.values():
+            if key.scope in ASYMMETRIC_SCOPES and key.kind == "ed25519-private":
+                raise SystemExit(f"key {key.key_id}: the engine holds only the payment "
+                                 f"system's public key (ed25519-public), never its private key")
+        return self
+
     def first(self, scope: str) -> Key:
+        """The first key of ``scope`` (the one to sign or draw with)."""
         for key in self.keys.values():
             if key.scope == scope:
                 return key
         raise KeyError(f"no key with scope {scope!r} is configured (COMMISSION_KEYS)")
 
+    def signing_key(self, scope: str) -> Key:
+        """The first key of ``scope`` that can sign (not a public key)."""
+        for key in self.keys.values():
+            if key.scope == scope and key.can_sign:
+                return key
+        raise KeyError(f"no signing key with scope {scope!r} is configured")
+
+    def scopes(self) -> set[str]:
+        return {key.scope for key in self.keys.values()}
+
     def key_for(self, command: Command) -> Key:
         """The key that signs ``command``: the first of the scope that may sign it."""
-        return self.first(signer_scope(command))
+        return self.signing_key(signer_scope(command))
 
-    def sign(self, body: bytes, key: Key) -> list[tuple[str, bytes]]:
-        mac = hmac.new(key.secret, body, hashlib.sha256).hexdigest().encode()
+    @staticmethod
+    def sign(body: bytes, key: Key) -> list[tuple[str, bytes]]:
+        if key.kind == "hmac":
+            mac = hmac.new(key.secret, body, hashlib.sha256).hexdigest().encode()
+        elif key.kind == "ed25519-private":
+            mac = Ed25519PrivateKey.from_private_bytes(key.secret).sign(body).hex().encode()
+        else:
+            raise ValueError(f"key {key.key_id} is a public key: it verifies, it cannot sign")
         return [(KEY_ID_HEADER, key.key_id.encode()), (SIGNATURE_HEADER, mac)]
 
     def verify(self, body: bytes, headers: dict[str, bytes]) -> Key:
@@ -134,9 +237,16 @@ class Keyring:
         key = self.keys.get(key_id.decode("utf-8", "replace"))
         if key is None:
             raise AuthError(Reason.UNKNOWN_KEY, "the command is signed with an unknown key id")
-        expected = hmac.new(key.secret, body, hashlib.sha256).hexdigest().encode()
-        if not hmac.compare_digest(expected, signature):
-            raise AuthError(Reason.BAD_SIGNATURE, "the signature does not match the command")
+        if key.kind == "hmac":
+            expected = hmac.new(key.secret, body, hashlib.sha256).hexdigest().encode()
+            if not hmac.compare_digest(expected, signature):
+                raise AuthError(Reason.BAD_SIGNATURE, "the signature does not match the command")
+            return key
+        try:
+            key.public_key().verify(bytes.fromhex(signature.decode("ascii")), body)
+        except (InvalidSignature, ValueError, UnicodeDecodeError):
+            raise AuthError(Reason.BAD_SIGNATURE,
+                            "the signature does not match the command") from None
         return key
 
 

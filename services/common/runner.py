@@ -68,7 +68,7 @@ from services.common.metrics import Metrics, observe_many
 from services.common.rows import POSITION_KEY, RowStore
 from services.common.settings import Settings
 from services.common.stage import Stage
-from services.common.topics import ensure_topics
+from services.common.topics import PRODUCER_BATCH_BYTES, ensure_topics
 
 log = logging.getLogger("commission.runner")
 _librdkafka_log = logging.getLogger("librdkafka")
@@ -180,8 +180,12 @@ class StageRunner:
 
     def _producer_conf(self, **extra) -> dict:
         # murmur2_random is the Java client's partitioner (and kafka-python's): every
-        # producer must put a certificate id on the same partition as the gateway does
-        return self._conf(partitioner="murmur2_random", **extra)
+        # producer must put a certificate id on the same partition as the gateway does.
+        # Batches stay below the input topics' bound (commands is one of the outputs of
+        # the timer and of the captures stage): a batch the broker refuses as too large
+        # would fail the transaction.
+        return self._conf(partitioner="murmur2_random", **{"batch.size": PRODUCER_BATCH_BYTES},
+                          **extra)
 
     # --- lifecycle --------------------------------------------------------------------
 

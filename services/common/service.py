@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import signal
 import sys
 import threading
@@ -34,18 +33,6 @@ def setup_logging(service: str, level: str) -> None:
     logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
-def _crash_only(companion, settings: Settings, stop: threading.Event,
-                log: logging.Logger) -> None:
-    """A stage's companion thread (the circulation's payment-results forwarder): its
-    failure stops the process for a restart, as the runner's does."""
-    try:
-        companion(settings, stop)
-    except BaseException:  # noqa: BLE001
-        log.critical(f"{companion.__name__} failed; stopping for a restart", exc_info=True)
-        logging.shutdown()
-        os._exit(EXIT_RESTART)
-
-
 # A stage allocates several container objects per command (states, events, outputs)
 # that die young and form no cycles, while its table keeps hundreds of thousands of
 # long-lived ones: with the default thresholds (700, 10, 10) the cyclic collector
@@ -61,15 +48,12 @@ def run_service(name: str, factory: StageFactory) -> None:
     setup_logging(name, settings.log_level)
     log = logging.getLogger(f"commission.{name}")
     metrics = Metrics(name)
-    stage = factory(settings, stage_keys(name), metrics)
+    stage = factory(settings, stage_keys(name).for_engine(), metrics)
     runner = StageRunner(stage, settings, metrics)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     ops = start_ops_server(settings.metrics_port, runner, metrics) if settings.metrics_port else None
-    for companion in getattr(stage, "companions", list)():
-        threading.Thread(target=_crash_only, args=(companion, settings, stop, log),
-                         name=companion.__name__, daemon=True).start()
     log.info(f"starting: group {runner.group}, transactional id {runner.transactional_id}, "
              f"input {stage.input_topic()}, metrics port {settings.metrics_port or 'off'}")
     try:

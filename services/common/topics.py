@@ -19,6 +19,16 @@ log = logging.getLogger("commission.topics")
 # and a replay can carry a backdated timestamp (tests/e2e/test_poison.py).
 BROKER_TIME = {"message.timestamp.type": "LogAppendTime"}
 
+# What outsiders write (commands, what the payment system says) is bounded by the
+# broker: the largest valid command is ~50 KB (four 2,000-character terms of
+# escaped characters, tests/unit/services/test_limits.py), so 256 KiB leaves room
+# and an 800 kB record is refused at produce, before any stage reads it. Producers
+# that write these topics keep their batches below it (PRODUCER_BATCH_BYTES):
+# librdkafka does not split a batch the broker refuses as too large.
+INPUT_MAX_MESSAGE_BYTES = 256 * 1024
+PRODUCER_BATCH_BYTES = 128 * 1024
+BOUNDED = {"max.message.bytes": str(INPUT_MAX_MESSAGE_BYTES)}
+
 
 def ensure_topics(settings: Settings, topics: list[str], compacted: list[str] = ()) -> None:
     """Create missing topics; refuse to run when an existing one has another partition
@@ -32,8 +42,11 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: list[str] = 
         wanted = {t: False for t in topics} | {t: True for t in compacted}
         existing = set(admin.list_topics())
 
+        inputs = {settings.topics.commands, settings.topics.payment_results}
+
         def configs(name: str, is_compacted: bool) -> dict[str, str]:
             out = {"cleanup.policy": "compact"} if is_compacted else {}
+            out |= BOUNDED if name in inputs else {}
             return out | (BROKER_TIME if name == settings.topics.commands else {})
 
         new = [NewTopic(name, settings.partitions, settings.replication_factor,
@@ -44,8 +57,8 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: list[str] = 
                 admin.create_topics(new)
             except TopicAlreadyExistsError:
                 pass  # another service created it at the same time
-        if settings.topics.commands in wanted and settings.topics.commands in existing:
-            _ensure_broker_time(admin, settings.topics.commands)
+        for name in inputs & set(wanted) & existing:
+            _ensure_configs(admin, name, configs(name, False))
         counts = _partition_counts(admin, list(wanted))
         for name, (count, replicas) in counts.items():
             if count != settings.partitions:
@@ -62,22 +75,26 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: list[str] = 
         admin.close()
 
 
-def _ensure_broker_time(admin: KafkaAdminClient, topic: str) -> None:
-    """Set LogAppendTime on a topic created before this rule, or by hand; with a user
-    that may not alter configs, an operator sets it once and this only checks."""
-    ((key, want),) = BROKER_TIME.items()
+def _ensure_configs(admin: KafkaAdminClient, topic: str, wanted: dict[str, str]) -> None:
+    """Set an input topic's rules (LogAppendTime, the size bound) on a topic created
+    before them, or by hand; with a user that may not alter configs, an operator sets
+    them once and this only checks. Other settings of the topic are left alone
+    (incremental alter: only these keys)."""
     described = admin.describe_configs(
-        [ConfigResource(ConfigResourceType.TOPIC, topic, {key: None})], config_filter="all")
-    if described.get("topic", {}).get(topic, {}).get(key, {}).get("value") == want:
+        [ConfigResource(ConfigResourceType.TOPIC, topic, dict.fromkeys(wanted))],
+        config_filter="all")
+    current = described.get("topic", {}).get(topic, {})
+    missing = {k: v for k, v in wanted.items() if current.get(k, {}).get("value") != v}
+    if not missing:
         return
     try:
         outcome = admin.alter_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, BROKER_TIME)])["topic"][topic]
+            [ConfigResource(ConfigResourceType.TOPIC, topic, missing)])["topic"][topic]
     except Exception as exc:  # refused (no AlterConfigs permission) or unreachable
         outcome = exc
     if outcome != "OK":
-        raise SystemExit(f"{topic} must have {key}={want} (the broker stamps the time that "
-                         f"the stale check compares with) and it could not be set: {outcome}")
+        raise SystemExit(f"{topic} must have {missing} (the broker's time for the stale "
+                         f"check, the bound on one record) and it could not be set: {outcome}")
 
 
 def _ensure_compacted(admin: KafkaAdminClient, topic: str) -> None:

@@ -58,12 +58,16 @@ from services.common.topics import ensure_topics
 from services.demo.feeder import Feeder
 from services.gateway import CommandSender
 
-SERVICES = ("circulation", "allocation", "withdrawal", "cashout", "netting")
+SERVICES = ("captures", "circulation", "allocation", "withdrawal", "cashout", "netting")
+# /metrics ports from METRICS_BASE_PORT up: the five money stages, the read model,
+# the audit, then the captures stage (the payment system's way in)
+PORT_ORDER = ("circulation", "allocation", "withdrawal", "cashout", "netting", "readmodel",
+              "audit", "captures")
 # the platform side: the read model (faust) and the read API over it
 PLATFORM = ("readmodel", "api")
 METRICS_BASE_PORT = int(os.environ.get("DEMO_METRICS_BASE_PORT", "9101"))
 API_PORT = int(os.environ.get("DEMO_API_PORT", "8080"))
-AUDIT_PORT = METRICS_BASE_PORT + len(SERVICES) + 1
+AUDIT_PORT = METRICS_BASE_PORT + PORT_ORDER.index("audit")
 
 
 class Services:
@@ -78,9 +82,9 @@ class Services:
         self.restarts: Counter = Counter()
 
     def port(self, name: str) -> int:
-        """9101-9105 the five stages, 9106 the read model (the API serves its own
-        /metrics on API_PORT)."""
-        return METRICS_BASE_PORT + (*SERVICES, "readmodel").index(name)
+        """9101-9105 the five money stages, 9106 the read model, 9108 the captures
+        stage (the API serves its own /metrics)."""
+        return METRICS_BASE_PORT + PORT_ORDER.index(name)
 
     def start(self, name: str) -> None:
         pidfile = self.folder / f"{name}.pid"
@@ -126,7 +130,7 @@ class Services:
 class Tally(threading.Thread):
     """Counts settlements and rejections published since the demo started, and plays
     the payment system: it reports a result for every settlement on
-    ``payment-results`` (signed with the payments key), settling most and failing
+    ``payment-results`` (signed with its Ed25519 key), settling most and failing
     one in ten, so failed attempts are published again and a few are parked."""
 
     def __init__(self, settings: Settings, payer: CommandSender | None = None) -> None:

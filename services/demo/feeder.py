@@ -1,11 +1,14 @@
 """Demo traffic: offers of several copies, viral shares, purchases, and a little
 bad input (forged and malformed commands) so every counter on the screen moves.
 
-The feeder also plays the payment system for the demo: it confirms each pool's
-escrow hold (``ConfirmFunding``, signed with the payments key) before the seller
-posts, as a real payment system would once it holds the funder's money, and now and
-then refunds a purchase (within its hold or after it). Pools hold the money of a
-purchase for 20 s, so the demo shows held money being released by the timer.
+The feeder also plays the payment system for the demo, on its only topic,
+``payment-results`` (signed with its Ed25519 key; the captures stage takes it into
+``commands``): it confirms each pool's escrow hold (``ConfirmFunding``), and the
+seller posts a second later, once the confirmation is in, as a seller would; every
+purchase is a payment it captured for the whole price (a buyer cannot say it paid);
+now and then it refunds a purchase (within its hold or after it), as sellers do too.
+Pools hold the money of a purchase for 20 s, so the demo shows held money being
+released by the timer.
 services/demo/__main__.py's payment system reports a result for each settlement."""
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Live:
     chain: list[str] = field(default_factory=list)
     buy_after: int = 0
     price_minor: int = 0
+    currency: str = "EUR"
     refund_at: float | None = None  # monotonic time of a refund to come, if any
 
 
@@ -48,6 +52,8 @@ class Feeder:
         self.accounts = [f"user-{i}" for i in range(300)]
         self.forged = Key("dev-gw-1", "gateway", b"an-attacker-guessing-the-secret")
         self.sold: list[Live] = []  # bought, with a refund to come
+        # posts waiting for their escrow confirmation to go through the captures stage
+        self.to_post: list[tuple[float, c.PostCertificate, Live]] = []
 
     def _id(self, prefix: str) -> str:
         self.ids += 1
@@ -55,6 +61,11 @@ class Feeder:
 
     def _send(self, command: c.Command) -> None:
         self.sender.send(command)
+        self.sent += 1
+
+    def _pay(self, command: c.Command) -> None:
+        """What the payment system says, on its own topic."""
+        self.sender.send(command, topic=self.sender.payment_results)
         self.sent += 1
 
     def new_offer(self) -> None:
@@ -85,25 +96,31 @@ class Feeder:
                 thresholds=c.Thresholds(max_circulations=self.rng.choice([20, 40, None]),
                                         max_cumulative_bp_of_price=3_000),
                 hold_s=DEMO_HOLD_S))
-            self._send(c.ConfirmFunding(  # the payment system holds the budget in escrow
+            self._pay(c.ConfirmFunding(  # the payment system holds the budget in escrow
                 command_id=self._id("escrow-held"), certificate_id=issue.certificate_id,
                 at_ms=now, funding_ref=escrow, amount_minor=budget, currency=issue.currency))
-            self._send(c.PostCertificate(command_id=self._id("post"),
-                                         certificate_id=issue.certificate_id, at_ms=now,
-                                         account_id=issue.account_id))
-            self.live.append(Live(issue.certificate_id, buy_after=self.rng.randint(3, 15),
-                                  price_minor=issue.price_minor))
+            self.to_post.append((time.monotonic() + 1.0, c.PostCertificate(
+                command_id=self._id("post"), certificate_id=issue.certificate_id, at_ms=now,
+                account_id=issue.account_id), Live(
+                    issue.certificate_id, buy_after=self.rng.randint(3, 15),
+                    price_minor=issue.price_minor, currency=issue.currency)))
 
     def step(self) -> None:
         """One user action: mostly a share, sometimes a purchase, a refund or a bad
         command."""
-        if len(self.live) < 40:
+        while self.to_post and self.to_post[0][0] <= time.monotonic():
+            _, post, live = self.to_post.pop(0)
+            self._send(msgspec.structs.replace(post, at_ms=int(time.time() * 1000)))
+            self.live.append(live)
+        if len(self.live) + len(self.to_post) < 40:
             self.new_offer()
             return
         now = int(time.time() * 1000)
         due = [s for s in self.sold if s.refund_at is not None and s.refund_at <= time.monotonic()]
         if due:
             self.refund(due[0], now)
+            return
+        if not self.live:
             return
         cert = self.live[min(int(self.rng.expovariate(0.08)), len(self.live) - 1)]
         roll = self.rng.random()
@@ -118,9 +135,13 @@ class Feeder:
             self.sender.send_raw(cert.certificate_id.encode(), b'{"type": "circulate", ')
             self.sent += 1
         elif len(cert.chain) >= cert.buy_after:
-            self._send(c.Purchase(command_id=self._id("buy"), certificate_id=cert.certificate_id,
-                                  at_ms=now, account_id=self.rng.choice(self.accounts),
-                                  payment_ref=self._id("pay")))
+            payment_ref = self._id("pay")  # the payment system captured the whole price
+            self._pay(c.Purchase(command_id=f"capture:{payment_ref}",
+                                 certificate_id=cert.certificate_id, at_ms=now,
+                                 account_id=self.rng.choice(self.accounts),
+                                 seller_id=cert.certificate_id.partition("~")[0],
+                                 payment_ref=payment_ref, captured_minor=cert.price_minor,
+                                 currency=cert.currency))
             self.live.remove(cert)
             if self.rng.random() < 0.25:  # a quarter are refunded: within the hold or after
                 cert.refund_at = time.monotonic() + self.rng.choice([5, DEMO_HOLD_S + 10])
@@ -139,6 +160,10 @@ class Feeder:
         by = self.rng.choice(["seller", "payment_system"])
         seller = cert.certificate_id.partition("~")[0]
         amount = self.rng.choice([cert.price_minor, cert.price_minor // 2])
-        self._send(c.Refund(command_id=self._id("refund"), certificate_id=cert.certificate_id,
-                            at_ms=now, by=by, account_id=seller if by == "seller" else None,
-                            amount_minor=amount, refund_ref=self._id("rf")))
+        refund = c.Refund(command_id=self._id("refund"), certificate_id=cert.certificate_id,
+                          at_ms=now, by=by, account_id=seller if by == "seller" else None,
+                          amount_minor=amount, refund_ref=self._id("rf"))
+        if by == "payment_system":
+            self._pay(refund)
+        else:
+            self._send(refund)

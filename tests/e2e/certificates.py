@@ -41,6 +41,15 @@ def setup(cert: str, at_ms: int, *, price_minor: int, budget_minor: int, attache
     ]
 
 
+def paid(cert: str, price_minor: int, payment_ref: str | None = None,
+         currency: str = "EUR") -> dict:
+    """The payment system's report of a captured payment of the whole price, as the
+    fields of a ``Purchase`` (less the buyer and the ids)."""
+    seller = cert.rpartition("-")[0].rpartition("~")[0]
+    return {"seller_id": seller, "payment_ref": payment_ref or f"pay-{cert}",
+            "captured_minor": price_minor, "currency": currency}
+
+
 def sequencer_entropy(state: CertificateState | None, certificate_id: str) -> bytes:
     """The draw entropy the services' sequencer uses (same keyring as the pipeline:
     the environment's, else the development keys)."""

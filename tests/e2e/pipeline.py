@@ -20,7 +20,7 @@ from services.common.topics import ensure_topics
 from services.gateway import CommandSender
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("circulation", "allocation", "withdrawal", "cashout", "netting")
+SERVICES = ("captures", "circulation", "allocation", "withdrawal", "cashout", "netting")
 
 
 class Pipeline:

@@ -22,7 +22,7 @@ from schemas.payments import (
     SellerPayment,
     Settlement,
 )
-from tests.e2e.certificates import cert_id, setup
+from tests.e2e.certificates import cert_id, paid, setup
 
 decode_event = msgspec.json.Decoder(Event).decode
 decode_settlement = msgspec.json.Decoder(Settlement).decode
@@ -39,7 +39,7 @@ def certificate(name: str, t: int, **pool) -> tuple[str, list[c.Command]]:
 
 def buy(cid: str, t: int) -> c.Purchase:
     return c.Purchase(command_id=f"{cid}-buy", certificate_id=cid, at_ms=t, account_id="bea",
-                      payment_ref=f"pay-{cid}")
+                      **paid(cid, 10_000))
 
 
 def refund(cid: str, t: int, n: int, amount: int, by: str) -> c.Refund:

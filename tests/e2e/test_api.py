@@ -9,7 +9,7 @@ from schemas import commands as c
 from services.common.metrics import scrape, total
 from tests.e2e.certificates import cert_id
 from tests.e2e.http import get, login, wait_for
-from tests.e2e.test_seed_flows import setup
+from tests.e2e.test_seed_flows import paid, setup
 
 A, B = cert_id("api-a"), cert_id("api-b")
 
@@ -27,7 +27,7 @@ def test_catalogue_certificate_share_link_feed_and_earnings(pipeline):
                     via="alice"),
         c.Circulate(command_id="b-s1", certificate_id=B, at_ms=t, account_id="alice"),
         c.Purchase(command_id="b-buy", certificate_id=B, at_ms=t, account_id="cat",
-                   payment_ref="pay-b"),
+                   **paid(B)),
     )
     catalogue = wait_for(port, "/catalogue?sort=commission",
                          lambda b: [i["id"] for i in b["items"]] == [A], pipeline=pipeline)

@@ -15,7 +15,7 @@ from services.common.auth import DEV_KEYS, Key
 from services.common.metrics import scrape, total
 from tests.e2e.certificates import cert_id
 from tests.e2e.pipeline import SERVICES
-from tests.e2e.test_seed_flows import setup
+from tests.e2e.test_seed_flows import paid, setup
 
 
 def test_metrics_and_logs(pipeline):
@@ -28,7 +28,7 @@ def test_metrics_and_logs(pipeline):
         *setup(cid),
         c.Circulate(command_id="ops-s1", certificate_id=cid, at_ms=t, account_id="ann"),
         c.Purchase(command_id="ops-buy", certificate_id=cid, at_ms=t, account_id="bob",
-                   payment_ref="pay-ops"),
+                   **paid(cid)),
     )
     body = json.dumps({"type": "circulate", "command_id": "ops-forged", "certificate_id": cid,
                        "at_ms": t, "account_id": "eve"}).encode()

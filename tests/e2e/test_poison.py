@@ -12,7 +12,7 @@ import msgspec
 from schemas import commands as c
 from schemas.rejections import Rejection
 from services.common.auth import Key
-from tests.e2e.certificates import cert_id, setup
+from tests.e2e.certificates import cert_id, paid, setup
 from tests.e2e.traffic import assert_outputs_as_expected, expect
 
 encode = msgspec.json.Encoder().encode
@@ -29,7 +29,7 @@ def test_poison_input_is_rejected_once_and_changes_nothing(pipeline):
         c.Circulate(command_id="g-s1", certificate_id=cid, at_ms=t, account_id="ann"),
         c.Circulate(command_id="g-s2", certificate_id=cid, at_ms=t, account_id="ben", via="ann"),
         c.Purchase(command_id="g-buy", certificate_id=cid, at_ms=t, account_id="cat",
-                   payment_ref="pay-p"),
+                   **paid(cid, 50_000, "pay-p")),
     ]
     key = cid.encode()
     circ = {"type": "circulate", "command_id": "b-x", "certificate_id": cid, "at_ms": t,

@@ -10,6 +10,7 @@ from schemas import commands as c
 from schemas.payments import Settlement
 from schemas.rejections import Rejection
 from tests.e2e import certificates
+from tests.e2e.certificates import paid as paid_for
 
 decode_settlement = msgspec.json.Decoder(Settlement).decode
 decode_rejection = msgspec.json.Decoder(Rejection).decode
@@ -17,6 +18,10 @@ decode_rejection = msgspec.json.Decoder(Rejection).decode
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def paid(cert: str) -> dict:
+    return paid_for(cert, 200_000, f"pay-{cert}", "USD")
 
 
 def setup(cert: str, **pool) -> list:
@@ -47,7 +52,7 @@ def test_seed_examples_2_and_3_end_to_end(pipeline):
         c.Circulate(command_id="ex3-s2", certificate_id=ex3, at_ms=t, account_id="second",
                     via="first"),
         c.Purchase(command_id="ex3-buy", certificate_id=ex3, at_ms=t, account_id="buyer",
-                   payment_ref="pay-ex3"),
+                   **paid(ex3)),
         # a share after the purchase is refused
         c.Circulate(command_id="ex3-late", certificate_id=ex3, at_ms=t, account_id="late"),
         # example 2: the upstream account gains when the next one circulates
@@ -56,13 +61,13 @@ def test_seed_examples_2_and_3_end_to_end(pipeline):
         c.Circulate(command_id="ex2-s2", certificate_id=ex2, at_ms=t, account_id="second",
                     via="first"),
         c.Purchase(command_id="ex2-buy", certificate_id=ex2, at_ms=t, account_id="buyer",
-                   payment_ref="pay-ex2"),
+                   **paid(ex2)),
         # example 3, withdrawn: the 2nd circulation meets max_circulations=2
         *setup(ex3w, thresholds=c.Thresholds(max_circulations=2)),
         c.Circulate(command_id="ex3w-s1", certificate_id=ex3w, at_ms=t, account_id="first"),
         c.Circulate(command_id="ex3w-s2", certificate_id=ex3w, at_ms=t, account_id="second"),
         c.Purchase(command_id="ex3w-buy", certificate_id=ex3w, at_ms=t, account_id="buyer",
-                   payment_ref="pay-ex3w"),
+                   **paid(ex3w)),
     )
     # 4 (ex3) + 3 (ex2: first only, second never gained) + 2 (ex3w: release, seller)
     payments = pipeline.wait_for(pipeline.topics.payments, 4 + 3 + 2)

@@ -23,7 +23,7 @@ from services.audit.read import read_records, read_rows, read_table
 from services.circulation.intake import Source, sequence
 from services.common.auth import header_dict
 from services.common.rows import RUNNER_PREFIX
-from tests.e2e.certificates import cert_id, sequencer_entropy, setup
+from tests.e2e.certificates import cert_id, paid, sequencer_entropy, setup
 
 encode = msgspec.json.Encoder().encode
 _encode_row = msgspec.msgpack.Encoder().encode
@@ -114,7 +114,7 @@ def build(n_certs: int, n_commands: int, seed: int, t0_ms: int) -> list[c.Comman
             bought_at = at()
             commands.append(c.Purchase(command_id=f"{cid}-buy", certificate_id=cid,
                                        at_ms=bought_at, account_id=rng.choice(accounts),
-                                       payment_ref=f"pay-{cid}"))
+                                       **paid(cid, prices[cid])))
             del buy_after[cid]
             after[cid] = _after_purchase(rng, cid, prices[cid], holds[cid], bought_at)
         if cid in cancel_at and len(chain) >= cancel_at[cid]:

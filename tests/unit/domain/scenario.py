@@ -90,7 +90,14 @@ class Scenario:
         return self.must(c.Circulate, account_id=account, via=via)
 
     def purchase(self, buyer: str = "buyer") -> Accepted:
-        return self.must(c.Purchase, account_id=buyer, payment_ref="pay-1")
+        return self.must(c.Purchase, account_id=buyer, **self.paid())
+
+    def paid(self, payment_ref: str = "pay-1", **overrides) -> dict:
+        """What the payment system reports for a capture of the whole price."""
+        assert self.state is not None
+        return {"seller_id": self.state.seller_id, "payment_ref": payment_ref,
+                "captured_minor": self.state.price_minor, "currency": self.state.currency,
+                **overrides}
 
     @staticmethod
     def copy_of(state: CertificateState) -> CertificateState:

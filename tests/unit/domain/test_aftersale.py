@@ -176,7 +176,7 @@ def test_the_seller_cancels_an_unsold_certificate():
     assert [(v.account_id, v.amount_minor) for v in ended.voided] == [("a", 100)]
     assert s.releases() == [("funder", 1_000, "cancelled")]  # the whole budget
     for kind, fields in [(c.Circulate, {"account_id": "b"}),
-                         (c.Purchase, {"account_id": "b", "payment_ref": "p"}),
+                         (c.Purchase, {"account_id": "b", **s.paid("p")}),
                          (c.CancelCertificate, {"account_id": "seller"})]:
         assert s.refused(kind, **fields).reason is Reason.CERTIFICATE_ENDED
 
@@ -198,7 +198,7 @@ def test_a_pool_closes_at_its_end_and_nothing_stays_locked(mode):
     s.circulate("b")  # the second counting circulation withdraws (or freezes) the pool
     s.advance(60_000)
     assert s.refused(c.Purchase, account_id="buyer",
-                     payment_ref="p").reason is Reason.CERTIFICATE_ENDED
+                     **s.paid("p")).reason is Reason.CERTIFICATE_ENDED
     s.must(c.CheckExpiry, command_id="expire:1")
     assert s.state.status == "closed"
     assert sum(amount for _, amount, _ in s.releases()) == 1_000

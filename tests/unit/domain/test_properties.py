@@ -122,7 +122,8 @@ def scenarios(draw):
         elif kind == "claim":
             steps.append(c.Claim(**base, account_id=who))
         elif kind == "purchase":
-            steps.append(c.Purchase(**base, account_id=who, payment_ref=f"pay{i}"))
+            steps.append(c.Purchase(**base, account_id=who, seller_id="seller",
+                                    payment_ref=f"pay{i}", captured_minor=price, currency="EUR"))
         elif kind == "release":
             steps.append(c.ReleaseHold(**base))
         elif kind == "refund":
@@ -312,7 +313,7 @@ def test_extreme_times_and_amounts_are_refused_or_valid(at_ms, limit_s, budget):
         c.PostCertificate(command_id="p", certificate_id=CERT, at_ms=at_ms, account_id="seller"),
         c.Circulate(command_id="c", certificate_id=CERT, at_ms=at_ms, account_id="a"),
         c.Purchase(command_id="b", certificate_id=CERT, at_ms=at_ms, account_id="b",
-                   payment_ref="r"),
+                   seller_id="seller", payment_ref="r", captured_minor=10**15, currency="EUR"),
     ]
     _, _, _, outcomes = run(commands)  # run() decodes every event with its contract
     post = outcomes[3]

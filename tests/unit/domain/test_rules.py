@@ -47,7 +47,7 @@ def test_lifecycle_refusals():
         is Reason.ALREADY_ISSUED
     assert s.refused(c.PostCertificate, account_id="seller").reason is Reason.POOL_NOT_ATTACHED
     assert s.refused(c.Circulate, account_id="a").reason is Reason.NOT_POSTED
-    assert s.refused(c.Purchase, account_id="b", payment_ref="p").reason is Reason.NOT_POSTED
+    assert s.refused(c.Purchase, account_id="b", **s.paid("p")).reason is Reason.NOT_POSTED
     pool = dict(account_id="f", funding_ref="e", budget_minor=50, currency="USD")
     assert s.refused(c.AttachPool, attached_minor=60, **pool).reason is Reason.ATTACHED_EXCEEDS_BUDGET
     assert s.refused(c.AttachPool, attached_minor=10, **{**pool, "currency": "EUR"}).reason \
@@ -62,9 +62,9 @@ def test_lifecycle_refusals():
     s.confirm_funding(50, funding_ref="e")
     s.must(c.PostCertificate, account_id="seller")
     assert s.refused(c.PostCertificate, account_id="seller").reason is Reason.ALREADY_POSTED
-    assert s.refused(c.Purchase, account_id="seller", payment_ref="p").reason is Reason.BUYER_IS_SELLER
+    assert s.refused(c.Purchase, account_id="seller", **s.paid("p")).reason is Reason.BUYER_IS_SELLER
     s.purchase()
-    assert s.refused(c.Purchase, account_id="b", payment_ref="p").reason is Reason.CERTIFICATE_PURCHASED
+    assert s.refused(c.Purchase, account_id="b", **s.paid("p")).reason is Reason.CERTIFICATE_PURCHASED
     assert s.refused(c.Circulate, account_id="late").reason is Reason.CERTIFICATE_PURCHASED
 
 
@@ -185,7 +185,7 @@ def test_clock_is_monotonic_per_certificate():
     assert s.of(PoolWithdrawn)[0].threshold == "display_time"
     late = s.state.clock_ms
     # a command stamped earlier than the certificate's clock is applied at its clock
-    out = s.must(c.Purchase, account_id="b", payment_ref="p", at_ms=late - 50_000)
+    out = s.must(c.Purchase, account_id="b", **s.paid("p"), at_ms=late - 50_000)
     assert out.events[0].at_ms == late
 
 

@@ -3,20 +3,31 @@ mapping of every bad input to its reason."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from domain import handle
 from domain.draw import MissingEntropy
 from schemas import commands as c
 from schemas.rejections import Reason
 from services.circulation.intake import Source, sequence
-from services.common.auth import Key, Keyring
+from services.common.auth import DEV_KEYS, DEV_PAYMENTS_PRIVATE, Key, Keyring, signer_scope
 from services.common.follower import DeterminismError, StepResult, follow
+from services.common.rows import WholeRowStore  # noqa: F401 - the captures stage's rows
 from tests.e2e.certificates import cert_id, setup
 
+SEED = base64.b64encode(b"p" * 32).decode()
+PAY_PUBLIC = base64.b64encode(Ed25519PrivateKey.from_private_bytes(b"p" * 32).public_key()
+                              .public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+# the engine holds the payment system's public key; the payment system its private one
 KEYS = Keyring.parse("gw:gateway:0123456789abcdef-gw,sys:system:0123456789abcdef-sys,"
-                     "pay:payments:0123456789abcdef-pay,draw:draw:0123456789abcdef-draw")
+                     f"pay:payments:ed25519-public:{PAY_PUBLIC},draw:draw:0123456789abcdef-draw")
+PAYER = Keyring.parse(f"pay:payments:ed25519-private:{SEED}")
 CERT = "s~o-00001"
 T = 1_700_000_000_000
 encode = msgspec.json.encode
@@ -61,7 +72,7 @@ def test_a_signed_command_is_accepted_and_sequenced():
         ({"headers": {"key-id": b"nobody", "signature": b"00"}}, Reason.UNKNOWN_KEY),
         ({"signer": Key("gw", "gateway", b"forged-forged-forged")}, Reason.BAD_SIGNATURE),
         ({"signer": KEYS.keys["sys"]}, Reason.NOT_AUTHORIZED),
-        ({"signer": KEYS.keys["pay"]}, Reason.NOT_AUTHORIZED),
+        ({"signer": PAYER.keys["pay"]}, Reason.NOT_AUTHORIZED),
         ({"signer": KEYS.keys["draw"]}, Reason.NOT_AUTHORIZED),
         ({"key": b"cert-2"}, Reason.KEY_MISMATCH),
         ({"key": None}, Reason.KEY_MISMATCH),
@@ -112,7 +123,7 @@ def test_funding_confirmations_need_a_payments_key():
     # a user (through the gateway) cannot say the escrow is there
     assert run(confirm, state).rejection.reason is Reason.NOT_AUTHORIZED
     assert not state.pool.funding_confirmed
-    assert run(confirm, state, signer=KEYS.keys["pay"]).accepted.seq == 3
+    assert run(confirm, state, signer=PAYER.keys["pay"]).accepted.seq == 3
 
 
 def test_draws_travel_on_the_accepted_record_and_followers_need_no_secret():
@@ -130,7 +141,7 @@ def test_draws_travel_on_the_accepted_record_and_followers_need_no_secret():
         (c.Circulate(command_id="x", certificate_id=CERT, at_ms=T, account_id="a"), "gw"),
     ]
     for command, signer in commands:
-        result = run(encode(command), state, signer=KEYS.keys[signer])
+        result = run(encode(command), state, signer=(PAYER if signer == "pay" else KEYS).keys[signer])
         state, accepted = result.state, result.accepted
         # the attach itself draws nothing; every command after it may
         drew = not isinstance(command, c.AttachPool)
@@ -192,7 +203,7 @@ def _signed_run(commands: list[c.Command], broker_ms: int, state=None):
     results = []
     for command in commands:
         body = encode(command)
-        key = KEYS.key_for(command)
+        key = (PAYER if signer_scope(command) == "payments" else KEYS).key_for(command)
         result = sequence(state, body, source(body, key=command.certificate_id.encode(),
                                               signer=key, ts=broker_ms), KEYS,
                           max_skew_ms=600_000, draw_key=KEYS.keys["draw"])
@@ -218,7 +229,7 @@ def test_the_clock_is_the_brokers_so_a_fast_signer_cannot_end_a_hold_or_a_time_l
                              broker_ms=T + 1_000, state=state)
     assert early.rejection is not None and early.rejection.reason == Reason.NOTHING_DUE
     buy = c.Purchase(command_id="b1", certificate_id=cert, at_ms=t + 1_000, account_id="bea",
-                     payment_ref="p1")
+                     seller_id="seller", payment_ref="p1", captured_minor=1_000, currency="EUR")
     state, _ = _signed_run([buy], broker_ms=T + 1_000, state=state)
     assert state.held_until_ms == T + 1_000 + 300_000
     # nor is the hold: a release stamped after its end, appended before it, is refused
@@ -228,3 +239,94 @@ def test_the_clock_is_the_brokers_so_a_fast_signer_cannot_end_a_hold_or_a_time_l
     # ... and accepted once the broker's time is past it
     _, [released] = _signed_run([release], broker_ms=T + 1_000 + 300_000, state=state)
     assert released.rejection is None and released.accepted is not None
+
+
+# --- trust boundaries (issue #22) ------------------------------------------------------
+
+
+def test_the_payment_systems_key_is_public_only_in_the_engine():
+    # a shared secret for the payment system would let the engine forge its word
+    with pytest.raises(ValueError, match="must be Ed25519"):
+        Keyring.parse("pay:payments:0123456789abcdef-pay")
+    # an engine service refuses to hold the payment system's private key
+    with pytest.raises(SystemExit, match="private"):
+        Keyring.parse(f"{DEV_KEYS},{DEV_PAYMENTS_PRIVATE}").for_engine()
+    assert Keyring.parse(DEV_KEYS).for_engine().first("payments").kind == "ed25519-public"
+    # a public key verifies, it cannot sign
+    with pytest.raises(ValueError, match="public"):
+        Keyring.sign(b"x", KEYS.keys["pay"])
+
+
+def test_a_confirmation_signed_with_another_ed25519_key_under_its_id_is_refused():
+    state = handle(None, msgspec.structs.replace(ISSUE, funder_id="f")).state
+    attach = c.AttachPool(command_id="a1", certificate_id=CERT, at_ms=T, account_id="f",
+                          funding_ref="esc", budget_minor=50, attached_minor=5, currency="EUR")
+    state = run(encode(attach), state).state
+    confirm = encode(c.ConfirmFunding(command_id="cf", certificate_id=CERT, at_ms=T,
+                                      funding_ref="esc", amount_minor=50, currency="EUR"))
+    other = Key("pay", "payments", b"q" * 32, "ed25519-private")
+    assert run(confirm, state, signer=other).rejection.reason is Reason.BAD_SIGNATURE
+    assert not state.pool.funding_confirmed
+
+
+def _posted(price: int = 1_000) -> object:
+    state = None
+    for command in setup(CERT, T, price_minor=price, budget_minor=500, attached_minor=100):
+        state = handle(state, msgspec.structs.replace(command, certificate_id=CERT)).state
+    return state
+
+
+def _capture(**overrides) -> c.Purchase:
+    fields = {"command_id": "capture:p1", "certificate_id": CERT, "at_ms": T,
+              "account_id": "bea", "seller_id": "s", "payment_ref": "p1",
+              "captured_minor": 1_000, "currency": "EUR"} | overrides
+    return c.Purchase(**fields)
+
+
+def test_a_purchase_is_the_payment_systems_word_not_the_buyers():
+    state = _posted()
+    # a logged-in buyer's purchase (signed by the gateway) is refused: nothing held
+    refused = run(encode(_capture()), state)
+    assert refused.rejection.reason is Reason.NOT_AUTHORIZED and not refused.changed
+    assert state.status == "posted"
+    accepted = run(encode(_capture()), state, signer=PAYER.keys["pay"])
+    assert accepted.rejection is None and accepted.state.status == "purchased"
+
+
+@pytest.mark.parametrize(("overrides", "reason"), [
+    ({"captured_minor": 999}, Reason.PAYMENT_BELOW_PRICE),
+    ({"currency": "USD"}, Reason.PAYMENT_CURRENCY_MISMATCH),
+    ({"seller_id": "mallory"}, Reason.PAYMENT_SELLER_MISMATCH),
+])
+def test_a_capture_that_does_not_pay_this_certificate_is_refused(overrides, reason):
+    state = _posted()
+    result = run(encode(_capture(**overrides)), state, signer=PAYER.keys["pay"])
+    assert result.rejection.reason is reason and not result.changed
+    assert state.status == "posted" and state.buyer_id is None
+
+
+def test_a_refund_reference_refunds_once_whatever_command_id_carries_it():
+    state = run(encode(_capture()), _posted(), signer=PAYER.keys["pay"]).state
+    first = c.Refund(command_id="rf1", certificate_id=CERT, at_ms=T, by="seller", account_id="s",
+                     amount_minor=100, refund_ref="ref-1")
+    state = run(encode(first), state).state
+    again = msgspec.structs.replace(first, command_id="rf2")
+    result = run(encode(again), state)
+    assert result.rejection.reason is Reason.REFUND_REF_USED and not result.changed
+    assert state.refunded_minor == 100
+
+
+def test_a_huge_record_gets_a_small_rejection_with_the_digest_of_the_whole():
+    body = b'{"type":"circulate","pad":"' + b"x" * 800_000 + b'"}'
+    result = run(body, signer=None)
+    r = result.rejection
+    assert r.reason is Reason.UNSIGNED
+    assert r.original == body[:4096] and r.original_size == len(body)
+    assert r.original_sha256 == hashlib.sha256(body).hexdigest()
+    assert len(encode(r)) < 8_000  # base64 of 4 KiB and the rest
+
+
+@pytest.mark.parametrize("depth", [10_000, 200_000])
+def test_deep_nesting_is_a_rejection_not_a_crash(depth):
+    body = b'{"type":"circulate","x":' + b"[" * depth + b"]" * depth + b"}"
+    assert run(body).rejection.reason is Reason.UNDECODABLE

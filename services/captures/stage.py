@@ -1,0 +1,143 @@
+"""The captures service: what the payment system says, into ``commands``, once.
+
+Consumes ``payment-results``, the payment system's only topic (signed with its
+Ed25519 key): escrow confirmations, captured purchases, its refunds and settlement
+results. Each record goes on to ``commands``, keyed by its certificate id, where the
+sequencer decides it in order with everything else that certificate receives. The
+copy is exactly once: it commits with this stage's position in one transaction.
+
+A captured purchase is keyed here by ``{seller_id}/{payment_ref}``
+(schemas.commands.capture_key), so all captures of one payment reference in one
+seller's program meet in one row of this stage's table: the first is admitted and
+forwarded, any later one under another command id is refused ``payment_ref_used``
+(a retry of the same capture goes on and the sequencer calls it a duplicate). A
+payment reference cannot buy two certificates, which no stage keyed by certificate
+could tell. The payment system may write only ``payment-results`` (deploy/acls.py),
+so a capture reaches ``commands`` only through this register.
+
+Everything else passes through unchanged (key, value, signature headers): the
+sequencer checks those signatures as it checks every command's.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from confluent_kafka import Message
+
+from schemas.commands import Purchase, capture_key
+from schemas.rejections import Reason
+from services.circulation.intake import Source, reject
+from services.common.auth import AuthError, Keyring, header_dict
+from services.common.metrics import Metrics
+from services.common.rows import WholeRowStore
+from services.common.settings import Settings
+from services.common.stage import Applied, Output
+
+log = logging.getLogger("commission.captures")
+_encode = msgspec.json.Encoder().encode
+_decode_purchase = msgspec.json.Decoder(Purchase).decode
+
+
+class _Peek(msgspec.Struct):
+    type: str = ""
+
+
+_peek = msgspec.json.Decoder(_Peek).decode
+
+
+class Forwarded:
+    """What the metrics call a record passed through unread."""
+
+
+_FORWARDED = Forwarded()
+
+
+class Admitted(msgspec.Struct, array_like=True, frozen=True):
+    """The one capture admitted under a (seller, payment_ref)."""
+
+    command_id: str
+    certificate_id: str
+
+
+class CapturesStage:
+    name = "captures"
+
+    def __init__(self, settings: Settings, keyring: Keyring, metrics: Metrics) -> None:
+        self.topics = settings.topics
+        self.keyring = keyring
+        self.metrics = metrics
+        self.commands = settings.topics.commands
+        self.rejections = settings.topics.rejections
+
+    def input_topic(self) -> str:
+        return self.topics.payment_results
+
+    def output_topics(self) -> list[str]:
+        return [self.commands, self.rejections]
+
+    @staticmethod
+    def row_store() -> WholeRowStore:
+        return WholeRowStore(Admitted)
+
+    def apply(self, row: Admitted | None, record: Message) -> Applied:
+        raw = record.value() or b""
+        headers = record.headers() or []
+        try:
+            kind = _peek(raw).type
+        except Exception:  # noqa: BLE001 - not ours to judge: the sequencer rejects it
+            kind = ""
+        if kind != "purchase":
+            self.metrics.count_in("forwarded")
+            self.metrics.count_out(self.commands, [_FORWARDED])
+            return Applied(row, False, [Output(self.commands, raw, tuple(headers))])
+        source = Source(record.topic(), record.partition(), record.offset(),
+                        record.timestamp()[1], record.key(), header_dict(headers))
+        verdict = self._admit(row, raw, source)
+        if isinstance(verdict, Purchase):
+            self.metrics.count_in("capture")
+            self.metrics.count_out(self.commands, [verdict])
+            admitted = row or Admitted(verdict.command_id, verdict.certificate_id)
+            return Applied(admitted, row is None, [Output(
+                self.commands, raw, tuple(headers), key=verdict.certificate_id.encode())])
+        rejection = verdict.rejection
+        assert rejection is not None  # noqa: S101 - _admit returns one or the other
+        self.metrics.count_in("refused")
+        self.metrics.count_rejection(rejection.reason.value)
+        self.metrics.count_out(self.rejections, [rejection])
+        log.info("capture refused", extra={
+            "certificate_id": rejection.certificate_id, "command_id": rejection.command_id,
+            "reason": rejection.reason.value, "partition": record.partition(),
+            "offset": record.offset()})
+        key = (rejection.certificate_id or "").encode() or None
+        return Applied(row, False, [Output(self.rejections, _encode(rejection), key=key)])
+
+    def _admit(self, row: Admitted | None, raw: bytes, source: Source):
+        """The capture to forward, or a StepResult carrying its rejection."""
+        try:
+            key = self.keyring.verify(raw, source.headers)
+            command = _decode_purchase(raw)
+        except AuthError as err:
+            return reject(raw, source, err.reason, err.detail)
+        except (msgspec.DecodeError, RecursionError) as err:
+            return reject(raw, source, Reason.INVALID_FIELD, f"not a valid capture: {err}")
+        except Exception as err:  # noqa: BLE001 - any input's verdict is a rejection
+            return reject(raw, source, Reason.UNPROCESSABLE,
+                          f"the record could not be read: {type(err).__name__}")
+        if key.scope != "payments":
+            return reject(raw, source, Reason.NOT_AUTHORIZED,
+                          "only the payment system reports a captured payment", command)
+        if source.key != capture_key(command.seller_id, command.payment_ref):
+            return reject(raw, source, Reason.KEY_MISMATCH,
+                          "a capture's Kafka key must be {seller_id}/{payment_ref}", command)
+        if row is not None and (row.command_id, row.certificate_id) != (
+                command.command_id, command.certificate_id):
+            return reject(raw, source, Reason.PAYMENT_REF_USED,
+                          f"payment {command.payment_ref} was reported already for "
+                          f"{row.certificate_id} (command {row.command_id})", command)
+        return command
+
+
+def build(settings: Settings, keyring: Keyring, metrics: Metrics) -> CapturesStage:
+    return CapturesStage(settings, keyring, metrics)
