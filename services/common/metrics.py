@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import collections
-import urllib.request
+import http.client
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -276,8 +276,16 @@ def exposition(registry: CollectorRegistry) -> tuple[bytes, dict[str, str]]:
 def scrape(port: int, timeout_s: float = 2.0, host: str = "127.0.0.1") -> list[Sample]:
     """Every sample a service's /metrics serves (raises OSError when it does not answer).
     For the demo screen, the benchmark and the tests: one reader of the exposition."""
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout_s) as r:
-        text = r.read().decode()
+    # plain HTTP to a port number: no URL, so no scheme (file:, ftp:) can slip in
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
+    try:
+        conn.request("GET", "/metrics")
+        answer = conn.getresponse()
+        if answer.status != 200:
+            raise OSError(f"{host}:{port}/metrics answered {answer.status}")
+        text = answer.read().decode()
+    finally:
+        conn.close()
     return [s for family in text_string_to_metric_families(text) for s in family.samples]
 
 
