@@ -140,7 +140,7 @@ def test_production_logs_in_to_redis_over_tls_as_its_own_user():
     kustomization = yaml.safe_load((prod / "kustomization.yaml").read_text())
     patched = {}
     for patch in kustomization["patches"]:
-        doc = yaml.safe_load((prod / patch["path"]).read_text())
+        doc = yaml.safe_load(patch["patch"])
         [container] = doc["spec"]["template"]["spec"]["containers"]
         patched[doc["metadata"]["name"]] = {e["name"]: e["value"] for e in container["env"]}
     assert set(patched) == {"api", "readmodel"}

@@ -89,8 +89,11 @@ def test_the_overlays_add_no_key_secrets():
     for overlay in (DEPLOY / "k8s" / "overlays").iterdir():
         for path in overlay.glob("*.yaml"):
             assert "commission-keys" not in path.read_text(), path
-            for doc in yaml.safe_load_all(path.read_text()):
-                if doc and doc.get("kind") == "Deployment":
+            docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+            inline = [yaml.safe_load(p["patch"]) for d in docs for p in d.get("patches", [])
+                      if "patch" in p]  # strategic merge patches (JSON patches are lists)
+            for doc in docs + inline:
+                if isinstance(doc, dict) and doc.get("kind") == "Deployment":
                     for volume in doc["spec"]["template"]["spec"].get("volumes", []):
                         name = volume.get("secret", {}).get("secretName", "")
                         assert name.endswith(f"-{doc['metadata']['name']}"), (path, name)
