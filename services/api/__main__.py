@@ -1,48 +1,69 @@
-"""`python -m services.api`: the platform's HTTP JSON API.
+"""`python -m services.api`: the platform's HTTP JSON API and web pages.
 
 Reads (from the Redis read model):
     GET  /catalogue?sort=commission|time_left&page=1&size=20
     GET  /certificates/{id}
     GET  /c/{id}?via={account}                 share-link resolution
-    GET  /accounts/{id}/feed
+    GET  /accounts/{id}/feed                   the logged-in account's own only
     GET  /accounts/{id}/earnings               the logged-in account's own only
 Writes (bearer token from POST /login; each answers 202 with command ids):
     POST /login                                {"account_id", "password"}
+    POST /logout                               ends the bearer token's session
     POST /offers                               issue an offer of N copies (seller)
     POST /certificates/{id}/pool               attach a commission pool (funder)
     POST /certificates/{id}/post               post to the catalogue (seller)
     POST /certificates/{id}/circulate          {"via": account?}
     POST /certificates/{id}/claim
-    POST /certificates/{id}/purchase           {"payment_ref"}
+    POST /certificates/{id}/checkout           201 {"checkout_id", "checkout_url"}: pay
+                                               there; the payment system reports the
+                                               purchase (/purchase answers 410)
     POST /certificates/{id}/refund             {"amount_minor", "refund_ref"} (seller)
     POST /certificates/{id}/cancel             take an unsold certificate off sale (seller)
     GET  /commands/{id}                        pending | accepted | rejected + reason
+                                               (the sender's own commands only)
     GET  /openapi.json                         this API as OpenAPI 3.1
-Operations: GET /metrics (Prometheus), /healthz, /readyz.
 Pages (HTML, services/api/pages.py): / (catalogue), /page/certificates/{id},
-/page/accounts/{id}, with a login form, share link, circulate and buy buttons.
+/page/accounts/{id}, with login and logout, share link, circulate, claim and buy.
+Operations on the ops port (API_OPS_PORT, 9109; not the public one): GET /metrics
+(Prometheus), /healthz, /readyz. /healthz and /readyz answer on the public port too
+(a load balancer's probe sees nothing private in them).
 
-Errors are JSON {"error": code, "detail": text}: 400 malformed JSON, 401, 404,
-422 invalid body, 429 rate limited (with Retry-After). Environment: REDIS_URL,
-KAFKA_BOOTSTRAP_SERVERS, COMMISSION_TOPIC_PREFIX, API_PORT (8080), OPS_BIND_HOST,
-API_WRITES_PER_S (20 per account), COMMISSION_ACCOUNTS, COMMISSION_KEYS.
+Sessions: signed tokens (services/api/sessions.py), checked before Redis; the request
+guard (services/api/guard.py): body limits, id checks, Origin, security headers.
+
+Errors are JSON {"error": code, "detail": text}: 400 malformed JSON, invalid id, too
+deep; 401, 403 (not yours, cross-site, CSRF), 404, 409, 410, 413 body too large, 422
+invalid body, 429 rate limited or login throttled (with Retry-After), 502 payment
+system. Environment: REDIS_URL, KAFKA_BOOTSTRAP_SERVERS, COMMISSION_TOPIC_PREFIX,
+API_PORT (8080), API_OPS_PORT (9109), OPS_BIND_HOST (127.0.0.1; both ports),
+API_WRITES_PER_S (20 per account), API_SESSION_IDLE_S (1800), API_SESSION_MAX_S
+(43200), API_LOGIN_FAILURES_PER_ACCOUNT (10), API_LOGIN_FAILURES_PER_ADDRESS (50)
+per API_LOGIN_WINDOW_S (300), API_TLS, API_TRUSTED_PROXIES, API_ALLOWED_ORIGINS,
+PAYMENT_SYSTEM_URL, PAYMENT_SYSTEM_PUBLIC_URL, CHECKOUT_TOKEN(_FILE),
+COMMISSION_ACCOUNTS, COMMISSION_KEYS(_FILE) (the API uses its gateway and session
+keys only, and refuses to start in production holding any other).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 import time
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from services.api import pages
+from services.api import assets, guard, pages
 from services.api.accounts import Accounts
+from services.api.checkout import PaymentSystemClient
 from services.api.errors import Problem, problem
 from services.api.openapi import document
 from services.api.reads import ReadApi
+from services.api.sessions import Sessions
 from services.api.writes import Gateway
 from services.common.auth import Keyring
 from services.common.metrics import ApiMetrics, exposition
@@ -94,22 +115,72 @@ async def json_errors(request: web.Request, handler):
                                  status=500)
 
 
+API_SCOPES = ("gateway", "session")
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    rate_per_s: int = 20
+    session_idle_s: int = 30 * 60
+    session_max_s: int = 12 * 3600
+    login_failures_per_account: int = 10
+    login_failures_per_address: int = 50
+    login_window_s: int = 300
+
+    @classmethod
+    def from_env(cls) -> ApiConfig:
+        def num(name: str, default: int) -> int:
+            return int(os.environ.get(name, str(default)))
+
+        return cls(rate_per_s=num("API_WRITES_PER_S", cls.rate_per_s),
+                   session_idle_s=num("API_SESSION_IDLE_S", cls.session_idle_s),
+                   session_max_s=num("API_SESSION_MAX_S", cls.session_max_s),
+                   login_failures_per_account=num("API_LOGIN_FAILURES_PER_ACCOUNT",
+                                                  cls.login_failures_per_account),
+                   login_failures_per_address=num("API_LOGIN_FAILURES_PER_ADDRESS",
+                                                  cls.login_failures_per_address),
+                   login_window_s=num("API_LOGIN_WINDOW_S", cls.login_window_s))
+
+
+def api_keyring(keyring: Keyring, production: bool) -> Keyring:
+    """Only what the API uses: the gateway's signing key and the session keys. In
+    production a keyring with anything else (the system key, the draw secret, any
+    payments key) is refused; elsewhere (the development keys) the rest is dropped."""
+    others = sorted(k.key_id for k in keyring.keys.values() if k.scope not in API_SCOPES)
+    if others and production:
+        raise SystemExit(f"the API holds only gateway and session keys; remove {others}")
+    return Keyring({i: k for i, k in keyring.keys.items() if k.scope in API_SCOPES})
+
+
 def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
-          passwords: dict[str, str], rate_per_s: int) -> web.Application:
+          passwords: dict[str, str], config: ApiConfig, trust: guard.Trust,
+          payments: PaymentSystemClient) -> tuple[web.Application, web.Application]:
+    """(the public app, the ops app): one process, two ports."""
     keys = Keys(settings.topics.prefix)
     reads = ReadApi(client, keys)
     metrics = ApiMetrics()
-    app = web.Application(middlewares=[measured(metrics), json_errors])
+    sessions = Sessions(keyring, client, keys.p, idle_s=config.session_idle_s,
+                        max_s=config.session_max_s)
+    accounts = Accounts(client, keys.p, passwords, sessions,
+                        per_account=config.login_failures_per_account,
+                        per_address=config.login_failures_per_address,
+                        window_s=config.login_window_s)
+    app = web.Application(middlewares=[measured(metrics), json_errors, guard.middleware(trust)],
+                          client_max_size=guard.MAX_BODY_BYTES)
+    app.on_response_prepare.append(guard.on_prepare(trust))
+    app["sessions"], app["accounts"] = sessions, accounts
 
     async def producer_lifecycle(app: web.Application):
         producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
                                     enable_idempotence=True, client_id="commission-api",
                                     **settings.kafka_auth.aiokafka())
         await producer.start()
-        app["gateway"] = Gateway(client, keys.p, Accounts(client, keys.p, passwords), keyring,
-                                 producer, settings.topics.commands, rate_per_s)
+        app["gateway"] = Gateway(client, keys, accounts, keyring, producer,
+                                 settings.topics.commands, config.rate_per_s, trust, payments)
         yield
         await producer.stop()
+        await payments.close()
+        accounts.close()
 
     app.cleanup_ctx.append(producer_lifecycle)
 
@@ -118,30 +189,39 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
             return await getattr(request.app["gateway"], name)(request)
         return handler
 
-    app.router.add_get("/catalogue", reads.catalogue)
-    app.router.add_get("/certificates/{id}", reads.certificate)
-    app.router.add_get("/c/{id}", reads.share_link)
-    app.router.add_get("/accounts/{id}/feed", reads.feed)
-    async def earnings(request: web.Request) -> web.Response:
-        # earnings are private: an account sees its own only
-        account = request.match_info["id"]
-        me = await request.app["gateway"].accounts.account_for(
-            request.headers.get("Authorization"))
-        if me is None:
-            return problem(401, "unauthenticated", "log in to see your earnings")
-        if me != account:
-            return problem(403, "forbidden", "an account sees only its own earnings")
+    def own(read, what: str):
+        """A read of an account's private data: its own session only."""
+        async def handler(request: web.Request) -> web.Response:
+            account = request.match_info["id"]
+            session = await request.app["gateway"].session(request)
+            if session is None:
+                return problem(401, "unauthenticated", f"log in to see your {what}")
+            if session.account != account:
+                return problem(403, "forbidden", f"an account sees only its own {what}")
+            return await read(request, account)
+        return handler
+
+    async def earnings(request: web.Request, account: str) -> web.Response:
         return web.json_response({"account_id": account,
                                   "earnings": await reads.earnings_of(account)})
 
-    app.router.add_get("/accounts/{id}/earnings", earnings)
+    async def feed(request: web.Request, account: str) -> web.Response:
+        return await reads.feed(request)
+
+    app.router.add_get("/catalogue", reads.catalogue)
+    app.router.add_get("/certificates/{id}", reads.certificate)
+    app.router.add_get("/c/{id}", reads.share_link)
+    app.router.add_get("/accounts/{id}/feed", own(feed, "feed"))
+    app.router.add_get("/accounts/{id}/earnings", own(earnings, "earnings"))
     app.router.add_post("/login", write("login"))
+    app.router.add_post("/logout", write("logout"))
     app.router.add_post("/offers", write("offer"))
     app.router.add_post("/certificates/{id}/pool", write("attach"))
     app.router.add_post("/certificates/{id}/post", write("post"))
     app.router.add_post("/certificates/{id}/circulate", write("circulate"))
     app.router.add_post("/certificates/{id}/claim", write("claim"))
-    app.router.add_post("/certificates/{id}/purchase", write("purchase"))
+    app.router.add_post("/certificates/{id}/checkout", write("checkout"))
+    app.router.add_post("/certificates/{id}/purchase", write("purchase_moved"))
     app.router.add_post("/certificates/{id}/refund", write("refund"))
     app.router.add_post("/certificates/{id}/cancel", write("cancel"))
     app.router.add_get("/commands/{id}", write("outcome"))
@@ -152,6 +232,7 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
 
     app.router.add_get("/openapi.json", openapi)
     pages.routes(app, reads)
+    assets.routes(app)
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -161,28 +242,58 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
             redis_ok = bool(await client.ping())
         except Exception:
             redis_ok = False
-        ok = redis_ok and "gateway" in request.app
+        ok = redis_ok and "gateway" in app
         return web.json_response({"ok": ok, "redis": redis_ok}, status=200 if ok else 503)
 
     async def prometheus(request: web.Request) -> web.Response:
         body, headers = exposition(metrics.registry)
         return web.Response(body=body, headers=headers)
 
-    app.router.add_get("/metrics", prometheus)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    return app
+    ops = web.Application()
+    ops.router.add_get("/metrics", prometheus)
+    ops.router.add_get("/healthz", healthz)
+    ops.router.add_get("/readyz", readyz)
+    return app, ops
+
+
+async def serve(apps: list[tuple[web.Application, str, int]]) -> None:
+    """Runs each app on its own address until SIGTERM or SIGINT, then stops them."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runners = []
+    try:
+        for app, host, port in apps:
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            runners.append(runner)
+            await web.TCPSite(runner, host, port).start()
+            log.info("listening", extra={"topic": f"{host}:{port}"})
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
 
 
 def main() -> None:
     settings = Settings.from_env()
     setup_logging("api", settings.log_level)
+    production = os.environ.get("COMMISSION_ENV") == "production"
     client = aioredis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    app = build(settings, client, Keyring.from_env(), Accounts.passwords_from_env(),
-                int(os.environ.get("API_WRITES_PER_S", "20")))
-    web.run_app(app, host=os.environ.get("OPS_BIND_HOST", "127.0.0.1"),
-                port=int(os.environ.get("API_PORT", "8080")), access_log=None,
-                print=lambda *_: None)
+    payments = PaymentSystemClient.from_env()
+    trust = guard.Trust.from_env(payments.public_url)
+    keyring = api_keyring(Keyring.from_env(), production)
+    public, ops = build(settings, client, keyring, Accounts.passwords_from_env(),
+                        ApiConfig.from_env(), trust, payments)
+    host = os.environ.get("OPS_BIND_HOST", "127.0.0.1")
+    apps = [(public, host, int(os.environ.get("API_PORT", "8080")))]
+    ops_port = int(os.environ.get("API_OPS_PORT", "9109"))
+    if ops_port:
+        apps.append((ops, host, ops_port))
+    asyncio.run(serve(apps))
 
 
 if __name__ == "__main__":

@@ -1,22 +1,38 @@
-"""Accounts and sessions: who may send commands through the API.
+"""Accounts and logins: who may send commands through the API.
 
 Accounts come from COMMISSION_ACCOUNTS ("id:password,...") or, outside production,
-the demo accounts below (for `make run`). Passwords are kept only as scrypt hashes.
-A login returns a random bearer token; Redis keeps SHA-256(token) -> account id for
-SESSION_TTL_S, so a Redis dump holds no usable token.
+the demo accounts below (for `make run`). Passwords are kept only as scrypt hashes,
+and hashing runs on a small thread pool, never on the event loop: one scrypt is
+~45-80 ms of CPU here, and 90 bad logins hashed on the loop held every other request
+(/healthz too) for seconds. hashlib.scrypt releases the GIL, so the loop keeps
+answering while the pool hashes.
+
+A login is refused with 429 before any hashing when its account or its client address
+has failed too often in the window (Redis counters that expire with the window). If
+Redis is wiped the counters start again from zero (a guesser gets a fresh window);
+sessions are not affected: they live in their signed tokens (services/api/sessions.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 
 import redis.asyncio as aioredis
 
-SESSION_TTL_S = 12 * 3600
+from services.api.errors import Problem
+from services.api.sessions import Session, Sessions
+
 DEMO_ACCOUNTS = ("alice", "bob", "carol", "dave", "seller", "funder")
+# failed logins allowed per window, per account and per client address
+FAILURES_PER_ACCOUNT = 10
+FAILURES_PER_ADDRESS = 50
+FAILURE_WINDOW_S = 300
+HASH_WORKERS = 2
 
 
 def _hash(password: str, salt: bytes) -> bytes:
@@ -24,11 +40,18 @@ def _hash(password: str, salt: bytes) -> bytes:
 
 
 class Accounts:
-    def __init__(self, client: aioredis.Redis, prefix: str, passwords: dict[str, str]) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, passwords: dict[str, str],
+                 sessions: Sessions, *, per_account: int = FAILURES_PER_ACCOUNT,
+                 per_address: int = FAILURES_PER_ADDRESS,
+                 window_s: int = FAILURE_WINDOW_S) -> None:
         self.redis = client
         self.prefix = prefix
+        self.sessions = sessions
+        self.per_account, self.per_address, self.window_s = per_account, per_address, window_s
         self._salt = secrets.token_bytes(16)
         self._hashes = {a: _hash(p, self._salt) for a, p in passwords.items()}
+        self._pool = ThreadPoolExecutor(max_workers=HASH_WORKERS,
+                                        thread_name_prefix="password-hash")
 
     @staticmethod
     def passwords_from_env() -> dict[str, str]:
@@ -39,20 +62,55 @@ class Accounts:
             return {a: f"demo-{a}" for a in DEMO_ACCOUNTS}
         return dict(entry.split(":", 1) for entry in text.split(",") if entry)
 
-    def _key(self, token: str) -> str:
-        return f"{self.prefix}session:{hashlib.sha256(token.encode()).hexdigest()}"
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def login(self, account_id: str, password: str) -> str | None:
+    async def _attempt(self, account_id: str, address: str) -> None:
+        """Counts this attempt against the account and the address; 429 when either
+        is over its limit (then nothing is hashed). Counted before hashing, so
+        parallel attempts cannot all slip in before the first failure is recorded."""
+        by_account = f"{self.prefix}login-fail:account:{account_id}"
+        by_address = f"{self.prefix}login-fail:address:{address}"
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.incr(by_account)
+            tx.expire(by_account, self.window_s, nx=True)
+            tx.incr(by_address)
+            tx.expire(by_address, self.window_s, nx=True)
+            tx.ttl(by_account)
+            tx.ttl(by_address)
+            n_account, _, n_address, _, ttl_account, ttl_address = await tx.execute()
+        over = [ttl for n, limit, ttl in ((n_account, self.per_account, ttl_account),
+                                          (n_address, self.per_address, ttl_address))
+                if n > limit]
+        if over:
+            raise Problem(429, "login_throttled", "too many failed logins; try again later",
+                          **{"Retry-After": str(max(1, *over))})
+
+    async def _forgive(self, account_id: str, address: str) -> None:
+        """A login that succeeded does not count as a failure."""
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.decr(f"{self.prefix}login-fail:account:{account_id}")
+            tx.decr(f"{self.prefix}login-fail:address:{address}")
+            await tx.execute()
+
+    async def login(self, account_id: str, password: str, address: str) -> Session | None:
+        """A new session, or None for a wrong account or password; Problem 429 when
+        throttled."""
+        await self._attempt(account_id, address)
         known = self._hashes.get(account_id)
-        given = _hash(password, self._salt)
+        loop = asyncio.get_running_loop()
+        given = await loop.run_in_executor(self._pool, _hash, password, self._salt)
         if known is None or not hmac.compare_digest(known, given):
             return None
-        token = secrets.token_urlsafe(32)
-        await self.redis.set(self._key(token), account_id, ex=SESSION_TTL_S)
-        return token
+        await self._forgive(account_id, address)
+        return self.sessions.issue(account_id)
 
     async def account_for(self, authorization: str | None) -> str | None:
+        """The account of a ``Bearer`` token (signed, unexpired, not revoked)."""
+        session = await self.session_for(authorization)
+        return session.account if session else None
+
+    async def session_for(self, authorization: str | None) -> Session | None:
         if not authorization or not authorization.startswith("Bearer "):
             return None
-        account = await self.redis.get(self._key(authorization[len("Bearer "):]))
-        return account.decode() if account else None
+        return await self.sessions.check(authorization[len("Bearer "):])

@@ -17,7 +17,6 @@ from services.api.writes import (
     Login,
     OfferBody,
     PoolBody,
-    PurchaseBody,
     RefundBody,
 )
 
@@ -65,6 +64,12 @@ SUMMARY = {
                         "max_depth)"},
     },
 }
+CHECKOUT = {"type": "object", "required": ["checkout_id", "checkout_url", "certificate_id"],
+            "properties": {"checkout_id": {"type": "string"},
+                           "checkout_url": {"type": "string", "description":
+                                            "the payment system's payment page: send the "
+                                            "buyer there"},
+                           "certificate_id": {"type": "string"}}}
 ACCEPTED = {"type": "object", "required": ["command_ids", "status_urls"],
             "properties": {"command_ids": {"type": "array", "items": {"type": "string"}},
                            "status_urls": {"type": "array", "items": {"type": "string"}},
@@ -77,9 +82,12 @@ def _json(schema: dict) -> dict:
 
 
 def _errors(*codes: int) -> dict:
-    texts = {400: "malformed JSON or parameter", 401: "not logged in",
-             403: "not this account's", 404: "not found",
-             422: "invalid body", 429: "rate limited (see Retry-After)"}
+    texts = {400: "malformed JSON, too deeply nested, an invalid id or parameter",
+             401: "not logged in", 403: "not this account's, or sent from another site",
+             404: "not found", 409: "not possible in the certificate's state",
+             413: "body larger than 64 KiB", 422: "invalid body",
+             429: "rate limited (see Retry-After)",
+             502: "the payment system did not answer"}
     return {str(c): {"description": texts[c], **_json(ERROR)} for c in codes}
 
 
@@ -90,7 +98,7 @@ def _path_id() -> list[dict]:
 def _write(summary: str, body: type | None, *, path_id: bool = True) -> dict:
     op = {"summary": summary, "security": [{"bearer": []}],
           "responses": {"202": {"description": "sent; see status_urls", **_json(ACCEPTED)},
-                        **_errors(400, 401, 422, 429)}}
+                        **_errors(400, 401, 403, 413, 422, 429)}}
     if path_id:
         op["parameters"] = _path_id()
     if body is not None:
@@ -108,7 +116,8 @@ OPERATION_IDS = {
     ("/certificates/{id}/post", "post"): "postCertificate",
     ("/certificates/{id}/circulate", "post"): "circulate",
     ("/certificates/{id}/claim", "post"): "claim",
-    ("/certificates/{id}/purchase", "post"): "purchase",
+    ("/certificates/{id}/checkout", "post"): "startCheckout",
+    ("/logout", "post"): "logOut",
     ("/certificates/{id}/refund", "post"): "refund",
     ("/certificates/{id}/cancel", "post"): "cancelCertificate",
     ("/commands/{id}", "get"): "getCommandOutcome",
@@ -139,7 +148,7 @@ def document() -> dict:
 
 
 def _document() -> dict:
-    bodies = [Login, OfferBody, PoolBody, CirculateBody, PurchaseBody, RefundBody]
+    bodies = [Login, OfferBody, PoolBody, CirculateBody, RefundBody]
     _, components = msgspec.json.schema_components(bodies, ref_template=REF)
     page = {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}}
     size = {"name": "size", "in": "query",
@@ -181,15 +190,17 @@ def _document() -> dict:
                                                    "via_valid": {"type": "boolean"},
                                                    "circulate": {"type": "object"}}})},
                                               **_errors(404)}}},
-            "/accounts/{id}/feed": {"get": {"summary": "Certificates an account holds",
+            "/accounts/{id}/feed": {"get": {"summary": "Certificates an account holds (the "
+                                                       "logged-in account's own)",
                                             "parameters": _path_id(),
+                                            "security": [{"bearer": []}],
                                             "responses": {"200": {**read, **_json({
                                                 "type": "object",
                                                 "required": ["account_id", "items"],
                                                 "properties": {"account_id": {"type": "string"},
                                                                "items": {"type": "array",
                                                                          "items": SUMMARY}}})},
-                                                **_errors(400)}}},
+                                                **_errors(400, 401, 403)}}},
             "/accounts/{id}/earnings": {"get": {"summary": "Pending, paid and voided earnings "
                                                            "(the logged-in account's own)",
                                                 "parameters": _path_id(),
@@ -200,22 +211,38 @@ def _document() -> dict:
                                                     "properties": {
                                                         "account_id": {"type": "string"},
                                                         "earnings": {"type": "object"}}})},
-                                                    **_errors(401, 403)}}},
-            "/login": {"post": {"summary": "Log in; returns a bearer token",
+                                                    **_errors(400, 401, 403)}}},
+            "/login": {"post": {"summary": "Log in; returns a bearer token (a signed session: "
+                                           "idle timeout, re-issued in the Session-Token "
+                                           "header as it is used; throttled after failures)",
                                 "requestBody": {"required": True,
                                                 **_json({"$ref": REF.format(name="Login")})},
                                 "responses": {"200": {**read, **_json({
                                     "type": "object", "required": ["token", "account_id"],
                                     "properties": {"token": {"type": "string"},
-                                                   "account_id": {"type": "string"}}})},
-                                              **_errors(400, 401, 422)}}},
+                                                   "account_id": {"type": "string"},
+                                                   "expires_at_s": {"type": "integer"}}})},
+                                              **_errors(400, 401, 403, 413, 422, 429)}}},
+            "/logout": {"post": {"summary": "End the bearer token's session",
+                                 "security": [{"bearer": []}],
+                                 "responses": {"200": {**read, **_json({
+                                     "type": "object", "required": ["logged_out"],
+                                     "properties": {"logged_out": {"type": "boolean"}}})},
+                                               **_errors(401, 403)}}},
             "/offers": _write("Issue an offer of N copies (the seller)", OfferBody,
                               path_id=False),
             "/certificates/{id}/pool": _write("Attach a commission pool (the funder)", PoolBody),
             "/certificates/{id}/post": _write("Post to the catalogue (the seller)", None),
             "/certificates/{id}/circulate": _write("Circulate (share)", CirculateBody),
             "/certificates/{id}/claim": _write("Claim a claimable commission", None),
-            "/certificates/{id}/purchase": _write("Purchase", PurchaseBody),
+            "/certificates/{id}/checkout": {"post": {
+                "summary": "Buy: start a checkout at the payment system. The purchase counts "
+                           "once the payment system reports the captured payment (with its "
+                           "own key); the certificate then shows as purchased",
+                "security": [{"bearer": []}], "parameters": _path_id(),
+                "responses": {"201": {"description": "send the buyer to checkout_url",
+                                      **_json(CHECKOUT)},
+                              **_errors(400, 401, 403, 404, 409, 413, 429, 502)}}},
             "/certificates/{id}/refund": _write("Refund part or all of the price (the seller)",
                                                 RefundBody),
             "/certificates/{id}/cancel": _write("Take an unsold certificate off sale (the "
@@ -226,6 +253,6 @@ def _document() -> dict:
                                            "type": "object", "required": ["status"],
                                            "properties": {"status": {"enum": [
                                                "pending", "accepted", "rejected"]}}})},
-                                                     **_errors(401)}}},
+                                                     **_errors(400, 401, 404)}}},
         },
     }

@@ -1,13 +1,27 @@
 """Server-rendered pages: the catalogue, a certificate, an account.
 
-The session is a cookie holding the same bearer token the JSON API uses (HttpOnly,
-SameSite=Strict, so other sites cannot make a logged-in browser post the forms).
-Buttons are plain HTML forms; the share link has a copy button (one line of JS).
+The session is a cookie holding the same signed token the JSON API takes as a bearer
+token (services/api/sessions.py): HttpOnly, SameSite=Lax, Secure over TLS, re-issued
+as it is used (idle timeout) and ended by the Log out button. Every form carries the
+session's CSRF token (the login form a token bound to a random per-browser cookie),
+checked before anything is done, on top of the Origin check every POST gets
+(services/api/guard.py). After a login the browser goes back only to a path on this
+site. Buttons are plain HTML forms; the script (countdowns, the Copy button) and the
+stylesheet are files (services/api/assets.py): the CSP allows nothing inline.
+
+Buy starts a checkout at the payment system (services/api/checkout.py): the browser is
+sent to its payment page, and comes back here once the payment is captured; the page
+shows the purchase when the pipeline has applied the payment system's report.
+
+What a visitor sees of others: who holds the certificate and the shape of the share
+tree, but amounts only of its own gain; others' gains are counted by status, not named.
+A command's outcome (``?sent=``) shows only to the account that sent it.
 """
 
 from __future__ import annotations
 
 import html
+import secrets
 import time
 import uuid
 
@@ -17,31 +31,18 @@ from domain import CertificateState
 from domain.pool import acquisition_amount
 from schemas import commands as c
 from schemas.commands import RandomAmount
+from services.api import assets
+from services.api.errors import Problem
 from services.api.gains import PHRASES, gain_of
+from services.api.guard import ID, safe_next
 from services.api.money import money
 from services.api.reads import ReadApi
-from services.api.tree import share_tree_svg
+from services.api.sessions import Session
+from services.api.tree import counts_line, share_tree_svg
 from services.readmodel.projection import NO_DEADLINE
 
-STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222}
-table{border-collapse:collapse;width:100%}td,th{padding:.4rem;border-bottom:1px solid #ddd;
-text-align:left}.label{background:#c62828;color:#fff;border-radius:1rem;padding:.1rem .6rem}
-.warn{background:#fff3cd;border:1px solid #e0a800;padding:.5rem;margin:.5rem 0}
-.msg{background:#e8f5e9;padding:.5rem}form.inline{display:inline}input{margin:.2rem;max-width:95%}
-td,th,a,p,li,h1{overflow-wrap:anywhere}
-@media (max-width:600px){body{margin:.5rem}td,th{padding:.2rem;font-size:.85rem}}"""
-
-
-# Ticks every countdown on a page once a second in the browser: a span with class
-# "countdown" and data-deadline (Unix ms) shows the time left until then.
-COUNTDOWN_JS = """<script>
-function tick(){const now=Date.now();for(const el of document.querySelectorAll('.countdown')){
-let s=Math.max(0,Math.floor((Number(el.dataset.deadline)-now)/1000));
-const d=Math.floor(s/86400);s-=d*86400;const h=Math.floor(s/3600);s-=h*3600;
-const m=Math.floor(s/60);s-=m*60;
-el.textContent=(d?d+' d ':'')+(d||h?h+' h ':'')+(d||h||m?m+' min ':'')+s+' s';}}
-tick();setInterval(tick,1000);</script>"""
-
+SESSION_COOKIE = "session"
+LOGIN_NONCE_COOKIE = "login_nonce"
 
 def duration(ms: int) -> str:
     """The same text as the browser's countdown, for the first paint."""
@@ -76,17 +77,50 @@ class Pages:
     def __init__(self, reads: ReadApi) -> None:
         self.reads = reads
 
-    async def _me(self, request: web.Request) -> str | None:
-        token = request.cookies.get("session")
-        if not token:
-            return None
-        return await request.app["gateway"].accounts.account_for(f"Bearer {token}")
+    async def _session(self, request: web.Request) -> Session | None:
+        """The cookie's live session; re-issued (a new cookie) when old enough."""
+        if "page_session" in request:
+            return request["page_session"]
+        sessions = request.app["sessions"]
+        session = await sessions.check(request.cookies.get(SESSION_COOKIE))
+        if session is not None:
+            fresh = sessions.refreshed(session)
+            if fresh is not None:
+                request.setdefault("set_cookies", []).append(
+                    (SESSION_COOKIE, fresh.token, fresh.expires_s - int(time.time())))
+        request["page_session"] = session
+        return session
 
-    def _layout(self, title: str, me: str | None, body: str, back: str) -> web.Response:
+    async def _me(self, request: web.Request) -> str | None:
+        session = await self._session(request)
+        return session.account if session else None
+
+    def _csrf_field(self, request: web.Request) -> str:
+        session = request.get("page_session")
+        if session is None:
+            return ""
+        token = request.app["sessions"].csrf_for(session)
+        return f"<input type='hidden' name='csrf' value='{esc(token)}'>"
+
+    def _login_csrf_field(self, request: web.Request) -> str:
+        """The login form's token, bound to a random cookie this browser keeps."""
+        nonce = request.cookies.get(LOGIN_NONCE_COOKIE, "")
+        if not nonce or len(nonce) > 64:
+            nonce = secrets.token_urlsafe(16)
+            request.setdefault("set_cookies", []).append((LOGIN_NONCE_COOKIE, nonce, 3600))
+        token = request.app["sessions"].login_csrf_for(nonce)
+        return f"<input type='hidden' name='csrf' value='{esc(token)}'>"
+
+    def _layout(self, request: web.Request, title: str, me: str | None, body: str, back: str,
+                status: int = 200) -> web.Response:
         if me:
-            who = f'logged in as <b id="me">{esc(me)}</b> · <a href="/page/accounts/{esc(me)}">my earnings</a>'
+            who = (f'logged in as <b id="me">{esc(me)}</b> · <a href="/page/accounts/{esc(me)}">'
+                   f'my earnings</a> · <form class="inline" method="post" '
+                   f'action="/page/logout">{self._csrf_field(request)}'
+                   f'<button id="logout">Log out</button></form>')
         else:
             who = (f'<form class="inline" method="post" action="/page/login">'
+                   f'{self._login_csrf_field(request)}'
                    f'<input type="hidden" name="next" value="{esc(back)}">'
                    f'<input name="account_id" placeholder="account" aria-label="account" required>'
                    f'<input name="password" type="password" placeholder="password" '
@@ -94,10 +128,10 @@ class Pages:
                    f'<button id="login">Log in</button></form>')
         page = (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
                 "<meta name=viewport content='width=device-width, initial-scale=1'>"
-                f"<title>{esc(title)}</title>"
-                f"<style>{STYLE}</style></head><body><p><a href='/'>Catalogue</a> · {who}</p>"
+                f"<title>{esc(title)}</title>{assets.HEAD}"
+                f"</head><body><p><a href='/'>Catalogue</a> · {who}</p>"
                 f"{body}</body></html>")
-        return web.Response(text=page, content_type="text/html")
+        return web.Response(text=page, content_type="text/html", status=status)
 
     async def catalogue(self, request: web.Request) -> web.Response:
         """One row per offer: its copies on sale are one line ("n of N left") that
@@ -137,8 +171,8 @@ class Pages:
                 "<a id='sort-time' href='/?sort=time_left'>time left</a></p>")
         body = ("<h1>Catalogue</h1>" + sort + "<table><tr><th>Product</th><th>Price</th>"
                 "<th>Commission</th><th>Copies</th><th>Time left</th></tr>" + "".join(rows)
-                + "</table>" + COUNTDOWN_JS)
-        return self._layout("Catalogue", me, body, "/")
+                + "</table>")
+        return self._layout(request, "Catalogue", me, body, "/")
 
     async def certificate(self, request: web.Request) -> web.Response:
         cid = request.match_info["id"]
@@ -169,46 +203,56 @@ class Pages:
         if s["warnings"] and s["status"] == "posted" and s["pool_status"] == "open":
             parts.append("<p class='warn' id='warning'>The commission on this certificate will "
                          "soon be withdrawn: buy now.</p>")
-        if request.query.get("sent"):
-            sent = request.query["sent"]
+        sent = request.query.get("sent")
+        if sent and me and await request.app["gateway"].owner_of(sent) == me:
+            # only the account that sent a command sees it and its outcome
             parts.append(f"<p class='msg' id='sent'>Sent: command {esc(sent)}</p>")
             outcome = await self.reads.command_outcome(sent)
             if outcome.get("status"):
                 said = outcome["status"] + (f": {outcome['reason']}" if outcome.get("reason")
                                             else "")
                 parts.append(f"<p class='msg' id='outcome'>Outcome: {esc(said)}</p>")
+        checkout = request.query.get("checkout")
+        if checkout and ID.fullmatch(checkout) and s["status"] == "posted":
+            parts.append(f"<p class='msg' id='checkout'>Payment {esc(checkout)} sent by the "
+                         "payment system: the purchase shows here once the platform has "
+                         "applied it (reload in a moment).</p>")
         state = await self.reads.state(cid)
         members = state.members if state is not None else {}
         if state is not None and state.chain:
-            parts.append("<h2>Who shared it</h2>" + share_tree_svg(state))
+            parts.append(f"<h2>Who shared it</h2><p id='tree-counts'>{esc(counts_line(state))}"
+                         f"</p>{share_tree_svg(state, me)}")
         claim = claimable(state, me)
+        csrf = self._csrf_field(request)
         if claim:
             parts.append(
                 f"<p class='msg' id='claimable'>You can claim {esc(claim)} on this "
                 f"certificate.</p><form class='inline' method='post' "
-                f"action='/page/certificates/{esc(cid)}/claim'>"
+                f"action='/page/certificates/{esc(cid)}/claim'>{csrf}"
                 "<button id='claim'>Claim</button></form>")
         if via and via in members:
             parts.append(f"<p id='shared-by'>Shared with you by <b>{esc(via)}</b>.</p>")
         if me and me in members and s["status"] == "posted":
             # only an account in the chain can be someone's `via`: a link from anyone
             # else would be refused (via_not_in_chain)
-            link = f"{request.scheme}://{request.host}/page/certificates/{cid}?via={me}"
+            origin = request["trust"].own_origin(request)
+            link = f"{origin}/page/certificates/{cid}?via={me}"
             parts.append(
                 f"<p>Your share link: <input id='share' size=60 readonly value='{esc(link)}' "
-                "aria-label='your share link'>"
-                "<button onclick=\"navigator.clipboard.writeText("
-                "document.getElementById('share').value)\">Copy</button></p>")
+                "aria-label='your share link'><button id='copy' type='button'>Copy</button></p>")
         elif me and s["status"] == "posted":
             parts.append("<p id='share-hint'>Circulate it to your feed to get a share link "
                          "of your own.</p>")
         if me:
-            for action, label in (("circulate", "Circulate to my feed"), ("purchase", "Buy")):
+            actions = [("circulate", "circulate", "Circulate to my feed")]
+            if s["status"] == "posted":
+                actions.append(("checkout", "buy", "Buy"))
+            for action, button, label in actions:
                 parts.append(
                     f"<form class='inline' method='post' action='/page/certificates/{esc(cid)}/"
-                    f"{action}'><input type='hidden' name='via' value='{esc(via)}'>"
-                    f"<button id='{action}'>{label}</button></form> ")
-        return self._layout(s["name"] or cid, me, "".join(parts) + COUNTDOWN_JS, here)
+                    f"{action}'>{csrf}<input type='hidden' name='via' value='{esc(via)}'>"
+                    f"<button id='{button}'>{label}</button></form> ")
+        return self._layout(request, s["name"] or cid, me, "".join(parts), here)
 
     @staticmethod
     def _progress(s: dict, cur: str) -> str:
@@ -260,7 +304,7 @@ class Pages:
         if me != account:
             body = (f"<h1>{esc(account)}</h1><p>Log in as {esc(account)} to see its "
                     "earnings.</p>")
-            return self._layout(account, me, body, f"/page/accounts/{account}")
+            return self._layout(request, account, me, body, f"/page/accounts/{account}")
         rows = "".join(
             f"<tr id='earn-{esc(cur)}'><td>{esc(cur)}</td><td>{money(e['pending_minor'], cur)}"
             f"</td><td class='held'>{money(e['held_minor'], cur)}</td>"
@@ -275,7 +319,7 @@ class Pages:
                 "<th>Being paid</th><th>Paid</th><th>Payment failed</th>"
                 f"<th>Voided</th><th>Clawed back</th></tr>{rows}</table>")
         body += await self._certificates_of(account)
-        return self._layout(account, me, body, f"/page/accounts/{account}")
+        return self._layout(request, account, me, body, f"/page/accounts/{account}")
 
     async def _certificates_of(self, account: str) -> str:
         """Claims waiting, and every certificate the account holds or shared with its
@@ -309,33 +353,65 @@ class Pages:
 
     async def login(self, request: web.Request) -> web.Response:
         form = await request.post()
-        token = await request.app["gateway"].accounts.login(
-            str(form.get("account_id", "")), str(form.get("password", "")))
-        target = str(form.get("next", "/"))
-        if not target.startswith("/"):
-            target = "/"  # never redirect off-site
+        target = safe_next(str(form.get("next", "/")))  # never off-site
+        sessions = request.app["sessions"]
+        if not sessions.login_csrf_ok(request.cookies.get(LOGIN_NONCE_COOKIE, ""),
+                                      str(form.get("csrf", ""))):
+            raise Problem(403, "csrf", "the login form's token is missing or wrong; "
+                          "reload the page and log in again")
+        try:
+            session = await request.app["accounts"].login(
+                str(form.get("account_id", ""))[:64], str(form.get("password", ""))[:256],
+                request["trust"].client_address(request))
+        except Problem as exc:
+            if exc.response.status != 429:
+                raise
+            return self._layout(request, "Log in", None,
+                                "<p class='warn' id='throttled'>Too many failed logins: "
+                                "try again in a few minutes.</p>", target, status=429)
         response = web.HTTPSeeOther(target)
-        if token:
-            response.set_cookie("session", token, httponly=True, samesite="Strict")
+        if session:
+            request.setdefault("set_cookies", []).append(
+                (SESSION_COOKIE, session.token, session.expires_s - int(time.time())))
         raise response
+
+    async def _form(self, request: web.Request) -> tuple[Session, dict]:
+        """The posted form of a logged-in visitor whose CSRF token matches: 401/403
+        before anything is sent."""
+        session = await self._session(request)
+        if session is None:
+            raise Problem(401, "unauthenticated", "log in to do this")
+        form = await request.post()
+        if not request.app["sessions"].csrf_ok(session, str(form.get("csrf", ""))):
+            raise Problem(403, "csrf", "the form's token is missing or wrong; reload the page")
+        return session, dict(form)
+
+    async def logout(self, request: web.Request) -> web.Response:
+        session, _ = await self._form(request)
+        await request.app["sessions"].revoke(session)
+        request.setdefault("set_cookies", []).append((SESSION_COOKIE, "", 0))
+        raise web.HTTPSeeOther("/")
 
     async def act(self, request: web.Request) -> web.Response:
         cid = request.match_info["id"]
         action = request.match_info["action"]
+        if action not in ("circulate", "claim", "checkout"):
+            raise web.HTTPNotFound()
         gateway = request.app["gateway"]
-        me = await gateway.admit(await self._me(request))
-        form = await request.post()
+        session, form = await self._form(request)
+        me = await gateway.admit(session.account)
+        if action == "checkout":
+            _, url = await gateway.start_checkout(request, me, cid)
+            raise web.HTTPSeeOther(url)
         via = str(form.get("via") or "") or None
+        if via is not None and not ID.fullmatch(via):
+            raise Problem(400, "invalid_id", "via is not an account id")
         command_id = f"web-{uuid.uuid4().hex}"
         if action == "circulate":
             await gateway.send_for(me, c.Circulate, cid, command_id,
                                    via=via if via != me else None)
-        elif action == "purchase":
-            await gateway.send_for(me, c.Purchase, cid, command_id, payment_ref=command_id)
-        elif action == "claim":
-            await gateway.send_for(me, c.Claim, cid, command_id)
         else:
-            raise web.HTTPNotFound()
+            await gateway.send_for(me, c.Claim, cid, command_id)
         raise web.HTTPSeeOther(f"/page/certificates/{cid}?sent={command_id}")
 
 
@@ -345,4 +421,5 @@ def routes(app: web.Application, reads: ReadApi) -> None:
     app.router.add_get("/page/certificates/{id}", pages.certificate)
     app.router.add_get("/page/accounts/{id}", pages.account)
     app.router.add_post("/page/login", pages.login)
+    app.router.add_post("/page/logout", pages.logout)
     app.router.add_post("/page/certificates/{id}/{action}", pages.act)

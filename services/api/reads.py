@@ -15,7 +15,7 @@ from services.api.errors import Problem, problem
 from services.readmodel.projection import NO_DEADLINE, Keys
 
 MAX_PAGE_SIZE = 100
-_decode_state = msgspec.msgpack.Decoder(CertificateState).decode
+decode_state = msgspec.msgpack.Decoder(CertificateState).decode
 
 
 # schemas.types.Id
@@ -99,7 +99,7 @@ class ReadApi:
 
     async def state(self, cid: str) -> CertificateState | None:
         raw = await self.redis.get(self.keys.state(cid))
-        return _decode_state(raw) if raw else None
+        return decode_state(raw) if raw else None
 
     async def members(self, cid: str) -> dict[str, int]:
         """The accounts in a certificate's chain (only they can be a ``via``)."""

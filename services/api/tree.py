@@ -1,6 +1,10 @@
 """The share tree of a certificate as a server-rendered SVG (no scripts, no external
-assets): who shared from whom, who gained how much, and whether each gain is
+assets): how it was shared, and what the viewer gained, and whether that gain is
 pending, held, paid or voided.
+
+Only the viewer's own node is named with its amount; every other account is drawn
+as an unnamed node, and the tree's title and the summary under it count the others
+by status (issue 22: a visitor sees only its own gain; others as counts).
 
 An account is placed where it first joined the chain: under the account it came
 via, or under the catalogue. Large trees stay readable: at most ``MAX_NODES``
@@ -26,7 +30,24 @@ WORDS = {"pending": "pending", "held": "held", "paid": "paid", "clawed": "paid, 
          "voided": "voided"}
 
 
-def share_tree_svg(state: CertificateState) -> str:
+def counts_by_status(state: CertificateState) -> dict[str, int]:
+    """How many accounts of the chain stand where (pending, held, paid, ...)."""
+    counts: dict[str, int] = {}
+    for account in dict.fromkeys(hop.account_id for hop in state.chain):
+        _, status = gain_of(state, account)
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def counts_line(state: CertificateState) -> str:
+    counts = counts_by_status(state)
+    total = sum(counts.values())
+    said = ", ".join(f"{n} {WORDS.get(status, PHRASES[status])}"
+                     for status, n in sorted(counts.items()))
+    return f"{total} account{'s' if total != 1 else ''} shared it: {said}"
+
+
+def share_tree_svg(state: CertificateState, viewer: str | None = None) -> str:
     children: dict[str, list[str]] = {ROOT: []}
     parent: dict[str, str] = {}
     for hop in state.chain:
@@ -71,9 +92,9 @@ def share_tree_svg(state: CertificateState) -> str:
     height = (max(level for _, level in pos.values()) + 1) * (NODE_H + GAP_Y) + GAP_Y
     out = [f"<svg id='share-tree' xmlns='http://www.w3.org/2000/svg' role='img' "
            f"width='{width:.0f}' viewBox='0 0 {width:.0f} {height:.0f}' "
-           "style='max-width:100%;height:auto' "
            f"font-family='sans-serif' font-size='12'>",
-           f"<title>Share tree: {len(parent)} accounts, {len(state.chain)} shares</title>"]
+           f"<title>Share tree: {len(parent)} accounts, {len(state.chain)} shares</title>",
+           f"<desc>{escape(counts_line(state))}</desc>"]
 
     def box(account: str) -> tuple[float, float]:
         x, level = pos[account]
@@ -87,23 +108,27 @@ def share_tree_svg(state: CertificateState) -> str:
                    f"x2='{cx + NODE_W / 2:.0f}' y2='{cy:.0f}' stroke='#bbb'/>")
     for account in pos:
         bx, by = box(account)
+        name = ""
         if account == ROOT:
-            label, detail, colour = "catalogue", f"{len(parent)} accounts", COLOURS["none"]
-        else:
+            name = label = "catalogue"
+            detail, colour = f"{len(parent)} accounts", COLOURS["none"]
+        elif account == viewer:
             amount, status = gain_of(state, account)
-            label = account
+            name = label = account
             detail = (f"{money(amount, state.currency)} {WORDS[status]}" if status in WORDS
                       else PHRASES[status])
             colour = COLOURS[status]
+        else:  # someone else: neither name nor amount
+            label, detail, colour = "an account", "", COLOURS["none"]
         hidden = [c for c in children[account] if c not in visible]
         more = len(hidden) + sum(below[c] for c in hidden)
-        out.append(f"<g class='node' data-account='{escape(label)}'>"
+        out.append(f"<g class='node' data-account='{escape(name)}'>"
                    f"<rect x='{bx:.0f}' y='{by:.0f}' width='{NODE_W}' height='{NODE_H}' rx='6' "
                    f"fill='white' stroke='{colour}' stroke-width='2'/>"
                    f"<text x='{bx + 8:.0f}' y='{by + 18:.0f}' font-weight='bold'>"
                    f"{escape(label[:20])}</text>"
-                   f"<text x='{bx + 8:.0f}' y='{by + 35:.0f}' fill='{colour}'>"
-                   f"{escape(detail[:26])}</text>"
+                   + (f"<text x='{bx + 8:.0f}' y='{by + 35:.0f}' fill='{colour}'>"
+                      f"{escape(detail[:26])}</text>" if detail else "")
                    + (f"<text x='{bx + 8:.0f}' y='{by + 50:.0f}' fill='#616161'>"
                       f"+{more} more below</text>" if more else "") + "</g>")
     out.append("</svg>")

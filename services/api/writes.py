@@ -1,15 +1,24 @@
 """Writes: authenticated requests become signed commands on `commands`.
 
 Every write answers 202 with the command id; the outcome (accepted, or rejected with
-its reason) is readable afterwards at /commands/{id}, once the pipeline decided.
-The account id of a command is always the logged-in account, never taken from the
-body. A client that retries sends the same ``Idempotency-Key`` header: the command
-id derives from it, so the pipeline applies the command once.
+its reason) is readable afterwards at /commands/{id}, once the pipeline decided, by
+the account that sent it only. The account id of a command is always the logged-in
+account, never taken from the body. A client that retries sends the same
+``Idempotency-Key`` header: the command id derives from it, so the pipeline applies
+the command once.
+
+A purchase is not a command the API sends: the buyer starts a checkout
+(``POST /certificates/{id}/checkout``) and the payment system reports the captured
+payment with its own key (services/api/checkout.py).
+
+Writes are limited per account by a generic cell rate (GCRA, in Redis): ``rate``
+writes per second with bursts of one second's worth; an offer of N copies costs N.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import uuid
 
@@ -31,10 +40,36 @@ from schemas.types import (
     ShortText,
 )
 from services.api.accounts import Accounts
+from services.api.checkout import PaymentSystemClient
 from services.api.errors import Problem, problem
+from services.api.guard import Trust, check_json
+from services.api.reads import decode_state
+from services.api.sessions import Session
 from services.common.auth import Keyring
+from services.readmodel.projection import Keys
 
 _encode = msgspec.json.Encoder().encode
+_validate = msgspec.json.Decoder(c.Command).decode
+# how long the API remembers who sent a command (only its sender reads its outcome)
+OWNER_TTL_S = 7 * 24 * 3600
+
+# GCRA: KEYS[1] holds the account's theoretical arrival time (ms, Redis's clock).
+# ARGV: cost (ms of the account's allowance this write uses), burst (ms). A write is
+# admitted when the account is idle (any cost: a large offer goes through, then the
+# account waits it out) or when it fits within the burst; answers 0, or the ms to wait.
+_GCRA = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local cost, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+if tat > now and tat + cost - now > burst then
+  return tat + cost - now - burst
+end
+local new = tat + cost
+redis.call('SET', KEYS[1], new, 'PX', new - now + 1000)
+return 0
+"""
 
 
 # --- request bodies: strict, so a typo is a 422, not a silent default --------------
@@ -51,10 +86,6 @@ class Login(_Body, kw_only=True):
 
 class CirculateBody(_Body, kw_only=True):
     via: Id | None = None
-
-
-class PurchaseBody(_Body, kw_only=True):
-    payment_ref: Id
 
 
 class OfferBody(_Body, kw_only=True):
@@ -92,22 +123,28 @@ class EmptyBody(_Body, kw_only=True):
 
 
 class Gateway:
-    def __init__(self, client: aioredis.Redis, prefix: str, accounts: Accounts,
+    def __init__(self, client: aioredis.Redis, keys: Keys, accounts: Accounts,
                  keyring: Keyring, producer: AIOKafkaProducer, commands_topic: str,
-                 rate_per_s: int) -> None:
+                 rate_per_s: int, trust: Trust, payments: PaymentSystemClient) -> None:
         self.redis = client
-        self.prefix = prefix
+        self.keys = keys
+        self.prefix = keys.p
         self.accounts = accounts
+        self.sessions = accounts.sessions
         self.keyring = keyring
         self.key = keyring.first("gateway")
         self.producer = producer
         self.topic = commands_topic
         self.rate_per_s = rate_per_s
+        self.trust = trust
+        self.payments = payments
+        self._gcra = client.register_script(_GCRA)
 
     # --- plumbing -----------------------------------------------------------------
 
     async def _body(self, request: web.Request, kind: type):
         raw = await request.read()
+        check_json(raw)  # size and nesting, before any decoder sees it
         try:
             return msgspec.json.decode(raw or b"{}", type=kind)
         except msgspec.ValidationError as err:
@@ -115,26 +152,34 @@ class Gateway:
         except msgspec.DecodeError:
             raise Problem(400, "malformed_json", "the body is not JSON") from None
 
-    async def _account(self, request: web.Request, limited: bool = True) -> str:
-        account = await self.accounts.account_for(request.headers.get("Authorization"))
-        return await self.admit(account, limited)
+    async def session(self, request: web.Request) -> Session | None:
+        """The bearer token's session; a re-issued token goes back in the
+        ``Session-Token`` header (sliding idle timeout)."""
+        session = await self.accounts.session_for(request.headers.get("Authorization"))
+        if session is not None:
+            fresh = self.sessions.refreshed(session)
+            if fresh is not None:
+                request["session_token"] = fresh.token
+        return session
 
-    async def admit(self, account: str | None, limited: bool = True) -> str:
-        """The account, if logged in and within its rate; else the HTTP error."""
+    async def _account(self, request: web.Request, cost: int = 1) -> str:
+        session = await self.session(request)
+        return await self.admit(session.account if session else None, cost)
+
+    async def admit(self, account: str | None, cost: int = 1) -> str:
+        """The account, if logged in and within its rate (``cost`` writes; 0: no
+        limit); else the HTTP error."""
         if account is None:
             raise Problem(401, "unauthenticated",
                           "log in at POST /login and send Authorization: Bearer <token>")
-        if not limited:
+        if cost <= 0:
             return account
-        window = int(time.time())
-        key = f"{self.prefix}rate:{account}:{window}"
-        async with self.redis.pipeline(transaction=True) as tx:
-            tx.incr(key)
-            tx.expire(key, 2)
-            count, _ = await tx.execute()
-        if count > self.rate_per_s:
-            raise Problem(429, "rate_limited", f"at most {self.rate_per_s} writes per second",
-                          **{"Retry-After": "1"})
+        wait_ms = await self._gcra(keys=[f"{self.prefix}rate:{account}"],
+                                   args=[cost * 1000 // self.rate_per_s, 1000])
+        if int(wait_ms) > 0:
+            raise Problem(429, "rate_limited", f"at most {self.rate_per_s} writes per second "
+                          "(an offer of N copies counts N)",
+                          **{"Retry-After": str(max(1, math.ceil(int(wait_ms) / 1000)))})
         return account
 
     def _command_id(self, request: web.Request, account: str) -> str:
@@ -143,10 +188,20 @@ class Gateway:
             return f"api-{uuid.uuid4().hex}"
         return "api-" + hashlib.sha256(f"{account}\x1f{key}".encode()).hexdigest()[:40]
 
-    async def _send(self, command: c.Command) -> None:
+    async def _send(self, command: c.Command, owner: str) -> None:
         body = _encode(command)
+        try:
+            _validate(body)  # the contract's limits (ids, lengths), before Kafka sees it
+        except msgspec.ValidationError as err:
+            raise Problem(400, "invalid_command", str(err)) from None
+        await self.redis.set(f"{self.prefix}cmd-owner:{command.command_id}", owner,
+                             ex=OWNER_TTL_S)
         await self.producer.send_and_wait(self.topic, key=command.certificate_id.encode(),
                                           value=body, headers=self.keyring.sign(body, self.key))
+
+    async def owner_of(self, command_id: str) -> str | None:
+        raw = await self.redis.get(f"{self.prefix}cmd-owner:{command_id}")
+        return raw.decode() if raw else None
 
     def _accepted(self, command_ids: list[str], **extra) -> web.Response:
         return web.json_response(
@@ -157,16 +212,26 @@ class Gateway:
 
     async def login(self, request: web.Request) -> web.Response:
         body = await self._body(request, Login)
-        token = await self.accounts.login(body.account_id, body.password)
-        if token is None:
+        session = await self.accounts.login(body.account_id, body.password,
+                                            self.trust.client_address(request))
+        if session is None:
             return problem(401, "bad_credentials", "unknown account or wrong password")
-        return web.json_response({"token": token, "account_id": body.account_id})
+        return web.json_response({"token": session.token, "account_id": body.account_id,
+                                  "expires_at_s": session.expires_s})
+
+    async def logout(self, request: web.Request) -> web.Response:
+        session = await self.accounts.session_for(request.headers.get("Authorization"))
+        if session is None:
+            raise Problem(401, "unauthenticated", "no live session to end")
+        await self.sessions.revoke(session)
+        return web.json_response({"logged_out": True})
 
     async def send_for(self, account: str, kind: type, certificate_id: str, command_id: str,
                        **fields) -> None:
         """Sign and send one certificate command as ``account`` (API and web pages)."""
         await self._send(kind(command_id=command_id, certificate_id=certificate_id,
-                              at_ms=int(time.time() * 1000), account_id=account, **fields))
+                              at_ms=int(time.time() * 1000), account_id=account, **fields),
+                         owner=account)
 
     async def _certificate_command(self, request: web.Request, kind: type, body_type: type,
                                    **fields) -> web.Response:
@@ -183,9 +248,6 @@ class Gateway:
     async def claim(self, request: web.Request) -> web.Response:
         return await self._certificate_command(request, c.Claim, EmptyBody)
 
-    async def purchase(self, request: web.Request) -> web.Response:
-        return await self._certificate_command(request, c.Purchase, PurchaseBody)
-
     async def attach(self, request: web.Request) -> web.Response:
         return await self._certificate_command(request, c.AttachPool, PoolBody)
 
@@ -199,9 +261,43 @@ class Gateway:
     async def cancel(self, request: web.Request) -> web.Response:
         return await self._certificate_command(request, c.CancelCertificate, EmptyBody)
 
-    async def offer(self, request: web.Request) -> web.Response:
+    async def start_checkout(self, request: web.Request, account: str,
+                             certificate_id: str) -> tuple[str, str]:
+        """Open a checkout at the payment system for ``account`` buying the
+        certificate at its price: (checkout id, the payment page's URL)."""
+        state = await self.redis.get(self.keys.state(certificate_id))
+        page = await self.redis.hgetall(self.keys.cert(certificate_id))
+        if not state or not page:
+            raise Problem(404, "unknown_certificate", "no certificate with this id")
+        cert = decode_state(state)
+        if cert.status != "posted":
+            raise Problem(409, "not_for_sale", f"the certificate is {cert.status}")
+        if account == cert.seller_id:
+            raise Problem(409, "own_certificate", "a seller cannot buy its own certificate")
+        back = f"{self.trust.own_origin(request)}/page/certificates/{certificate_id}"
+        return await self.payments.create(
+            certificate_id=certificate_id, seller_id=cert.seller_id, buyer_id=account,
+            amount_minor=cert.price_minor, currency=cert.currency, return_url=back,
+            description=page.get(b"name", certificate_id.encode()).decode())
+
+    async def checkout(self, request: web.Request) -> web.Response:
         account = await self._account(request)
+        await self._body(request, EmptyBody)
+        cid = request.match_info["id"]
+        checkout_id, url = await self.start_checkout(request, account, cid)
+        return web.json_response({"checkout_id": checkout_id, "checkout_url": url,
+                                  "certificate_id": cid}, status=201,
+                                 headers={"Location": url})
+
+    async def purchase_moved(self, request: web.Request) -> web.Response:
+        return problem(410, "use_checkout", "a purchase is reported by the payment system: "
+                       "start one with POST /certificates/{id}/checkout")
+
+    async def offer(self, request: web.Request) -> web.Response:
+        session = await self.session(request)
+        await self.admit(session.account if session else None, cost=0)
         body = await self._body(request, OfferBody)
+        account = await self.admit(session.account, cost=body.copies)  # N copies count N
         command_id = self._command_id(request, account)
         try:
             offer_id = offer_id_for(account, body.offer_id or command_id[4:20])
@@ -213,13 +309,17 @@ class Gateway:
         except ValueError as err:
             return problem(422, "invalid_body", str(err))
         for command in commands:
-            await self._send(command)
+            await self._send(command, owner=account)
         return self._accepted([x.command_id for x in commands], offer_id=offer_id,
                               certificate_ids=[x.certificate_id for x in commands])
 
     async def outcome(self, request: web.Request) -> web.Response:
-        await self._account(request, limited=False)
-        raw = await self.redis.hgetall(f"{self.prefix}cmd:{request.match_info['id']}")
+        account = await self._account(request, cost=0)
+        command_id = request.match_info["id"]
+        if await self.owner_of(command_id) != account:
+            # another account's command and a command never sent look the same
+            return problem(404, "unknown_command", "no command of yours with this id")
+        raw = await self.redis.hgetall(self.keys.outcome(command_id))
         if not raw:
             return web.json_response({"status": "pending"})
         return web.json_response({k.decode(): v.decode() for k, v in raw.items()})

@@ -22,7 +22,7 @@ def test_openapi_document_holds_for_the_running_server(pipeline, tmp_path):
     port = free_port()
     pipeline.start_all()
     pipeline.start("readmodel")
-    pipeline.start("api", API_PORT=str(port), API_WRITES_PER_S="1000")
+    pipeline.start("api", API_PORT=str(port), API_OPS_PORT=str(free_port()), API_WRITES_PER_S="1000")
     wait_for(port, "/openapi.json", lambda b: b["openapi"] == "3.1.0", pipeline=pipeline)
     token = login(port, "alice")
     out = subprocess.run(

@@ -1,5 +1,7 @@
 """Writes through the API: login, signed commands, outcomes, and every refusal a
-client can get (401, 400, 422, 429)."""
+client can get (401, 400, 422, 429). The purchase is the payment system's report of
+a captured payment (this test plays the payment system, as it does for the escrow
+confirmation); tests/e2e/test_api_trust.py drives it through the checkout."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import msgspec
 from deploy.localstack import free_port
 from schemas import commands as c
 from schemas.payments import CommissionPayout, Settlement
+from tests.e2e.certificates import paid
 from tests.e2e.http import call, get, login, outcome, wait_for
 
 decode_settlement = msgspec.json.Decoder(Settlement).decode
@@ -19,7 +22,7 @@ def test_a_user_flow_through_the_api(pipeline):
     port = free_port()
     pipeline.start_all()
     pipeline.start("readmodel")
-    pipeline.start("api", API_PORT=str(port), API_WRITES_PER_S="5")
+    pipeline.start("api", API_PORT=str(port), API_OPS_PORT=str(free_port()), API_WRITES_PER_S="5")
     wait_for(port, "/catalogue", lambda b: True, pipeline=pipeline)
     seller, funder, alice, bob = (login(port, a) for a in ("seller", "funder", "alice", "bob"))
 
@@ -59,15 +62,16 @@ def test_a_user_flow_through_the_api(pipeline):
                            bob, headers=again_key)
     assert bob_retry["command_ids"] == bob_share["command_ids"]  # same key, same command
     _, twice, _ = call(port, "POST", f"/certificates/{cid}/circulate", {}, bob)
-    _, buy, _ = call(port, "POST", f"/certificates/{cid}/purchase", {"payment_ref": "p-1"},
-                     login(port, "carol"))
 
     for response, token in ((pool, funder), (post, seller), (share, alice),
                             (bob_share, bob)):
         assert outcome(port, token, response["command_ids"][0])["status"] == "accepted"
     refused = outcome(port, bob, twice["command_ids"][0])
     assert (refused["status"], refused["reason"]) == ("rejected", "already_holder")
-    assert outcome(port, bob, buy["command_ids"][0])["status"] == "accepted"
+    # carol pays; the payment system reports the captured payment (its own key)
+    pipeline.send(c.Purchase(command_id="capture:p-1", certificate_id=cid,
+                             at_ms=int(time.time() * 1000), account_id="carol",
+                             **paid(cid, 5_000, "p-1")))
     # bought: alice's 100 is held for the pool's 3 s, then the timer releases it
     held = wait_for(port, f"/certificates/{cid}", lambda b: b["held_until_ms"] is not None)
     assert held["status"] == "purchased" and held["held_minor"] == 200  # alice and bob
@@ -116,8 +120,8 @@ def test_a_user_flow_through_the_api(pipeline):
     status, body, _ = call(port, "POST", f"/certificates/{cid}/circulate", raw=b"{nope",
                            token=alice)
     assert (status, body["error"]) == (400, "malformed_json")
-    status, body, _ = call(port, "POST", f"/certificates/{cid}/purchase",
-                           {"payment_ref": "p", "price_minor": 1}, alice)
+    status, body, _ = call(port, "POST", f"/certificates/{cid}/circulate",
+                           {"via": "bob", "price_minor": 1}, alice)
     assert (status, body["error"]) == (422, "invalid_body")
     status, body, _ = call(port, "POST", "/offers", {"name": "x", "price_minor": -1,
                                                      "currency": "EUR"}, seller)

@@ -76,7 +76,9 @@ def test_every_panel_and_alert_reads_live_data_and_a_killed_service_fires_its_al
     for service in SERVICES:
         pipeline.start(service, metrics_port=ports[service])
     pipeline.start("readmodel", metrics_port=ports["readmodel"])
-    pipeline.start("api", API_PORT=str(ports["api"]))
+    # the API's metrics are on its ops port, its pages and JSON on the public one
+    api_public = free_port()
+    pipeline.start("api", API_PORT=str(api_public), API_OPS_PORT=str(ports["api"]))
     with open(pipeline.logs / "audit.log", "ab") as log:
         audit = subprocess.Popen(
             [sys.executable, "-m", "services.audit", "--every", "3", "--timeout", "20",
@@ -108,7 +110,7 @@ def test_every_panel_and_alert_reads_live_data_and_a_killed_service_fires_its_al
             for path in ("/catalogue", f"/certificates/{rng.choice(certificates)}",
                          "/certificates/no-such-certificate"):
                 with contextlib.suppress(OSError):  # the API may not listen yet
-                    get(ports["api"], path)
+                    get(api_public, path)
             missing = wait_until_all_return_data(prometheus, missing, pipeline, timeout_s=5)
         assert not missing, "no data for:\n" + "\n".join(missing)
         # and an empty answer is what a series no process exports gets (so the check can fail)

@@ -27,9 +27,10 @@ def test_redocly_recommended_lint_passes_without_warnings(tmp_path):
 
 
 def test_every_operation_has_an_id_and_says_who_may_call_it():
-    # writes and an account's own data need a login; the catalogue, pages and share
-    # links are public (an explicit empty list, not a missing one)
-    private = {"/accounts/{id}/earnings", "/commands/{id}"}
+    # writes and an account's own data (earnings, feed, its commands' outcomes) need a
+    # login; the catalogue, pages and share links are public (an explicit empty list,
+    # not a missing one)
+    private = {"/accounts/{id}/earnings", "/accounts/{id}/feed", "/commands/{id}"}
     for path, methods in document()["paths"].items():
         for method, op in methods.items():
             assert op["operationId"], (path, method)

@@ -1,5 +1,5 @@
-"""The share tree SVG: who shared from whom with each gain, and a 500-hop chain
-summarised to a readable picture."""
+"""The share tree SVG: how a certificate was shared, the viewer's own gain (others
+unnamed, counted by status), and a 500-hop chain summarised to a readable picture."""
 
 from __future__ import annotations
 
@@ -9,20 +9,25 @@ import pytest
 
 from schemas import commands as c
 from services.api.gains import PHRASES, gain_of
-from services.api.tree import MAX_NODES, share_tree_svg
+from services.api.tree import MAX_NODES, counts_line, share_tree_svg
 from tests.unit.domain.scenario import Scenario
 
 pytestmark = pytest.mark.unit
 SVG = "{http://www.w3.org/2000/svg}"
 
 
-def nodes(svg: str) -> dict[str, str]:
+def drawn(svg: str) -> list[tuple[str, str]]:
     root = ET.fromstring(svg)  # well-formed XML, or this raises
-    return {g.get("data-account"): " ".join(t.text or "" for t in g.iter(f"{SVG}text"))
-            for g in root.iter(f"{SVG}g")}
+    return [(g.get("data-account"), " ".join(t.text or "" for t in g.iter(f"{SVG}text")))
+            for g in root.iter(f"{SVG}g")]
 
 
-def test_each_account_under_whom_it_came_via_with_its_gain():
+def nodes(svg: str) -> dict[str, str]:
+    """The named nodes (the catalogue and the viewer) by name."""
+    return {name: text for name, text in drawn(svg) if name}
+
+
+def test_the_viewer_sees_its_own_gain_and_others_only_as_unnamed_nodes():
     s = Scenario()
     s.setup(price_minor=10_000, budget_minor=1_000, attached_minor=300,
             acquisition=c.AcquisitionPolicy(amount=c.FixedAmount(amount_minor=100)))
@@ -30,11 +35,18 @@ def test_each_account_under_whom_it_came_via_with_its_gain():
     s.circulate("bob", via="ann")
     s.circulate("cy", via="ann")
     s.circulate("ann", via="cy")  # a repeat: ann stays where she first joined
-    got = nodes(share_tree_svg(s.state))
-    assert set(got) == {"catalogue", "ann", "bob", "cy"}
-    assert got["ann"] == "ann 1.00 USD pending"
-    svg = ET.fromstring(share_tree_svg(s.state))
-    assert len(list(svg.iter(f"{SVG}line"))) == 3  # catalogue-ann, ann-bob, ann-cy
+    svg = share_tree_svg(s.state, "ann")
+    assert nodes(svg) == {"catalogue": "catalogue 3 accounts", "ann": "ann 1.00 USD pending"}
+    others = [text for name, text in drawn(svg) if not name]
+    assert others == ["an account", "an account"]  # bob and cy: no name, no amount
+    assert "bob" not in svg and "cy" not in svg and svg.count("1.00 USD") == 1
+    assert counts_line(s.state) == "3 accounts shared it: 3 pending"
+    assert len(list(ET.fromstring(svg).iter(f"{SVG}line"))) == 3  # catalogue-ann, ann-bob, ann-cy
+    # a visitor outside the chain (or logged out) sees no name and no amount at all
+    for viewer in (None, "mallory"):
+        anonymous = share_tree_svg(s.state, viewer)
+        assert nodes(anonymous) == {"catalogue": "catalogue 3 accounts"}
+        assert "USD" not in anonymous and "ann" not in anonymous
 
 
 def test_a_chain_of_500_hops_is_summarised():
@@ -44,9 +56,9 @@ def test_a_chain_of_500_hops_is_summarised():
     for i in range(500):  # a long line of shares, and a few fans
         s.circulate(f"u{i}", via=f"u{i - 1}" if i % 7 else None)
     svg = share_tree_svg(s.state)
-    got = nodes(svg)
+    got = drawn(svg)
     assert len(got) == MAX_NODES + 1  # the accounts drawn, and the catalogue
-    hidden = [text for text in got.values() if "more below" in text]
+    hidden = [text for _, text in got if "more below" in text]
     assert hidden  # what was not drawn is counted where it hangs
     assert len(svg) < 60_000
 
@@ -57,7 +69,7 @@ def test_the_longest_chain_allowed_draws_without_deep_recursion():
             acquisition=c.AcquisitionPolicy(amount=c.FixedAmount(amount_minor=1)))
     for i in range(3_000):  # one straight line of shares: 3,000 levels deep
         s.circulate(f"u{i}", via=f"u{i - 1}" if i else None)
-    got = nodes(share_tree_svg(s.state))
+    got = nodes(share_tree_svg(s.state, "u39"))
     assert got["u39"].endswith("+2960 more below")
 
 
@@ -69,5 +81,5 @@ def test_the_tree_and_the_account_page_say_the_same_of_a_clawed_back_gain():
     s.purchase()  # no hold: paid at once
     s.must(c.Refund, by="seller", account_id="seller", amount_minor=5_000, refund_ref="rf-1")
     assert gain_of(s.state, "ann") == (50, "clawed")  # paid 100, half clawed back
-    assert nodes(share_tree_svg(s.state))["ann"] == "ann 0.50 USD paid, part clawed"
+    assert nodes(share_tree_svg(s.state, "ann"))["ann"] == "ann 0.50 USD paid, part clawed"
     assert PHRASES["clawed"] == "paid out (part clawed back)"

@@ -1,0 +1,53 @@
+"""The pages' stylesheet and script, served as files so that the Content-Security-Policy
+allows no inline script or style at all (services/api/guard.py). The demo's payment
+system (services/paysim) serves the same stylesheet, so its page looks the same."""
+
+from __future__ import annotations
+
+import hashlib
+
+from aiohttp import web
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222}
+table{border-collapse:collapse;width:100%}td,th{padding:.4rem;border-bottom:1px solid #ddd;
+text-align:left}.label{background:#c62828;color:#fff;border-radius:1rem;padding:.1rem .6rem}
+.warn{background:#fff3cd;border:1px solid #e0a800;padding:.5rem;margin:.5rem 0}
+.msg{background:#e8f5e9;padding:.5rem}form.inline{display:inline}input{margin:.2rem;max-width:95%}
+td,th,a,p,li,h1{overflow-wrap:anywhere}#share-tree{max-width:100%;height:auto}
+.sim{background:#e3f2fd;border:1px solid #1565c0;padding:.5rem;margin:.5rem 0}
+.card{border:1px solid #ddd;border-radius:.5rem;padding:1rem;max-width:26rem}
+@media (max-width:600px){body{margin:.5rem}td,th{padding:.2rem;font-size:.85rem}}
+"""
+
+# Ticks every countdown on a page once a second: a span with class "countdown" and
+# data-deadline (Unix ms) shows the time left until then. The share link's Copy button.
+SCRIPT = """function tick(){const now=Date.now();for(const el of document.querySelectorAll('.countdown')){
+let s=Math.max(0,Math.floor((Number(el.dataset.deadline)-now)/1000));
+const d=Math.floor(s/86400);s-=d*86400;const h=Math.floor(s/3600);s-=h*3600;
+const m=Math.floor(s/60);s-=m*60;
+el.textContent=(d?d+' d ':'')+(d||h?h+' h ':'')+(d||h||m?m+' min ':'')+s+' s';}}
+tick();setInterval(tick,1000);
+const copy=document.getElementById('copy');
+if(copy){copy.addEventListener('click',()=>navigator.clipboard.writeText(
+document.getElementById('share').value));}
+"""
+
+# a changed file gets a new URL, so browsers may keep each for a day
+VERSION = hashlib.sha256((STYLE + SCRIPT).encode()).hexdigest()[:12]
+CSS_PATH = f"/static/site-{VERSION}.css"
+JS_PATH = f"/static/site-{VERSION}.js"
+HEAD = (f"<link rel=stylesheet href='{CSS_PATH}'>"
+        f"<script src='{JS_PATH}' defer></script>")
+
+
+def _file(text: str, content_type: str):
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text=text, content_type=content_type,
+                            headers={"Cache-Control": "public, max-age=86400, immutable"})
+    return handler
+
+
+def routes(app: web.Application, *, script: bool = True) -> None:
+    app.router.add_get(CSS_PATH, _file(STYLE, "text/css"))
+    if script:
+        app.router.add_get(JS_PATH, _file(SCRIPT, "application/javascript"))
