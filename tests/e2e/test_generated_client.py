@@ -1,6 +1,7 @@
 """The API is usable by a client no one here wrote: openapi-python-client generates
 a Python package from the running server's /openapi.json, and that package drives a
-share and a purchase (log in, circulate, purchase, poll each command's outcome)."""
+share and a purchase (log in, circulate, start a checkout, poll each command's
+outcome); the buyer pays on the (simulated) payment system's page it points to."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import importlib
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+import uuid
 from pathlib import Path
 
 from deploy.localstack import free_port
@@ -32,10 +35,13 @@ def generate(port: int, folder: Path):
 
 
 def test_a_generated_client_shares_and_buys(pipeline, tmp_path):
-    port = free_port()
+    port, paysim_port = free_port(), free_port()
+    shared = {"CHECKOUT_TOKEN": f"checkout-{uuid.uuid4().hex}"}
     pipeline.start_all()
     pipeline.start("readmodel")
-    pipeline.start("api", API_PORT=str(port))
+    pipeline.start("paysim", PAYSIM_PORT=str(paysim_port), **shared)
+    pipeline.start("api", API_PORT=str(port), API_OPS_PORT=str(free_port()),
+                   PAYMENT_SYSTEM_URL=f"http://127.0.0.1:{paysim_port}", **shared)
     cid = cert_id("client-lamp")
     pipeline.send(*setup(cid, int(time.time() * 1000), name="Lamp", price_minor=4_000,
                          budget_minor=1_000, attached_minor=100))
@@ -47,7 +53,8 @@ def test_a_generated_client_shares_and_buys(pipeline, tmp_path):
     class api:  # noqa: N801 - the generated package's endpoint modules, by name
         pass
 
-    for name in ("log_in", "circulate", "purchase", "get_command_outcome", "get_certificate"):
+    for name in ("log_in", "circulate", "start_checkout", "get_command_outcome",
+                 "get_certificate"):
         setattr(api, name, importlib.import_module(f"commission_client.api.default.{name}"))
     base = f"http://127.0.0.1:{port}"
 
@@ -71,9 +78,16 @@ def test_a_generated_client_shares_and_buys(pipeline, tmp_path):
     shared = api.circulate.sync(id=cid, client=alice, body=models.CirculateBody())
     assert outcome(alice, shared.command_ids[0])["status"] == "accepted"
     carol = logged_in("carol")
-    bought = api.purchase.sync(id=cid, client=carol,
-                               body=models.PurchaseBody(payment_ref="client-pay-1"))
-    assert outcome(carol, bought.command_ids[0])["status"] == "accepted"
+    checkout = api.start_checkout.sync(id=cid, client=carol)
+    assert checkout.checkout_url.startswith(f"http://127.0.0.1:{paysim_port}/checkouts/")
+    # carol pays on the payment page; the payment system reports the capture
+    pay = urllib.request.Request(f"{checkout.checkout_url}/pay", method="POST",
+                                 data=urllib.parse.urlencode({"card": "4242424242424242"})
+                                 .encode())
+    with urllib.request.urlopen(pay, timeout=30) as r:  # redirected back to the page
+        assert r.url.startswith(f"{base}/page/certificates/{cid}?checkout=")
+    wait_for(port, f"/certificates/{cid}", lambda b: b["status"] == "purchased",
+             pipeline=pipeline)
     again = api.circulate.sync(id=cid, client=alice, body=models.CirculateBody())
     refused = outcome(alice, again.command_ids[0])
     assert (refused["status"], refused["reason"]) == ("rejected", "certificate_purchased")

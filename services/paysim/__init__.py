@@ -1,0 +1,1 @@
+"""The demo's payment system: checkouts, a simulated card form, captures (app.py)."""
