@@ -91,7 +91,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     run = tmp_path_factory.mktemp("stack")
     kafka = Kafka(run_dir=run / "kafka", port=free_port(), controller_port=free_port(),
                   sasl_port=free_port(), tls_port=free_port(), mtls_port=free_port(),
-                  acl_users=("circulation", "allocation", "withdrawal", "cashout", "netting", "readmodel",
+                  acl_users=("captures", "circulation", "allocation", "withdrawal", "cashout", "netting",
+                             "readmodel", "payment-system",
                              "api", "audit"))
     redis = Redis(run_dir=run / "redis", port=free_port())
     kafka.start()

@@ -27,6 +27,8 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server, write
 from schemas.commands import AcceptedCommand
 from services.audit.read import read_records, read_topic
 from services.audit.report import Report, reconcile_all
+from services.common.auth import Keyring
+from services.common.production import refuse_insecure
 from services.common.settings import Settings
 
 
@@ -139,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=0.0)
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
+    refuse_insecure(Settings.from_env(), Keyring({}))  # it holds no keys
     gauges = AuditGauges()
     if args.port:
         start_http_server(args.port, addr=os.environ.get("OPS_BIND_HOST", "127.0.0.1"),

@@ -35,8 +35,10 @@ left open at init_transactions.
 Crash-only: any failure of a transaction stops the process (exit 75); the in-memory
 table may be ahead of what was committed, and a restart restores it. A record that
 fails the same way on every attempt (a determinism error, an undecodable accepted
-record) does not stop the worker: its partition is *parked* (paused, counted,
-logged, shown in readiness and an alert) and the other partitions keep running.
+record, any error a record raises in a stage) does not stop the worker: its
+partition is *parked* (paused, counted, logged, shown in readiness and an alert) and
+the other partitions keep running. (The sequencer turns whatever raw input it cannot
+read into a rejection first: services/circulation/intake.py.)
 
 Limits: ``MAX_BATCH_RECORDS`` records per fetch, ``MAX_ROUND_RECORDS`` per round; a
 transaction stays open no longer than one round; ``TXN_TIMEOUT_MS`` bounds how long a
@@ -61,9 +63,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from domain import InvariantViolation
 from services.common.faults import Faults
-from services.common.follower import DeterminismError
 from services.common.metrics import Metrics, observe_many
 from services.common.rows import POSITION_KEY, RowStore
 from services.common.settings import Settings
@@ -455,7 +455,11 @@ class StageRunner:
             key = record.key()
             try:
                 applied = apply(None if key is None else rows.get(key), record)
-            except (DeterminismError, InvariantViolation, msgspec.DecodeError) as exc:
+            except Exception as exc:  # noqa: BLE001
+                # Whatever one record does to the stage (a determinism error, a broken
+                # invariant, bytes no one can read, a bug the record found), it fails
+                # the same way on every attempt: a crash would restart into the same
+                # record for ever. Its partition is parked, visibly; the rest go on.
                 raise Poison(f"offset {offset}: {type(exc).__name__}: {exc}") from exc
             if applied.changed and applied.state is not None:
                 rows[key] = applied.state

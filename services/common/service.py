@@ -17,6 +17,7 @@ import threading
 from services.common.logs import json_handler
 from services.common.metrics import Metrics
 from services.common.ops import start_ops_server
+from services.common.production import refuse_insecure
 from services.common.runner import Fatal, StageRunner
 from services.common.settings import Settings
 from services.common.stage import StageFactory
@@ -48,7 +49,9 @@ def run_service(name: str, factory: StageFactory) -> None:
     setup_logging(name, settings.log_level)
     log = logging.getLogger(f"commission.{name}")
     metrics = Metrics(name)
-    stage = factory(settings, stage_keys(name).for_engine(), metrics)
+    keyring = stage_keys(name).for_engine()
+    refuse_insecure(settings, keyring)
+    stage = factory(settings, keyring, metrics)
     runner = StageRunner(stage, settings, metrics)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -28,8 +28,10 @@ import redis.asyncio as aioredis
 
 from schemas.commands import AcceptedCommand
 from schemas.rejections import Rejection
+from services.common.auth import Keyring
 from services.common.logs import json_handler
 from services.common.metrics import ReadModelMetrics, exposition
+from services.common.production import refuse_insecure
 from services.common.settings import Settings, redis_url_from_env
 from services.readmodel.committed import CommittedApp
 from services.readmodel.projection import Keys
@@ -125,6 +127,7 @@ def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
 
 def main() -> None:
     settings = Settings.from_env()
+    refuse_insecure(settings, Keyring({}))  # it holds no keys
     redis_url = redis_url_from_env()
     group = os.environ.get("COMMISSION_READMODEL_GROUP", f"{settings.group_prefix}-readmodel")
     app = build_app(settings, redis_url, group)

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from schemas.commands import Command
+from schemas.commands import Command, Purchase, ReportPayment
 from services.audit.read import read_records, read_topic
 from services.audit.report import Report, reconcile_all
 from services.common.auth import Keyring
@@ -20,7 +20,7 @@ from services.common.topics import ensure_topics
 from services.gateway import CommandSender
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("captures", "circulation", "allocation", "withdrawal", "cashout", "netting")
+SERVICES = ("circulation", "allocation", "withdrawal", "cashout", "netting", "captures")
 
 
 class Pipeline:
@@ -48,6 +48,12 @@ class Pipeline:
         self.keyring = Keyring.from_env()
         self.procs: dict[tuple[str, int], subprocess.Popen] = {}
         self.supervised = False
+        # send the payment system's captures and results through payment-results and
+        # the captures stage, as in a deployment (escrow confirmations stay on
+        # commands: a post sent right after one could overtake it). The expectation
+        # reads commands as the sequencer received them (traffic.seen), so the route
+        # changes nothing it checks; the captures stage is then under test too.
+        self.via_captures = False
         ensure_topics(self.settings, self.settings.topics.all())
         self.sender = CommandSender(self.settings, self.keyring)
 
@@ -104,9 +110,15 @@ class Pipeline:
         for key in list(self.procs):
             self.signal(*key, sig=signal.SIGTERM)
 
+    def _send(self, command: Command) -> None:
+        if self.via_captures and isinstance(command, (Purchase, ReportPayment)):
+            self.sender.send(command, topic=self.topics.payment_results)
+        else:
+            self.sender.send(command)
+
     def send(self, *commands: Command) -> None:
         for command in commands:
-            self.sender.send(command)
+            self._send(command)
         self.sender.flush()
 
     def feed_in_background(self, commands: list[Command], every: int,
@@ -117,7 +129,7 @@ class Pipeline:
 
         def feed() -> None:
             for i, command in enumerate(commands):
-                self.sender.send(command)
+                self._send(command)
                 if i % every == every - 1:
                     self.sender.flush()
                     time.sleep(pause_s)

@@ -44,6 +44,7 @@ def test_kill_every_service_repeatedly_while_traffic_flows(pipeline):
 
     print(f"kill seed {KILL_SEED}")  # shown with a failure
     pipeline.start_all()
+    pipeline.via_captures = True  # purchases and results through the captures stage too
     done_sending = pipeline.feed_in_background(commands, every=250, pause_s=0.5)  # ~500/s
     rng = random.Random(KILL_SEED)
     schedule = [s for s in SERVICES for _ in range(KILLS_PER_SERVICE)]

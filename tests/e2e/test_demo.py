@@ -82,7 +82,7 @@ def test_make_run_shows_the_system_working_and_stops_cleanly(tmp_path):
     assert sorted(up) == ["allocation", "api", "audit", "cashout", "circulation", "netting",
                           "readmodel", "withdrawal"], up
     assert f"prometheus http://127.0.0.1:{env['DEMO_PROMETHEUS_PORT']}" in out.stdout
-    assert re.search(r"\| prometheus http://\S+ · 8 of 8 targets up", out.stdout), out.stdout[-2000:]
+    assert re.search(r"\| prometheus http://\S+ · 9 of 9 targets up", out.stdout), out.stdout[-2000:]
     settled = [int(n) for n in re.findall(r"settlements\s+(\d+)", out.stdout)]
     assert settled and settled[-1] > 0, out.stdout[-2000:]
     assert re.search(r"audit OK: \d+ certificates, [1-9]\d* settlements "

@@ -15,6 +15,7 @@ from collections import Counter
 import pytest
 
 from deploy.localstack import free_port
+from schemas import commands as c
 from services.common.faults import POINTS
 from services.common.metrics import scrape, total
 from tests.e2e.pipeline import SERVICES
@@ -56,6 +57,7 @@ def test_a_stage_stopped_at_any_point_of_a_round_loses_and_repeats_nothing(pipel
     actions = {service: ("kill", "fence")[(i + shift) % 2]
                for i, service in enumerate(SERVICES)}
     commands = build(12, 400, seed=71, t0_ms=int(time.time() * 1000))
+    pipeline.via_captures = True
     for service in SERVICES:
         pipeline.start(service, COMMISSION_FAULTS=f"{point}@2:{actions[service]}")
     done = pipeline.feed_in_background(commands, every=50, pause_s=0.2)
@@ -71,6 +73,11 @@ def test_a_stage_stopped_at_any_point_of_a_round_loses_and_repeats_nothing(pipel
             # stage more rounds (new certificates, so the expectation stays exact).
             tail_seed += 1
             tail = build(1, 12, seed=tail_seed, t0_ms=int(time.time() * 1000))
+            # and a round for the captures stage: a result for no settlement, refused
+            tail.append(c.ReportPayment(
+                command_id=f"result:{tail_seed:064x}:1", certificate_id=tail[0].certificate_id,
+                at_ms=int(time.time() * 1000), settlement_id=f"{tail_seed:064x}", attempt=1,
+                result="settled"))
             pipeline.send(*tail)
             commands += tail
         if time.monotonic() > deadline:
@@ -92,6 +99,7 @@ def test_the_broker_restarts_while_stages_stand_at_each_point(pipeline, stack, t
     assert stack.kafka is not None, "the tests start their own broker"
     folder = tmp_path / "faults"
     folder.mkdir()
+    pipeline.via_captures = True
     held = dict(zip(SERVICES, points, strict=False))
     for service in SERVICES:
         # the followers' rounds need the sequencer's output: it holds last
@@ -131,6 +139,7 @@ def test_a_group_that_moves_on_mid_round_aborts_the_round_and_goes_on(pipeline):
     (ILLEGAL_GENERATION). The worker aborts the round, restores its partitions from
     the changelog and goes on, without a restart; nothing is lost or applied twice."""
     ports = {service: free_port() for service in SERVICES}
+    pipeline.via_captures = True
     for service in SERVICES:
         pipeline.start(service, metrics_port=ports[service],
                        COMMISSION_FAULTS="after_changelog@2:join")

@@ -54,7 +54,10 @@ def test_each_process_runs_with_its_own_grants_and_no_more(stack, names, tmp_pat
         # and no more: a forged verdict or settlement from another process's login
         for user, topic in (("allocation", t.payments), ("api", t.accepted),
                             ("cashout", t.accepted), ("cashout", t.payments),
-                            ("netting", t.settlements), ("readmodel", t.payments)):
+                            ("netting", t.settlements), ("readmodel", t.payments),
+                            # the payment system speaks only through the captures stage,
+                            # which admits each payment reference once
+                            ("payment-system", t.commands)):
             producer = KafkaProducer(bootstrap_servers=bootstrap, max_block_ms=15_000,
                                      **login(user, local_password(user)).kafka_python())
             try:
@@ -63,6 +66,14 @@ def test_each_process_runs_with_its_own_grants_and_no_more(stack, names, tmp_pat
             finally:
                 producer.close(timeout=5)
         assert Counter(pipeline.read(t.settlements)) == want.topics["settlements"]
+        # ... and what it may say, it says on payment-results
+        producer = KafkaProducer(bootstrap_servers=bootstrap, max_block_ms=15_000,
+                                 **login("payment-system",
+                                         local_password("payment-system")).kafka_python())
+        try:
+            producer.send(t.payment_results, key=b"c", value=b"{}").get(timeout=15)
+        finally:
+            producer.close(timeout=5)
     finally:
         admin.close()
         pipeline.stop_all()

@@ -15,11 +15,12 @@ import msgspec
 from domain import Accepted, CertificateState, Duplicate, Rejected, handle
 from domain.netting import AccountLedger, replay
 from schemas import commands as c
-from schemas.commands import CheckExpiry
+from schemas.commands import CheckExpiry, capture_key
 from schemas.payments import Settlement
 from schemas.rejections import Rejection
 from schemas.topics import TOPICS
 from services.audit.read import read_records, read_rows, read_table
+from services.captures.stage import Admitted
 from services.circulation.intake import Source, sequence
 from services.common.auth import header_dict
 from services.common.rows import RUNNER_PREFIX
@@ -27,6 +28,14 @@ from tests.e2e.certificates import cert_id, paid, sequencer_entropy, setup
 
 encode = msgspec.json.Encoder().encode
 _encode_row = msgspec.msgpack.Encoder().encode
+_command_decoder = msgspec.json.Decoder(c.Command)
+
+
+def _decode_command(raw: bytes | None) -> c.Command | None:
+    try:
+        return _command_decoder.decode(raw or b"")
+    except (msgspec.DecodeError, RecursionError):
+        return None  # what the test sent as bad input
 _decode_accepted = msgspec.json.Decoder(c.AcceptedCommand).decode
 _decode_rejection = msgspec.json.Decoder(Rejection).decode
 _decode_settlement = msgspec.json.Decoder(Settlement).decode
@@ -355,7 +364,7 @@ def assert_outputs_as_expected(pipeline, timeout_s: float, keep=_ALL) -> Expecte
 def committed_table(pipeline, stage: str) -> dict[str, bytes]:
     """A stage's committed table from its changelog, each row as msgpack bytes."""
     topic = f"{pipeline.topics.prefix}{pipeline.settings.group_prefix}-{stage}-state-changelog"
-    if stage == "netting":  # an account's ledger per row, kept whole (rows.WholeRowStore)
+    if stage in ("netting", "captures"):  # rows kept whole (rows.WholeRowStore)
         return {k.decode(): v for k, v in read_table(pipeline.settings.bootstrap, topic, 120).items()
                 if not k.startswith(RUNNER_PREFIX)}
     return {k: _encode_row(v) for k, v in read_rows(pipeline.settings.bootstrap, topic, 120).items()}
@@ -364,7 +373,22 @@ def committed_table(pipeline, stage: str) -> dict[str, bytes]:
 def expected_table(pipeline, expected: Expected, stage: str) -> dict[str, bytes]:
     """What the core says the stage's table holds: every certificate's state; for
     netting, the ledgers of the settlements on the topic, netted in their order (an
-    account never clawed back has no row)."""
+    account never clawed back has no row); for captures, one row per payment
+    reference of the purchases it forwarded to commands (none when the test put the
+    payment system's word straight on commands)."""
+    if stage == "captures":
+        if not pipeline.via_captures:
+            return {}
+        rows = {}
+        for r in sorted(read_records(pipeline.settings.bootstrap, pipeline.topics.commands, 60,
+                                     pipeline.settings.kafka_auth),
+                        key=lambda r: (r.partition, r.offset)):
+            command = _decode_command(r.value)
+            if isinstance(command, c.Purchase):
+                key = capture_key(command.seller_id, command.payment_ref).decode()
+                rows.setdefault(key, _encode_row(Admitted(command.command_id,
+                                                          command.certificate_id)))
+        return rows
     if stage != "netting":
         return {cid: _encode_row(state) for cid, state in expected.states.items()}
     ledgers, _ = replay(_in_order(_settlement_records(pipeline)))
