@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(commands)} commands over {args.certificates} certificates; the core "
               f"says {sum(expected.topics['settlements'].values())} settlements", flush=True)
         pipeline.start_all()
+        pipeline.via_captures = True  # purchases and results through the captures stage
         done = pipeline.feed_in_background(commands, every=500, pause_s=0.2)
         stop = threading.Event()
         lock = threading.Lock()  # the supervisor and the events both start processes

@@ -1,11 +1,14 @@
-"""`make run`: start the stack if needed, the five stages and a demo feeder, and
-show a live one-screen summary until Ctrl-C (or DEMO_SECONDS), then shut down
-cleanly and run the audit.
+"""`make run`: start the stack if needed, the six stages, the read model, the API,
+the demo's payment system and a demo feeder, and show a live one-screen summary
+until Ctrl-C (or DEMO_SECONDS), then shut down cleanly and run the audit.
 
     DEMO_RATE=100       commands per second from the feeder
     DEMO_SECONDS=0      stop by itself after this many seconds (0: until Ctrl-C)
-    DEMO_METRICS_BASE_PORT=9101   /metrics of the five stages on 9101..9105, the
-                                  read model on 9106, the audit on 9107
+    DEMO_METRICS_BASE_PORT=9101   /metrics of the five money stages on 9101..9105, the
+                                  read model on 9106, the audit on 9107, captures 9108
+    DEMO_API_PORT=8080            the web pages and the JSON API (its /metrics on the
+    DEMO_API_OPS_PORT=9109        ops port, not the public one)
+    DEMO_PAYSIM_PORT=8090         the simulated payment system: checkout pages
     DEMO_PROMETHEUS_PORT=9090     a Prometheus server scraping all of them (and the
                                   API) every 5 s with deploy/prometheus/alerts.yml
 
@@ -63,10 +66,13 @@ SERVICES = ("captures", "circulation", "allocation", "withdrawal", "cashout", "n
 # the audit, then the captures stage (the payment system's way in)
 PORT_ORDER = ("circulation", "allocation", "withdrawal", "cashout", "netting", "readmodel",
               "audit", "captures")
-# the platform side: the read model (faust) and the read API over it
-PLATFORM = ("readmodel", "api")
+# the platform side: the read model (faust), the API over it, and the demo's payment
+# system (its checkout pages; it holds the payment system's private key, the API not)
+PLATFORM = ("readmodel", "api", "paysim")
 METRICS_BASE_PORT = int(os.environ.get("DEMO_METRICS_BASE_PORT", "9101"))
 API_PORT = int(os.environ.get("DEMO_API_PORT", "8080"))
+API_OPS_PORT = int(os.environ.get("DEMO_API_OPS_PORT", "9109"))
+PAYSIM_PORT = int(os.environ.get("DEMO_PAYSIM_PORT", "8090"))
 AUDIT_PORT = METRICS_BASE_PORT + PORT_ORDER.index("audit")
 
 
@@ -93,7 +99,9 @@ class Services:
             os.kill(old, signal.SIGTERM)  # ours, from an earlier run that did not stop
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.settings.bootstrap,
                "REDIS_URL": self.redis_url, "API_PORT": str(API_PORT),
-               "METRICS_PORT": str(self.port(name)) if name != "api" else "0"}
+               "API_OPS_PORT": str(API_OPS_PORT), "PAYSIM_PORT": str(PAYSIM_PORT),
+               "PAYMENT_SYSTEM_URL": f"http://127.0.0.1:{PAYSIM_PORT}",
+               "METRICS_PORT": str(self.port(name)) if name in PORT_ORDER else "0"}
         with open(self.folder / f"{name}.log", "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env,
                                     cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -295,7 +303,7 @@ def main() -> int:
     try:
         prometheus.start({"commission": {**{name: services.port(name)
                                              for name in (*SERVICES, "readmodel")},
-                                          "api": API_PORT},
+                                          "api": API_OPS_PORT},
                           "commission-audit": {"audit": AUDIT_PORT}})
         print(f"prometheus {prometheus.url} (alerts {prometheus.url}/alerts)", flush=True)
     except RuntimeError as err:  # e.g. the port is taken: the demo runs on without it

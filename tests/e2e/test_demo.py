@@ -51,7 +51,8 @@ def test_make_run_shows_the_system_working_and_stops_cleanly(tmp_path):
     env = {**os.environ, "DEMO_SECONDS": "30", "DEMO_RATE": "120",
            "COMMISSION_RUN_DIR": str(run_dir), "KAFKA_PORT": str(free_port()),
            "KAFKA_CONTROLLER_PORT": str(free_port()), "REDIS_PORT": str(free_port()),
-           "DEMO_METRICS_BASE_PORT": str(free_ports_from(7)), "DEMO_API_PORT": str(free_port()),
+           "DEMO_METRICS_BASE_PORT": str(free_ports_from(8)), "DEMO_API_PORT": str(free_port()),
+           "DEMO_API_OPS_PORT": str(free_port()), "DEMO_PAYSIM_PORT": str(free_port()),
            "DEMO_PROMETHEUS_PORT": str(free_port())}
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "COMMISSION_TOPIC_PREFIX"):
         env.pop(name, None)
@@ -68,19 +69,24 @@ def test_make_run_shows_the_system_working_and_stops_cleanly(tmp_path):
         except OSError:
             pass
         time.sleep(1)
-    # the demo's Prometheus scrapes every process of it: five stages, the read model,
+    # the demo's Prometheus scrapes every process of it: six stages, the read model,
     # the API and the audit
     up: dict[str, float] = {}
-    while demo.poll() is None and time.monotonic() < deadline + 20 and len(up) < 8:
+    while demo.poll() is None and time.monotonic() < deadline + 20 and len(up) < 9:
         with contextlib.suppress(OSError):
             up = {k: v for k, v in prometheus_up(env["DEMO_PROMETHEUS_PORT"]).items() if v == 1}
         time.sleep(1)
+    # the demo's payment system serves the checkout pages the web Buy leads to
+    with urllib.request.urlopen(f"http://127.0.0.1:{env['DEMO_PAYSIM_PORT']}/healthz",
+                                timeout=5) as r:
+        paysim_status = r.status
     stdout, stderr = demo.communicate(timeout=240)
     out = subprocess.CompletedProcess(demo.args, demo.returncode, stdout, stderr)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert catalogue, "the read API served no catalogue while the demo ran"
-    assert sorted(up) == ["allocation", "api", "audit", "cashout", "circulation", "netting",
-                          "readmodel", "withdrawal"], up
+    assert paysim_status == 200
+    assert sorted(up) == ["allocation", "api", "audit", "captures", "cashout", "circulation",
+                          "netting", "readmodel", "withdrawal"], up
     assert f"prometheus http://127.0.0.1:{env['DEMO_PROMETHEUS_PORT']}" in out.stdout
     assert re.search(r"\| prometheus http://\S+ · 9 of 9 targets up", out.stdout), out.stdout[-2000:]
     settled = [int(n) for n in re.findall(r"settlements\s+(\d+)", out.stdout)]
