@@ -91,8 +91,13 @@ def _errors(*codes: int) -> dict:
     return {str(c): {"description": texts[c], **_json(ERROR)} for c in codes}
 
 
+ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 64,
+             "pattern": "^[A-Za-z0-9][A-Za-z0-9._:@~-]*$",
+             "description": "an id: 1-64 characters of [A-Za-z0-9._:@~-] (else 400 invalid_id)"}
+
+
 def _path_id() -> list[dict]:
-    return [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return [{"name": "id", "in": "path", "required": True, "schema": ID_SCHEMA}]
 
 
 def _write(summary: str, body: type | None, *, path_id: bool = True) -> dict:
@@ -178,10 +183,10 @@ def _document() -> dict:
                                                  **_errors(400)}}},
             "/certificates/{id}": {"get": {"summary": "A certificate", "parameters": _path_id(),
                                            "responses": {"200": {**read, **_json(SUMMARY)},
-                                                         **_errors(404)}}},
+                                                         **_errors(400, 404)}}},
             "/c/{id}": {"get": {"summary": "Resolve a share link",
                                 "parameters": [*_path_id(), {"name": "via", "in": "query",
-                                                             "schema": {"type": "string"}}],
+                                                             "schema": ID_SCHEMA}],
                                 "responses": {"200": {**read, **_json({
                                     "type": "object",
                                     "required": ["certificate", "via_valid", "circulate"],
@@ -189,7 +194,7 @@ def _document() -> dict:
                                                    "via": {"type": ["string", "null"]},
                                                    "via_valid": {"type": "boolean"},
                                                    "circulate": {"type": "object"}}})},
-                                              **_errors(404)}}},
+                                              **_errors(400, 404)}}},
             "/accounts/{id}/feed": {"get": {"summary": "Certificates an account holds (the "
                                                        "logged-in account's own)",
                                             "parameters": _path_id(),
