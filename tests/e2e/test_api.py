@@ -15,10 +15,10 @@ A, B = cert_id("api-a"), cert_id("api-b")
 
 
 def test_catalogue_certificate_share_link_feed_and_earnings(pipeline):
-    port = free_port()
+    port, ops_port = free_port(), free_port()
     pipeline.start_all()
     pipeline.start("readmodel")
-    pipeline.start("api", API_PORT=str(port))
+    pipeline.start("api", API_PORT=str(port), API_OPS_PORT=str(ops_port))
     t = int(time.time() * 1000)
     pipeline.send(
         *setup(A), *setup(B, thresholds=c.Thresholds(max_circulations=3), hold_s=0),
@@ -44,9 +44,10 @@ def test_catalogue_certificate_share_link_feed_and_earnings(pipeline):
     _, forged = get(port, f"/c/{A}?via=mallory")
     assert not forged["via_valid"] and forged["circulate"]["via"] is None
 
-    feed = wait_for(port, "/accounts/alice/feed", lambda b: len(b["items"]) == 1)
-    assert [i["id"] for i in feed["items"]] == [B]  # A moved on to bob
     alice = login(port, "alice")
+    # a feed is its account's own (tests/e2e/test_api_trust.py: no one else's)
+    feed = wait_for(port, "/accounts/alice/feed", lambda b: len(b["items"]) == 1, token=alice)
+    assert [i["id"] for i in feed["items"]] == [B]  # A moved on to bob
     # B's payout is published (no hold) but no payment system reported it: being paid
     earnings = wait_for(port, "/accounts/alice/earnings",
                         lambda b: b["earnings"].get("USD", {}).get("payable_minor"), token=alice)
@@ -67,8 +68,10 @@ def test_catalogue_certificate_share_link_feed_and_earnings(pipeline):
     status, body = get(port, "/catalogue?sort=price")
     assert status == 400 and body["error"] == "invalid_parameter"
 
-    # what an SRE dashboard scrapes: answers by route template and status, no raw paths
-    samples = scrape(port)
+    # what an SRE dashboard scrapes (on the ops port, not the public one): answers by
+    # route template and status, no raw paths
+    assert get(ops_port, "/readyz") == (200, {"ok": True, "redis": True})
+    samples = scrape(ops_port)
     requests = [x for x in samples if x.name == "commission_api_requests_total"]
 
     def answered(route: str, status: str, method: str = "GET") -> float:
