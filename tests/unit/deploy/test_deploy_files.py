@@ -56,7 +56,8 @@ def test_compose_file_is_valid_and_wires_every_part():
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     targets = {t for job in scrape["scrape_configs"] for sc in job["static_configs"]
                for t in sc["targets"]}
-    assert targets == {f"{s}:9100" for s in (*SERVICES, "audit", "readmodel")} | {"api:8080"}
+    assert targets == {f"{s}:9100" for s in (*SERVICES, "audit", "readmodel", "api")}
+    assert services["api"]["environment"]["API_OPS_PORT"] == "9100"  # /metrics is not public
 
 
 def test_alert_rules_pass_promtool_check_and_unit_tests():

@@ -129,6 +129,8 @@ def test_network_policies_admit_only_what_each_part_needs():
         outbound = admitted(app, "egress")
         assert outbound.get("kafka") == {9092}, app
         assert ("redis" in outbound) == (app in ("api", "readmodel")), app
+        # out of the cluster: only the API, only HTTPS (the payment system's checkout)
+        assert outbound.get("*", set()) == ({443} if app == "api" else set()), (app, outbound)
     assert set(admitted("redis", "ingress")) == {"api", "readmodel"}
     assert set(admitted("kafka", "ingress")) == {*apps, "kafka"}
 
