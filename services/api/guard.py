@@ -35,7 +35,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from urllib.parse import urlsplit
 
@@ -57,7 +57,6 @@ class Trust:
     allowed_origins: frozenset[str] = frozenset()
     # where the browser is sent for a checkout (the forms may be redirected there)
     payment_origin: str = ""
-    extra_form_targets: tuple[str, ...] = field(default=())
 
     @classmethod
     def from_env(cls, payment_public_url: str = "") -> Trust:
@@ -122,7 +121,7 @@ class Trust:
         response.headers.add("Set-Cookie", self.cookie(request, name, value, max_age))
 
     def csp(self) -> str:
-        forms = " ".join(("'self'", self.payment_origin, *self.extra_form_targets)).strip()
+        forms = f"'self' {self.payment_origin}".strip()
         return ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
                 f"connect-src 'self'; form-action {forms}; frame-ancestors 'none'; "
                 "base-uri 'none'")
@@ -225,7 +224,7 @@ def on_prepare(trust: Trust):
         if trust.is_tls(request):
             h.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
         if "Authorization" in request.headers or "session" in request.cookies:
-            h["Cache-Control"] = "no-store"
+            h.setdefault("Cache-Control", "no-store")  # not in a shared cache
         for name, value, max_age in request.get("set_cookies", ()):
             trust.set_cookie(request, response, name, value, max_age)
         if request.get("session_token"):
