@@ -14,9 +14,11 @@ Choices (issue 22, point 5):
   ``Origin`` that is not this site's own (or ``API_ALLOWED_ORIGINS``) gets 403
   ``cross_origin``: the JSON API too. Browsers send Origin on every cross-site POST;
   non-browser clients usually send none, and are then judged by their bearer token
-  alone. Form posts of the web pages (``/page/...``) must in addition carry the
-  session's CSRF token (services/api/pages.py); a form post without Origin is judged
-  by its Referer the same way. The JSON API authenticates with a bearer token that
+  alone. This site's own origin is ``API_PUBLIC_URL`` when set (production should
+  set it), else the request's scheme and Host. Form posts of the web pages
+  (``/page/...``) must in addition carry the session's CSRF token
+  (services/api/pages.py); a form post without Origin is judged by its Referer the
+  same way. The JSON API authenticates with a bearer token that
   a browser never attaches by itself, so it needs no CSRF token.
 - **Bodies.** At most ``MAX_BODY_BYTES`` (413 ``body_too_large``, before reading when
   Content-Length says so; aiohttp stops a chunked body at the same size) and at most
@@ -57,6 +59,10 @@ class Trust:
     allowed_origins: frozenset[str] = frozenset()
     # where the browser is sent for a checkout (the forms may be redirected there)
     payment_origin: str = ""
+    # API_PUBLIC_URL: the site's own address as browsers see it; when set, the Origin
+    # check, share links and checkout return addresses use it instead of trusting
+    # the request's Host header
+    public_origin: str = ""
 
     @classmethod
     def from_env(cls, payment_public_url: str = "") -> Trust:
@@ -67,7 +73,8 @@ class Trust:
                    trusted_proxies=frozenset(str(ipaddress.ip_address(x))
                                              for x in words("API_TRUSTED_PROXIES")),
                    allowed_origins=words("API_ALLOWED_ORIGINS"),
-                   payment_origin=origin_of(payment_public_url) or "")
+                   payment_origin=origin_of(payment_public_url) or "",
+                   public_origin=origin_of(os.environ.get("API_PUBLIC_URL", "")) or "")
 
     # --- who is asking, and how -----------------------------------------------------
 
@@ -92,6 +99,8 @@ class Trust:
         return request.remote or "unknown"
 
     def own_origin(self, request: web.Request) -> str:
+        if self.public_origin:
+            return self.public_origin
         host = request.host
         if self._from_proxy(request) and request.headers.get("X-Forwarded-Host"):
             host = request.headers["X-Forwarded-Host"].split(",")[0].strip()

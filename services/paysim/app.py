@@ -180,7 +180,8 @@ class Simulator:
             return self._page("Paid", body, checkout)
         body = (f"<h1>Pay {_esc(amount)}</h1><div class='card'>"
                 f"<p id='what'>For <b>{_esc(what)}</b> (certificate "
-                f"{_esc(order.certificate_id)}), to seller {_esc(order.seller_id)}.</p>"
+                f"{_esc(order.certificate_id)}), to seller {_esc(order.seller_id)}, bought "
+                f"by account <b id='buyer'>{_esc(order.buyer_id)}</b>.</p>"
                 f"<p id='amount'>Amount: <b>{_esc(amount)}</b></p>"
                 f"<form method='post' action='/checkouts/{_esc(checkout.checkout_id)}/pay'>"
                 f"<p><label>Card number <input name='card' id='card' value='{TEST_CARD}' "

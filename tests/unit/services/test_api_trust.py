@@ -106,6 +106,22 @@ def test_a_path_on_the_site_is_kept():
     assert safe_next("/") == "/"
 
 
+def test_the_sites_own_origin_is_its_configured_address_not_the_host_header():
+    from aiohttp.test_utils import make_mocked_request
+
+    from services.api.guard import Trust
+
+    request = make_mocked_request("POST", "/page/login", headers={"Host": "evil.example"})
+    assert Trust().own_origin(request) == "http://evil.example"  # nothing configured
+    pinned = Trust(public_origin="https://shop.example")
+    assert pinned.own_origin(request) == "https://shop.example"
+    assert pinned.same_site(request, "https://shop.example")
+    assert not pinned.same_site(request, "http://evil.example")
+    proxied = make_mocked_request("GET", "/", headers={"X-Forwarded-Proto": "https"})
+    assert not Trust().is_tls(proxied)  # no trusted proxy: the header is ignored
+    assert Trust(tls=True).is_tls(proxied)
+
+
 def test_json_nesting_is_measured_on_the_bytes():
     assert json_depth_ok(b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH)
     assert not json_depth_ok(b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1))
