@@ -245,8 +245,8 @@ class Pages:
                          "of your own.</p>")
         if me:
             actions = [("circulate", "circulate", "Circulate to my feed")]
-            if s["status"] == "posted":
-                actions.append(("checkout", "buy", "Buy"))
+            if s["status"] == "posted" and (state is None or state.seller_id != me):
+                actions.append(("checkout", "buy", "Buy"))  # not to its own seller
             for action, button, label in actions:
                 parts.append(
                     f"<form class='inline' method='post' action='/page/certificates/{esc(cid)}/"
