@@ -8,17 +8,24 @@ not payable. The withdrawal service's timer then sends ``release_hold`` and the
 held amounts are published as payable settlements. ``hold_s = 0`` pays at once.
 
 Refunds. ``refunded`` only grows, up to the price. Every account's entitlement is
-its original acquisition scaled by what is left of the price, rounded down:
-``acquired * (price - refunded) // price``; what rounding leaves goes to the funder
-(never to an account, never lost). Within the hold the held payouts shrink to their
-entitlement and the difference goes back to the funder (voided). After the hold
-the difference between what an account was paid (net of earlier clawbacks) and its
-entitlement is *clawed back*: a debit settlement for the payment system to offset
-against the account's future payouts, and the same amount released to the funder
-(the platform carries the receivable, the funder is made whole at once). The
-seller's side is the refund itself: out of the held price within the hold, clawed
-back from the seller after it. The hold ends when ``release_hold`` is applied (at
-``held_until_ms`` or a moment after, as the timer runs): until then a refund voids.
+its original acquisition scaled by what is left of the price once the refunds that
+count against commission are taken off, rounded down:
+``acquired * (price - commission_refunded) // price``; what rounding leaves goes to
+the funder (never to an account, never lost). Within the hold every refund counts:
+the held payouts shrink to their entitlement and the difference goes back to the
+funder (voided). After the hold the commission is *locked* (SPEC 9): a refund the
+seller decides is the seller's cost alone (no sharer gives anything back, nothing
+returns to the funder), and so is a chargeback after the pool's
+``chargeback_window_s`` (from the purchase). Only a chargeback the payment system
+reports within that window counts: the difference between what an account was paid
+(net of earlier clawbacks) and its entitlement is *clawed back*, a debit settlement
+for the payment system to offset against the account's future payouts, and the
+same amount released to the funder (the platform carries the receivable, the funder
+is made whole at once). So a seller who funds its own pool cannot promote for free
+by refunding a friend's purchase after the hold. The seller's side is the refund
+itself: out of the held price within the hold, clawed back from the seller after
+it. The hold ends when ``release_hold`` is applied (at ``held_until_ms`` or a moment
+after, as the timer runs): until then a refund voids.
 
 Per certificate, after every command:
   budget: attached + reserve + pending + held + paid + released - clawed_back == budget
@@ -114,18 +121,30 @@ def release(state: CertificateState, pool: Pool, rec: Recorder) -> None:
               seller_paid_minor=seller)
 
 
-def refund(state: CertificateState, pool: Pool | None, amount: int, by: Literal["seller", "payment_system"],
-           refund_ref: str, rec: Recorder) -> None:
+def within_chargeback_window(state: CertificateState, pool: Pool | None, now_ms: int) -> bool:
+    if pool is None or pool.chargeback_window_s is None or state.purchased_at_ms is None:
+        return True  # rows from before the window: every chargeback claws back
+    return now_ms <= state.purchased_at_ms + pool.chargeback_window_s * 1000
+
+
+def refund(state: CertificateState, pool: Pool | None, amount: int,
+           by: Literal["seller", "payment_system"], refund_ref: str, rec: Recorder, *,
+           chargeback: bool = False, now_ms: int = 0) -> None:
     """Give ``amount`` of the price back to the buyer (the caller checked it fits)."""
     price = state.price_minor
-    state.refunded_minor += amount
-    left = price - state.refunded_minor
     within = state.held_until_ms is not None
+    # what scales commission down: any refund within the hold, after it only a
+    # chargeback within the window (else the commission is locked)
+    counts = within or (chargeback and within_chargeback_window(state, pool, now_ms))
+    state.refunded_minor += amount
+    if counts:
+        state.commission_refunded_minor += amount
+    left = price - state.commission_refunded_minor
     voided: list[AccountAmount] = []
     clawed: list[AccountAmount] = []
     released = 0
     assert state.buyer_id is not None and state.payment_ref is not None
-    if pool is not None:
+    if pool is not None and counts:
         for account_id, amount_was in pool.payouts.items():
             entitled = pool.acquired[account_id] * left // price
             if within:
@@ -162,14 +181,15 @@ def refund(state: CertificateState, pool: Pool | None, amount: int, by: Literal[
     rec.settle(BuyerRefund, payee_id=state.buyer_id, amount_minor=amount,
                funding_ref=state.payment_ref, currency=state.currency,
                payment_ref=state.payment_ref, refund_ref=refund_ref)
-    fully = left == 0
+    fully = state.refunded_minor == price
     if fully:
         state.status = "refunded"
         state.held_until_ms = None  # nothing is left to release
     rec.event(PurchaseRefunded, by=by, refund_ref=refund_ref, currency=state.currency,
               amount_minor=amount, refunded_total_minor=state.refunded_minor,
               within_hold=within, fully=fully, voided=voided, clawed_back=clawed,
-              released_minor=released)
+              released_minor=released, chargeback=chargeback,
+              commission_locked=not counts)
 
 
 def end(state: CertificateState, reason: Literal["cancelled", "closed"], rec: Recorder) -> None:

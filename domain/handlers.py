@@ -204,12 +204,14 @@ def _attach(state: CertificateState, c: AttachPool, ctx: _Context) -> Recorder:
         display_limit_ms=display_limit_ms(state, c.thresholds),
         cumulative_limit_minor=cumulative_limit_minor(state, c.thresholds),
         hold_s=c.hold_s, close_after_s=c.close_after_s,
+        chargeback_window_s=c.chargeback_window_s,
     )
     rec.event(PoolAttached, funder_id=c.account_id, funding_ref=c.funding_ref,
               currency=c.currency, budget_minor=c.budget_minor,
               attached_minor=c.attached_minor, reserve_minor=c.budget_minor - c.attached_minor,
               acquisition=c.acquisition, replenish=c.replenish, thresholds=c.thresholds,
-              hold_s=c.hold_s, close_after_s=c.close_after_s)
+              hold_s=c.hold_s, close_after_s=c.close_after_s,
+              chargeback_window_s=c.chargeback_window_s)
     return rec
 
 
@@ -361,6 +363,7 @@ def _purchase(state: CertificateState, c: Purchase, ctx: _Context) -> Recorder:
     # Seed example 3 (S37): the thresholds are checked when the certificate is bought.
     pools.check_withdrawal(state, pool, ctx.now, rec)
     state.status = "purchased"
+    state.purchased_at_ms = ctx.now
     state.buyer_id = c.account_id
     state.payment_ref = c.payment_ref
     paid, held, released = aftersale.cash_out(state, pool, ctx.now, rec)
@@ -388,6 +391,8 @@ def _refund(state: CertificateState, c: Refund, ctx: _Context) -> Recorder:
     _not_ended(state)
     if state.status != "purchased":
         raise Refusal(Reason.NOT_PURCHASED, "the certificate was not purchased")
+    if c.chargeback_reason is not None and c.by != "payment_system":
+        raise Refusal(Reason.INVALID_FIELD, "only the payment system reports a chargeback")
     if c.refund_ref in state.refund_refs:
         raise Refusal(Reason.REFUND_REF_USED,
                       f"refund {c.refund_ref} was applied already (under another command id)")
@@ -397,7 +402,8 @@ def _refund(state: CertificateState, c: Refund, ctx: _Context) -> Recorder:
                       f"at most {left} of the price is left to refund")
     rec = Recorder(state, c.command_id, ctx.now)
     state.refund_refs.append(c.refund_ref)
-    aftersale.refund(state, state.pool, c.amount_minor, c.by, c.refund_ref, rec)
+    aftersale.refund(state, state.pool, c.amount_minor, c.by, c.refund_ref, rec,
+                     chargeback=c.chargeback_reason is not None, now_ms=ctx.now)
     return rec
 
 

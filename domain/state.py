@@ -81,6 +81,9 @@ class Pool(msgspec.Struct, kw_only=True, array_like=True):
     # refunds within the hold; clawbacks are in ``clawed``
     payouts: dict[str, int] = msgspec.field(default_factory=dict)
     clawed: dict[str, int] = msgspec.field(default_factory=dict)
+    # after the hold only a chargeback within this long of the purchase claws back
+    # commission (None in rows from before: no window, every chargeback claws back)
+    chargeback_window_s: int | None = None
 
 
 class PaymentTrack(msgspec.Struct, array_like=True):
@@ -135,3 +138,7 @@ class CertificateState(msgspec.Struct, kw_only=True, array_like=True):
     # every refund reference applied: a reference refunds once, whatever command id
     # carries it again
     refund_refs: list[str] = msgspec.field(default_factory=list)
+    purchased_at_ms: int | None = None
+    # the part of refunded_minor that scaled commission down: refunds within the hold
+    # and chargebacks within the window (a locked refund is the seller's alone)
+    commission_refunded_minor: int = 0

@@ -151,6 +151,7 @@ class IssueCertificate(_Command, tag="issue_certificate", kw_only=True):
 
 DEFAULT_HOLD_S = 14 * 24 * 3600
 DEFAULT_CLOSE_AFTER_S = 90 * 24 * 3600
+DEFAULT_CHARGEBACK_WINDOW_S = 120 * 24 * 3600
 
 
 class AttachPool(_Command, tag="attach_pool", kw_only=True):
@@ -167,6 +168,9 @@ class AttachPool(_Command, tag="attach_pool", kw_only=True):
     hold_s: HoldS = DEFAULT_HOLD_S
     # an unsold certificate closes this long after posting and its budget goes back
     close_after_s: DurationS = DEFAULT_CLOSE_AFTER_S
+    # after the hold, commission is locked: only a chargeback the payment system
+    # reports within this long after the purchase claws it back (SPEC 9)
+    chargeback_window_s: DurationS = DEFAULT_CHARGEBACK_WINDOW_S
 
 
 class PostCertificate(_Command, tag="post_certificate", kw_only=True):
@@ -226,13 +230,17 @@ class ReleaseHold(_Command, tag="release_hold", kw_only=True):
 class Refund(_Command, tag="refund", kw_only=True):
     """Give the buyer ``amount_minor`` of the price back. Sent by the seller (through
     the gateway, ``by="seller"``, ``account_id`` the seller) or by the payment system
-    (a ``payments`` key, ``by="payment_system"``). Within the hold it reduces the held
-    payouts; after it, what was paid is clawed back (see domain.refund)."""
+    (a ``payments`` key, ``by="payment_system"``; a *chargeback* when it carries the
+    card network's ``chargeback_reason``). Within the hold it reduces the held payouts
+    in proportion. After the hold the commission is locked: the refund is the
+    seller's cost, and only a chargeback within the pool's ``chargeback_window_s``
+    claws commission back (domain.aftersale)."""
 
     by: Literal["seller", "payment_system"]
     account_id: Id | None = None
     amount_minor: PositiveAmountMinor
     refund_ref: Id
+    chargeback_reason: ShortText | None = None
 
 
 class CancelCertificate(_Command, tag="cancel_certificate", kw_only=True):

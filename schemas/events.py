@@ -72,6 +72,7 @@ class PoolAttached(_Event, tag="pool_attached", kw_only=True):
     thresholds: Thresholds
     hold_s: HoldS = 0
     close_after_s: DurationS | None = None
+    chargeback_window_s: DurationS | None = None
 
 
 class FundingConfirmed(_Event, tag="funding_confirmed", kw_only=True):
@@ -166,9 +167,10 @@ class HoldReleased(_Event, tag="hold_released", kw_only=True):
 
 class PurchaseRefunded(_Event, tag="purchase_refunded", kw_only=True):
     """Part or all of the price went back to the buyer. Within the hold the held
-    payouts shrink (``voided``, back to the funder); after it, paid money is clawed
-    back (``clawed_back``, the seller's share included, the commission's back to the
-    funder)."""
+    payouts shrink (``voided``, back to the funder). After it the commission is
+    ``locked``: the seller pays the refund (``clawed_back`` holds the seller's share
+    only), unless it is a ``chargeback`` within the pool's window, which claws paid
+    commission back too (``clawed_back``, the commission's back to the funder)."""
 
     by: Literal["seller", "payment_system"]
     refund_ref: Id
@@ -180,6 +182,9 @@ class PurchaseRefunded(_Event, tag="purchase_refunded", kw_only=True):
     voided: list[AccountAmount] = []
     clawed_back: list[AccountAmount] = []
     released_minor: AmountMinor = 0
+    chargeback: bool = False
+    # after the hold, not a chargeback within the window: no sharer gave anything back
+    commission_locked: bool = False
 
 
 class CertificateEnded(_Event, tag="certificate_ended", kw_only=True):

@@ -42,10 +42,11 @@ def buy(cid: str, t: int) -> c.Purchase:
                       **paid(cid, 10_000))
 
 
-def refund(cid: str, t: int, n: int, amount: int, by: str) -> c.Refund:
+def refund(cid: str, t: int, n: int, amount: int, by: str,
+           chargeback: str | None = None) -> c.Refund:
     return c.Refund(command_id=f"{cid}-rf{n}", certificate_id=cid, at_ms=t, by=by,
                     account_id="seller" if by == "seller" else None, amount_minor=amount,
-                    refund_ref=f"rf-{cid}-{n}")
+                    refund_ref=f"rf-{cid}-{n}", chargeback_reason=chargeback)
 
 
 def report(pipeline, s: Settlement, attempt: int, result: str) -> None:
@@ -80,21 +81,32 @@ def test_holds_refunds_ends_and_payment_results_on_the_pipeline(pipeline):
     held, held_cmds = certificate("held", t, hold_s=2)
     refunded, refunded_cmds = certificate("refunded", t)  # the default 14-day hold
     clawed, clawed_cmds = certificate("clawed", t, hold_s=0)
+    # another seller and sharer: their debts and payouts stay apart from the others'
+    locked = cert_id("locked", seller="sam")
+    locked_cmds = [*setup(locked, t, price_minor=10_000, budget_minor=1_000, attached_minor=300,
+                          hold_s=0, acquisition=c.AcquisitionPolicy(
+                              amount=c.FixedAmount(amount_minor=100))),
+                   c.Circulate(command_id=f"{locked}-s1", certificate_id=locked, at_ms=t,
+                               account_id="lia")]
     cancelled, cancelled_cmds = certificate("cancelled", t)
     closing, closing_cmds = certificate("closing", t, close_after_s=2)
     pipeline.send(
         *held_cmds,
         *refunded_cmds, buy(refunded, t), refund(refunded, t, 1, 4_000, "payment_system"),
         refund(refunded, t, 2, 6_000, "seller"),
-        *clawed_cmds, buy(clawed, t), refund(clawed, t, 1, 5_000, "seller"),
+        *clawed_cmds, buy(clawed, t), refund(clawed, t, 1, 5_000, "payment_system", "4837"),
+        # a seller's refund after the hold: the commission is locked (issue #24)
+        *locked_cmds, buy(locked, t),
+        c.Refund(command_id=f"{locked}-rf1", certificate_id=locked, at_ms=t, by="seller",
+                 account_id="sam", amount_minor=10_000, refund_ref=f"rf-{locked}"),
         *cancelled_cmds, c.CancelCertificate(command_id=f"{cancelled}-cancel",
                                              certificate_id=cancelled, at_ms=t,
                                              account_id="seller"),
         *closing_cmds)
 
-    # `clawed` is refunded after its hold (none): ann and the seller owe what they were
-    # paid of it; then `held` is bought, and its payouts recover those debts first
-    settlements_until(pipeline, lambda got: sum(isinstance(s, Clawback) for s in got) == 2)
+    # `clawed` is charged back after its hold (none): ann and the seller owe what they
+    # were paid of it; then `held` is bought, and its payouts recover those debts first
+    settlements_until(pipeline, lambda got: sum(isinstance(s, Clawback) for s in got) == 3)
     pipeline.send(buy(held, t))
     # the hold: nothing payable at the purchase, then the timer's release pays
     got = settlements_until(pipeline, lambda got: any(
@@ -118,7 +130,8 @@ def test_holds_refunds_ends_and_payment_results_on_the_pipeline(pipeline):
                                          ("BudgetRelease", "funder", 60, 1): 1,
                                          ("BuyerRefund", "bea", 4_000, 1): 1,
                                          ("BuyerRefund", "bea", 6_000, 1): 1})
-    # after the hold (none here): paid, then half clawed back from ann and the seller
+    # after the hold (none here): paid, then half charged back: clawed back from ann
+    # and the seller
     assert of(got, clawed) == Counter({("CommissionPayout", "ann", 100, 1): 1,
                                        ("BudgetRelease", "funder", 900, 1): 1,
                                        ("SellerPayment", "seller", 10_000, 1): 1,
@@ -126,8 +139,15 @@ def test_holds_refunds_ends_and_payment_results_on_the_pipeline(pipeline):
                                        ("Clawback", "seller", 5_000, 1): 1,
                                        ("BudgetRelease", "funder", 50, 1): 1,
                                        ("BuyerRefund", "bea", 5_000, 1): 1})
-    assert sorted(s.of_kind for s in got if isinstance(s, Clawback)) == ["commission_payout",
-                                                                         "seller_payment"]
+    assert sorted(s.of_kind for s in got if isinstance(s, Clawback)
+                  and s.certificate_id == clawed) == ["commission_payout", "seller_payment"]
+    # the seller refunded `locked` in full after its hold: lia keeps her 100, the
+    # funder gets nothing more back, the seller pays the buyer's refund
+    assert of(got, locked) == Counter({("CommissionPayout", "lia", 100, 1): 1,
+                                       ("BudgetRelease", "funder", 900, 1): 1,
+                                       ("SellerPayment", "sam", 10_000, 1): 1,
+                                       ("Clawback", "sam", 10_000, 1): 1,
+                                       ("BuyerRefund", "bea", 10_000, 1): 1})
     assert of(got, cancelled) == Counter({("BudgetRelease", "funder", 1_000, 1): 1})
     got = settlements_until(pipeline, lambda got: any(
         isinstance(s, BudgetRelease) and s.certificate_id == closing for s in got))

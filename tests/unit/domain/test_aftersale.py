@@ -36,8 +36,14 @@ def sold(*, hold_s: int = 3_600, price: int = 10_000, amounts=(100, 100), **pool
 
 
 def refund(s: Scenario, amount: int, *, by: str = "seller", account: str | None = "seller",
-           ref: str = "rf-1"):
-    return s.must(c.Refund, by=by, account_id=account, amount_minor=amount, refund_ref=ref)
+           ref: str = "rf-1", chargeback: str | None = None):
+    return s.must(c.Refund, by=by, account_id=account, amount_minor=amount, refund_ref=ref,
+                  chargeback_reason=chargeback)
+
+
+def chargeback(s: Scenario, amount: int, ref: str = "cb-1"):
+    """The payment system reports a chargeback (the card network's reason code)."""
+    return refund(s, amount, by="payment_system", account=None, ref=ref, chargeback="4837")
 
 
 def of_kind(s: Scenario, kind: type) -> list[tuple[str, int]]:
@@ -120,28 +126,75 @@ def test_two_partial_refunds_compose_exactly():
     assert s.seller_payments() == [("seller", 5_000)]
 
 
-# --- refunds after the hold: clawbacks --------------------------------------------------
+# --- after the hold: locked commission, chargebacks within the window -----------------
 
 
-def test_a_refund_after_the_hold_claws_back_what_was_paid():
+def test_a_sellers_refund_after_the_hold_is_the_sellers_cost_alone():
+    # the attack (issue #24): the seller funds its own pool, a friend buys, the seller
+    # refunds in full after the hold: the sharers keep what they earned, the funder
+    # gets nothing back, only the seller's payment is clawed back
     s = sold(hold_s=0)
-    refund(s, 5_000)  # half the price: each account keeps 50 of its 100
+    released_before = s.releases()
+    event = refund(s, 10_000).events[0]
+    assert event.commission_locked and not event.chargeback and event.fully
+    assert of_kind(s, Clawback) == [("seller", 10_000)]
+    assert of_kind(s, BuyerRefund) == [("buyer", 10_000)]
+    assert s.releases() == released_before
+    assert s.state.pool.payouts == {"a": 100, "b": 100} and s.state.pool.clawed == {}
+    assert s.state.status == "refunded"
+
+
+def test_a_chargeback_after_the_hold_claws_back_what_was_paid():
+    s = sold(hold_s=0)
+    event = chargeback(s, 5_000).events[0]  # half the price: each keeps 50 of its 100
+    assert event.chargeback and not event.commission_locked
     assert of_kind(s, Clawback) == [("a", 50), ("b", 50), ("seller", 5_000)]
     assert [x.of_kind for x in s.settlements if isinstance(x, Clawback)] == [
         "commission_payout", "commission_payout", "seller_payment"]
     assert s.releases()[-1] == ("funder", 100, "clawback")  # the funder is made whole
     assert of_kind(s, BuyerRefund) == [("buyer", 5_000)]
-    refund(s, 5_000, ref="rf-2")  # the rest
+    chargeback(s, 5_000, ref="cb-2")  # the rest
     assert of_kind(s, Clawback)[3:] == [("a", 50), ("b", 50), ("seller", 5_000)]
     assert s.state.status == "refunded"
     assert s.state.pool.clawed_back_minor == 200
 
 
-def test_a_refund_after_the_hold_ended_by_the_timer_is_a_clawback():
+def test_a_chargeback_after_a_locked_refund_claws_back_only_its_own_share():
+    s = sold(hold_s=0)
+    refund(s, 5_000)  # the seller's half: locked, nothing clawed from a and b
+    chargeback(s, 5_000)  # the other half charged back: a and b give back half
+    assert of_kind(s, Clawback) == [("seller", 5_000), ("a", 50), ("b", 50), ("seller", 5_000)]
+    assert s.state.status == "refunded"
+
+
+def test_a_chargeback_after_the_window_claws_back_no_sharer():
+    s = sold(hold_s=0, chargeback_window_s=3_600)
+    s.advance(HOUR_MS + 1)
+    event = chargeback(s, 10_000).events[0]
+    assert event.chargeback and event.commission_locked
+    assert of_kind(s, Clawback) == [("seller", 10_000)]
+
+
+def test_a_chargeback_on_the_last_moment_of_the_window_still_counts():
+    s = sold(hold_s=0, chargeback_window_s=3_600)
+    s.advance(HOUR_MS)
+    chargeback(s, 10_000)
+    assert of_kind(s, Clawback) == [("a", 100), ("b", 100), ("seller", 10_000)]
+
+
+def test_only_the_payment_system_reports_a_chargeback():
+    s = sold(hold_s=0)
+    refused = s.refused(c.Refund, by="seller", account_id="seller", amount_minor=1_000,
+                        refund_ref="rf-x", chargeback_reason="4837")
+    assert refused.reason is Reason.INVALID_FIELD
+    assert of_kind(s, Clawback) == []
+
+
+def test_a_refund_after_the_hold_ended_by_the_timer_is_locked_a_chargeback_claws_back():
     s = sold()
     s.advance(HOUR_MS)
     s.must(c.ReleaseHold, command_id="release:1")
-    event = refund(s, 10_000).events[0]
+    event = chargeback(s, 10_000).events[0]
     assert not event.within_hold and event.fully
     assert of_kind(s, Clawback) == [("a", 100), ("b", 100), ("seller", 10_000)]
 

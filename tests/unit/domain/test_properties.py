@@ -32,10 +32,12 @@ from domain.draw import entropy_at
 from schemas import commands as c
 from schemas.events import (
     CertificateCirculated,
+    CertificatePurchased,
     CommissionAcquired,
     Event,
     PoolReplenished,
     PoolWithdrawn,
+    PurchaseRefunded,
 )
 from schemas.payments import (
     BudgetRelease,
@@ -95,7 +97,8 @@ def scenarios(draw):
             amount=draw(amounts), max_depth=draw(st.none() | st.integers(1, 4))),
         replenish=draw(replenishes), thresholds=draw(thresholds),
         hold_s=draw(st.sampled_from([0, 1, 30, 120])),
-        close_after_s=draw(st.sampled_from([1, 60, 600, 90 * 86400])))
+        close_after_s=draw(st.sampled_from([1, 60, 600, 90 * 86400])),
+        chargeback_window_s=draw(st.sampled_from([1, 30, 120 * 86400])))
     setup = [
         c.IssueCertificate(command_id="issue", certificate_id=CERT, at_ms=T0,
                            account_id="seller", offer_id="seller~p", serial=1, copies=1,
@@ -130,7 +133,8 @@ def scenarios(draw):
             by = draw(st.sampled_from(["seller", "payment_system"]))
             steps.append(c.Refund(**base, by=by, account_id=who if by == "seller" else None,
                                   amount_minor=draw(st.just(price) | st.integers(1, price)),
-                                  refund_ref=f"r{i}"))
+                                  refund_ref=f"r{i}", chargeback_reason=draw(
+                                      st.none() | st.just("4837")) if by != "seller" else None))
         elif kind == "cancel":
             steps.append(c.CancelCertificate(**base, account_id=who))
         else:
@@ -169,7 +173,7 @@ SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 @SETTINGS
 @given(scenarios())
 def test_money_is_conserved_and_paid_once(commands):
-    state, _, settlements, _ = run(commands)
+    state, _, settlements, outcomes = run(commands)
     pool = state.pool
     payouts = Counter(s.payee_id for s in settlements if isinstance(s, CommissionPayout))
     assert all(n == 1 for n in payouts.values())
@@ -199,11 +203,19 @@ def test_money_is_conserved_and_paid_once(commands):
         assert seller_net + refunded + state.price_held_minor == (
             state.price_minor if state.status in ("purchased", "refunded") else 0)
     if state.status in ("purchased", "refunded") and settled:
+        # what scales the commission down (SPEC 9): a refund within the hold, or a
+        # chargeback within the window after the purchase; any other refund after the
+        # hold is the seller's alone
+        events = [e for o in outcomes if isinstance(o, Accepted) for e in o.events]
+        bought = next(e.at_ms for e in events if isinstance(e, CertificatePurchased))
+        window_ms = pool.chargeback_window_s * 1000
+        counted = sum(e.amount_minor for e in events if isinstance(e, PurchaseRefunded) and (
+            e.within_hold or (e.chargeback and e.at_ms <= bought + window_ms)))
         for account_id in pool.payouts:
             net = (total(CommissionPayout, payee_id=account_id)
                    - total(Clawback, payee_id=account_id))
             assert net == pool.acquired[account_id] * (
-                state.price_minor - state.refunded_minor) // state.price_minor
+                state.price_minor - counted) // state.price_minor
             assert 0 <= net <= pool.acquired[account_id]
     assert len({s.settlement_id for s in settlements}) == len(settlements)
 
