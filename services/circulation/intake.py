@@ -15,7 +15,7 @@ import msgspec
 
 from domain import Accepted, CertificateState, Duplicate, Rejected, handle
 from domain.draw import entropy_at
-from schemas.commands import COMMAND_VERSION, AcceptedCommand, CheckExpiry, Command, ReleaseHold
+from schemas.commands import COMMAND_VERSION, AcceptedCommand, Command
 from schemas.rejections import MAX_ORIGINAL_BYTES, Reason, Rejection
 from services.common.auth import AuthError, Key, Keyring, signer_scope
 from services.common.follower import StepResult
@@ -122,8 +122,8 @@ def sequence(state: CertificateState | None, raw: bytes, source: Source, keyring
     if isinstance(outcome, Rejected):
         return reject(raw, source, outcome.reason, outcome.detail, command)
     if isinstance(outcome, Duplicate):
-        if isinstance(command, (CheckExpiry, ReleaseHold)):
-            return StepResult(duplicate=True)  # timers may fire twice; not an error
+        # every repeat gets its verdict, the timer's too (it may fire twice before its
+        # first command comes back accepted): a duplicate, with the first outcome
         first = "" if outcome.first_seq is None else f" (accepted as seq {outcome.first_seq})"
         result = reject(raw, source, Reason.DUPLICATE,
                         f"this command id was applied already{first}; it has no second effect",

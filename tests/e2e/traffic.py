@@ -15,7 +15,7 @@ import msgspec
 from domain import Accepted, CertificateState, Duplicate, Rejected, handle
 from domain.netting import AccountLedger, replay
 from schemas import commands as c
-from schemas.commands import CheckExpiry, capture_key
+from schemas.commands import capture_key
 from schemas.payments import Settlement
 from schemas.rejections import Rejection
 from schemas.topics import TOPICS
@@ -251,8 +251,7 @@ def expect(commands: list[c.Command]) -> Expected:
         if isinstance(outcome, Rejected):
             out.rejections[(command.command_id, outcome.reason.value)] += 1
         elif isinstance(outcome, Duplicate):
-            if not isinstance(command, CheckExpiry):
-                out.rejections[(command.command_id, "duplicate")] += 1
+            out.rejections[(command.command_id, "duplicate")] += 1
         elif isinstance(outcome, Accepted):
             _published(out, cid, outcome.state.seq, command, outcome.events,
                        outcome.settlements, outcome.state)

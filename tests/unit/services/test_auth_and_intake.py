@@ -330,3 +330,21 @@ def test_a_huge_record_gets_a_small_rejection_with_the_digest_of_the_whole():
 def test_deep_nesting_is_a_rejection_not_a_crash(depth):
     body = b'{"type":"circulate","x":' + b"[" * depth + b"]" * depth + b"}"
     assert run(body).rejection.reason is Reason.UNDECODABLE
+
+
+def test_a_timers_repeat_gets_a_duplicate_verdict_like_any_other():
+    # every command gets exactly one verdict, the timer's too (issue #24, "Also")
+    cert = cert_id("timer-repeat")
+    commands = [*setup(cert, T, price_minor=1_000, budget_minor=500, attached_minor=100,
+                       hold_s=60),
+                c.Purchase(command_id="b1", certificate_id=cert, at_ms=T, account_id="bea",
+                           seller_id="seller", payment_ref="p1", captured_minor=1_000,
+                           currency="EUR")]
+    state, _ = _signed_run(commands, broker_ms=T)
+    release = c.ReleaseHold(command_id=f"release:{T + 60_000}", certificate_id=cert,
+                            at_ms=T + 60_000)
+    state, [first] = _signed_run([release], broker_ms=T + 60_000, state=state)
+    assert first.accepted is not None
+    _, [again] = _signed_run([release], broker_ms=T + 61_000, state=state)
+    assert again.rejection.reason is Reason.DUPLICATE and again.duplicate
+    assert again.rejection.first_seq == first.accepted.seq and not again.changed
