@@ -113,13 +113,18 @@ def test_timer_commands_need_a_system_key():
     assert quiet.rejection.reason is Reason.NOTHING_DUE and not quiet.changed
 
 
-def test_funding_confirmations_need_a_payments_key():
+def _attached_and_its_confirmation():
+    """A certificate with an attached pool, and the escrow confirmation it waits for."""
     state = handle(None, msgspec.structs.replace(ISSUE, funder_id="f")).state
     attach = c.AttachPool(command_id="a1", certificate_id=CERT, at_ms=T, account_id="f",
                           funding_ref="esc", budget_minor=50, attached_minor=5, currency="EUR")
     state = run(encode(attach), state).state
-    confirm = encode(c.ConfirmFunding(command_id="cf", certificate_id=CERT, at_ms=T,
-                                      funding_ref="esc", amount_minor=50, currency="EUR"))
+    return state, encode(c.ConfirmFunding(command_id="cf", certificate_id=CERT, at_ms=T,
+                                          funding_ref="esc", amount_minor=50, currency="EUR"))
+
+
+def test_funding_confirmations_need_a_payments_key():
+    state, confirm = _attached_and_its_confirmation()
     # a user (through the gateway) cannot say the escrow is there
     assert run(confirm, state).rejection.reason is Reason.NOT_AUTHORIZED
     assert not state.pool.funding_confirmed
@@ -258,12 +263,7 @@ def test_the_payment_systems_key_is_public_only_in_the_engine():
 
 
 def test_a_confirmation_signed_with_another_ed25519_key_under_its_id_is_refused():
-    state = handle(None, msgspec.structs.replace(ISSUE, funder_id="f")).state
-    attach = c.AttachPool(command_id="a1", certificate_id=CERT, at_ms=T, account_id="f",
-                          funding_ref="esc", budget_minor=50, attached_minor=5, currency="EUR")
-    state = run(encode(attach), state).state
-    confirm = encode(c.ConfirmFunding(command_id="cf", certificate_id=CERT, at_ms=T,
-                                      funding_ref="esc", amount_minor=50, currency="EUR"))
+    state, confirm = _attached_and_its_confirmation()
     other = Key("pay", "payments", b"q" * 32, "ed25519-private")
     assert run(confirm, state, signer=other).rejection.reason is Reason.BAD_SIGNATURE
     assert not state.pool.funding_confirmed
