@@ -79,7 +79,9 @@ def test_the_tree_and_the_account_page_say_the_same_of_a_clawed_back_gain():
             acquisition=c.AcquisitionPolicy(amount=c.FixedAmount(amount_minor=100)))
     s.circulate("ann")
     s.purchase()  # no hold: paid at once
-    s.must(c.Refund, by="seller", account_id="seller", amount_minor=5_000, refund_ref="rf-1")
+    # after the hold only the payment system's chargeback claws commission back
+    s.must(c.Refund, by="payment_system", amount_minor=5_000, refund_ref="rf-1",
+           chargeback_reason="fraudulent")
     assert gain_of(s.state, "ann") == (50, "clawed")  # paid 100, half clawed back
     assert nodes(share_tree_svg(s.state, "ann"))["ann"] == "ann 0.50 USD paid, part clawed"
     assert PHRASES["clawed"] == "paid out (part clawed back)"
