@@ -95,18 +95,28 @@ def test_a_user_flow_through_the_api(pipeline):
                                          "payable_minor": 0, "paid_minor": 100,
                                          "failed_minor": 0, "voided_minor": 0,
                                          "clawed_back_minor": 0}
-    # after the hold, the seller refunds half: half of alice's commission is clawed back
+    # after the hold, the seller refunds a fifth: commission is locked, the refund is
+    # the seller's cost (alice keeps her 100)
     _, stranger_refund, _ = call(port, "POST", f"/certificates/{cid}/refund",
-                                 {"amount_minor": 2_500, "refund_ref": "rf-x"}, alice)
+                                 {"amount_minor": 1_000, "refund_ref": "rf-x"}, alice)
     _, refund, _ = call(port, "POST", f"/certificates/{cid}/refund",
-                        {"amount_minor": 2_500, "refund_ref": "rf-1"}, seller)
+                        {"amount_minor": 1_000, "refund_ref": "rf-1"}, seller)
     refused = outcome(port, alice, stranger_refund["command_ids"][0])
     assert (refused["status"], refused["reason"]) == ("rejected", "not_authorized")
     assert outcome(port, seller, refund["command_ids"][0])["status"] == "accepted"
+    wait_for(port, f"/certificates/{cid}", lambda b: b["refunded_minor"] == 1_000)
+    assert get(port, "/accounts/alice/earnings", alice)[1]["earnings"]["EUR"][
+        "clawed_back_minor"] == 0
+    # the payment system reports a chargeback of half the price within the pool's
+    # window: half of alice's commission is clawed back
+    pipeline.send(c.Refund(command_id="chargeback-1", certificate_id=cid,
+                           at_ms=int(time.time() * 1000), by="payment_system",
+                           amount_minor=2_500, refund_ref="cb-1",
+                           chargeback_reason="fraudulent"))
     earned = wait_for(port, "/accounts/alice/earnings",
                       lambda b: b["earnings"]["EUR"]["clawed_back_minor"], token=alice)
     assert earned["earnings"]["EUR"]["clawed_back_minor"] == 50
-    assert get(port, f"/certificates/{cid}")[1]["refunded_minor"] == 2_500
+    assert get(port, f"/certificates/{cid}")[1]["refunded_minor"] == 3_500
     # the other copy, unsold, is taken off sale by its seller
     _, cancel, _ = call(port, "POST", "/certificates/seller~lamp-00002/cancel", {}, seller)
     assert outcome(port, seller, cancel["command_ids"][0])["status"] == "accepted"
