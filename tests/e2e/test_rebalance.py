@@ -24,6 +24,7 @@ def consumed(port: int) -> float:
 def test_second_worker_leaves_and_rejoins_mid_stream(pipeline):
     commands = build(60, 3_000, seed=23, t0_ms=int(time.time() * 1000))
     ports = {(s, i): free_port() for s in SERVICES for i in (0, 1)}
+    pipeline.via_captures = True  # the captures stage gets work to share too
     for (service, instance), port in ports.items():
         pipeline.start(service, instance=instance, metrics_port=port)
     done = pipeline.feed_in_background(commands, every=200, pause_s=0.4)
