@@ -68,8 +68,9 @@ from services.api.sessions import Sessions
 from services.api.writes import Gateway
 from services.common.auth import Keyring
 from services.common.metrics import ApiMetrics, exposition
+from services.common.production import refuse_insecure
 from services.common.service import setup_logging
-from services.common.settings import Settings
+from services.common.settings import Settings, redis_url_from_env
 from services.readmodel.projection import Keys
 
 log = logging.getLogger("commission.api")
@@ -283,10 +284,12 @@ def main() -> None:
     settings = Settings.from_env()
     setup_logging("api", settings.log_level)
     production = os.environ.get("COMMISSION_ENV") == "production"
-    client = aioredis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    # its own Redis user's password from REDIS_PASSWORD_FILE, as the read model's
+    client = aioredis.from_url(redis_url_from_env())
     payments = PaymentSystemClient.from_env()
     trust = guard.Trust.from_env(payments.public_url)
     keyring = api_keyring(Keyring.from_env(), production)
+    refuse_insecure(settings, keyring)  # published keys, Kafka in the clear
     public, ops = build(settings, client, keyring, Accounts.passwords_from_env(),
                         ApiConfig.from_env(), trust, payments)
     host = os.environ.get("OPS_BIND_HOST", "127.0.0.1")

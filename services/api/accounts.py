@@ -21,6 +21,7 @@ import hmac
 import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
@@ -55,12 +56,24 @@ class Accounts:
 
     @staticmethod
     def passwords_from_env() -> dict[str, str]:
-        text = os.environ.get("COMMISSION_ACCOUNTS")
+        """``COMMISSION_ACCOUNTS`` ("id:password,...") or the file named by
+        ``COMMISSION_ACCOUNTS_FILE`` (one "id:password" a line: a mounted secret); the
+        demo accounts outside production. Production refuses the demo passwords."""
+        path = os.environ.get("COMMISSION_ACCOUNTS_FILE")
+        text = Path(path).read_text() if path else os.environ.get("COMMISSION_ACCOUNTS")
+        production = os.environ.get("COMMISSION_ENV") == "production"
         if text is None:
-            if os.environ.get("COMMISSION_ENV") == "production":
-                raise SystemExit("COMMISSION_ACCOUNTS must be set in production")
+            if production:
+                raise SystemExit("COMMISSION_ACCOUNTS or COMMISSION_ACCOUNTS_FILE must be set "
+                                 "in production")
             return {a: f"demo-{a}" for a in DEMO_ACCOUNTS}
-        return dict(entry.split(":", 1) for entry in text.split(",") if entry)
+        entries = (e.strip() for e in text.replace("\n", ",").split(","))
+        passwords = dict(e.split(":", 1) for e in entries if e and not e.startswith("#"))
+        demo = sorted(a for a, p in passwords.items() if p == f"demo-{a}")
+        if demo and production:
+            raise SystemExit(f"refusing to run in production: accounts {demo} have their "
+                             "published demo password")
+        return passwords
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -46,3 +46,21 @@ def test_only_production_refuses(monkeypatch):
     monkeypatch.setenv("COMMISSION_ENV", "production")
     with pytest.raises(SystemExit, match="refusing to run in production"):
         refuse_insecure(Settings(), Keyring.parse(DEV_KEYS))
+
+
+def test_production_refuses_the_demo_passwords_and_reads_accounts_from_a_file(
+        monkeypatch, tmp_path):
+    from services.api.accounts import Accounts
+    accounts = tmp_path / "accounts"
+    accounts.write_text("# one per line\nalice:a-long-own-password\nbob:demo-bob\n")
+    monkeypatch.delenv("COMMISSION_ACCOUNTS", raising=False)
+    monkeypatch.setenv("COMMISSION_ACCOUNTS_FILE", str(accounts))
+    monkeypatch.setenv("COMMISSION_ENV", "production")
+    with pytest.raises(SystemExit, match=r"\['bob'\] have their published demo password"):
+        Accounts.passwords_from_env()
+    accounts.write_text("alice:a-long-own-password\nbob:another-own-password\n")
+    assert Accounts.passwords_from_env() == {"alice": "a-long-own-password",
+                                              "bob": "another-own-password"}
+    monkeypatch.delenv("COMMISSION_ACCOUNTS_FILE")
+    with pytest.raises(SystemExit, match="must be set in production"):
+        Accounts.passwords_from_env()
