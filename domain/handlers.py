@@ -393,6 +393,12 @@ def _refund(state: CertificateState, c: Refund, ctx: _Context) -> Recorder:
         raise Refusal(Reason.NOT_PURCHASED, "the certificate was not purchased")
     if c.chargeback_reason is not None and c.by != "payment_system":
         raise Refusal(Reason.INVALID_FIELD, "only the payment system reports a chargeback")
+    if c.by == "seller" and state.held_until_ms is None:
+        # the price was paid out: a refund now is money the seller must give back,
+        # which only the payment system can take from the seller's side (else the
+        # buyer is paid at once and the debt waits on the seller's next sale)
+        raise Refusal(Reason.REFUND_AFTER_HOLD, "after the hold a refund goes through the "
+                      "payment system, which takes it from the seller")
     if c.refund_ref in state.refund_refs:
         raise Refusal(Reason.REFUND_REF_USED,
                       f"refund {c.refund_ref} was applied already (under another command id)")

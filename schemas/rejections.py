@@ -71,6 +71,10 @@ class Reason(str, enum.Enum):
     NOT_PURCHASED = "not_purchased"  # a refund of a certificate no one bought
     REFUND_EXCEEDS_PRICE = "refund_exceeds_price"  # beyond what is left of the price
     REFUND_REF_USED = "refund_ref_used"  # this refund reference was applied already
+    # after the hold a refund goes through the payment system, which takes it from the
+    # seller's side; the engine would pay the buyer at once and only hope to recover
+    # it from the seller's future payouts
+    REFUND_AFTER_HOLD = "refund_after_hold"
     CERTIFICATE_ENDED = "certificate_ended"  # cancelled, closed or fully refunded
     # payment results
     UNKNOWN_SETTLEMENT = "unknown_settlement"  # no such settlement on this certificate

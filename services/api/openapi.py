@@ -248,8 +248,10 @@ def _document() -> dict:
                 "responses": {"201": {"description": "send the buyer to checkout_url",
                                       **_json(CHECKOUT)},
                               **_errors(400, 401, 403, 404, 409, 413, 429, 502)}}},
-            "/certificates/{id}/refund": _write("Refund part or all of the price (the seller)",
-                                                RefundBody),
+            "/certificates/{id}/refund": _write(
+                "Refund part or all of the price (the seller), within the hold; once the "
+                "price was paid out the refund goes through the payment system, which takes "
+                "it from the seller (refused here: refund_after_hold)", RefundBody),
             "/certificates/{id}/cancel": _write("Take an unsold certificate off sale (the "
                                                 "seller)", None),
             "/commands/{id}": {"get": {"summary": "A command's outcome",

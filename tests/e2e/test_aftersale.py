@@ -97,8 +97,9 @@ def test_holds_refunds_ends_and_payment_results_on_the_pipeline(pipeline):
         *clawed_cmds, buy(clawed, t), refund(clawed, t, 1, 5_000, "payment_system", "4837"),
         # a seller's refund after the hold: the commission is locked (issue #24)
         *locked_cmds, buy(locked, t),
-        c.Refund(command_id=f"{locked}-rf1", certificate_id=locked, at_ms=t, by="seller",
-                 account_id="sam", amount_minor=10_000, refund_ref=f"rf-{locked}"),
+        # after the hold the seller's refund goes through the payment system
+        c.Refund(command_id=f"{locked}-rf1", certificate_id=locked, at_ms=t,
+                 by="payment_system", amount_minor=10_000, refund_ref=f"rf-{locked}"),
         *cancelled_cmds, c.CancelCertificate(command_id=f"{cancelled}-cancel",
                                              certificate_id=cancelled, at_ms=t,
                                              account_id="seller"),
@@ -141,7 +142,7 @@ def test_holds_refunds_ends_and_payment_results_on_the_pipeline(pipeline):
                                        ("BuyerRefund", "bea", 5_000, 1): 1})
     assert sorted(s.of_kind for s in got if isinstance(s, Clawback)
                   and s.certificate_id == clawed) == ["commission_payout", "seller_payment"]
-    # the seller refunded `locked` in full after its hold: lia keeps her 100, the
+    # `locked` was refunded in full after its hold: lia keeps her 100, the
     # funder gets nothing more back, the seller pays the buyer's refund
     assert of(got, locked) == Counter({("CommissionPayout", "lia", 100, 1): 1,
                                        ("BudgetRelease", "funder", 900, 1): 1,

@@ -88,10 +88,10 @@ def test_only_a_captured_payment_buys_and_each_reference_counts_once(pipeline):
                       payment_ref="pay-1", captured_minor=PRICE, currency="EUR")
     finally:
         payer.close()
-    # the seller refunds part of the price, then sends the same refund reference again
-    # under another command id
-    refund = c.Refund(command_id="sold-rf1", certificate_id=sold, at_ms=t, by="seller",
-                      account_id="seller", amount_minor=1_000, refund_ref="rf-1")
+    # the payment system refunds part of the price (after the hold: no hold here), then
+    # the same refund reference comes again under another command id
+    refund = c.Refund(command_id="sold-rf1", certificate_id=sold, at_ms=t,
+                      by="payment_system", amount_minor=1_000, refund_ref="rf-1")
     found = _rejections(pipeline, {"unpaid-buy", low, usd, "capture:pay-1"})
     pipeline.send(refund, msgspec.structs.replace(refund, command_id="sold-rf2"))
     found = _rejections(pipeline, {"unpaid-buy", low, usd, "capture:pay-1", "sold-rf2"})

@@ -129,13 +129,23 @@ def test_two_partial_refunds_compose_exactly():
 # --- after the hold: locked commission, chargebacks within the window -----------------
 
 
-def test_a_sellers_refund_after_the_hold_is_the_sellers_cost_alone():
+def test_after_the_hold_the_seller_refunds_through_the_payment_system_only():
+    # the price was paid out: a refund straight from the engine would pay the buyer at
+    # once and leave the platform a debt on the seller's next sale, if any
+    s = sold(hold_s=0)
+    refused = s.refused(c.Refund, by="seller", account_id="seller", amount_minor=10_000,
+                        refund_ref="rf-1")
+    assert refused.reason is Reason.REFUND_AFTER_HOLD
+    assert of_kind(s, BuyerRefund) == [] and s.state.refunded_minor == 0
+
+
+def test_a_refund_after_the_hold_is_the_sellers_cost_alone():
     # the attack (issue #24): the seller funds its own pool, a friend buys, the seller
-    # refunds in full after the hold: the sharers keep what they earned, the funder
-    # gets nothing back, only the seller's payment is clawed back
+    # has the payment system refund in full after the hold: the sharers keep what they
+    # earned, the funder gets nothing back, only the seller's payment is clawed back
     s = sold(hold_s=0)
     released_before = s.releases()
-    event = refund(s, 10_000).events[0]
+    event = refund(s, 10_000, by="payment_system", account=None).events[0]
     assert event.commission_locked and not event.chargeback and event.fully
     assert of_kind(s, Clawback) == [("seller", 10_000)]
     assert of_kind(s, BuyerRefund) == [("buyer", 10_000)]
@@ -161,7 +171,7 @@ def test_a_chargeback_after_the_hold_claws_back_what_was_paid():
 
 def test_a_chargeback_after_a_locked_refund_claws_back_only_its_own_share():
     s = sold(hold_s=0)
-    refund(s, 5_000)  # the seller's half: locked, nothing clawed from a and b
+    refund(s, 5_000, by="payment_system", account=None)  # locked: nothing from a and b
     chargeback(s, 5_000)  # the other half charged back: a and b give back half
     assert of_kind(s, Clawback) == [("seller", 5_000), ("a", 50), ("b", 50), ("seller", 5_000)]
     assert s.state.status == "refunded"

@@ -58,7 +58,9 @@ def released(s: Recorded) -> Recorded:
 
 def test_a_whole_lifecycle_reconciles():
     s = released(lifecycle())
-    s.must(c.Refund, by="seller", account_id="seller", amount_minor=2_500, refund_ref="r1")
+    # a chargeback after the hold: clawbacks as well as the buyer's refund
+    s.must(c.Refund, by="payment_system", amount_minor=2_500, refund_ref="r1",
+           chargeback_reason="4837")
     payout = next(x for x in s.settlements if isinstance(x, CommissionPayout))
     s.must(c.ReportPayment, command_id=f"result:{payout.settlement_id}:1",
            settlement_id=payout.settlement_id, attempt=1, result="failed")
