@@ -83,6 +83,7 @@ class Reason(str, enum.Enum):
     PAYMENT_PARKED = "payment_parked"  # it failed every attempt; an operator decides
     # a record no decision could be made on (an error while handling it)
     UNPROCESSABLE = "unprocessable"
+    TOO_LARGE = "too_large"  # larger than any command: not passed on
 
 
 class Rejection(msgspec.Struct, frozen=True, kw_only=True, tag="rejection", tag_field="type"):

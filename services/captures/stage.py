@@ -15,8 +15,13 @@ payment reference cannot buy two certificates, which no stage keyed by certifica
 could tell. The payment system may write only ``payment-results`` (deploy/acls.py),
 so a capture reaches ``commands`` only through this register.
 
-Everything else passes through unchanged (key, value, signature headers): the
-sequencer checks those signatures as it checks every command's.
+Every record must be the payment system's (its Ed25519 signature, the only key this
+stage holds), small enough to pass on uncompressed, and stamped within the clock skew
+of when ``payment-results`` appended it (LogAppendTime); anything else is refused
+here with a rejection, never forwarded. What passes goes on unchanged (key, value,
+signature headers) and the sequencer checks it again as every command; it does not
+check its time again (the record waited here, maybe long after an outage), only that
+it is the payment system's word (services/circulation/intake.py).
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from schemas.commands import Purchase, capture_key
 from schemas.rejections import Reason
 from services.circulation.intake import Source, reject
 from services.common.auth import AuthError, Keyring, header_dict
+from services.common.follower import StepResult
 from services.common.metrics import Metrics
 from services.common.rows import WholeRowStore
 from services.common.settings import Settings
 from services.common.stage import Applied, Output
+from services.common.topics import INPUT_MAX_MESSAGE_BYTES
 
 log = logging.getLogger("commission.captures")
 _encode = msgspec.json.Encoder().encode
@@ -42,16 +49,23 @@ _decode_purchase = msgspec.json.Decoder(Purchase).decode
 
 class _Peek(msgspec.Struct):
     type: str = ""
+    at_ms: int | None = None
 
 
 _peek = msgspec.json.Decoder(_Peek).decode
 
 
 class Forwarded:
-    """What the metrics call a record passed through unread."""
+    """What the metrics call a record passed on to commands."""
 
 
 _FORWARDED = Forwarded()
+
+# A record is forwarded as it came, uncompressed: the broker bounds payment-results'
+# batches after compression, so a record that fits there may not fit commands. What
+# is larger than any valid command can be (schemas: ~50 KB) with room for its headers
+# is refused here, never re-produced (tests/e2e/test_trust.py).
+MAX_FORWARD_BYTES = INPUT_MAX_MESSAGE_BYTES - 16 * 1024
 
 
 class Admitted(msgspec.Struct, array_like=True, frozen=True):
@@ -68,6 +82,7 @@ class CapturesStage:
         self.topics = settings.topics
         self.keyring = keyring
         self.metrics = metrics
+        self.max_skew_ms = settings.max_clock_skew_ms
         self.commands = settings.topics.commands
         self.rejections = settings.topics.rejections
 
@@ -82,52 +97,65 @@ class CapturesStage:
         return WholeRowStore(Admitted)
 
     def apply(self, row: Admitted | None, record: Message) -> Applied:
+        """Every record is the payment system's, or refused here: too large to forward,
+        not signed by it, or stamped far from when the broker appended it (the
+        sequencer, which meets it later, checks the time against this)."""
         raw = record.value() or b""
         headers = record.headers() or []
-        try:
-            kind = _peek(raw).type
-        except Exception:  # noqa: BLE001 - not ours to judge: the sequencer rejects it
-            kind = ""
-        if kind != "purchase":
-            self.metrics.count_in("forwarded")
-            self.metrics.count_out(self.commands, [_FORWARDED])
-            return Applied(row, False, [Output(self.commands, raw, tuple(headers))])
         source = Source(record.topic(), record.partition(), record.offset(),
                         record.timestamp()[1], record.key(), header_dict(headers))
-        verdict = self._admit(row, raw, source)
+        verdict = self._check(row, raw, source)
+        if isinstance(verdict, StepResult):
+            return self._refuse(row, verdict, record)
         if isinstance(verdict, Purchase):
             self.metrics.count_in("capture")
             self.metrics.count_out(self.commands, [verdict])
             admitted = row or Admitted(verdict.command_id, verdict.certificate_id)
             return Applied(admitted, row is None, [Output(
                 self.commands, raw, tuple(headers), key=verdict.certificate_id.encode())])
+        self.metrics.count_in("forwarded")
+        self.metrics.count_out(self.commands, [_FORWARDED])
+        return Applied(row, False, [Output(self.commands, raw, tuple(headers))])
+
+    def _refuse(self, row: Admitted | None, verdict: StepResult, record: Message) -> Applied:
         rejection = verdict.rejection
-        assert rejection is not None  # noqa: S101 - _admit returns one or the other
+        if rejection is None:
+            raise ValueError("a refusal without its rejection")
         self.metrics.count_in("refused")
         self.metrics.count_rejection(rejection.reason.value)
         self.metrics.count_out(self.rejections, [rejection])
-        log.info("capture refused", extra={
+        log.info("payment system record refused", extra={
             "certificate_id": rejection.certificate_id, "command_id": rejection.command_id,
             "reason": rejection.reason.value, "partition": record.partition(),
             "offset": record.offset()})
         key = (rejection.certificate_id or "").encode() or None
         return Applied(row, False, [Output(self.rejections, _encode(rejection), key=key)])
 
-    def _admit(self, row: Admitted | None, raw: bytes, source: Source):
-        """The capture to forward, or a StepResult carrying its rejection."""
+    def _check(self, row: Admitted | None, raw: bytes, source: Source
+               ) -> Purchase | StepResult | None:
+        """A capture to admit, None for another record to pass on, or a rejection."""
+        if len(raw) > MAX_FORWARD_BYTES:
+            return reject(raw, source, Reason.TOO_LARGE,
+                          f"{len(raw)} bytes: larger than any command ({MAX_FORWARD_BYTES})")
         try:
-            key = self.keyring.verify(raw, source.headers)
-            command = _decode_purchase(raw)
+            self.keyring.verify(raw, source.headers)
+            peek = _peek(raw)
         except AuthError as err:
             return reject(raw, source, err.reason, err.detail)
-        except (msgspec.DecodeError, RecursionError) as err:
-            return reject(raw, source, Reason.INVALID_FIELD, f"not a valid capture: {err}")
+        except (msgspec.DecodeError, RecursionError):
+            return None  # signed but unreadable: the sequencer says why
         except Exception as err:  # noqa: BLE001 - any input's verdict is a rejection
             return reject(raw, source, Reason.UNPROCESSABLE,
                           f"the record could not be read: {type(err).__name__}")
-        if key.scope != "payments":
-            return reject(raw, source, Reason.NOT_AUTHORIZED,
-                          "only the payment system reports a captured payment", command)
+        if peek.at_ms is not None and abs(source.timestamp_ms - peek.at_ms) > self.max_skew_ms:
+            return reject(raw, source, Reason.STALE,
+                          "at_ms is too far from the time the broker received it")
+        if peek.type != "purchase":
+            return None
+        try:
+            command = _decode_purchase(raw)
+        except (msgspec.DecodeError, RecursionError) as err:
+            return reject(raw, source, Reason.INVALID_FIELD, f"not a valid capture: {err}")
         if source.key != capture_key(command.seller_id, command.payment_ref):
             return reject(raw, source, Reason.KEY_MISMATCH,
                           "a capture's Kafka key must be {seller_id}/{payment_ref}", command)

@@ -21,6 +21,7 @@ from services.common.auth import AuthError, Key, Keyring, signer_scope
 from services.common.follower import StepResult
 
 _decode_command = msgspec.json.Decoder(Command).decode
+PAYMENT_SYSTEM_MAX_DELAY_MS = 7 * 24 * 3600 * 1000
 _decode_any = msgspec.json.Decoder().decode
 
 
@@ -94,7 +95,12 @@ def decode(raw: bytes, source: Source, keyring: Keyring, max_skew_ms: int
     if key.scope != signer_scope(command):
         return reject(raw, source, Reason.NOT_AUTHORIZED,
                       f"a {key.scope} key cannot sign this command", command)
-    if abs(source.timestamp_ms - command.at_ms) > max_skew_ms:
+    # What the payment system says was checked against the time payment-results
+    # received it (the captures stage); here it may arrive much later, after an outage
+    # of that stage, and must not be refused for the wait: only a replay older than
+    # PAYMENT_SYSTEM_MAX_DELAY_MS is (each is also applied once by its ids).
+    limit = PAYMENT_SYSTEM_MAX_DELAY_MS if key.scope == "payments" else max_skew_ms
+    if abs(source.timestamp_ms - command.at_ms) > limit:
         return reject(raw, source, Reason.STALE,
                       "at_ms is too far from the time the broker received the command", command)
     return command

@@ -14,9 +14,10 @@ log = logging.getLogger("commission.topics")
 
 
 # The circulation service refuses a command whose at_ms is far from its record's
-# timestamp (`stale`), so that a captured command cannot be replayed later. That only
-# holds if the broker stamps the time: with the default CreateTime the producer does,
-# and a replay can carry a backdated timestamp (tests/e2e/test_poison.py).
+# timestamp (`stale`), so that a captured command cannot be replayed later, and the
+# captures stage does the same for what the payment system says on payment-results.
+# That only holds if the broker stamps the time: with the default CreateTime the
+# producer does, and a replay can carry a backdated timestamp (tests/e2e/test_poison.py).
 BROKER_TIME = {"message.timestamp.type": "LogAppendTime"}
 
 # What outsiders write (commands, what the payment system says) is bounded by the
@@ -47,7 +48,7 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: list[str] = 
         def configs(name: str, is_compacted: bool) -> dict[str, str]:
             out = {"cleanup.policy": "compact"} if is_compacted else {}
             out |= BOUNDED if name in inputs else {}
-            return out | (BROKER_TIME if name == settings.topics.commands else {})
+            return out | (BROKER_TIME if name in inputs else {})
 
         new = [NewTopic(name, settings.partitions, settings.replication_factor,
                         topic_configs=configs(name, is_compacted))

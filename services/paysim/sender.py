@@ -58,13 +58,15 @@ class PaymentSystem:
                                       enable_idempotence=True, linger_ms=5,
                                       client_id="commission-payment-system",
                                       **settings.kafka_auth.kafka_python())
+        self.pending: list = []  # sends not yet known to be acknowledged
 
     def send(self, command: Command) -> None:
         key, ours = route(command)
         if not ours:
             raise ValueError(f"{type(command).__name__} is not the payment system's to say")
         body = _encode(command)
-        self.producer.send(self.topic, key=key, value=body, headers=self.keyring.sign(body, self.key))
+        self.pending.append(self.producer.send(self.topic, key=key, value=body,
+                                               headers=self.keyring.sign(body, self.key)))
 
     def capture(self, *, certificate_id: str, seller_id: str, buyer_id: str, payment_ref: str,
                 captured_minor: int, currency: str, at_ms: int | None = None) -> str:
@@ -74,7 +76,7 @@ class PaymentSystem:
                            seller_id=seller_id, payment_ref=payment_ref,
                            captured_minor=captured_minor, currency=currency)
         self.send(command)
-        self.producer.flush()
+        self.flush()
         return command.command_id
 
     def confirm_funding(self, *, certificate_id: str, funding_ref: str, amount_minor: int,
@@ -84,11 +86,16 @@ class PaymentSystem:
                                  at_ms=at_ms or _now_ms(), funding_ref=funding_ref, amount_minor=amount_minor,
                                  currency=currency)
         self.send(command)
-        self.producer.flush()
+        self.flush()
         return command.command_id
 
-    def flush(self) -> None:
-        self.producer.flush()
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until every send is acknowledged; raise if one failed (kafka-python's
+        own flush does not): a capture the caller reports as done is on the topic."""
+        self.producer.flush(timeout_s)
+        pending, self.pending = self.pending, []
+        for future in pending:
+            future.get(timeout=timeout_s)
 
     def close(self) -> None:
         self.producer.close()
