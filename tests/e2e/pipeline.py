@@ -9,8 +9,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
+from deploy.localstack import free_port
 from schemas.commands import Command, Purchase, ReportPayment
 from services.audit.read import read_records, read_topic
 from services.audit.report import Report, reconcile_all
@@ -21,6 +23,14 @@ from services.gateway import CommandSender
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("circulation", "allocation", "withdrawal", "cashout", "netting", "captures")
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
+            return answer.status == 200
+    except OSError:  # not serving yet, or 503 (HTTPError is an OSError)
+        return False
 
 
 class Pipeline:
@@ -74,9 +84,25 @@ class Pipeline:
         self.procs[(service, instance)] = proc
         return proc
 
-    def start_all(self) -> None:
-        for service in SERVICES:
-            self.start(service)
+    def start_all(self, ready: bool = False) -> None:
+        """Start every stage; with ``ready``, return once each answers /readyz (joined
+        its group, has its partitions, restored its table): for a test whose clock
+        starts with its first command (six processes starting on two cores take
+        seconds)."""
+        if not ready:
+            for service in SERVICES:
+                self.start(service)
+            return
+        ports = {service: free_port() for service in SERVICES}
+        for service, port in ports.items():
+            self.start(service, metrics_port=port)
+        deadline = time.monotonic() + 90
+        for service, port in ports.items():
+            while not _ready(port):
+                self.assert_running()
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{service} not ready after 90 s; logs in {self.logs}")
+                time.sleep(0.2)
 
     def signal(self, service: str, instance: int = 0, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop((service, instance))
