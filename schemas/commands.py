@@ -203,9 +203,15 @@ class Purchase(_Command, tag="purchase", kw_only=True):
 
 
 def capture_key(seller_id: str, payment_ref: str) -> bytes:
-    """The Kafka key of a capture on ``payment-captures``: one row per payment
+    """The Kafka key of a capture on ``payment-results``: one row per payment
     reference in a seller's program (ids cannot contain ``/``; schemas.types.Id)."""
     return f"{seller_id}/{payment_ref}".encode()
+
+
+def escrow_key(funding_ref: str) -> bytes:
+    """The Kafka key of an escrow confirmation on ``payment-results``: one row per
+    escrow hold, so one hold backs one pool (an id cannot start with ``/``)."""
+    return f"/escrow/{funding_ref}".encode()
 
 
 class CheckExpiry(_Command, tag="check_expiry", kw_only=True):

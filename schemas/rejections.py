@@ -67,6 +67,7 @@ class Reason(str, enum.Enum):
     PAYMENT_CURRENCY_MISMATCH = "payment_currency_mismatch"  # not the certificate's currency
     PAYMENT_SELLER_MISMATCH = "payment_seller_mismatch"  # paid to another seller
     PAYMENT_REF_USED = "payment_ref_used"  # this reference bought something already
+    FUNDING_REF_USED = "funding_ref_used"  # this escrow hold backs another pool already
     # after the purchase
     NOT_PURCHASED = "not_purchased"  # a refund of a certificate no one bought
     REFUND_EXCEEDS_PRICE = "refund_exceeds_price"  # beyond what is left of the price

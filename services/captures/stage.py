@@ -31,7 +31,7 @@ import logging
 import msgspec
 from confluent_kafka import Message
 
-from schemas.commands import Purchase, capture_key
+from schemas.commands import ConfirmFunding, Purchase, capture_key, escrow_key
 from schemas.rejections import Reason
 from services.circulation.intake import Source, reject
 from services.common.auth import AuthError, Keyring, header_dict
@@ -44,7 +44,9 @@ from services.common.topics import INPUT_MAX_MESSAGE_BYTES
 
 log = logging.getLogger("commission.captures")
 _encode = msgspec.json.Encoder().encode
-_decode_purchase = msgspec.json.Decoder(Purchase).decode
+# what the captures stage registers: one row per payment reference (a purchase)
+# or per escrow hold (its confirmation)
+_decode_registered = msgspec.json.Decoder(Purchase | ConfirmFunding).decode
 
 
 class _Peek(msgspec.Struct):
@@ -69,7 +71,8 @@ MAX_FORWARD_BYTES = INPUT_MAX_MESSAGE_BYTES - 16 * 1024
 
 
 class Admitted(msgspec.Struct, array_like=True, frozen=True):
-    """The one capture admitted under a (seller, payment_ref)."""
+    """The one capture admitted under a (seller, payment_ref), or the one escrow
+    confirmation under a funding reference."""
 
     command_id: str
     certificate_id: str
@@ -107,8 +110,8 @@ class CapturesStage:
         verdict = self._check(row, raw, source)
         if isinstance(verdict, StepResult):
             return self._refuse(row, verdict, record)
-        if isinstance(verdict, Purchase):
-            self.metrics.count_in("capture")
+        if isinstance(verdict, (Purchase, ConfirmFunding)):
+            self.metrics.count_in(type(verdict).__name__)
             self.metrics.count_out(self.commands, [verdict])
             admitted = row or Admitted(verdict.command_id, verdict.certificate_id)
             return Applied(admitted, row is None, [Output(
@@ -132,8 +135,9 @@ class CapturesStage:
         return Applied(row, False, [Output(self.rejections, _encode(rejection), key=key)])
 
     def _check(self, row: Admitted | None, raw: bytes, source: Source
-               ) -> Purchase | StepResult | None:
-        """A capture to admit, None for another record to pass on, or a rejection."""
+               ) -> Purchase | ConfirmFunding | StepResult | None:
+        """A capture or escrow confirmation to admit, None for another record to pass
+        on, or a rejection."""
         if len(raw) > MAX_FORWARD_BYTES:
             return reject(raw, source, Reason.TOO_LARGE,
                           f"{len(raw)} bytes: larger than any command ({MAX_FORWARD_BYTES})")
@@ -150,19 +154,24 @@ class CapturesStage:
         if peek.at_ms is not None and abs(source.timestamp_ms - peek.at_ms) > self.max_skew_ms:
             return reject(raw, source, Reason.STALE,
                           "at_ms is too far from the time the broker received it")
-        if peek.type != "purchase":
+        if peek.type not in ("purchase", "confirm_funding"):
             return None
         try:
-            command = _decode_purchase(raw)
+            command = _decode_registered(raw)
         except (msgspec.DecodeError, RecursionError) as err:
-            return reject(raw, source, Reason.INVALID_FIELD, f"not a valid capture: {err}")
-        if source.key != capture_key(command.seller_id, command.payment_ref):
+            return reject(raw, source, Reason.INVALID_FIELD, f"not a valid {peek.type}: {err}")
+        if isinstance(command, Purchase):
+            key, ref = capture_key(command.seller_id, command.payment_ref), command.payment_ref
+            layout, used = "{seller_id}/{payment_ref}", Reason.PAYMENT_REF_USED
+        else:
+            key, ref = escrow_key(command.funding_ref), command.funding_ref
+            layout, used = "/escrow/{funding_ref}", Reason.FUNDING_REF_USED
+        if source.key != key:
             return reject(raw, source, Reason.KEY_MISMATCH,
-                          "a capture's Kafka key must be {seller_id}/{payment_ref}", command)
+                          f"its Kafka key must be {layout}", command)
         if row is not None and (row.command_id, row.certificate_id) != (
                 command.command_id, command.certificate_id):
-            return reject(raw, source, Reason.PAYMENT_REF_USED,
-                          f"payment {command.payment_ref} was reported already for "
+            return reject(raw, source, used, f"{ref} was reported already for "
                           f"{row.certificate_id} (command {row.command_id})", command)
         return command
 

@@ -6,7 +6,8 @@ system (services/paysim), and by tests and the demo feeder, which play the payme
 system. Everything it says goes to ``payment-results``, the only topic the payment
 system may write (deploy/acls.py): a captured purchase keyed by
 ``{seller_id}/{payment_ref}`` (the captures stage admits each reference once per
-seller), the rest keyed by certificate id.
+seller), an escrow confirmation by ``/escrow/{funding_ref}`` (one hold backs one
+pool), the rest keyed by certificate id.
 
 Keys: ``PAYMENT_SYSTEM_KEYS`` or ``PAYMENT_SYSTEM_KEYS_FILE``
 (``id:payments:ed25519-private:<base64 seed>``); the development pair otherwise
@@ -20,7 +21,7 @@ import time
 import msgspec
 from kafka import KafkaProducer
 
-from schemas.commands import Command, ConfirmFunding, Purchase, capture_key
+from schemas.commands import Command, ConfirmFunding, Purchase, capture_key, escrow_key
 from services.common.auth import DEV_PAYMENTS_PRIVATE, Keyring, signer_scope
 from services.common.settings import Settings
 
@@ -44,6 +45,8 @@ def route(command: Command) -> tuple[bytes, bool]:
     """(Kafka key, whether it is the payment system's) for ``command``."""
     if isinstance(command, Purchase):
         return capture_key(command.seller_id, command.payment_ref), True
+    if isinstance(command, ConfirmFunding):
+        return escrow_key(command.funding_ref), True
     return command.certificate_id.encode(), signer_scope(command) == "payments"
 
 

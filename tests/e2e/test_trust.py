@@ -71,9 +71,18 @@ def test_only_a_captured_payment_buys_and_each_reference_counts_once(pipeline):
         body, pipeline.keyring.first("gateway")))
     pipeline.sender.flush()
 
+    # a funder attaches pools to two certificates under one escrow reference; the
+    # payment system confirms that hold for each (one hold would back two budgets)
+    first, second = cert_id("escrow-a"), cert_id("escrow-b")
+    for cert in (first, second):
+        issue, attach = setup(cert, t, **pool)[:2]
+        pipeline.send(issue, msgspec.structs.replace(attach, funding_ref="escrow-shared"))
     # the payment system reports captures on its own topic, through the captures stage
     payer = PaymentSystem(pipeline.settings)
     try:
+        for cert in (first, second):
+            payer.confirm_funding(certificate_id=cert, funding_ref="escrow-shared",
+                                  amount_minor=1_000, currency="EUR")
         low = payer.capture(certificate_id=unpaid, seller_id="seller", buyer_id="cat",
                             payment_ref="pay-low", captured_minor=PRICE - 1, currency="EUR")
         usd = payer.capture(certificate_id=unpaid, seller_id="seller", buyer_id="cat",
@@ -94,7 +103,10 @@ def test_only_a_captured_payment_buys_and_each_reference_counts_once(pipeline):
                       by="payment_system", amount_minor=1_000, refund_ref="rf-1")
     found = _rejections(pipeline, {"unpaid-buy", low, usd, "capture:pay-1"})
     pipeline.send(refund, msgspec.structs.replace(refund, command_id="sold-rf2"))
-    found = _rejections(pipeline, {"unpaid-buy", low, usd, "capture:pay-1", "sold-rf2"})
+    found = _rejections(pipeline, {"unpaid-buy", low, usd, "capture:pay-1", "sold-rf2",
+                                   "escrow:escrow-shared"})
+    escrow = found["escrow:escrow-shared"]
+    assert (escrow.reason.value, escrow.certificate_id) == ("funding_ref_used", second)
 
     assert found["unpaid-buy"].reason.value == "not_authorized"
     assert found[low].reason.value == "payment_below_price"

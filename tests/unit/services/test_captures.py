@@ -62,6 +62,7 @@ def record(command: c.Command, key: bytes | None = None, signer: Keyring = PAYER
     headers = signer.sign(body, signer.signing_key("payments")) if signer else []
     if key is None:
         key = (f"s/{command.payment_ref}" if isinstance(command, c.Purchase)
+               else f"/escrow/{command.funding_ref}" if isinstance(command, c.ConfirmFunding)
                else command.certificate_id).encode()
     return Record(body, key, headers, ts)
 
@@ -93,13 +94,26 @@ def test_what_is_not_the_payment_systems_word_is_refused_not_forwarded(make, why
     assert reason(applied) == why and not applied.changed
 
 
-def test_its_other_messages_are_checked_and_passed_on_unchanged():
-    confirm = c.ConfirmFunding(command_id="cf", certificate_id="s~o-00001", at_ms=T,
+def test_one_escrow_hold_backs_one_pool():
+    # the funder attaches pools under one funding reference to two certificates: the
+    # payment system's second confirmation of that hold is refused, not forwarded
+    confirm = c.ConfirmFunding(command_id="cf-1", certificate_id="s~o-00001", at_ms=T,
                                funding_ref="esc", amount_minor=50, currency="EUR")
-    rec = record(confirm)
+    first = STAGE.apply(None, record(confirm))
+    assert first.changed and first.outputs[0].key == b"s~o-00001"
+    again = STAGE.apply(first.state, record(msgspec.structs.replace(
+        confirm, command_id="cf-2", certificate_id="s~o-00002")))
+    assert reason(again) == "funding_ref_used" and not again.changed
+    assert reason(STAGE.apply(None, record(confirm, key=b"s~o-00001"))) == "key_mismatch"
+
+
+def test_its_other_messages_are_checked_and_passed_on_unchanged():
+    result = c.ReportPayment(command_id=f"result:{'a' * 64}:1", certificate_id="s~o-00001",
+                             at_ms=T, settlement_id="a" * 64, attempt=1, result="settled")
+    rec = record(result)
     applied = STAGE.apply(None, rec)
     [out] = applied.outputs
     assert (out.topic, out.value, list(out.headers), out.key) == (
         "commands", rec.value(), rec.headers(), None)  # None: the record's own key
-    forged = record(confirm, signer=None)
+    forged = record(result, signer=None)
     assert reason(STAGE.apply(None, forged)) == "unsigned"
