@@ -32,6 +32,8 @@ DEMO_ACCOUNTS = ("alice", "bob", "carol", "dave", "seller", "funder")
 # failed logins allowed per window, per account and per client address
 FAILURES_PER_ACCOUNT = 10
 FAILURES_PER_ADDRESS = 50
+# an account takes this many times FAILURES_PER_ACCOUNT across all addresses
+ACCOUNT_WIDE_FACTOR = 20
 FAILURE_WINDOW_S = 300
 HASH_WORKERS = 2
 
@@ -78,23 +80,31 @@ class Accounts:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def _keys(self, account_id: str, address: str) -> list[tuple[str, int]]:
+        """The counters an attempt moves, with their limits. The account's own limit
+        is per client address, so someone guessing from one place locks only that
+        place out of the account, not its owner (who logs in from another); across
+        all addresses an account takes ACCOUNT_WIDE_FACTOR times as many failures in
+        a window, which still bounds a guess spread over many addresses."""
+        p = f"{self.prefix}login-fail"
+        return [(f"{p}:account:{account_id}:{address}", self.per_account),
+                (f"{p}:account:{account_id}", self.per_account * ACCOUNT_WIDE_FACTOR),
+                (f"{p}:address:{address}", self.per_address)]
+
     async def _attempt(self, account_id: str, address: str) -> None:
-        """Counts this attempt against the account and the address; 429 when either
-        is over its limit (then nothing is hashed). Counted before hashing, so
-        parallel attempts cannot all slip in before the first failure is recorded."""
-        by_account = f"{self.prefix}login-fail:account:{account_id}"
-        by_address = f"{self.prefix}login-fail:address:{address}"
+        """Counts this attempt against the account from this address, the account
+        and the address; 429 when one is over its limit (then nothing is hashed).
+        Counted before hashing, so parallel attempts cannot all slip in before the
+        first failure is recorded."""
+        keys = self._keys(account_id, address)
         async with self.redis.pipeline(transaction=True) as tx:
-            tx.incr(by_account)
-            tx.expire(by_account, self.window_s, nx=True)
-            tx.incr(by_address)
-            tx.expire(by_address, self.window_s, nx=True)
-            tx.ttl(by_account)
-            tx.ttl(by_address)
-            n_account, _, n_address, _, ttl_account, ttl_address = await tx.execute()
-        over = [ttl for n, limit, ttl in ((n_account, self.per_account, ttl_account),
-                                          (n_address, self.per_address, ttl_address))
-                if n > limit]
+            for key, _ in keys:
+                tx.incr(key)
+                tx.expire(key, self.window_s, nx=True)
+                tx.ttl(key)
+            answers = await tx.execute()
+        over = [ttl for (_, limit), n, ttl in zip(keys, answers[0::3], answers[2::3],
+                                                   strict=True) if n > limit]
         if over:
             raise Problem(429, "login_throttled", "too many failed logins; try again later",
                           **{"Retry-After": str(max(1, *over))})
@@ -102,8 +112,8 @@ class Accounts:
     async def _forgive(self, account_id: str, address: str) -> None:
         """A login that succeeded does not count as a failure."""
         async with self.redis.pipeline(transaction=True) as tx:
-            tx.decr(f"{self.prefix}login-fail:account:{account_id}")
-            tx.decr(f"{self.prefix}login-fail:address:{address}")
+            for key, _ in self._keys(account_id, address):
+                tx.decr(key)
             await tx.execute()
 
     async def login(self, account_id: str, password: str, address: str) -> Session | None:

@@ -365,3 +365,20 @@ def test_buy_is_a_checkout_paid_at_the_payment_system(site):
     _, _, page = browser.request("GET", f"{back.path}?{back.query}")
     assert "id='status'>purchased<" in page
     site.pipeline.assert_running()
+
+
+def test_guessing_a_password_from_one_place_does_not_lock_its_owner_out(site):
+    # behind a proxy (the test's own address, trusted by this second API instance, so
+    # X-Forwarded-For names the client): an attacker fails 11 times at bob's password
+    # from one address: that address is throttled for bob; bob, from his own, logs in
+    port, ops_port = free_port(), free_port()
+    site.pipeline.start("api", instance=1, API_PORT=str(port), API_OPS_PORT=str(ops_port),
+                        API_TRUSTED_PROXIES="127.0.0.1")
+    wait_for(port, "/readyz", lambda b: b["ok"], pipeline=site.pipeline)
+    attacker, owner = {"X-Forwarded-For": "203.0.113.7"}, {"X-Forwarded-For": "198.51.100.2"}
+    statuses = [call(port, "POST", "/login", {"account_id": "bob", "password": "guess"},
+                     headers=attacker)[0] for _ in range(11)]
+    assert statuses == [401] * 10 + [429]
+    status, body, _ = call(port, "POST", "/login",
+                           {"account_id": "bob", "password": "demo-bob"}, headers=owner)
+    assert status == 200 and body["token"], body
