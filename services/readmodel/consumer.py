@@ -1,0 +1,185 @@
+"""The read model's loop: one consumer reads ``accepted`` and ``rejections`` (only
+committed records) and projects each batch it gets in one Redis round trip
+(services/readmodel/store.py).
+
+Where it resumes: each partition's next offset is stored in Redis by the same script
+that writes the batch's projections, so a SIGKILL at any moment leaves Redis with
+projections and positions that agree, and a restart re-reads nothing projected
+already. When a partition is assigned, the consumer seeks to that position; with none
+(Redis is new, flushed or lost its data) it starts at the partition's beginning: the
+rebuild. The group's committed offset is sent after the batches (at most once a
+second under load, and whenever the consumer runs out of records) for lag and tools;
+it never decides where to resume (Redis may have lost the last second of writes that
+the group had committed already).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from schemas.commands import AcceptedCommand
+from schemas.rejections import Rejection
+from services.common.metrics import ReadModelMetrics
+from services.common.settings import Settings
+from services.readmodel.store import Behind, ReadModelStore
+
+log = logging.getLogger("commission.readmodel")
+_decode = msgspec.json.Decoder(AcceptedCommand).decode
+_decode_rejection = msgspec.json.Decoder(Rejection).decode
+MAX_RECORDS = 2_000  # a batch: one Lua script of ~25 writes per command runs ~10 ms
+COMMIT_EVERY_S = 1.0
+
+
+class Projector(ConsumerRebalanceListener):
+    def __init__(self, settings: Settings, store: ReadModelStore, metrics: ReadModelMetrics,
+                 group: str, kill_after: int = 0) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.group = group
+        self.accepted = settings.topics.accepted
+        self.topics = (settings.topics.accepted, settings.topics.rejections)
+        self.consumer: AIOKafkaConsumer | None = None
+        self.rebalancing = True  # until the first assignment
+        self.kill_after = kill_after  # tests: SIGKILL after the batch reaching this many
+        self.projected = 0
+        self.pending: dict[TopicPartition, int] = {}  # projected, not committed to the group
+        self.committed: dict[TopicPartition, int] = {}
+        self.last_commit = time.monotonic()
+
+    # --- the group ---------------------------------------------------------------------
+    async def on_partitions_revoked(self, revoked) -> None:
+        self.rebalancing = True
+        await self.commit()  # best effort: lag figures; Redis holds the positions
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        await self.seek_to_stored(list(assigned))
+        self.rebalancing = False
+
+    async def seek_to_stored(self, tps: list[TopicPartition]) -> None:
+        """Seek each partition to the position stored in Redis; none: its beginning."""
+        consumer = self.consumer
+        assert consumer is not None
+        self.store.forget()
+        self.pending = {tp: o for tp, o in self.pending.items() if tp not in tps}
+        stored = await self.store.positions([(tp.topic, tp.partition) for tp in tps])
+        fresh = []
+        for tp in tps:
+            offset = stored[(tp.topic, tp.partition)]
+            if offset is None:
+                fresh.append(tp)
+            else:
+                consumer.seek(tp, offset)
+        if fresh:
+            await consumer.seek_to_beginning(*fresh)
+        log.info("resuming from the positions in Redis",
+                 extra={"positions": {f"{tp.topic}:{tp.partition}":
+                                      stored[(tp.topic, tp.partition)] for tp in tps}})
+
+    async def commit(self) -> None:
+        consumer = self.consumer
+        if consumer is None or not self.pending:
+            return
+        assigned = consumer.assignment()
+        offsets = {tp: o for tp, o in self.pending.items() if tp in assigned}
+        self.pending = {}
+        self.last_commit = time.monotonic()
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:  # a rebalance: the next one will do
+            log.info("group offsets not committed", extra={"error": repr(exc)})
+        else:
+            self.committed.update(offsets)
+
+    # --- the loop ----------------------------------------------------------------------
+    async def run(self) -> None:
+        s = self.settings
+        self.consumer = consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap, group_id=self.group,
+            # a restarted worker (same slot) takes its partitions back without waiting
+            # for the killed one's session to time out
+            group_instance_id=f"{self.group}-{s.instance}",
+            enable_auto_commit=False, isolation_level="read_committed",
+            auto_offset_reset="earliest", session_timeout_ms=10_000,
+            heartbeat_interval_ms=3_000, max_poll_records=MAX_RECORDS,
+            client_id=f"{self.group}-{s.instance}", **s.kafka_auth.aiokafka())
+        consumer.subscribe(list(self.topics), listener=self)
+        await consumer.start()
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=500, max_records=MAX_RECORDS)
+                if batch:
+                    await self.project(batch)
+                    if time.monotonic() - self.last_commit >= COMMIT_EVERY_S:
+                        await self.commit()
+                else:
+                    await self.commit_positions()
+        finally:
+            await self.commit()
+            await consumer.stop()
+
+    async def commit_positions(self) -> None:
+        """Out of records: commit the consumer's positions (past the transaction
+        markers after the last record, so committed offsets meet the end offsets)."""
+        consumer = self.consumer
+        assert consumer is not None
+        if self.rebalancing:
+            return
+        for tp in consumer.assignment():
+            try:
+                position = await consumer.position(tp)
+            except KafkaError:
+                continue
+            if position != self.committed.get(tp):
+                self.pending[tp] = position
+        await self.commit()
+
+    async def project(self, batch) -> None:
+        accepted, rejections, positions = [], [], {}
+        for tp, records in batch.items():
+            if not records:
+                continue
+            if tp.topic == self.accepted:
+                accepted += [(_decode(r.value), r.timestamp) for r in records]
+            else:
+                rejections += [_decode_rejection(r.value) for r in records]
+            positions[(tp.topic, tp.partition)] = records[-1].offset + 1
+        try:
+            done = await self.store.apply_batch(accepted, rejections, positions)
+        except Behind as exc:
+            log.warning("Redis is behind this worker: resuming from its positions",
+                        extra={"error": str(exc)})
+            await self.seek_to_stored(list(self.consumer.assignment()))
+            return
+        except Exception:
+            # a batch that cannot be projected stops the worker, so that it is read
+            # again, rather than being passed over
+            log.critical("projection failed; stopping", exc_info=True)
+            os._exit(75)
+        m = self.metrics
+        now = time.time()
+        m.commands.labels("projected").inc(len(done.accepted_ms))
+        if done.skipped:
+            m.commands.labels("skipped").inc(done.skipped)
+        if rejections:
+            m.rejections.inc(len(rejections))
+        observe = m.trail.observe
+        for ms in done.accepted_ms:
+            observe(max(0.0, now - ms / 1000))
+        for (topic, partition), offset in positions.items():
+            self.pending[TopicPartition(topic, partition)] = offset
+        self.projected += len(done.accepted_ms)
+        if self.kill_after and self.projected >= self.kill_after:
+            # tests: the batch is in Redis, its offsets are not committed to the group
+            os.kill(os.getpid(), signal.SIGKILL)
+        await asyncio.sleep(0)  # let the web server answer between batches
