@@ -1,0 +1,175 @@
+"""The read model against the sequencer: how fast it projects, and how far it trails.
+
+    python -m benchmarks.readmodel [--commands 30000] [--rate 1000] [--seconds 30]
+
+On its own broker and Redis (or KAFKA_BOOTSTRAP_SERVERS and REDIS_URL), on fresh
+topics, only the circulation stage runs (the read model reads ``accepted`` and
+``rejections``, which only it writes):
+
+1. flat out: ``--commands`` generated commands are sent and sequenced first; then the
+   read model starts and projects the whole topic. The rate counts the projections
+   (``commission_readmodel_commands_total``) from the first one to the last.
+2. trail: with the read model caught up, ``--rate`` commands/s for ``--seconds``;
+   the trail of each accepted command is its outcome's ``projected_ms`` less
+   ``accepted_ms`` (the accepted record's timestamp), as the metric
+   ``commission_readmodel_trail_seconds`` observes it.
+
+Prints the figures; nothing is written (they go into docs/benchmarks.md by hand,
+with the run they come from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from benchmarks.generator import Sender, TrafficSpec, generate
+from deploy.localstack import Kafka, Redis, free_port
+from services.common.auth import Keyring
+from services.common.metrics import scrape, total
+from services.common.settings import Settings, Topics
+from services.common.topics import ensure_topics
+from services.readmodel.projection import Keys
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECTED = "commission_readmodel_commands_total"
+
+
+def counter(port: int, name: str, **labels: str) -> float:
+    try:
+        return total(scrape(port), name, **labels)
+    except OSError:
+        return -1.0
+
+
+def wait(what: str, check, timeout_s: float, every_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(every_s)
+    raise RuntimeError(f"{what}: not within {timeout_s} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.readmodel")
+    parser.add_argument("--commands", type=int, default=30_000)
+    parser.add_argument("--rate", type=float, default=1_000.0)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--appendfsync", choices=("always", "everysec", "no"),
+                        help="set Redis's fsync policy first (CONFIG SET)")
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="commission-bench-rm-"))
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    redis_url = os.environ.get("REDIS_URL")
+    servers = []
+    if not bootstrap:
+        kafka = Kafka(run_dir=workdir / "kafka", port=free_port(), controller_port=free_port())
+        kafka.start()
+        servers.append(kafka)
+        bootstrap = kafka.bootstrap
+    if not redis_url:
+        server = Redis(run_dir=workdir / "redis", port=free_port())
+        server.start()
+        servers.append(server)
+        redis_url = server.url
+    prefix = f"bench-rm-{int(time.time())}"
+    settings = Settings(bootstrap=bootstrap, topics=Topics(prefix=f"{prefix}."),
+                        group_prefix=prefix, partitions=args.partitions)
+    ensure_topics(settings, settings.topics.all())
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "REDIS_URL": redis_url,
+           "COMMISSION_TOPIC_PREFIX": f"{prefix}.", "COMMISSION_GROUP_PREFIX": prefix,
+           "COMMISSION_PARTITIONS": str(args.partitions), "LOG_LEVEL": "warning"}
+    ports = {"circulation": free_port(), "readmodel": free_port()}
+    procs: list[subprocess.Popen] = []
+    (workdir / "logs").mkdir()
+
+    def start(service: str) -> None:
+        with open(workdir / "logs" / f"{service}.log", "ab") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", f"services.{service}"], cwd=ROOT,
+                env={**env, "METRICS_PORT": str(ports[service])},
+                stdout=log, stderr=subprocess.STDOUT))
+
+    sender = Sender(settings, Keyring.from_env())
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(settings.topics.prefix)
+    try:
+        if args.appendfsync:
+            client.config_set("appendfsync", args.appendfsync)
+        print(f"redis: appendonly {client.config_get('appendonly')['appendonly']}, "
+              f"appendfsync {client.config_get('appendfsync')['appendfsync']}", flush=True)
+        start("circulation")
+        items = generate(TrafficSpec(commands=args.commands, seed=3, prefix="rmflat"))
+        sender.send(items)
+        wait("the sequencer", lambda: counter(ports["circulation"], "commission_messages_in_total")
+             >= len(items), 300)
+        accepted = int(counter(ports["circulation"], "commission_messages_out_total",
+                               topic=settings.topics.accepted))
+        started = time.monotonic()
+        start("readmodel")
+        first = wait("a first projection", lambda: (n := counter(ports["readmodel"], PROJECTED,
+                                                                 outcome="projected")) > 0 and
+                     (time.monotonic(), n), 120, 0.05)
+        last = wait("the whole topic", lambda: (n := counter(ports["readmodel"], PROJECTED,
+                                                             outcome="projected")) >= accepted
+                    and (time.monotonic(), n), 900, 0.05)
+        flat = (last[1] - first[1]) / (last[0] - first[0])
+        print(f"flat out: {accepted} accepted records; first projection "
+              f"{first[0] - started:.1f} s after start; {flat:,.0f} projections/s "
+              f"({last[0] - first[0]:.1f} s)", flush=True)
+
+        paced = generate(TrafficSpec(commands=int(args.rate * args.seconds), seed=5,
+                                     prefix="rmpaced"))
+        before = counter(ports["readmodel"], PROJECTED, outcome="projected")
+        handed = counter(ports["circulation"], "commission_messages_out_total",
+                         topic=settings.topics.accepted)
+        took = sender.send(paced, rate=args.rate)
+        wait("the paced commands sequenced", lambda: counter(
+            ports["circulation"], "commission_messages_in_total") >= len(items) + len(paced), 300)
+        more = counter(ports["circulation"], "commission_messages_out_total",
+                       topic=settings.topics.accepted) - handed
+        wait("the paced commands projected", lambda: counter(
+            ports["readmodel"], PROJECTED, outcome="projected") >= before + more, 900)
+        trails = []
+        with client.pipeline(transaction=False) as p:
+            for item in paced:
+                if item.command is not None:
+                    p.hmget(keys.outcome(item.command.command_id), "accepted_ms", "projected_ms")
+            for got in p.execute():
+                if got[0] and got[1]:
+                    trails.append(int(got[1]) - int(got[0]))
+        trails.sort()
+
+        def pct(q: float) -> int:
+            return trails[min(len(trails) - 1, int(q * len(trails)))]
+
+        print(f"trail at {len(paced) / took:,.0f} commands/s for {took:.0f} s "
+              f"({len(trails)} projections): p50 {pct(0.5)} ms, p90 {pct(0.9)} ms, "
+              f"p99 {pct(0.99)} ms, max {trails[-1]} ms", flush=True)
+        print(f"logs in {workdir / 'logs'}")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        client.close()
+        for server in reversed(servers):
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
