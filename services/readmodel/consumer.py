@@ -29,6 +29,7 @@ from schemas.commands import AcceptedCommand
 from schemas.rejections import Rejection
 from services.common.metrics import ReadModelMetrics
 from services.common.settings import Settings
+from services.readmodel.progress import Progress
 from services.readmodel.store import Behind, ReadModelStore
 
 log = logging.getLogger("commission.readmodel")
@@ -53,6 +54,8 @@ class Projector(ConsumerRebalanceListener):
         self.projected = 0
         self.pending: dict[TopicPartition, int] = {}  # projected, not committed to the group
         self.committed: dict[TopicPartition, int] = {}
+        self.at: dict[TopicPartition, int] = {}  # where the projections stand
+        self.progress = Progress(metrics.registry)
         self.last_commit = time.monotonic()
 
     # --- the group ---------------------------------------------------------------------
@@ -78,8 +81,13 @@ class Projector(ConsumerRebalanceListener):
                 fresh.append(tp)
             else:
                 consumer.seek(tp, offset)
+        for tp in tps:
+            if stored[(tp.topic, tp.partition)] is not None:
+                self.at[tp] = stored[(tp.topic, tp.partition)]
         if fresh:
             await consumer.seek_to_beginning(*fresh)
+            self.at.update(await consumer.beginning_offsets(fresh))
+            self.progress.rebuild(len(fresh))
         log.info("resuming from the positions in Redis",
                  extra={"positions": {f"{tp.topic}:{tp.partition}":
                                       stored[(tp.topic, tp.partition)] for tp in tps}})
@@ -124,6 +132,7 @@ class Projector(ConsumerRebalanceListener):
                         await self.commit()
                 else:
                     await self.commit_positions()
+                await self.report()
         finally:
             await self.commit()
             await consumer.stop()
@@ -140,9 +149,30 @@ class Projector(ConsumerRebalanceListener):
                 position = await consumer.position(tp)
             except KafkaError:
                 continue
+            self.at[tp] = position
             if position != self.committed.get(tp):
                 self.pending[tp] = position
         await self.commit()
+
+    async def report(self) -> None:
+        """Progress: records behind the partitions' ends, in the log, the metrics and
+        Redis (for the pages)."""
+        consumer = self.consumer
+        assert consumer is not None
+        behind, known = 0, True
+        for tp in consumer.assignment():
+            end = consumer.last_stable_offset(tp)  # None until its first fetch
+            at = self.at.get(tp)
+            if end is None or at is None:
+                known = False
+            else:
+                behind += max(0, end - at)
+        update = self.progress.tick(behind, known)
+        if update is not None:
+            try:
+                await self.store.publish_progress(update)
+            except Exception:  # the pages lose a hint, not a projection
+                log.info("progress not written to Redis", exc_info=True)
 
     async def project(self, batch) -> None:
         accepted, rejections, positions = [], [], {}
@@ -178,6 +208,8 @@ class Projector(ConsumerRebalanceListener):
             observe(max(0.0, now - ms / 1000))
         for (topic, partition), offset in positions.items():
             self.pending[TopicPartition(topic, partition)] = offset
+            self.at[TopicPartition(topic, partition)] = offset
+        self.progress.projected(len(done.accepted_ms) + len(rejections))
         self.projected += len(done.accepted_ms)
         if self.kill_after and self.projected >= self.kill_after:
             # tests: the batch is in Redis, its offsets are not committed to the group

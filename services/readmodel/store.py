@@ -154,6 +154,18 @@ class ReadModelStore:
         raw = await self.redis.mget([self.position_key(t, p) for t, p in tps])
         return {tp: None if v is None else int(v) for tp, v in zip(tps, raw, strict=True)}
 
+    @property
+    def progress_key(self) -> str:
+        return f"{self.keys.p}progress"
+
+    async def publish_progress(self, fields: dict[str, str]) -> None:
+        """Where the read model stands (services/readmodel/progress.py), for the pages:
+        gone 30 s after the read model stopped writing it."""
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.hset(self.progress_key, mapping=fields)
+            tx.expire(self.progress_key, 30)
+            await tx.execute()
+
     def forget(self) -> None:
         """Drop the states kept in memory (partitions moved, or Redis went back)."""
         self.cache.clear()

@@ -130,15 +130,26 @@ def test_projections_match_the_core_and_rebuild_after_a_wipe(pipeline, stack):
             time.sleep(0.5)
         assert got == want
 
-        # wipe every key of this read model, replay the topic from the start
+        # Redis lost: wipe every key of this read model; the same read model (same
+        # group, whose offsets stand at the end) finds no position in Redis and
+        # rebuilds from the topics, saying so in its log, metrics and Redis
         pipeline.signal("readmodel")
         for key in client.scan_iter(match=f"{keys.p}*", count=1000):
             client.delete(key)
         assert not list(client.scan_iter(match=f"{keys.p}*"))
-        pipeline.start("readmodel", instance=1,
-                       COMMISSION_READMODEL_GROUP=f"{pipeline.settings.group_prefix}-rebuild")
+        pipeline.start("readmodel", metrics_port=probe_port)
         wait_projected(pipeline, client, keys, states)
         check(client, keys, states)
+        deadline = time.monotonic() + 30
+        while client.hget(f"{keys.p}progress", "state") != b"live":
+            assert time.monotonic() < deadline, client.hgetall(f"{keys.p}progress")
+            time.sleep(0.5)
+        samples = scrape(probe_port)
+        assert total(samples, "commission_readmodel_rebuilding") == 0
+        assert total(samples, "commission_readmodel_behind_records") == 0
+        log = (pipeline.logs / "readmodel-0.log").read_text()
+        assert "rebuilding: no position in Redis for 8 partitions" in log
+        assert f"rebuilt: {accepted + sum(expected.rejections.values())} records" in log
     finally:
         client.close()
 
