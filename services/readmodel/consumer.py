@@ -56,6 +56,8 @@ class Projector(ConsumerRebalanceListener):
         self.committed: dict[TopicPartition, int] = {}
         self.at: dict[TopicPartition, int] = {}  # where the projections stand
         self.progress = Progress(metrics.registry)
+        for outcome in ("projected", "skipped"):  # both series exist from the start, at 0
+            metrics.commands.labels(outcome)
         self.last_commit = time.monotonic()
 
     # --- the group ---------------------------------------------------------------------
@@ -208,7 +210,11 @@ class Projector(ConsumerRebalanceListener):
             observe(max(0.0, now - ms / 1000))
         for (topic, partition), offset in positions.items():
             self.pending[TopicPartition(topic, partition)] = offset
-            self.at[TopicPartition(topic, partition)] = offset
+            tp = TopicPartition(topic, partition)
+            try:  # past a transaction marker after the last record, once fetched
+                self.at[tp] = max(offset, await self.consumer.position(tp))
+            except Exception:  # revoked meanwhile: what the batch says
+                self.at[tp] = offset
         self.progress.projected(len(done.accepted_ms) + len(rejections))
         self.projected += len(done.accepted_ms)
         if self.kill_after and self.projected >= self.kill_after:

@@ -45,6 +45,7 @@ class Progress:
         self.rate = 0.0
         self.behind = 0
         self.state = "live"
+        self.due = False  # publish at the next tick (a rebuild started)
 
     def rebuild(self, partitions: int) -> None:
         """Partitions start from the beginning: a rebuild (logged when it starts)."""
@@ -52,6 +53,7 @@ class Progress:
             self.rebuilding = True
             self.rebuild_started = time.monotonic()
             self.rebuild_records = self.records
+            self.due = True
             log.warning("rebuilding: no position in Redis for %d partitions; projecting "
                         "them from the start", partitions,
                         extra={"partitions": partitions})
@@ -76,8 +78,10 @@ class Progress:
                         extra={"records": n, "seconds": round(took, 1)})
             self.rebuilding = False
             self.rebuilding_g.set(0)
-        if now - self.last_at < self.every_s and not (behind == 0 and self.state != "live"):
+        if (now - self.last_at < self.every_s and not self.due
+                and not (behind == 0 and self.state != "live")):
             return None
+        self.due = False
         span = now - self.last_at
         self.rate = (self.records - self.last_records) / span if span > 0 else 0.0
         self.last_at, self.last_records = now, self.records

@@ -24,6 +24,7 @@ def test_a_rebuild_reports_records_rate_and_time_left_then_its_end(caplog, monke
     progress.rebuild(8)
     assert "rebuilding: no position in Redis for 8 partitions" in caplog.text
     assert gauge(registry, "commission_readmodel_rebuilding") == 1
+    assert progress.tick(0, known=False)["state"] == "rebuilding"  # said at once
     progress.projected(4_000)
     clock[0] += 2
     assert progress.tick(36_000) is None  # not yet time to say
