@@ -70,7 +70,7 @@ from services.common.auth import Keyring
 from services.common.metrics import ApiMetrics, exposition
 from services.common.production import refuse_insecure
 from services.common.service import setup_logging
-from services.common.settings import Settings, redis_url_from_env
+from services.common.settings import Settings, production, redis_url_from_env
 from services.readmodel.projection import Keys
 
 log = logging.getLogger("commission.api")
@@ -283,12 +283,11 @@ async def serve(apps: list[tuple[web.Application, str, int]]) -> None:
 def main() -> None:
     settings = Settings.from_env()
     setup_logging("api", settings.log_level)
-    production = os.environ.get("COMMISSION_ENV") == "production"
     # its own Redis user's password from REDIS_PASSWORD_FILE, as the read model's
     client = aioredis.from_url(redis_url_from_env())
     payments = PaymentSystemClient.from_env()
     trust = guard.Trust.from_env(payments.public_url)
-    keyring = api_keyring(Keyring.from_env(), production)
+    keyring = api_keyring(Keyring.from_env(), production())
     refuse_insecure(settings, keyring)  # published keys, Kafka in the clear
     public, ops = build(settings, client, keyring, Accounts.passwords_from_env(),
                         ApiConfig.from_env(), trust, payments)

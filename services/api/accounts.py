@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 
 from services.api.errors import Problem
 from services.api.sessions import Session, Sessions
+from services.common.settings import production
 
 DEMO_ACCOUNTS = ("alice", "bob", "carol", "dave", "seller", "funder")
 # failed logins allowed per window, per account and per client address
@@ -63,16 +64,15 @@ class Accounts:
         demo accounts outside production. Production refuses the demo passwords."""
         path = os.environ.get("COMMISSION_ACCOUNTS_FILE")
         text = Path(path).read_text() if path else os.environ.get("COMMISSION_ACCOUNTS")
-        production = os.environ.get("COMMISSION_ENV") == "production"
         if text is None:
-            if production:
+            if production():
                 raise SystemExit("COMMISSION_ACCOUNTS or COMMISSION_ACCOUNTS_FILE must be set "
                                  "in production")
             return {a: f"demo-{a}" for a in DEMO_ACCOUNTS}
         entries = (e.strip() for e in text.replace("\n", ",").split(","))
         passwords = dict(e.split(":", 1) for e in entries if e and not e.startswith("#"))
         demo = sorted(a for a, p in passwords.items() if p == f"demo-{a}")
-        if demo and production:
+        if demo and production():
             raise SystemExit(f"refusing to run in production: accounts {demo} have their "
                              "published demo password")
         return passwords

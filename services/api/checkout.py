@@ -23,6 +23,7 @@ import aiohttp
 
 from services.api.errors import Problem
 from services.api.guard import origin_of
+from services.common.settings import production
 
 DEFAULT_URL = "http://127.0.0.1:8090"
 DEV_CHECKOUT_TOKEN = "dev-checkout-token-change-me"
@@ -32,12 +33,11 @@ def checkout_token_from_env() -> str:
     """The shared secret between the API and the payment system's checkout endpoint."""
     path = os.environ.get("CHECKOUT_TOKEN_FILE")
     token = Path(path).read_text().strip() if path else os.environ.get("CHECKOUT_TOKEN")
-    production = os.environ.get("COMMISSION_ENV") == "production"
     if token is None:
-        if production:
+        if production():
             raise SystemExit("CHECKOUT_TOKEN or CHECKOUT_TOKEN_FILE must be set in production")
         return DEV_CHECKOUT_TOKEN
-    if production and token == DEV_CHECKOUT_TOKEN:
+    if production() and token == DEV_CHECKOUT_TOKEN:
         raise SystemExit("CHECKOUT_TOKEN is the development token; set a secret one")
     if len(token) < 16:
         raise SystemExit("CHECKOUT_TOKEN is shorter than 16 characters")

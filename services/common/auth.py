@@ -54,6 +54,7 @@ from schemas.commands import (
     ReportPayment,
 )
 from schemas.rejections import Reason
+from services.common.settings import production
 
 KEY_ID_HEADER = "key-id"
 SIGNATURE_HEADER = "signature"
@@ -178,7 +179,7 @@ class Keyring:
             return cls.parse(Path(path).read_text())
         text = os.environ.get(variable)
         if text is None:
-            if os.environ.get("COMMISSION_ENV") == "production":
+            if production():
                 raise SystemExit(f"{variable} or {variable}_FILE must be set in production")
             text = dev
         return cls.parse(text)

@@ -9,18 +9,13 @@ and exits with a message naming what to change (never the secret itself).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from services.common.auth import DEV_KEYS, DEV_PAYMENTS_PRIVATE, Keyring
-from services.common.settings import Settings
+from services.common.settings import Settings, production
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "keys"
 CLEARTEXT = ("PLAINTEXT", "SASL_PLAINTEXT")
-
-
-def production() -> bool:
-    return os.environ.get("COMMISSION_ENV") == "production"
 
 
 def _public_material() -> set[bytes]:

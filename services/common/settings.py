@@ -11,6 +11,12 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from schemas.topics import DEFAULT_PARTITIONS, Topics
 
 
+def production() -> bool:
+    """``COMMISSION_ENV=production``: every process then refuses what only suits a
+    development machine (development keys, demo passwords, Kafka in the clear)."""
+    return os.environ.get("COMMISSION_ENV") == "production"
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 

@@ -7,6 +7,7 @@ import os
 
 from deploy.keys import KEYS_USED
 from services.common.auth import Keyring
+from services.common.settings import production
 
 
 def stage_keys(name: str) -> Keyring:
@@ -16,16 +17,16 @@ def stage_keys(name: str) -> Keyring:
     (the manifests give each Deployment its own Secret; tests/unit/deploy/test_keys.py
     checks them). A stage missing from the table is an error: add it there first."""
     scopes = KEYS_USED[name]
-    production = os.environ.get("COMMISSION_ENV") == "production"
+    refuse = production()
     if not scopes:
         given = [v for v in ("COMMISSION_KEYS", "COMMISSION_KEYS_FILE") if os.environ.get(v)]
-        if given and production:
+        if given and refuse:
             raise SystemExit(f"{name} uses no keys, but {' and '.join(given)} is set: "
                              f"give it none (deploy/keys.py)")
         return Keyring({})
     keyring = Keyring.from_env()
-    extra = {key.scope for key in keyring.keys.values()} - scopes
-    if extra and production:
+    extra = keyring.scopes() - scopes
+    if extra and refuse:
         raise SystemExit(f"{name} holds keys of scopes {sorted(extra)} it does not use: "
                          f"give it only {sorted(scopes)} (deploy/keys.py)")
     return Keyring({k: key for k, key in keyring.keys.items() if key.scope in scopes})
