@@ -33,10 +33,10 @@ from confluent_kafka import Message
 
 from schemas.commands import ConfirmFunding, Purchase, capture_key, escrow_key
 from schemas.rejections import Reason
-from services.circulation.intake import Source, reject
-from services.common.auth import AuthError, Keyring, header_dict
+from services.common.auth import AuthError, Keyring
 from services.common.follower import StepResult
 from services.common.metrics import Metrics
+from services.common.rejection import Source, reject
 from services.common.rows import WholeRowStore
 from services.common.settings import Settings
 from services.common.stage import Applied, Output
@@ -105,8 +105,7 @@ class CapturesStage:
         sequencer, which meets it later, checks the time against this)."""
         raw = record.value() or b""
         headers = record.headers() or []
-        source = Source(record.topic(), record.partition(), record.offset(),
-                        record.timestamp()[1], record.key(), header_dict(headers))
+        source = Source.of(record)
         verdict = self._check(row, raw, source)
         if isinstance(verdict, StepResult):
             return self._refuse(row, verdict, record)

@@ -9,45 +9,21 @@ reach the same verdict.
 
 from __future__ import annotations
 
-import hashlib
-
 import msgspec
 
 from domain import Accepted, CertificateState, Duplicate, Rejected, handle
 from domain.draw import entropy_at
 from schemas.commands import COMMAND_VERSION, AcceptedCommand, Command
-from schemas.rejections import MAX_ORIGINAL_BYTES, Reason, Rejection
+from schemas.rejections import Reason
 from services.common.auth import AuthError, Key, Keyring, signer_scope
 from services.common.follower import StepResult
+from services.common.rejection import Source, reject
 
 _decode_command = msgspec.json.Decoder(Command).decode
-PAYMENT_SYSTEM_MAX_DELAY_MS = 7 * 24 * 3600 * 1000
 _decode_any = msgspec.json.Decoder().decode
-
-
-class Source(msgspec.Struct, frozen=True):
-    """Where a message came from: goes into every rejection."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    headers: dict[str, bytes] = msgspec.field(default_factory=dict)
-
-
-def reject(raw: bytes, source: Source, reason: Reason, detail: str,
-           command: Command | None = None) -> StepResult:
-    certificate_id = command.certificate_id if command is not None else (
-        source.key.decode("utf-8", "replace") if source.key else None)
-    return StepResult(rejection=Rejection(
-        reason=reason, detail=detail,
-        command_id=command.command_id if command is not None else None,
-        certificate_id=certificate_id, source_topic=source.topic,
-        source_partition=source.partition, source_offset=source.offset,
-        original=raw[:MAX_ORIGINAL_BYTES], original_size=len(raw),
-        original_sha256=hashlib.sha256(raw).hexdigest(), at_ms=source.timestamp_ms,
-    ))
+# the longest what the payment system says may wait (in the captures stage) before
+# the sequencer sees it; beyond it, a replay
+PAYMENT_SYSTEM_MAX_DELAY_MS = 7 * 24 * 3600 * 1000
 
 
 def _validation_reason(raw: bytes, error: msgspec.ValidationError) -> tuple[Reason, str]:

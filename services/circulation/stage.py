@@ -16,10 +16,11 @@ import msgspec
 from confluent_kafka import Message
 
 from domain import CertificateState
-from services.circulation.intake import Source, sequence
-from services.common.auth import Keyring, header_dict
+from services.circulation.intake import sequence
+from services.common.auth import Keyring
 from services.common.follower import MEMBERS
 from services.common.metrics import Metrics
+from services.common.rejection import Source
 from services.common.settings import Settings
 from services.common.stage import Applied, Output
 
@@ -50,8 +51,7 @@ class CirculationStage:
         return [self.accepted, self.events, self.rejections]
 
     def apply(self, state: CertificateState | None, record: Message) -> Applied:
-        source = Source(record.topic(), record.partition(), record.offset(),
-                        record.timestamp()[1], record.key(), header_dict(record.headers()))
+        source = Source.of(record)
         result = sequence(state, record.value() or b"", source, self.keyring, self.max_skew_ms,
                           self.draw_key)
         metrics = self.metrics

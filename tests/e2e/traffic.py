@@ -21,8 +21,9 @@ from schemas.rejections import Rejection
 from schemas.topics import TOPICS
 from services.audit.read import read_records, read_rows, read_table
 from services.captures.stage import Admitted
-from services.circulation.intake import Source, sequence
+from services.circulation.intake import sequence
 from services.common.auth import header_dict
+from services.common.rejection import Source
 from services.common.rows import RUNNER_PREFIX
 from tests.e2e.certificates import cert_id, paid, sequencer_entropy, setup
 

@@ -15,9 +15,10 @@ from domain import handle
 from domain.draw import MissingEntropy
 from schemas import commands as c
 from schemas.rejections import Reason
-from services.circulation.intake import Source, sequence
+from services.circulation.intake import sequence
 from services.common.auth import DEV_KEYS, DEV_PAYMENTS_PRIVATE, Key, Keyring, signer_scope
 from services.common.follower import DeterminismError, StepResult, follow
+from services.common.rejection import Source
 from services.common.rows import WholeRowStore  # noqa: F401 - the captures stage's rows
 from tests.e2e.certificates import cert_id, setup
 
