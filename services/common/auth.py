@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -113,11 +114,19 @@ class Key:
     def can_sign(self) -> bool:
         return self.kind != "ed25519-public"
 
+    @cached_property
+    def private_key(self) -> Ed25519PrivateKey:
+        """Built once: deriving it from the seed cost as much as the signature."""
+        if self.kind != "ed25519-private":
+            raise ValueError(f"key {self.key_id} is a public key: it verifies, it cannot sign")
+        return Ed25519PrivateKey.from_private_bytes(self.secret)
+
+    @cached_property
     def public_key(self) -> Ed25519PublicKey:
         if self.kind == "ed25519-public":
             return Ed25519PublicKey.from_public_bytes(self.secret)
         if self.kind == "ed25519-private":
-            return Ed25519PrivateKey.from_private_bytes(self.secret).public_key()
+            return self.private_key.public_key()
         raise ValueError(f"key {self.key_id} is not an Ed25519 key")
 
 
@@ -223,10 +232,8 @@ class Keyring:
     def sign(body: bytes, key: Key) -> list[tuple[str, bytes]]:
         if key.kind == "hmac":
             mac = hmac.new(key.secret, body, hashlib.sha256).hexdigest().encode()
-        elif key.kind == "ed25519-private":
-            mac = Ed25519PrivateKey.from_private_bytes(key.secret).sign(body).hex().encode()
         else:
-            raise ValueError(f"key {key.key_id} is a public key: it verifies, it cannot sign")
+            mac = key.private_key.sign(body).hex().encode()
         return [(KEY_ID_HEADER, key.key_id.encode()), (SIGNATURE_HEADER, mac)]
 
     def verify(self, body: bytes, headers: dict[str, bytes]) -> Key:
@@ -244,7 +251,7 @@ class Keyring:
                 raise AuthError(Reason.BAD_SIGNATURE, "the signature does not match the command")
             return key
         try:
-            key.public_key().verify(bytes.fromhex(signature.decode("ascii")), body)
+            key.public_key.verify(bytes.fromhex(signature.decode("ascii")), body)
         except (InvalidSignature, ValueError, UnicodeDecodeError):
             raise AuthError(Reason.BAD_SIGNATURE,
                             "the signature does not match the command") from None
