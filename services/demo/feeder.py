@@ -24,6 +24,7 @@ from domain.offer import offer_id_for
 from schemas import commands as c
 from services.common.auth import Key
 from services.gateway import CommandSender
+from services.paysim.sender import capture_command_id
 
 _encode = msgspec.json.Encoder().encode
 
@@ -39,6 +40,7 @@ class Live:
     price_minor: int = 0
     currency: str = "EUR"
     refund_at: float | None = None  # monotonic time of a refund to come, if any
+    refund_after_hold: bool = False
 
 
 class Feeder:
@@ -136,7 +138,7 @@ class Feeder:
             self.sent += 1
         elif len(cert.chain) >= cert.buy_after:
             payment_ref = self._id("pay")  # the payment system captured the whole price
-            self._pay(c.Purchase(command_id=f"capture:{payment_ref}",
+            self._pay(c.Purchase(command_id=capture_command_id(payment_ref),
                                  certificate_id=cert.certificate_id, at_ms=now,
                                  account_id=self.rng.choice(self.accounts),
                                  seller_id=cert.certificate_id.partition("~")[0],
@@ -144,7 +146,9 @@ class Feeder:
                                  currency=cert.currency))
             self.live.remove(cert)
             if self.rng.random() < 0.25:  # a quarter are refunded: within the hold or after
-                cert.refund_at = time.monotonic() + self.rng.choice([5, DEMO_HOLD_S + 10])
+                delay = self.rng.choice([5, DEMO_HOLD_S + 10])
+                cert.refund_at = time.monotonic() + delay
+                cert.refund_after_hold = delay > DEMO_HOLD_S
                 self.sold.append(cert)
         else:
             account = self.rng.choice(self.accounts)
@@ -155,14 +159,20 @@ class Feeder:
                 cert.chain.append(account)
 
     def refund(self, cert: Live, now: int) -> None:
-        """Half the price back, or all of it; by the seller or the payment system."""
+        """Half the price back, or all of it. Within the hold by the seller or the
+        payment system; after it through the payment system only (a seller's own is
+        refused refund_after_hold), half of them chargebacks, which claw commission
+        back where a refund leaves it locked."""
         self.sold.remove(cert)
-        by = self.rng.choice(["seller", "payment_system"])
+        by = ("payment_system" if cert.refund_after_hold
+              else self.rng.choice(["seller", "payment_system"]))
+        chargeback = "4837" if cert.refund_after_hold and self.rng.random() < 0.5 else None
         seller = cert.certificate_id.partition("~")[0]
         amount = self.rng.choice([cert.price_minor, cert.price_minor // 2])
         refund = c.Refund(command_id=self._id("refund"), certificate_id=cert.certificate_id,
                           at_ms=now, by=by, account_id=seller if by == "seller" else None,
-                          amount_minor=amount, refund_ref=self._id("rf"))
+                          amount_minor=amount, refund_ref=self._id("rf"),
+                          chargeback_reason=chargeback)
         if by == "payment_system":
             self._pay(refund)
         else:
