@@ -129,7 +129,7 @@ def within_chargeback_window(state: CertificateState, pool: Pool | None, now_ms:
 
 def refund(state: CertificateState, pool: Pool | None, amount: int,
            by: Literal["seller", "payment_system"], refund_ref: str, rec: Recorder, *,
-           chargeback: bool = False, now_ms: int = 0) -> None:
+           chargeback: bool, now_ms: int) -> None:
     """Give ``amount`` of the price back to the buyer (the caller checked it fits)."""
     price = state.price_minor
     within = state.held_until_ms is not None
