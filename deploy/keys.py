@@ -30,12 +30,13 @@ SCOPES: dict[str, str] = {
     "payments": "the payment system's Ed25519 public keys: verify what only it may say",
     "draw": "the sequencer's secret for random amounts",
     "session": "signs the API's session tokens",
+    "fraud": "signs the fraud stage's flag_commission / verifies it",
 }
 
 # process (Deployment, compose service) -> the key scopes it holds
 KEYS_USED: dict[str, frozenset[str]] = {
     "api": frozenset({"gateway", "session"}),
-    "circulation": frozenset({"gateway", "system", "payments", "draw"}),
+    "circulation": frozenset({"gateway", "system", "payments", "draw", "fraud"}),
     "captures": frozenset({"payments"}),
     "withdrawal": frozenset({"system"}),
     "allocation": frozenset(),

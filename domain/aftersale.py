@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from domain import review
 from domain.recorder import Recorder
 from domain.state import CertificateState, Pool
 from schemas.events import AccountAmount, CertificateEnded, HoldReleased, PurchaseRefunded
@@ -69,8 +70,9 @@ def cash_out(state: CertificateState, pool: Pool, now_ms: int, rec: Recorder
     released)."""
     commission = pool.pending_minor
     if commission:
-        # pending > 0 only while nothing was voided: it is every acquisition
-        pool.payouts = dict(pool.acquired)
+        # pending > 0 only while nothing was voided: it is every acquisition a review
+        # did not decline
+        pool.payouts = {a: m for a, m in pool.acquired.items() if a not in pool.declined}
         assert sum(pool.payouts.values()) == commission, (pool.payouts, commission)
     pool.pending_minor = 0
     held = pool.hold_s > 0
@@ -79,7 +81,11 @@ def cash_out(state: CertificateState, pool: Pool, now_ms: int, rec: Recorder
         state.price_held_minor = state.price_minor
         state.held_until_ms = now_ms + pool.hold_s * 1000
     else:
-        pool.paid_minor += commission
+        # no hold: paid at once, but what a fraud flag keeps back stays held
+        kept = review.kept_back_minor(pool)
+        pool.held_minor = kept
+        pool.paid_minor += commission - kept
+        commission -= kept
         _pay_commission(state, pool, rec)
     released = pool.attached_minor + pool.reserve_minor
     pool.attached_minor = pool.reserve_minor = 0
@@ -94,6 +100,8 @@ def cash_out(state: CertificateState, pool: Pool, now_ms: int, rec: Recorder
 
 def _pay_commission(state: CertificateState, pool: Pool, rec: Recorder) -> None:
     for account_id, amount in pool.payouts.items():
+        if account_id in pool.flagged:
+            continue  # kept back until a reviewer approves it (domain.review)
         rec.settle(CommissionPayout, payee_id=account_id, amount_minor=amount,
                    funding_ref=pool.funding_ref, currency=state.currency)
 
@@ -109,16 +117,18 @@ def _pay_seller(state: CertificateState, rec: Recorder) -> None:
 
 
 def release(state: CertificateState, pool: Pool, rec: Recorder) -> None:
-    """The hold ended: the held commission and the price become payable."""
-    paid = pool.held_minor
+    """The hold ended: the held commission and the price become payable, except the
+    commissions a fraud flag keeps back (they stay held until reviewed)."""
+    kept = review.kept_back_minor(pool)
+    paid = pool.held_minor - kept
     seller = state.price_held_minor
     pool.paid_minor += paid
-    pool.held_minor = 0
+    pool.held_minor = kept
     state.held_until_ms = None
     _pay_commission(state, pool, rec)
     _pay_seller(state, rec)
     rec.event(HoldReleased, currency=state.currency, paid_out_minor=paid,
-              seller_paid_minor=seller)
+              seller_paid_minor=seller, kept_back_minor=kept)
 
 
 def within_chargeback_window(state: CertificateState, pool: Pool | None, now_ms: int) -> bool:
@@ -145,13 +155,17 @@ def refund(state: CertificateState, pool: Pool | None, amount: int,
     released = 0
     assert state.buyer_id is not None and state.payment_ref is not None
     if pool is not None and counts:
+        voided_now = 0
         for account_id, amount_was in pool.payouts.items():
             entitled = pool.acquired[account_id] * left // price
-            if within:
+            if within or account_id in pool.flagged:
+                # held (in the hold, or kept back by a flag after it): voided, not
+                # clawed back: it was never paid
                 less = amount_was - entitled
                 if less:
                     pool.payouts[account_id] = entitled
                     voided.append(AccountAmount(account_id=account_id, amount_minor=less))
+                    voided_now += less
             else:
                 less = amount_was - pool.clawed.get(account_id, 0) - entitled
                 if less:
@@ -161,11 +175,9 @@ def refund(state: CertificateState, pool: Pool | None, amount: int,
                                funding_ref=pool.funding_ref, currency=state.currency,
                                refund_ref=refund_ref, of_kind="commission_payout")
             released += less
-        if within:
-            pool.held_minor -= released
-            pool.voided_minor += released
-        else:
-            pool.clawed_back_minor += released
+        pool.held_minor -= voided_now
+        pool.voided_minor += voided_now
+        pool.clawed_back_minor += released - voided_now
         pool.released_minor += released
         rec.settle(BudgetRelease, payee_id=pool.funder_id, amount_minor=released,
                    funding_ref=pool.funding_ref, currency=state.currency,
@@ -200,7 +212,7 @@ def end(state: CertificateState, reason: Literal["cancelled", "closed"], rec: Re
     if pool is not None:
         if pool.pending_minor:
             voided = [AccountAmount(account_id=a, amount_minor=m)
-                      for a, m in pool.acquired.items()]
+                      for a, m in pool.acquired.items() if a not in pool.declined]
         released = pool.attached_minor + pool.reserve_minor + pool.pending_minor
         pool.voided_minor += pool.pending_minor
         pool.released_minor += released

@@ -27,7 +27,7 @@ from typing import Union
 
 import msgspec
 
-from domain import aftersale, payments
+from domain import aftersale, payments, review
 from domain import pool as pools
 from domain.invariants import check_invariants
 from domain.offer import certificate_id_for, offer_owner
@@ -35,6 +35,7 @@ from domain.recorder import Recorder
 from domain.state import MAX_CHAIN_HOPS, CertificateState, Hop, Pool
 from domain.thresholds import cumulative_limit_minor, display_limit_ms, due_warnings, first_met
 from schemas.commands import (
+    ApproveCommission,
     AttachPool,
     CancelCertificate,
     CheckExpiry,
@@ -42,6 +43,8 @@ from schemas.commands import (
     Claim,
     Command,
     ConfirmFunding,
+    DeclineCommission,
+    FlagCommission,
     IssueCertificate,
     PostCertificate,
     Purchase,
@@ -61,6 +64,7 @@ from schemas.events import (
     CertificatePurchased,
     Event,
     FundingConfirmed,
+    NoGain,
     PoolAttached,
 )
 from schemas.payments import Settlement
@@ -274,12 +278,16 @@ def _circulate(state: CertificateState, c: Circulate, ctx: _Context) -> Recorder
     now = ctx.now
     rec = Recorder(state, c.command_id, now, ctx.entropy)
     previous = state.holder
-    # Only a new account other than the seller and the funder counts: a repeat, or the
-    # seller or funder circulating, moves the certificate but counts toward no
-    # threshold, acquires nothing and replenishes nothing (SPEC rule 6).
-    counts = (c.account_id not in state.members and c.account_id != state.seller_id
-              and c.account_id != pool.funder_id)
+    # Only a new account other than the seller and the funder, that meets the pool's
+    # account rules, counts: a repeat, the seller or funder, or an account too new or
+    # not verified moves the certificate but counts toward no threshold, acquires
+    # nothing and replenishes nothing (SPEC rule 6; issue #24 rule 4).
+    new = c.account_id not in state.members
+    insider = c.account_id == state.seller_id or c.account_id == pool.funder_id
+    eligible = pools.meets_account_rules(pool, c.account, now)
+    counts = new and not insider and eligible
     depth = 1 if c.via is None else state.depth[c.via] + 1
+    no_gain = _no_gain(state, pool, c, new, insider, eligible, depth, now)
     state.depth.setdefault(c.account_id, depth)  # an account keeps its first level
     state.members[c.account_id] = len(state.chain)
     state.chain.append(Hop(c.account_id, c.via, now))
@@ -287,32 +295,59 @@ def _circulate(state: CertificateState, c: Circulate, ctx: _Context) -> Recorder
     state.circulations += 1
     if counts:
         state.distinct_circulations += 1
+    elif new and not insider:
+        state.ineligible_members += 1
     rec.events.append(CertificateCirculated(
         event_id=rec.next_event_id(), certificate_id=state.certificate_id,
         command_id=c.command_id, seq=rec.seq, at_ms=now, account_id=c.account_id, via=c.via,
         previous_holder=previous, hop=len(state.chain), circulations=state.circulations,
-        counts=counts, distinct_circulations=state.distinct_circulations, depth=depth))
+        counts=counts, distinct_circulations=state.distinct_circulations, depth=depth,
+        no_gain=no_gain))
     # Seed [123]: the thresholds are checked first; a withdrawn pool pays nothing more.
     if pools.check_withdrawal(state, pool, now, rec, only=("display_time", "circulations")):
         return rec
     if counts:
-        _acquire_on_circulation(state, pool, c, depth, rec)
+        _acquire_on_circulation(state, pool, c, no_gain is None, rec)
     if not pools.check_withdrawal(state, pool, now, rec, only=("cumulative",)):
         pools.raise_warnings(state, pool, now, rec)
     return rec
 
 
-def _acquire_on_circulation(state: CertificateState, pool: Pool, c: Circulate, depth: int,
+def _no_gain(state: CertificateState, pool: Pool, c: Circulate, new: bool, insider: bool,
+             eligible: bool, depth: int, now: int) -> NoGain | None:
+    """Why this hop will acquire nothing, when the state says so before the pool is
+    asked (CertificateCirculated.no_gain); the same conditions decide the acquisition."""
+    if not new:
+        return "repeat"
+    if insider:
+        return "seller_or_funder"
+    if not eligible:
+        return "account_rules"
+    who = c.account_id if pool.acquisition.beneficiary == "circulator" else c.via
+    if who is None:
+        return "upstream_none"
+    if who == state.seller_id or who == pool.funder_id:
+        return "seller_or_funder"
+    if who in pool.acquired or who in pool.claimable:
+        return "already_gained"
+    max_depth = pool.acquisition.max_depth
+    if max_depth is not None and depth > max_depth:
+        return "too_deep"
+    if pools.velocity_used_up(pool, now):
+        return "velocity"
+    return None
+
+
+def _acquire_on_circulation(state: CertificateState, pool: Pool, c: Circulate, may: bool,
                             rec: Recorder) -> None:
     pools.restore_before_acquiring(state, pool, rec)
     who = c.account_id if pool.acquisition.beneficiary == "circulator" else c.via
-    max_depth = pool.acquisition.max_depth
     acquired = 0
-    if (max_depth is None or depth <= max_depth) and pools.may_gain(state, pool, who):
+    if may and pools.may_gain(state, pool, who):
         assert who is not None
         if pool.acquisition.trigger == "auto":
             acquired = pools.acquire(state, pool, who, rec)
-        elif who not in pool.claimable:
+        else:
             pool.claimable[who] = len(state.chain)
             rec.event(AcquisitionClaimable, account_id=who)
     pools.replenish(state, pool, acquired, rec)
@@ -325,6 +360,9 @@ def _claim(state: CertificateState, c: Claim, ctx: _Context) -> Recorder:
                   else "the account has nothing to claim on this certificate")
         raise Refusal(Reason.NOTHING_TO_CLAIM, detail)
     expired = first_met(state, pool, ctx.now, ("display_time",)) is not None
+    if not expired and pools.velocity_used_up(pool, ctx.now):
+        raise Refusal(Reason.VELOCITY_LIMIT, "the pool's acquisitions for this minute are "
+                      "used up; the claim stays open")
     if not expired and pools.acquisition_amount(pool, ctx.entropy) == 0:
         raise Refusal(Reason.POOL_EMPTY, "nothing is attached to the pool to claim from now; "
                       "the claim stays open")
@@ -461,6 +499,35 @@ def _report_payment(state: CertificateState, c: ReportPayment, ctx: _Context) ->
     return rec
 
 
+def _reviewed_pool(state: CertificateState) -> Pool:
+    if state.pool is None:
+        raise Refusal(Reason.NOTHING_TO_REVIEW, "no pool, so no commission to review")
+    return state.pool
+
+
+def _review(check, apply, state: CertificateState, c: Command, ctx: _Context) -> Recorder:
+    pool = _reviewed_pool(state)
+    try:
+        check(state, pool, c)
+    except review.ReviewRefused as refused:
+        raise Refusal(Reason[refused.reason], refused.detail) from None
+    rec = Recorder(state, c.command_id, ctx.now)
+    apply(state, pool, c, rec)
+    return rec
+
+
+def _decline(state: CertificateState, c: DeclineCommission, ctx: _Context) -> Recorder:
+    return _review(review.check_decline, review.decline, state, c, ctx)
+
+
+def _flag(state: CertificateState, c: FlagCommission, ctx: _Context) -> Recorder:
+    return _review(review.check_flag, review.flag, state, c, ctx)
+
+
+def _approve(state: CertificateState, c: ApproveCommission, ctx: _Context) -> Recorder:
+    return _review(review.check_approve, review.approve, state, c, ctx)
+
+
 _HANDLERS: dict[type, Callable[[CertificateState, Command, _Context], Recorder]] = {
     AttachPool: _attach,  # type: ignore[dict-item]
     ConfirmFunding: _confirm_funding,  # type: ignore[dict-item]
@@ -473,6 +540,9 @@ _HANDLERS: dict[type, Callable[[CertificateState, Command, _Context], Recorder]]
     Refund: _refund,  # type: ignore[dict-item]
     CancelCertificate: _cancel,  # type: ignore[dict-item]
     ReportPayment: _report_payment,  # type: ignore[dict-item]
+    DeclineCommission: _decline,  # type: ignore[dict-item]
+    FlagCommission: _flag,  # type: ignore[dict-item]
+    ApproveCommission: _approve,  # type: ignore[dict-item]
 }
 
 

@@ -67,8 +67,8 @@ def check_invariants(state: CertificateState, *, full: bool = False) -> None:
         _fail("voided and clawed back beyond released", state)
     if clawed > paid:
         _fail("clawed back more than was paid", state)
-    if held and state.held_until_ms is None:
-        _fail("commission held with no hold", state)
+    if held and state.held_until_ms is None and not pool.flagged:
+        _fail("commission held with no hold and no flag keeping it back", state)
     if state.seller_id in pool.acquired or pool.funder_id in pool.acquired:
         _fail("seller or funder gained on their own certificate", state)
     if (pool.status == "withdrawn" or (status != "issued" and status != "posted")) and (
@@ -82,16 +82,21 @@ def check_invariants(state: CertificateState, *, full: bool = False) -> None:
         _fail("members do not match the chain", state)
     if state.depth.keys() != state.members.keys():
         _fail("a member without a level of sharing", state)
-    if pool is not None and state.distinct_circulations != len(
+    if pool is not None and state.distinct_circulations + state.ineligible_members != len(
             state.members.keys() - {state.seller_id, pool.funder_id}):
-        _fail("distinct circulations != accounts in the chain other than seller and funder",
-              state)
+        _fail("distinct circulations + ineligible accounts != accounts in the chain other "
+              "than seller and funder", state)
     if sum(pool.acquired.values()) != pool.cumulative_minor:
         _fail("cumulative != sum of acquisitions", state)
     if state.held_until_ms is not None and sum(pool.payouts.values()) != held:
         _fail("held != the sum of held payouts", state)
-    if state.held_until_ms is None and sum(pool.payouts.values()) != paid:
-        _fail("paid != the sum of payouts", state)
+    kept = sum(pool.payouts.get(a, 0) for a in pool.flagged)
+    if state.held_until_ms is None and sum(pool.payouts.values()) - kept != paid:
+        _fail("paid != the sum of payouts not kept back", state)
+    if state.held_until_ms is None and kept != held:
+        _fail("held after the hold != the payouts flags keep back", state)
+    if pool.declined.keys() & pool.payouts.keys() or pool.declined.keys() & pool.flagged.keys():
+        _fail("a declined commission is still owed or flagged", state)
     if sum(pool.clawed.values()) != clawed:
         _fail("clawed back != the sum of clawbacks", state)
     for account_id, amount in pool.payouts.items():

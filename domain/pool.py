@@ -41,6 +41,33 @@ def may_gain(state: CertificateState, pool: Pool, account_id: str | None) -> boo
     )
 
 
+MINUTE_MS = 60_000
+
+
+def velocity_used_up(pool: Pool, now_ms: int) -> bool:
+    """The pool's acquisitions of the last minute reached its limit. Reads only (a
+    refused command changes nothing); :func:`acquire` prunes the window."""
+    limit = pool.acquisition.max_acquisitions_per_minute
+    if limit is None:
+        return False
+    since = now_ms - MINUTE_MS
+    return sum(1 for t in pool.recent_acquisitions if t > since) >= limit
+
+
+def meets_account_rules(pool: Pool, facts, now_ms: int) -> bool:
+    """The circulating account is old enough and verified, as the pool requires; an
+    account the gateway attested nothing about meets no rule."""
+    policy = pool.acquisition
+    if policy.min_account_age_s is None and not policy.verified_only:
+        return True
+    if facts is None:
+        return False
+    if policy.verified_only and not facts.verified:
+        return False
+    return (policy.min_account_age_s is None
+            or now_ms - facts.created_ms >= policy.min_account_age_s * 1000)
+
+
 def acquisition_amount(pool: Pool, entropy: bytes) -> int:
     policy = pool.acquisition.amount
     if isinstance(policy, AllAttached):
@@ -65,6 +92,11 @@ def acquire(state: CertificateState, pool: Pool, account_id: str, rec: Recorder)
     pool.cumulative_minor += amount
     pool.acquired[account_id] = amount
     pool.claimable.pop(account_id, None)
+    if pool.acquisition.max_acquisitions_per_minute is not None:
+        # the last minute's, never more than the limit of them
+        since = rec.at_ms - MINUTE_MS
+        pool.recent_acquisitions[:] = [t for t in pool.recent_acquisitions if t > since]
+        pool.recent_acquisitions.append(rec.at_ms)
     rec.events.append(CommissionAcquired(
         event_id=rec.next_event_id(), certificate_id=rec.certificate_id,
         command_id=rec.command_id, seq=rec.seq, at_ms=rec.at_ms, account_id=account_id,
@@ -122,7 +154,8 @@ def withdraw(state: CertificateState, pool: Pool, threshold: ThresholdName, rec:
     voided: list[AccountAmount] = []
     released = pool.attached_minor + pool.reserve_minor
     if mode == "void":
-        voided = [AccountAmount(account_id=a, amount_minor=m) for a, m in pool.acquired.items()]
+        voided = [AccountAmount(account_id=a, amount_minor=m)
+                  for a, m in pool.acquired.items() if a not in pool.declined]
         released += pool.pending_minor
         pool.voided_minor += pool.pending_minor
         pool.pending_minor = 0

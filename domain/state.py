@@ -84,6 +84,13 @@ class Pool(msgspec.Struct, kw_only=True, array_like=True):
     # after the hold only a chargeback within this long of the purchase claws back
     # commission (None in rows from before: no window, every chargeback claws back)
     chargeback_window_s: int | None = None
+    # times (ms) of the acquisitions of the last minute, when the pool limits them
+    recent_acquisitions: list[int] = msgspec.field(default_factory=list)
+    # review (domain.review): account -> the fraud rule that flagged its commission
+    # (until approved or declined; a flagged payout is kept back, held, when the hold
+    # ends), and account -> the commission a review declined (voided to the funder)
+    flagged: dict[str, str] = msgspec.field(default_factory=dict)
+    declined: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class PaymentTrack(msgspec.Struct, array_like=True):
@@ -142,3 +149,6 @@ class CertificateState(msgspec.Struct, kw_only=True, array_like=True):
     # the part of refunded_minor that scaled commission down: refunds within the hold
     # and chargebacks within the window (a locked refund is the seller's alone)
     commission_refunded_minor: int = 0
+    # accounts new to the chain that did not meet the pool's account rules (too new,
+    # not verified): members that count toward no threshold
+    ineligible_members: int = 0

@@ -75,6 +75,18 @@ class AcquisitionPolicy(_Wire, kw_only=True):
     # only the first ``max_depth`` levels of sharing gain (a hop from the catalogue is
     # level 1, a hop via a level-1 account level 2, ...); deeper hops circulate for free
     max_depth: Count | None = None
+    # at most this many acquisitions in any minute (the certificate's clock); beyond
+    # it a circulation still moves the certificate and counts, but acquires nothing
+    max_acquisitions_per_minute: Count | None = None
+    # account rules: only accounts at least this old, and (if set) verified, acquire
+    # and count toward the circulation threshold; the gateway attests both facts
+    # (Circulate.account) from the account store or the identity provider
+    min_account_age_s: DurationS | None = None
+    verified_only: bool = False
+
+    @property
+    def has_account_rules(self) -> bool:
+        return self.min_account_age_s is not None or self.verified_only
 
 
 # --- replenishment policy -----------------------------------------------------------
@@ -177,13 +189,60 @@ class PostCertificate(_Command, tag="post_certificate", kw_only=True):
     account_id: Id  # must be the seller
 
 
+class AccountFacts(_Wire, kw_only=True):
+    """What the gateway attests about the account it signs for (from the account store
+    or the identity provider's claims, never from the request): a pool's account rules
+    (``AcquisitionPolicy.min_account_age_s``, ``verified_only``) read these."""
+
+    created_ms: TimestampMs
+    verified: bool = False
+
+
 class Circulate(_Command, tag="circulate", kw_only=True):
     account_id: Id
     via: Id | None = None
+    account: AccountFacts | None = None  # None: unknown, so no account rule is met
 
 
 class Claim(_Command, tag="claim", kw_only=True):
     account_id: Id
+
+
+DeclineReason = Literal["fraud", "self_referral", "policy", "other"]
+
+
+class DeclineCommission(_Command, tag="decline_commission", kw_only=True):
+    """Review: the seller, or an account with the reviewer role, declines
+    ``sharer_id``'s commission on this certificate while it is not paid yet (pending,
+    held, or kept back by a fraud flag): it is voided back to the funder and the
+    sharer sees ``reason`` and ``note``. ``reviewer`` is the gateway's word that the
+    account holds the reviewer role (never taken from the request)."""
+
+    account_id: Id
+    sharer_id: Id
+    reason: DeclineReason
+    note: ShortText | None = None
+    reviewer: bool = False
+
+
+class ApproveCommission(_Command, tag="approve_commission", kw_only=True):
+    """Review: an account with the reviewer role clears a fraud flag on ``sharer_id``'s
+    commission; kept back after the hold, it is paid now. Not the seller's to say: a
+    seller approving its own fake sharers would pay them from the funder's budget."""
+
+    account_id: Id
+    sharer_id: Id
+    reviewer: bool = False
+
+
+class FlagCommission(_Command, tag="flag_commission", kw_only=True):
+    """The fraud stage's word (a ``fraud`` key): ``sharer_id``'s acquisition on this
+    certificate looks like fraud by ``rule``. A flagged commission is not paid when the
+    hold ends until a reviewer approves it (or someone declines it)."""
+
+    sharer_id: Id
+    rule: Id
+    detail: ShortText | None = None
 
 
 class Purchase(_Command, tag="purchase", kw_only=True):
@@ -272,6 +331,7 @@ class ReportPayment(_Command, tag="report_payment", kw_only=True):
 Command = Union[
     IssueCertificate, AttachPool, PostCertificate, Circulate, Claim, Purchase, CheckExpiry,
     ConfirmFunding, ReleaseHold, Refund, CancelCertificate, ReportPayment,
+    DeclineCommission, ApproveCommission, FlagCommission,
 ]
 COMMAND_TYPES: tuple[type, ...] = Command.__args__  # type: ignore[attr-defined]
 

@@ -103,6 +103,18 @@ class CertificateCirculated(_Event, tag="certificate_circulated", kw_only=True):
     counts: bool = True
     distinct_circulations: int = 0  # the threshold's value after this hop
     depth: int = 1  # level of sharing: 1 from the catalogue, via's level + 1 otherwise
+    # why this hop acquires nothing, when that is known before the pool is asked:
+    # "repeat" (the account was in the chain), "seller_or_funder", "account_rules"
+    # (too new or not verified for this pool: it does not count either),
+    # "already_gained", "too_deep" (beyond max_depth), "velocity" (the pool's
+    # acquisitions per minute were used up), "upstream_none" (an upstream pool and no
+    # via). None: the pool was asked (a CommissionAcquired follows unless it was empty
+    # or a threshold withdrew it: a PoolWithdrawn follows then)
+    no_gain: NoGain | None = None
+
+
+NoGain = Literal["repeat", "seller_or_funder", "account_rules", "already_gained",
+                 "too_deep", "velocity", "upstream_none", "pool_closed"]
 
 
 class AcquisitionClaimable(_Event, tag="acquisition_claimable", kw_only=True):
@@ -163,6 +175,8 @@ class HoldReleased(_Event, tag="hold_released", kw_only=True):
     currency: Currency
     paid_out_minor: AmountMinor
     seller_paid_minor: AmountMinor
+    # what fraud flags keep back (held until a reviewer approves or declines it)
+    kept_back_minor: AmountMinor = 0
 
 
 class PurchaseRefunded(_Event, tag="purchase_refunded", kw_only=True):
@@ -213,6 +227,40 @@ class PaymentReported(_Event, tag="payment_reported", kw_only=True):
     next_attempt: int | None = None
 
 
+class CommissionDeclined(_Event, tag="commission_declined", kw_only=True):
+    """A review voided ``sharer_id``'s commission back to the funder, before it was
+    paid: while ``pending`` (before a purchase) or ``held`` (during the hold, or kept
+    back by a fraud flag)."""
+
+    sharer_id: Id
+    amount_minor: AmountMinor
+    currency: Currency
+    reason: Literal["fraud", "self_referral", "policy", "other"]
+    note: ShortText | None = None
+    by_account: Id
+    by_role: Literal["seller", "reviewer"]
+    stage: Literal["pending", "held"]
+
+
+class CommissionFlagged(_Event, tag="commission_flagged", kw_only=True):
+    """The fraud stage flagged ``sharer_id``'s acquisition: it is not paid when the
+    hold ends until a reviewer approves it or someone declines it."""
+
+    sharer_id: Id
+    rule: Id
+    detail: ShortText | None = None
+
+
+class CommissionApproved(_Event, tag="commission_approved", kw_only=True):
+    """A reviewer cleared the flag; ``paid_minor`` > 0 when the hold had ended and the
+    commission kept back is paid now."""
+
+    sharer_id: Id
+    by_account: Id
+    currency: Currency
+    paid_minor: AmountMinor = 0
+
+
 Event = Union[
     CertificateIssued,
     PoolAttached,
@@ -229,5 +277,8 @@ Event = Union[
     PurchaseRefunded,
     CertificateEnded,
     PaymentReported,
+    CommissionDeclined,
+    CommissionFlagged,
+    CommissionApproved,
 ]
 EVENT_TYPES: tuple[type, ...] = Event.__args__  # type: ignore[attr-defined]

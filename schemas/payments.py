@@ -64,7 +64,9 @@ class BudgetRelease(_Settlement, tag="budget_release", kw_only=True):
     funder."""
 
     payee_id: Id
-    reason: Literal["purchase", "withdrawal", "refund", "clawback", "cancelled", "closed"]
+    # "declined": a review voided a commission before it was paid
+    reason: Literal["purchase", "withdrawal", "refund", "clawback", "cancelled", "closed",
+                    "declined"]
 
 
 class BuyerRefund(_Settlement, tag="buyer_refund", kw_only=True):

@@ -76,6 +76,14 @@ class Reason(str, enum.Enum):
     # seller's side; the engine would pay the buyer at once and only hope to recover
     # it from the seller's future payouts
     REFUND_AFTER_HOLD = "refund_after_hold"
+    VELOCITY_LIMIT = "velocity_limit"  # a claim beyond the pool's acquisitions per minute
+    # reviews (decline, approve) and the fraud stage's flags
+    NOT_REVIEWER = "not_reviewer"  # only the seller or a reviewer declines; only a reviewer approves
+    NOTHING_TO_REVIEW = "nothing_to_review"  # the account has no commission on this certificate
+    COMMISSION_PAID = "commission_paid"  # paid already: after the hold only a chargeback takes it back
+    COMMISSION_DECLINED = "commission_declined"  # declined already
+    ALREADY_FLAGGED = "already_flagged"  # one flag at a time keeps a commission back
+    NOT_FLAGGED = "not_flagged"  # an approval of a commission no flag keeps back
     CERTIFICATE_ENDED = "certificate_ended"  # cancelled, closed or fully refunded
     # payment results
     UNKNOWN_SETTLEMENT = "unknown_settlement"  # no such settlement on this certificate

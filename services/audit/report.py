@@ -34,6 +34,9 @@ from schemas.events import (
     CertificateEnded,
     CertificateIssued,
     CertificatePurchased,
+    CommissionApproved,
+    CommissionDeclined,
+    CommissionFlagged,
     Event,
     HoldReleased,
     PaymentReported,
@@ -75,6 +78,9 @@ class Certificate:
     clawed_seller_minor: int = 0
     refunded_minor: int = 0
     seller_paid: list[int] = field(default_factory=list)
+    # sharers whose commission a fraud flag keeps back until a review (it stays held
+    # past the hold's end, so the budget is not all out yet)
+    flagged: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -119,6 +125,10 @@ def reconcile(events: list[bytes], accepted: list[bytes], settlements: list[byte
                 cert.held, cert.ended = False, True
         elif isinstance(event, CertificateEnded):
             cert.ended = True
+        elif isinstance(event, CommissionFlagged):
+            cert.flagged.add(event.sharer_id)
+        elif isinstance(event, (CommissionApproved, CommissionDeclined)):
+            cert.flagged.discard(event.sharer_id)
         elif isinstance(event, PaymentReported):
             if event.next_attempt is not None:
                 cert.retried.add((event.settlement_id, event.next_attempt))
@@ -214,7 +224,7 @@ def _check(cid: str, cert: Certificate, problems: list[str]) -> None:
         problems.append(f"{cid}: payable while held")
     if not cert.purchased and payable:
         problems.append(f"{cid}: payouts before any purchase")
-    if (cert.purchased or cert.ended) and not cert.held:
+    if (cert.purchased or cert.ended) and not cert.held and not cert.flagged:
         if out != cert.budget_minor:
             problems.append(f"{cid}: payouts + releases - clawed back = {out}, "
                             f"budget = {cert.budget_minor}")

@@ -6,7 +6,8 @@ Two kinds of key, chosen by who holds them:
 - **Inside the engine, HMAC-SHA256** (``id:scope:secret``). ``gateway`` keys sign user
   commands (the API holds one, the sequencer a copy to verify); ``system`` keys sign
   the withdrawal timer's ``check_expiry`` and ``release_hold`` (the timer and the
-  sequencer); ``session`` keys sign the API's session tokens (the API only); a ``draw``
+  sequencer); ``fraud`` keys sign the fraud stage's ``flag_commission`` and nothing
+  else (the fraud stage and the sequencer); ``session`` keys sign the API's session tokens (the API only); a ``draw``
   key signs nothing, it is the sequencer's secret for random amounts (domain.draw).
   Both ends of an HMAC key are ours, and a verify costs ~1 us against ~125 us for
   Ed25519 on this machine: at the gateway's volume that would be the sequencer's
@@ -49,6 +50,7 @@ from schemas.commands import (
     CheckExpiry,
     Command,
     ConfirmFunding,
+    FlagCommission,
     Purchase,
     Refund,
     ReleaseHold,
@@ -59,7 +61,7 @@ from services.common.settings import production
 
 KEY_ID_HEADER = "key-id"
 SIGNATURE_HEADER = "signature"
-SCOPES = ("gateway", "system", "payments", "draw", "session")
+SCOPES = ("gateway", "system", "payments", "draw", "session", "fraud")
 # the payment system's keys are Ed25519 only: an HMAC secret for it would let whoever
 # holds the engine's files speak for the payment system
 ASYMMETRIC_SCOPES = ("payments",)
@@ -75,6 +77,8 @@ SIGNER_SCOPE[ReleaseHold] = "system"
 SIGNER_SCOPE[ConfirmFunding] = "payments"
 SIGNER_SCOPE[ReportPayment] = "payments"
 SIGNER_SCOPE[Purchase] = "payments"
+# the fraud stage's flags: a key that can say nothing else (it holds no other)
+SIGNER_SCOPE[FlagCommission] = "fraud"
 
 
 def signer_scope(command: Command) -> str:
@@ -95,7 +99,8 @@ DEV_KEYS = ("dev-gw-1:gateway:dev-gateway-secret-change-me,"
             "dev-sys-1:system:dev-system-secret-change-me,"
             f"{DEV_PAYMENTS_PUBLIC},"
             "dev-draw-1:draw:dev-draw-secret-change-me,"
-            "dev-session-1:session:dev-session-secret-change-me")
+            "dev-session-1:session:dev-session-secret-change-me,"
+            "dev-fraud-1:fraud:dev-fraud-secret-change-me")
 
 KeyKind = Literal["hmac", "ed25519-public", "ed25519-private"]
 
