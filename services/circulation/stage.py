@@ -16,6 +16,19 @@ import msgspec
 from confluent_kafka import Message
 
 from domain import CertificateState
+from schemas.commands import (
+    ApproveCommission,
+    Circulate,
+    Claim,
+    DeclineCommission,
+    FlagCommission,
+)
+from schemas.events import (
+    CommissionAcquired,
+    CommissionApproved,
+    CommissionDeclined,
+    CommissionFlagged,
+)
 from services.circulation.intake import sequence
 from services.common.auth import Keyring
 from services.common.follower import MEMBERS
@@ -63,7 +76,10 @@ class CirculationStage:
                     "command_id": accepted.command.command_id, "seq": accepted.seq,
                     "topic": record.topic(), "partition": record.partition(),
                     "offset": record.offset()})
-            metrics.count_in(type(accepted.command).__name__)
+            kind = type(accepted.command)
+            metrics.count_in(kind.__name__)
+            if kind in _SELLER_COUNTED:
+                _count_for_seller(metrics, result.state, result.events)
             own = [e for e in result.events if isinstance(e, self.own)]
             metrics.count_out(self.accepted, [accepted])
             metrics.count_out(self.events, own)
@@ -87,3 +103,18 @@ class CirculationStage:
 
 def build(settings: Settings, keyring: Keyring, metrics: Metrics) -> CirculationStage:
     return CirculationStage(settings, keyring, metrics)
+
+
+# commands after which a seller's commissions are counted (the metric behind the
+# decline-rate alert): the ones that acquire, and the reviews
+_SELLER_COUNTED = frozenset({Circulate, Claim, DeclineCommission, FlagCommission,
+                             ApproveCommission})
+_SELLER_OUTCOMES = {CommissionAcquired: "acquired", CommissionDeclined: "declined",
+                    CommissionFlagged: "flagged", CommissionApproved: "approved"}
+
+
+def _count_for_seller(metrics, state, events) -> None:
+    for event in events:
+        outcome = _SELLER_OUTCOMES.get(type(event))
+        if outcome is not None:
+            metrics.count_seller(state.seller_id, outcome)

@@ -108,6 +108,14 @@ class Metrics:
                                          "partitions from the changelog.", ["service"],
                                          buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
                                          registry=r)
+        # per seller: a seller declining most of its sharers' commissions keeps the
+        # funder's money and the sharers' work (issue #24); one series per seller and
+        # outcome, counted by the sequencer only
+        self.seller_commissions = Counter(
+            "commission_seller_commissions_total",
+            "Commissions on each seller's certificates, by what happened to them: "
+            "acquired, declined (by the seller or a reviewer), flagged (fraud stage), "
+            "approved (reviewer).", ["service", "seller", "outcome"], registry=r)
         self.timer_commands = Counter("commission_timer_commands_total",
                                       "check_expiry and release_hold commands sent by the "
                                       "withdrawal timer.", ["service"], registry=r)
@@ -126,11 +134,12 @@ class Metrics:
         # one tally per input partition (see use); the runner publishes them once per
         # round after the round's transaction commits, drops a parked partition's and
         # all of an aborted round: the counters say what was published.
-        self._tallies: dict[int | None, tuple[list, list, list, list]] = {}
+        self._tallies: dict[int | None, tuple[list, list, list, list, list]] = {}
         self._in: list[str]
         self._out: list[tuple[str, type]]
         self._money: list[tuple[str, str, int]]
         self._refused: list[str]
+        self._sellers: list[tuple[str, str]]  # (seller, outcome)
         self.use(None)
         self._children: dict[tuple, Counter] = {}
 
@@ -138,8 +147,8 @@ class Metrics:
         """Count into ``partition``'s tally from now on."""
         tally = self._tallies.get(partition)
         if tally is None:
-            tally = self._tallies[partition] = ([], [], [], [])
-        self._in, self._out, self._money, self._refused = tally
+            tally = self._tallies[partition] = ([], [], [], [], [])
+        self._in, self._out, self._money, self._refused, self._sellers = tally
 
     def drop(self, partition: int | None = None) -> None:
         """Forget what was counted for ``partition`` since the last publish (a parked
@@ -154,6 +163,9 @@ class Metrics:
 
     def count_out(self, topic: str, items: list) -> None:
         self._out += [(topic, type(item)) for item in items]
+
+    def count_seller(self, seller: str, outcome: str) -> None:
+        self._sellers.append((seller, outcome))
 
     def count_rejection(self, reason: str) -> None:
         self._refused.append(reason)
@@ -205,7 +217,9 @@ class Metrics:
         kinds_out: collections.Counter = collections.Counter()
         refused: collections.Counter = collections.Counter()
         sums: dict[tuple[str, str], int] = {}
-        for counted_in, counted_out, money, counted_refused in self._tallies.values():
+        sellers: collections.Counter = collections.Counter()
+        for counted_in, counted_out, money, counted_refused, seller in self._tallies.values():
+            sellers.update(seller)
             kinds_in.update(counted_in)
             kinds_out.update(counted_out)
             refused.update(counted_refused)
@@ -219,6 +233,8 @@ class Metrics:
             self._child(self.rejections, reason).inc(n)
         for (flow, currency), amount in sums.items():
             self._child(self.money, flow, currency).inc(amount)
+        for (seller, outcome), n in sellers.items():
+            self._child(self.seller_commissions, seller, outcome).inc(n)
         self.drop()
 
 

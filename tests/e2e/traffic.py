@@ -90,7 +90,11 @@ def build(n_certs: int, n_commands: int, seed: int, t0_ms: int) -> list[c.Comman
             acquisition=c.AcquisitionPolicy(
                 beneficiary=rng.choice(["circulator", "circulator", "upstream"]),
                 trigger=rng.choice(["auto", "auto", "auto", "claim"]),
-                amount=amount, max_depth=rng.choice([None, None, 3])),
+                amount=amount, max_depth=rng.choice([None, None, 3]),
+                # some pools defend against fake accounts (issue #24)
+                max_acquisitions_per_minute=rng.choice([None] * 8 + [5, 20]),
+                min_account_age_s=rng.choice([None] * 8 + [3_600]),
+                verified_only=rng.random() < 0.05),
             replenish=replenish, thresholds=thresholds, hold_s=hold)
     chains: dict[str, list[str]] = {cid: [] for cid in certs}
     buy_after = {cid: rng.randrange(10, 120) for cid in certs if rng.random() < 0.6}
@@ -117,16 +121,23 @@ def build(n_certs: int, n_commands: int, seed: int, t0_ms: int) -> list[c.Comman
                                     account_id=rng.choice(chain) if chain else account))
         else:
             via = rng.choice(chain) if chain and rng.random() < 0.7 else None
+            # what the gateway attests: most accounts old and verified, some fresh
+            facts = None if rng.random() < 0.1 else c.AccountFacts(
+                created_ms=t0_ms - rng.choice([86_400_000] * 9 + [10_000]),
+                verified=rng.random() < 0.9)
             commands.append(c.Circulate(command_id=f"{cid}-s{n}", certificate_id=cid, at_ms=at(),
-                                        account_id=account, via=via))
+                                        account_id=account, via=via, account=facts))
             chain.append(account)
+            if rng.random() < 0.01:
+                # a review before the purchase: a flag, or the seller declines
+                commands.append(_review(rng, cid, chain, at(), f"p{n}"))
         if cid in buy_after and len(chain) >= buy_after[cid]:
             bought_at = at()
             commands.append(c.Purchase(command_id=f"{cid}-buy", certificate_id=cid,
                                        at_ms=bought_at, account_id=rng.choice(accounts),
                                        **paid(cid, prices[cid])))
             del buy_after[cid]
-            after[cid] = _after_purchase(rng, cid, prices[cid], holds[cid], bought_at)
+            after[cid] = _after_purchase(rng, cid, prices[cid], holds[cid], bought_at, chain)
         if cid in cancel_at and len(chain) >= cancel_at[cid]:
             commands.append(c.CancelCertificate(command_id=f"{cid}-cancel", certificate_id=cid,
                                                 at_ms=at(), account_id="seller"))
@@ -170,17 +181,40 @@ def with_payment_results(commands: list[c.Command], rng: random.Random) -> list[
     return out
 
 
+def _review(rng: random.Random, cid: str, chain: list[str], at_ms: int, tag: str
+            ) -> c.Command:
+    """A fraud flag, a decline (by the seller or a reviewer) or a reviewer's approval
+    of a chain member's commission (refused when there is nothing to review)."""
+    sharer = rng.choice(chain)
+    kind = rng.choice(["flag", "flag", "decline", "approve"])
+    base = dict(command_id=f"{cid}-{kind}-{tag}", certificate_id=cid, at_ms=at_ms,
+                sharer_id=sharer)
+    if kind == "flag":
+        return c.FlagCommission(**base, rule="burst", detail="test traffic")
+    if kind == "decline":
+        seller = rng.random() < 0.5
+        return c.DeclineCommission(**base, account_id="seller" if seller else "rita",
+                                   reviewer=not seller, reason="fraud")
+    return c.ApproveCommission(**base, account_id="rita", reviewer=True)
+
+
 def _after_purchase(rng: random.Random, cid: str, price: int, hold_s: int,
-                    bought_at: int) -> list[c.Command]:
-    """Refunds (none, one or two; the second may exceed what is left: refused)."""
+                    bought_at: int, chain: list[str]) -> list[c.Command]:
+    """Reviews (flags, declines, approvals of commissions held or kept back) and refunds
+    (none, one or two; the second may exceed what is left: refused; some of the payment
+    system's are chargebacks)."""
     out: list[c.Command] = []
+    for i in range(rng.choice([0, 0, 1, 2])):
+        if chain:
+            out.append(_review(rng, cid, chain, bought_at, f"a{i}"))
     for i in range(rng.choice([0, 1, 1, 2])):
         by = rng.choice(["seller", "payment_system"])
         amount = rng.choice([price, rng.randrange(1, price + 1)])
+        chargeback = "4837" if by == "payment_system" and rng.random() < 0.5 else None
         out.append(c.Refund(command_id=f"{cid}-refund{i}", certificate_id=cid,
                             at_ms=bought_at, by=by, amount_minor=amount,
                             account_id="seller" if by == "seller" else None,
-                            refund_ref=f"rf-{cid}-{i}"))
+                            refund_ref=f"rf-{cid}-{i}", chargeback_reason=chargeback))
     return out
 
 
