@@ -16,6 +16,7 @@ from domain import Accepted, CertificateState, Duplicate, Rejected, handle
 from domain.netting import AccountLedger, replay
 from schemas import commands as c
 from schemas.commands import capture_key
+from schemas.events import CertificatePurchased, CommissionAcquired, CommissionFlagged
 from schemas.payments import Settlement
 from schemas.rejections import Rejection
 from schemas.topics import TOPICS
@@ -128,9 +129,6 @@ def build(n_certs: int, n_commands: int, seed: int, t0_ms: int) -> list[c.Comman
             commands.append(c.Circulate(command_id=f"{cid}-s{n}", certificate_id=cid, at_ms=at(),
                                         account_id=account, via=via, account=facts))
             chain.append(account)
-            if rng.random() < 0.01:
-                # a review before the purchase: a flag, or the seller declines
-                commands.append(_review(rng, cid, chain, at(), f"p{n}"))
         if cid in buy_after and len(chain) >= buy_after[cid]:
             bought_at = at()
             commands.append(c.Purchase(command_id=f"{cid}-buy", certificate_id=cid,
@@ -142,13 +140,12 @@ def build(n_certs: int, n_commands: int, seed: int, t0_ms: int) -> list[c.Comman
             commands.append(c.CancelCertificate(command_id=f"{cid}-cancel", certificate_id=cid,
                                                 at_ms=at(), account_id="seller"))
             del cancel_at[cid]
-    return with_payment_results(commands, rng)
+    return with_payment_results(with_reviews(commands, rng), rng)
 
 
-def with_payment_results(commands: list[c.Command], rng: random.Random) -> list[c.Command]:
-    """Insert the payment system's results: each settlement the core publishes gets
-    one (settled, or now and then failed: then its next attempt gets one too) a few
-    commands later, as the payment system would send them."""
+def _replay(commands: list[c.Command], react) -> list[c.Command]:
+    """Run ``commands`` through the core in order; ``react(command, outcome, position)``
+    returns commands to insert, each at a later position (where it lands in ``out``)."""
     out: list[c.Command] = []
     states: dict[str, CertificateState] = {}
     scheduled: list[tuple[int, c.Command]] = []
@@ -158,17 +155,9 @@ def with_payment_results(commands: list[c.Command], rng: random.Random) -> list[
         cid = command.certificate_id
         state = states.get(cid)
         outcome = handle(state, command, sequencer_entropy(state, cid))
-        if not isinstance(outcome, Accepted):
-            return
-        states[cid] = outcome.state
-        for settlement in outcome.settlements:
-            result = "failed" if rng.random() < 0.2 else "settled"
-            report = c.ReportPayment(
-                command_id=f"result:{settlement.settlement_id}:{settlement.attempt}",
-                certificate_id=cid, at_ms=command.at_ms, settlement_id=settlement.settlement_id,
-                attempt=settlement.attempt, result=result,
-                reason=None if result == "settled" else "declined")
-            scheduled.append((len(out) + rng.randrange(1, 40), report))
+        if isinstance(outcome, Accepted):
+            states[cid] = outcome.state
+            scheduled.extend(react(command, outcome, len(out)))
 
     for command in commands:
         run(command)
@@ -176,37 +165,69 @@ def with_payment_results(commands: list[c.Command], rng: random.Random) -> list[
         for item in due:
             scheduled.remove(item)
             run(item[1])
-    for _, report in scheduled:
-        run(report)
+    for _, command in scheduled:
+        run(command)
     return out
 
 
-def _review(rng: random.Random, cid: str, chain: list[str], at_ms: int, tag: str
-            ) -> c.Command:
-    """A fraud flag, a decline (by the seller or a reviewer) or a reviewer's approval
-    of a chain member's commission (refused when there is nothing to review)."""
-    sharer = rng.choice(chain)
-    kind = rng.choice(["flag", "flag", "decline", "approve"])
-    base = dict(command_id=f"{cid}-{kind}-{tag}", certificate_id=cid, at_ms=at_ms,
-                sharer_id=sharer)
-    if kind == "flag":
-        return c.FlagCommission(**base, rule="burst", detail="test traffic")
-    if kind == "decline":
-        seller = rng.random() < 0.5
-        return c.DeclineCommission(**base, account_id="seller" if seller else "rita",
-                                   reviewer=not seller, reason="fraud")
-    return c.ApproveCommission(**base, account_id="rita", reviewer=True)
+def with_reviews(commands: list[c.Command], rng: random.Random) -> list[c.Command]:
+    """Insert what reviewers and the fraud stage say (issue #24), a few commands after
+    what they react to: some acquisitions are flagged, some flags approved by a
+    reviewer or declined, some held commissions declined by the seller."""
+
+    def react(command: c.Command, outcome: Accepted, at: int) -> list[tuple[int, c.Command]]:
+        out: list[tuple[int, c.Command]] = []
+        for e in outcome.events:
+            base = dict(certificate_id=e.certificate_id, at_ms=command.at_ms)
+            later = at + rng.randrange(1, 60)
+            if isinstance(e, CommissionAcquired) and rng.random() < 0.08:
+                out.append((later, c.FlagCommission(
+                    **base, command_id=f"{e.certificate_id}-flag-{e.account_id}",
+                    sharer_id=e.account_id, rule="burst", detail="test traffic")))
+            elif isinstance(e, CommissionFlagged) and rng.random() < 0.6:
+                if rng.random() < 0.5:
+                    out.append((later, c.ApproveCommission(
+                        **base, command_id=f"{e.certificate_id}-approve-{e.sharer_id}",
+                        account_id="rita", sharer_id=e.sharer_id, reviewer=True)))
+                else:
+                    out.append((later, c.DeclineCommission(
+                        **base, command_id=f"{e.certificate_id}-decline-{e.sharer_id}",
+                        account_id="rita", sharer_id=e.sharer_id, reviewer=True,
+                        reason="fraud", note="flagged and confirmed")))
+            elif isinstance(e, CertificatePurchased) and e.held and rng.random() < 0.3:
+                sharer = rng.choice(e.held).account_id
+                out.append((later, c.DeclineCommission(
+                    **base, command_id=f"{e.certificate_id}-decline-{sharer}",
+                    account_id="seller", sharer_id=sharer, reason="self_referral")))
+        return out
+
+    return _replay(commands, react)
+
+
+def with_payment_results(commands: list[c.Command], rng: random.Random) -> list[c.Command]:
+    """Insert the payment system's results: each settlement the core publishes gets
+    one (settled, or now and then failed: then its next attempt gets one too) a few
+    commands later, as the payment system would send them."""
+
+    def react(command: c.Command, outcome: Accepted, at: int) -> list[tuple[int, c.Command]]:
+        out: list[tuple[int, c.Command]] = []
+        for settlement in outcome.settlements:
+            result = "failed" if rng.random() < 0.2 else "settled"
+            out.append((at + rng.randrange(1, 40), c.ReportPayment(
+                command_id=f"result:{settlement.settlement_id}:{settlement.attempt}",
+                certificate_id=command.certificate_id, at_ms=command.at_ms,
+                settlement_id=settlement.settlement_id, attempt=settlement.attempt,
+                result=result, reason=None if result == "settled" else "declined")))
+        return out
+
+    return _replay(commands, react)
 
 
 def _after_purchase(rng: random.Random, cid: str, price: int, hold_s: int,
                     bought_at: int, chain: list[str]) -> list[c.Command]:
-    """Reviews (flags, declines, approvals of commissions held or kept back) and refunds
-    (none, one or two; the second may exceed what is left: refused; some of the payment
-    system's are chargebacks)."""
+    """Refunds (none, one or two; the second may exceed what is left: refused; some of
+    the payment system's are chargebacks)."""
     out: list[c.Command] = []
-    for i in range(rng.choice([0, 0, 1, 2])):
-        if chain:
-            out.append(_review(rng, cid, chain, bought_at, f"a{i}"))
     for i in range(rng.choice([0, 1, 1, 2])):
         by = rng.choice(["seller", "payment_system"])
         amount = rng.choice([price, rng.randrange(1, price + 1)])
