@@ -147,7 +147,13 @@ class Topics:
     def payment_results(self) -> str:
         return self.name("payment-results")
 
+    @property
+    def fraud_feed(self) -> str:
+        # internal, like a changelog: the allocation stage's acquisitions for the fraud
+        # stage, keyed by account and by account creation hour (services/fraud/rules.py)
+        return self.name("fraud-feed")
+
     def all(self) -> list[str]:
         return [self.commands, self.accepted, self.certificate_events, self.allocations,
                 self.withdrawals, self.settlements, self.payments, self.rejections,
-                self.payment_results]
+                self.payment_results, self.fraud_feed]

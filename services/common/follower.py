@@ -104,8 +104,15 @@ class FollowerStage:
         metrics.count_out(topic, mine)
         metrics.count_money(self.money_of(result, mine))
         key_of = self.key_of
-        return Applied(result.state, True, [Output(topic, _encode(x), (), key_of(x)) for x in mine],
+        outputs = [Output(topic, _encode(x), (), key_of(x)) for x in mine]
+        extra = self.extra_outputs(accepted, result, mine)
+        return Applied(result.state, True, outputs + extra if extra else outputs,
                        accepted.received_ms)
+
+    def extra_outputs(self, accepted: AcceptedCommand, result: StepResult,
+                      mine: list) -> list[Output]:
+        """Records for another topic than the stage's own (allocation: fraud-feed)."""
+        return []
 
     def key_of(self, message) -> bytes | None:
         """The output's key; None: the certificate's (the input's)."""
