@@ -27,7 +27,7 @@ from kafka.admin import (
 
 from schemas.topics import Topics
 
-STAGES = ("captures", "circulation", "allocation", "withdrawal", "cashout", "netting")
+STAGES = ("captures", "circulation", "allocation", "withdrawal", "cashout", "netting", "fraud")
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,13 @@ def grants(settings: Names) -> dict[str, list[Grant]]:
     R, W, C, D = ACLOperation.READ, ACLOperation.WRITE, ACLOperation.CREATE, ACLOperation.DESCRIBE
     outputs = {"captures": [t.commands, t.rejections],
                "circulation": [t.accepted, t.certificate_events, t.rejections],
-               "allocation": [t.allocations], "withdrawal": [t.withdrawals, t.commands],
-               "cashout": [t.settlements], "netting": [t.payments]}
+               "allocation": [t.allocations, t.fraud_feed],
+               "withdrawal": [t.withdrawals, t.commands],
+               "cashout": [t.settlements], "netting": [t.payments],
+               # the fraud stage's only output: flag_commission, to the certificates
+               "fraud": [t.commands]}
     sources = {"captures": t.payment_results, "circulation": t.commands,
-               "netting": t.settlements}
+               "netting": t.settlements, "fraud": t.fraud_feed}
     out: dict[str, list[Grant]] = {}
     for stage in STAGES:
         source = sources.get(stage, t.accepted)

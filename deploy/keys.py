@@ -7,7 +7,8 @@ A keys file holds one key a line (services/common/auth.py parses it):
 - ``id:scope:secret``: an HMAC-SHA256 secret of scope ``gateway`` (user commands,
   signed by the API, verified by the sequencer), ``system`` (the withdrawal timer's
   commands, verified by the sequencer), ``session`` (the API's session tokens) or
-  ``draw`` (the sequencer's secret for random amounts; it signs nothing);
+  ``draw`` (the sequencer's secret for random amounts; it signs nothing), ``fraud``
+  (the fraud stage's flag_commission, verified by the sequencer);
 - ``id:payments:ed25519-public:<base64 of the raw 32-byte key>``: the payment
   system's PUBLIC key. Its private key stays with the payment system; nothing here
   deploys it.
@@ -42,6 +43,7 @@ KEYS_USED: dict[str, frozenset[str]] = {
     "allocation": frozenset(),
     "cashout": frozenset(),
     "netting": frozenset(),
+    "fraud": frozenset({"fraud"}),
     "readmodel": frozenset(),
     "audit": frozenset(),
 }

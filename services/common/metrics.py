@@ -99,6 +99,10 @@ class Metrics:
                                       "Rounds whose transaction was aborted (the group moved "
                                       "on while it ran) and whose partitions were restored "
                                       "from the changelog.", ["service"], registry=r)
+        # the fraud stage's flags, by the rule that fired (services/fraud)
+        self.fraud_flags = Counter("commission_fraud_flags_total",
+                                   "Acquisitions the fraud stage flagged for review, by rule.",
+                                   ["service", "rule"], registry=r)
         self.parked = Gauge("commission_partition_parked",
                             "1 while an input partition is parked: a record in it cannot be "
                             "applied (see the log); the other partitions keep running.",

@@ -24,7 +24,6 @@ import time
 
 import msgspec
 from confluent_kafka import Message
-from prometheus_client import Counter
 
 from schemas.commands import FlagCommission
 from services.common.auth import Keyring
@@ -66,9 +65,7 @@ class FraudStage:
         self.thresholds = thresholds or thresholds_from_env()
         self.keyring = keyring
         self.key = keyring.signing_key("fraud")
-        self.flags = Counter("commission_fraud_flags_total",
-                             "Acquisitions flagged for review, by the rule that fired.",
-                             ["service", "rule"], registry=metrics.registry)
+        self.flags = metrics.fraud_flags
         for rule in rules.RULES:
             self.flags.labels("fraud", rule)
         # counted when the round commits, like every other counter (Metrics.publish),

@@ -17,7 +17,7 @@ from services.common.metrics import ApiMetrics, Metrics, ReadModelMetrics
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
-SERVICES = ("circulation", "captures", "allocation", "withdrawal", "cashout", "netting")
+SERVICES = ("circulation", "captures", "allocation", "withdrawal", "cashout", "netting", "fraud")
 
 
 def tool(name: str) -> str:
