@@ -1,4 +1,4 @@
-"""`make run`: start the stack if needed, the six stages, the read model, the API,
+"""`make run`: start the stack if needed, the seven stages (the fraud stage too), the read model, the API,
 the demo's payment system and a demo feeder, and show a live one-screen summary
 until Ctrl-C (or DEMO_SECONDS), then shut down cleanly and run the audit.
 
@@ -8,6 +8,7 @@ until Ctrl-C (or DEMO_SECONDS), then shut down cleanly and run the audit.
                                   read model on 9106, the audit on 9107, captures 9108
     DEMO_API_PORT=8080            the web pages and the JSON API (its /metrics on the
     DEMO_API_OPS_PORT=9109        ops port, not the public one)
+    DEMO_FRAUD_PORT=9110          /metrics of the fraud stage
     DEMO_PAYSIM_PORT=8090         the simulated payment system: checkout pages
     DEMO_PROMETHEUS_PORT=9090     a Prometheus server scraping all of them (and the
                                   API) every 5 s with deploy/prometheus/alerts.yml
@@ -61,7 +62,8 @@ from services.common.topics import ensure_topics
 from services.demo.feeder import Feeder
 from services.gateway import CommandSender
 
-SERVICES = ("captures", "circulation", "allocation", "withdrawal", "cashout", "netting")
+SERVICES = ("captures", "circulation", "allocation", "withdrawal", "cashout", "netting",
+            "fraud")
 # /metrics ports from METRICS_BASE_PORT up: the five money stages, the read model,
 # the audit, then the captures stage (the payment system's way in)
 PORT_ORDER = ("circulation", "allocation", "withdrawal", "cashout", "netting", "readmodel",
@@ -72,6 +74,7 @@ PLATFORM = ("readmodel", "api", "paysim")
 METRICS_BASE_PORT = int(os.environ.get("DEMO_METRICS_BASE_PORT", "9101"))
 API_PORT = int(os.environ.get("DEMO_API_PORT", "8080"))
 API_OPS_PORT = int(os.environ.get("DEMO_API_OPS_PORT", "9109"))
+FRAUD_PORT = int(os.environ.get("DEMO_FRAUD_PORT", "9110"))
 PAYSIM_PORT = int(os.environ.get("DEMO_PAYSIM_PORT", "8090"))
 AUDIT_PORT = METRICS_BASE_PORT + PORT_ORDER.index("audit")
 
@@ -90,6 +93,8 @@ class Services:
     def port(self, name: str) -> int:
         """9101-9105 the five money stages, 9106 the read model, 9108 the captures
         stage (the API serves its own /metrics)."""
+        if name == "fraud":  # after the API's ops port
+            return FRAUD_PORT
         return METRICS_BASE_PORT + PORT_ORDER.index(name)
 
     def start(self, name: str) -> None:
@@ -101,7 +106,8 @@ class Services:
                "REDIS_URL": self.redis_url, "API_PORT": str(API_PORT),
                "API_OPS_PORT": str(API_OPS_PORT), "PAYSIM_PORT": str(PAYSIM_PORT),
                "PAYMENT_SYSTEM_URL": f"http://127.0.0.1:{PAYSIM_PORT}",
-               "METRICS_PORT": str(self.port(name)) if name in PORT_ORDER else "0"}
+               "METRICS_PORT": str(self.port(name))
+               if name in PORT_ORDER or name == "fraud" else "0"}
         with open(self.folder / f"{name}.log", "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env,
                                     cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
