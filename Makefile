@@ -15,7 +15,7 @@ SCAN       := .venv-scan
 SCAN_STAMP := $(SCAN)/.installed
 SCAN_LOCK  := deploy/scan/requirements.lock
 
-.PHONY: install scan-install lock audit-deps up down run watch audit test test-unit test-integration test-e2e bench soak screenshots lint schemas clean
+.PHONY: install scan-install lock audit-deps up down run watch audit test test-unit test-integration test-e2e bench fraud-report soak screenshots lint schemas clean
 
 install: $(STAMP)
 
@@ -79,6 +79,11 @@ bench: install
 	./deploy/install-system.sh bench
 	$(PY) -m benchmarks.core
 	$(PY) -m benchmarks.pipeline
+
+# the fraud stage's rules on 100,000 commands of honest traffic and seeded fraud:
+# false positives and negatives per rule, CPU per command (docs/benchmarks.md, Fraud)
+fraud-report: install
+	$(PY) -m benchmarks.fraud --commands 100000
 
 # not in CI: 100 SIGKILLs, broker restarts, a worker added and removed, during
 # 100,000 commands; then the core comparison and the audit (docs/soak.md)

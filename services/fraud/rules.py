@@ -19,8 +19,10 @@ row everything it needs, whatever certificate the acquisition was on:
   only ever acquired in one seller's (or one funder's) chains. **fresh-burst**: at
   least ``burst_min`` accounts created within ``burst_window_s`` of each other,
   fresh (the first acquisition within ``fresh_s`` of creation), each only ever in
-  the same seller's or the same funder's chains. Accounts whose facts the gateway did
-  not attest (no ``created_ms``) have no born row.
+  the same seller's or the same funder's chains. Only acquisitions of accounts at most
+  30 days old go there (``FEED_FRESH_MS``: the rule is about fresh accounts, and most
+  acquisitions are by older ones); accounts whose facts the gateway did not attest
+  (no ``created_ms``) have no born row.
 
 Flags are :class:`Flag` (certificate, sharer, rule, detail); the stage sends each as a
 ``flag_commission`` command with the id ``fraud:{rule}:{sharer}``, unique per
@@ -43,7 +45,10 @@ import msgspec
 
 HOUR_MS = 3_600_000
 BORN_TILE_MS = HOUR_MS
-CO_MAX = 16  # earlier acquirers of the certificate carried on a Seen
+CO_MAX = 8  # earlier acquirers of the certificate carried on a Seen
+# only acquisitions of accounts at most this old go to the born rows (the burst rule
+# is about fresh accounts: Thresholds.fresh_s may not exceed it)
+FEED_FRESH_MS = 30 * 86_400_000
 RECENT = 32  # certificates remembered per account
 MAX_PAIRS = 128  # partners remembered per account row
 MAX_ACCOUNTS = 512  # accounts remembered per born row
@@ -67,7 +72,7 @@ class Seen(msgspec.Struct, array_like=True, frozen=True):
 def feed_keys(seen: Seen) -> list[bytes]:
     """The rows one acquisition goes to (the fraud-feed keys)."""
     keys = [f"a:{seen.account_id}".encode()]
-    if seen.created_ms is not None:
+    if seen.created_ms is not None and seen.at_ms - seen.created_ms <= FEED_FRESH_MS:
         c = seen.created_ms
         keys.append(f"b0:{c // BORN_TILE_MS}".encode())
         keys.append(f"b1:{(c + BORN_TILE_MS // 2) // BORN_TILE_MS}".encode())
@@ -85,6 +90,8 @@ class Thresholds:
     ring_min: int = 3  # a pair on this many certificates of one seller is a ring
 
     def __post_init__(self) -> None:
+        if self.fresh_s * 1000 > FEED_FRESH_MS:
+            raise ValueError(f"fresh_s must be at most {FEED_FRESH_MS // 1000}")
         if self.velocity_per_minute > RECENT:
             raise ValueError(f"velocity_per_minute must be at most {RECENT}")
         if not 2 * self.burst_window_s * 1000 <= BORN_TILE_MS:
@@ -173,8 +180,13 @@ def _account(row: AccountRow | None, seen: Seen, th: Thresholds
     if "velocity" in row.flagged:
         flags.append(Flag(cert, me, "velocity", th.detail("velocity")))
     else:
-        window = [c for at, c, _ in row.recent if seen.at_ms - at < 60_000]
-        if len(window) >= th.velocity_per_minute:
+        since, n = seen.at_ms - 60_000, 0
+        for at, _, _ in reversed(row.recent):
+            if at <= since:
+                break
+            n += 1
+        if n >= th.velocity_per_minute:
+            window = [c for at, c, _ in row.recent if at > since]
             row.flagged.append("velocity")
             flags += [Flag(c, me, "velocity", th.detail("velocity")) for c in window]
 
@@ -184,9 +196,13 @@ def _account(row: AccountRow | None, seen: Seen, th: Thresholds
         if partner == me:
             continue
         pair = f"{partner}|{seen.seller_id}"
-        certs = row.pairs.pop(pair, [])  # re-inserted: the most recent pair last
-        certs.append(cert)
-        row.pairs[pair] = certs[-RECENT:]
+        certs = row.pairs.get(pair)
+        if certs is None:
+            certs = row.pairs[pair] = [cert]  # the oldest pairs go first (below)
+        else:
+            certs.append(cert)
+            if len(certs) > RECENT:
+                del certs[0]
         if len(certs) >= th.ring_min:
             ringed = True
             # the first time: both on every certificate they share; then this one
@@ -196,9 +212,10 @@ def _account(row: AccountRow | None, seen: Seen, th: Thresholds
         flags.append(Flag(cert, me, "ring", th.detail("ring")))
         if "ring" not in row.flagged:
             row.flagged.append("ring")
-    while len(row.pairs) > MAX_PAIRS:
-        del row.pairs[next(iter(row.pairs))]
-    return row, True, _unique(flags)
+    pairs = row.pairs
+    while len(pairs) > MAX_PAIRS:
+        del pairs[next(iter(pairs))]
+    return row, True, _unique(flags) if flags else flags
 
 
 def _born(row: BornRow | None, seen: Seen, th: Thresholds

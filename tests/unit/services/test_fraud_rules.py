@@ -135,7 +135,7 @@ def test_rows_stay_bounded():
     for i in range(2_000):
         r.see(seen(f"c{i}", "busy", NOW + i * 61_000, co=[f"p{i}", f"q{i}"],
                    created_ms=NOW - DAY_MS * 400))
-        r.see(seen(f"c{i}", f"n{i}", NOW + i * 61_000, created_ms=NOW - DAY_MS * 400 + i))
+        r.see(seen(f"c{i}", f"n{i}", NOW + i * 61_000, created_ms=NOW - 5_000 + i))
     acct = r.rows[b"a:busy"]
     assert isinstance(acct, AccountRow)
     assert len(acct.recent) == rules.RECENT and len(acct.pairs) <= rules.MAX_PAIRS
