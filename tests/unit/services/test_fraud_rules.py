@@ -164,3 +164,22 @@ def test_thresholds_are_checked():
         Thresholds(velocity_per_minute=rules.RECENT + 1)
     with pytest.raises(ValueError):
         Thresholds(burst_window_s=3_600)
+
+
+def test_the_stage_signs_its_flags_with_the_fraud_key_the_sequencer_verifies():
+    from schemas.commands import FlagCommission
+    from services.common.auth import Keyring
+    from services.common.metrics import Metrics
+    from services.common.settings import Settings
+    from services.fraud.stage import FraudStage
+
+    keyring = Keyring.from_env()
+    fraud_only = Keyring({k: key for k, key in keyring.keys.items() if key.scope == "fraud"})
+    stage = FraudStage(Settings(), fraud_only, Metrics("fraud"))
+    flag = rules.Flag("cert-1", "sybil0", "fresh-burst", TH.detail("fresh-burst"))
+    out = stage.signed(stage.flag_command(flag, NOW))
+    assert out.key == b"cert-1" and out.topic == stage.topics.commands
+    signer = keyring.verify(out.value, dict(out.headers))
+    assert signer.scope == "fraud"
+    command = msgspec.json.decode(out.value, type=FlagCommission)
+    assert command.command_id == "fraud:fresh-burst:sybil0"
