@@ -63,8 +63,9 @@ watch: install
 audit: install
 	$(PY) -m services.audit
 
+# two workers: the unit tests beside the ones that share the broker (tests/conftest.py)
 test: install scan-install
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n 2 --dist loadgroup tests
 
 test-unit: install scan-install
 	$(PY) -m pytest tests/unit
