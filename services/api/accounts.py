@@ -82,8 +82,10 @@ async def seed(store: AccountStore, seeds: list[Seed]) -> int:
                                display_name=s.account_id, roles=s.roles,
                                account_id=s.account_id, verified=True)
             created += 1
-        except Problem:  # another replica seeded it first
-            pass
+        except Problem as exc:
+            if exc.response.status != 409:
+                raise
+            # another replica seeded it first
     return created
 
 
