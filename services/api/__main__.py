@@ -7,7 +7,14 @@ Reads (from the Redis read model):
     GET  /accounts/{id}/feed                   the logged-in account's own only
     GET  /accounts/{id}/earnings               the logged-in account's own only
 Writes (bearer token from POST /login; each answers 202 with command ids):
-    POST /login                                {"account_id", "password"}
+    POST /accounts                             sign up {"login", "password",
+                                               "display_name", "roles"?}: 201 + token
+    POST /login                                {"account_id" (the login name),
+                                               "password"}: token and account id
+    GET  /accounts/me                          the session's own profile
+    POST /accounts/me/password                 {"password", "new_password"}
+    GET  /accounts/me/export                   profile, certificates, gains, payouts
+    POST /accounts/me/erase                    {"password"} (or {"confirm": id})
     POST /logout                               ends the bearer token's session
     POST /offers                               issue an offer of N copies (seller)
     POST /certificates/{id}/pool               attach a commission pool (funder)
@@ -23,7 +30,10 @@ Writes (bearer token from POST /login; each answers 202 with command ids):
                                                (the sender's own commands only)
     GET  /openapi.json                         this API as OpenAPI 3.1
 Pages (HTML, services/api/pages.py): / (catalogue), /page/certificates/{id},
-/page/accounts/{id}, with login and logout, share link, circulate, claim and buy.
+/page/accounts/{id}, with login and logout, share link, circulate, claim and buy;
+sign-up, password change, export and erasure (services/api/accountpages.py).
+Accounts: the built-in store (services/api/accountstore.py) seeded from
+services/api/accounts.py; roles on actions: services/api/roles.py.
 Operations on the ops port (API_OPS_PORT, 9109; not the public one): GET /metrics
 (Prometheus), /healthz, /readyz. /healthz and /readyz answer on the public port too
 (a load balancer's probe sees nothing private in them).
@@ -41,7 +51,8 @@ API_WRITES_PER_S (20 per account), API_SESSION_IDLE_S (1800), API_SESSION_MAX_S
 per API_LOGIN_WINDOW_S (300), API_TLS, API_TRUSTED_PROXIES, API_ALLOWED_ORIGINS,
 API_PUBLIC_URL,
 PAYMENT_SYSTEM_URL, PAYMENT_SYSTEM_PUBLIC_URL, CHECKOUT_TOKEN(_FILE),
-COMMISSION_ACCOUNTS, COMMISSION_KEYS(_FILE) (the API uses its gateway and session
+COMMISSION_ACCOUNTS(_FILE) (optional seed accounts), API_SIGNUP_ROLES,
+COMMISSION_KEYS(_FILE) (the API uses its gateway and session
 keys only, and refuses to start in production holding any other).
 """
 
@@ -58,13 +69,15 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from services.api import assets, guard, pages
-from services.api.accounts import Accounts
+from services.api import accountpages, assets, guard, pages
+from services.api.accounts import Seed, seed, seeds_from_env
+from services.api.accountstore import AccountStore
 from services.api.checkout import PaymentSystemClient
 from services.api.errors import Problem, problem
 from services.api.openapi import document
 from services.api.reads import ReadApi
 from services.api.sessions import Sessions
+from services.api.throttle import LoginThrottle
 from services.api.writes import Gateway
 from services.common.auth import Keyring
 from services.common.metrics import ApiMetrics, exposition
@@ -155,7 +168,7 @@ def api_keyring(keyring: Keyring, production: bool) -> Keyring:
 
 
 def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
-          passwords: dict[str, str], config: ApiConfig, trust: guard.Trust,
+          seeds: list[Seed], config: ApiConfig, trust: guard.Trust,
           payments: PaymentSystemClient) -> tuple[web.Application, web.Application]:
     """(the public app, the ops app): one process, two ports."""
     keys = Keys(settings.topics.prefix)
@@ -163,10 +176,11 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
     metrics = ApiMetrics()
     sessions = Sessions(keyring, client, keys.p, idle_s=config.session_idle_s,
                         max_s=config.session_max_s)
-    accounts = Accounts(client, keys.p, passwords, sessions,
-                        per_account=config.login_failures_per_account,
-                        per_address=config.login_failures_per_address,
-                        window_s=config.login_window_s)
+    throttle = LoginThrottle(client, keys.p, per_account=config.login_failures_per_account,
+                             per_address=config.login_failures_per_address,
+                             window_s=config.login_window_s)
+    # the built-in account store (its own keys, acct:..., never rebuilt from Kafka)
+    accounts = AccountStore(client, f"acct:{settings.topics.prefix}", sessions, throttle)
     app = web.Application(middlewares=[measured(metrics), json_errors, guard.middleware(trust)],
                           client_max_size=guard.MAX_BODY_BYTES)
     app.on_response_prepare.append(guard.on_prepare(trust))
@@ -177,6 +191,7 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
                                     enable_idempotence=True, client_id="commission-api",
                                     **settings.kafka_auth.aiokafka())
         await producer.start()
+        await seed(accounts, seeds)  # the demo or seed accounts not there yet
         app["gateway"] = Gateway(client, keys, accounts, keyring, producer,
                                  settings.topics.commands, config.rate_per_s, trust, payments)
         yield
@@ -195,10 +210,12 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
         """A read of an account's private data: its own session only."""
         async def handler(request: web.Request) -> web.Response:
             account = request.match_info["id"]
-            session = await request.app["gateway"].session(request)
-            if session is None:
+            gateway = request.app["gateway"]
+            await gateway.session(request)
+            identity = request["identity"] or await gateway.accounts.identify(request)
+            if identity is None:
                 return problem(401, "unauthenticated", f"log in to see your {what}")
-            if session.account != account:
+            if identity.account_id != account:
                 return problem(403, "forbidden", f"an account sees only its own {what}")
             return await read(request, account)
         return handler
@@ -234,6 +251,7 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
 
     app.router.add_get("/openapi.json", openapi)
     pages.routes(app, reads)
+    accountpages.routes(app, reads)
     assets.routes(app)
 
     async def healthz(request: web.Request) -> web.Response:
@@ -289,7 +307,7 @@ def main() -> None:
     trust = guard.Trust.from_env(payments.public_url)
     keyring = api_keyring(Keyring.from_env(), production())
     refuse_insecure(settings, keyring)  # published keys, Kafka in the clear
-    public, ops = build(settings, client, keyring, Accounts.passwords_from_env(),
+    public, ops = build(settings, client, keyring, seeds_from_env(),
                         ApiConfig.from_env(), trust, payments)
     host = os.environ.get("OPS_BIND_HOST", "127.0.0.1")
     apps = [(public, host, int(os.environ.get("API_PORT", "8080")))]

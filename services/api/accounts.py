@@ -1,139 +1,135 @@
-"""Accounts and logins: who may send commands through the API.
+"""Seed accounts, and the operator's command for accounts.
 
-Accounts come from COMMISSION_ACCOUNTS ("id:password,...") or, outside production,
-the demo accounts below (for `make run`). Passwords are kept only as scrypt hashes,
-and hashing runs on a small thread pool, never on the event loop: one scrypt is
-~45-80 ms of CPU here, and 90 bad logins hashed on the loop held every other request
-(/healthz too) for seconds. hashlib.scrypt releases the GIL, so the loop keeps
-answering while the pool hashes.
+Accounts live in the account store (services/api/accountstore.py). At start the API
+seeds it, creating only accounts that do not exist yet (a password changed since is
+never reset):
 
-A login is refused with 429 before any hashing when its account or its client address
-has failed too often in the window (Redis counters that expire with the window). If
-Redis is wiped the counters start again from zero (a guesser gets a fresh window);
-sessions are not affected: they live in their signed tokens (services/api/sessions.py).
+- ``COMMISSION_ACCOUNTS`` ("id:password[:role+role],...") or the file named by
+  ``COMMISSION_ACCOUNTS_FILE`` (one entry a line: a mounted secret), optional;
+- else, outside production, the demo accounts below (password ``demo-<id>``) for
+  `make run` and the tests. Production never seeds them, and refuses a seed list
+  that holds a demo password.
+
+The operator's command (``REDIS_URL``, ``COMMISSION_TOPIC_PREFIX`` as the API's)::
+
+    python -m services.api.accounts grant <login> seller|funder|reviewer
+    python -m services.api.accounts revoke <login> <role>
+    python -m services.api.accounts show <login>
+    python -m services.api.accounts erase <login>    # as the account's own erasure
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
+import json
 import os
-import secrets
-from concurrent.futures import ThreadPoolExecutor
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from services.api.accountstore import AccountStore
 from services.api.errors import Problem
-from services.api.sessions import Session, Sessions
-from services.common.settings import production
+from services.api.identity import Role
+from services.common.settings import production, redis_url_from_env
 
-DEMO_ACCOUNTS = ("alice", "bob", "carol", "dave", "seller", "funder")
-# failed logins allowed per window, per account and per client address
-FAILURES_PER_ACCOUNT = 10
-FAILURES_PER_ADDRESS = 50
-# an account takes this many times FAILURES_PER_ACCOUNT across all addresses
-ACCOUNT_WIDE_FACTOR = 20
-FAILURE_WINDOW_S = 300
-HASH_WORKERS = 2
+# id -> roles; every one's password is "demo-<id>", its display name its id
+DEMO_ACCOUNTS: dict[str, tuple[Role, ...]] = {
+    "alice": (), "bob": (), "carol": (), "dave": (),
+    "seller": (Role.SELLER,), "funder": (Role.FUNDER,), "reviewer": (Role.REVIEWER,),
+}
 
 
-def _hash(password: str, salt: bytes) -> bytes:
-    return hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+@dataclass(frozen=True)
+class Seed:
+    account_id: str
+    password: str
+    roles: tuple[Role, ...] = ()
 
 
-class Accounts:
-    def __init__(self, client: aioredis.Redis, prefix: str, passwords: dict[str, str],
-                 sessions: Sessions, *, per_account: int = FAILURES_PER_ACCOUNT,
-                 per_address: int = FAILURES_PER_ADDRESS,
-                 window_s: int = FAILURE_WINDOW_S) -> None:
-        self.redis = client
-        self.prefix = prefix
-        self.sessions = sessions
-        self.per_account, self.per_address, self.window_s = per_account, per_address, window_s
-        self._salt = secrets.token_bytes(16)
-        self._hashes = {a: _hash(p, self._salt) for a, p in passwords.items()}
-        self._pool = ThreadPoolExecutor(max_workers=HASH_WORKERS,
-                                        thread_name_prefix="password-hash")
+def seeds_from_env() -> list[Seed]:
+    """The seed list from the environment; the demo accounts outside production."""
+    path = os.environ.get("COMMISSION_ACCOUNTS_FILE")
+    text = Path(path).read_text() if path else os.environ.get("COMMISSION_ACCOUNTS")
+    if text is None:
+        if production():
+            return []
+        return [Seed(a, f"demo-{a}", roles) for a, roles in DEMO_ACCOUNTS.items()]
+    seeds = []
+    for entry in (e.strip() for e in text.replace("\n", ",").split(",")):
+        if not entry or entry.startswith("#"):
+            continue
+        account_id, _, rest = entry.partition(":")
+        password, _, roles = rest.partition(":")
+        seeds.append(Seed(account_id, password,
+                          tuple(Role(r) for r in roles.split("+") if r)))
+    demo = sorted(s.account_id for s in seeds if s.password == f"demo-{s.account_id}")
+    if demo and production():
+        raise SystemExit(f"refusing to run in production: accounts {demo} have their "
+                         "published demo password")
+    return seeds
 
-    @staticmethod
-    def passwords_from_env() -> dict[str, str]:
-        """``COMMISSION_ACCOUNTS`` ("id:password,...") or the file named by
-        ``COMMISSION_ACCOUNTS_FILE`` (one "id:password" a line: a mounted secret); the
-        demo accounts outside production. Production refuses the demo passwords."""
-        path = os.environ.get("COMMISSION_ACCOUNTS_FILE")
-        text = Path(path).read_text() if path else os.environ.get("COMMISSION_ACCOUNTS")
-        if text is None:
-            if production():
-                raise SystemExit("COMMISSION_ACCOUNTS or COMMISSION_ACCOUNTS_FILE must be set "
-                                 "in production")
-            return {a: f"demo-{a}" for a in DEMO_ACCOUNTS}
-        entries = (e.strip() for e in text.replace("\n", ",").split(","))
-        passwords = dict(e.split(":", 1) for e in entries if e and not e.startswith("#"))
-        demo = sorted(a for a, p in passwords.items() if p == f"demo-{a}")
-        if demo and production():
-            raise SystemExit(f"refusing to run in production: accounts {demo} have their "
-                             "published demo password")
-        return passwords
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+async def seed(store: AccountStore, seeds: list[Seed]) -> int:
+    """Creates the seed accounts that do not exist yet; how many it created."""
+    created = 0
+    for s in seeds:
+        if await store.account_of(s.account_id) is not None:
+            continue
+        try:
+            await store.create(login=s.account_id, password=s.password,
+                               display_name=s.account_id, roles=s.roles,
+                               account_id=s.account_id, verified=True)
+            created += 1
+        except Problem as exc:
+            if exc.response.status != 409:
+                raise
+            # another replica seeded it first
+    return created
 
-    def _keys(self, account_id: str, address: str) -> list[tuple[str, int]]:
-        """The counters an attempt moves, with their limits. The account's own limit
-        is per client address, so someone guessing from one place locks only that
-        place out of the account, not its owner (who logs in from another); across
-        all addresses an account takes ACCOUNT_WIDE_FACTOR times as many failures in
-        a window, which still bounds a guess spread over many addresses."""
-        p = f"{self.prefix}login-fail"
-        return [(f"{p}:account:{account_id}:{address}", self.per_account),
-                (f"{p}:account:{account_id}", self.per_account * ACCOUNT_WIDE_FACTOR),
-                (f"{p}:address:{address}", self.per_address)]
 
-    async def _attempt(self, account_id: str, address: str) -> None:
-        """Counts this attempt against the account from this address, the account
-        and the address; 429 when one is over its limit (then nothing is hashed).
-        Counted before hashing, so parallel attempts cannot all slip in before the
-        first failure is recorded."""
-        keys = self._keys(account_id, address)
-        async with self.redis.pipeline(transaction=True) as tx:
-            for key, _ in keys:
-                tx.incr(key)
-                tx.expire(key, self.window_s, nx=True)
-                tx.ttl(key)
-            answers = await tx.execute()
-        over = [ttl for (_, limit), n, ttl in zip(keys, answers[0::3], answers[2::3],
-                                                   strict=True) if n > limit]
-        if over:
-            raise Problem(429, "login_throttled", "too many failed logins; try again later",
-                          **{"Retry-After": str(max(1, *over))})
+def _store(client: aioredis.Redis) -> AccountStore:
+    return AccountStore(client, f"acct:{os.environ.get('COMMISSION_TOPIC_PREFIX', '')}",
+                        None, None)
 
-    async def _forgive(self, account_id: str, address: str) -> None:
-        """A login that succeeded does not count as a failure."""
-        async with self.redis.pipeline(transaction=True) as tx:
-            for key, _ in self._keys(account_id, address):
-                tx.decr(key)
-            await tx.execute()
 
-    async def login(self, account_id: str, password: str, address: str) -> Session | None:
-        """A new session, or None for a wrong account or password; Problem 429 when
-        throttled."""
-        await self._attempt(account_id, address)
-        known = self._hashes.get(account_id)
-        loop = asyncio.get_running_loop()
-        given = await loop.run_in_executor(self._pool, _hash, password, self._salt)
-        if known is None or not hmac.compare_digest(known, given):
-            return None
-        await self._forgive(account_id, address)
-        return self.sessions.issue(account_id)
+async def command(args: list[str], client: aioredis.Redis) -> str:
+    """Runs one operator command; what it did, as one line of JSON."""
+    if len(args) < 2 or args[0] not in ("grant", "revoke", "show", "erase"):
+        raise SystemExit(__doc__.split("::", 1)[1])
+    store = _store(client)
+    try:
+        action, login = args[0], args[1]
+        account_id = await store.account_of(login)
+        identity = await store.get(account_id) if account_id else None
+        if identity is None:
+            raise SystemExit(f"no account with the login name {login!r}")
+        if action == "erase":
+            await store.erase(account_id)
+            return json.dumps({"erased": account_id})
+        if action in ("grant", "revoke"):
+            role = Role(args[2]) if len(args) > 2 and args[2] in Role._value2member_map_ \
+                else None
+            if role is None:
+                raise SystemExit(f"a role is one of {[str(r) for r in Role]}")
+            roles = identity.roles | {role} if action == "grant" else identity.roles - {role}
+            await store.set_roles(account_id, roles)
+        return json.dumps(await store.profile(account_id))
+    finally:
+        store.close()
 
-    async def account_for(self, authorization: str | None) -> str | None:
-        """The account of a ``Bearer`` token (signed, unexpired, not revoked)."""
-        session = await self.session_for(authorization)
-        return session.account if session else None
 
-    async def session_for(self, authorization: str | None) -> Session | None:
-        if not authorization or not authorization.startswith("Bearer "):
-            return None
-        return await self.sessions.check(authorization[len("Bearer "):])
+def main() -> None:
+    async def run() -> str:
+        client = aioredis.from_url(redis_url_from_env())
+        try:
+            return await command(sys.argv[1:], client)
+        finally:
+            await client.aclose()
+
+    print(asyncio.run(run()))
+
+
+if __name__ == "__main__":
+    main()

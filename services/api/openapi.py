@@ -12,6 +12,7 @@ import json
 
 import msgspec
 
+from services.api.accountpages import Erase, PasswordChange, SignUp
 from services.api.writes import (
     CirculateBody,
     Login,
@@ -126,6 +127,9 @@ OPERATION_IDS = {
     ("/certificates/{id}/refund", "post"): "refund",
     ("/certificates/{id}/cancel", "post"): "cancelCertificate",
     ("/commands/{id}", "get"): "getCommandOutcome",
+    ("/accounts", "post"): "signUp", ("/accounts/me", "get"): "getMyAccount",
+    ("/accounts/me/password", "post"): "changePassword",
+    ("/accounts/me/export", "get"): "exportMyData", ("/accounts/me/erase", "post"): "eraseMe",
 }
 
 
@@ -153,7 +157,8 @@ def document() -> dict:
 
 
 def _document() -> dict:
-    bodies = [Login, OfferBody, PoolBody, CirculateBody, RefundBody]
+    bodies = [Login, OfferBody, PoolBody, CirculateBody, RefundBody, SignUp, PasswordChange,
+              Erase]
     _, components = msgspec.json.schema_components(bodies, ref_template=REF)
     page = {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}}
     size = {"name": "size", "in": "query",
@@ -261,5 +266,52 @@ def _document() -> dict:
                                            "properties": {"status": {"enum": [
                                                "pending", "accepted", "rejected"]}}})},
                                                      **_errors(400, 401, 404)}}},
+            **_account_paths(read),
         },
+    }
+
+
+def _body(name: str) -> dict:
+    return {"requestBody": {"required": True, **_json({"$ref": REF.format(name=name)})}}
+
+
+def _account_paths(read: dict) -> dict:
+    """Sign-up, the profile, password change, export and erasure
+    (services/api/accountpages.py)."""
+    mine = {"security": [{"bearer": []}]}
+    obj = {"type": "object"}
+    return {
+        "/accounts": {"post": {
+            "summary": "Sign up (the built-in account store); returns a session token. "
+                       "roles: only those the operator offers (API_SIGNUP_ROLES)",
+            **_body("SignUp"),
+            "responses": {"201": {"description": "created", **_json({
+                "type": "object", "required": ["account_id", "token"],
+                "properties": {"account_id": {"type": "string"}, "token": {"type": "string"},
+                               "expires_at_s": {"type": "integer"},
+                               "display_name": {"type": "string"},
+                               "roles": {"type": "array", "items": {"type": "string"}}}})},
+                          **_errors(400, 403, 409, 413, 422, 429)}}},
+        "/accounts/me": {"get": {"summary": "Your profile", **mine, "responses": {
+            "200": {**read, **_json(obj)}, **_errors(401)}}},
+        "/accounts/me/password": {"post": {
+            "summary": "Change your password; every other session of the account ends",
+            **mine, **_body("PasswordChange"),
+            "responses": {"200": {**read, **_json(obj)},
+                          **_errors(400, 401, 403, 409, 413, 422, 429)}}},
+        "/accounts/me/export": {"get": {
+            "summary": "Your data: profile, certificates, gains, payouts", **mine,
+            "responses": {"200": {**read, **_json({
+                "type": "object",
+                "required": ["profile", "certificates", "gains", "payouts"],
+                "properties": {"profile": obj, "payouts": obj,
+                               "certificates": {"type": "array", "items": obj},
+                               "gains": {"type": "array", "items": obj}}})},
+                **_errors(401)}}},
+        "/accounts/me/erase": {"post": {
+            "summary": "Erase your account (password, or the account id for an account "
+                       "without one): personal data leaves the store and the pages",
+            **mine, **_body("Erase"),
+            "responses": {"200": {**read, **_json(obj)},
+                          **_errors(400, 401, 403, 413, 422, 429)}}},
     }

@@ -82,7 +82,9 @@ class Pages:
         if "page_session" in request:
             return request["page_session"]
         sessions = request.app["sessions"]
-        session = await sessions.check(request.cookies.get(SESSION_COOKIE))
+        found = await request.app["accounts"].session_identity(
+            request.cookies.get(SESSION_COOKIE))
+        session, request["page_identity"] = found if found else (None, None)
         if session is not None:
             fresh = sessions.refreshed(session)
             if fresh is not None:
@@ -111,11 +113,21 @@ class Pages:
         token = request.app["sessions"].login_csrf_for(nonce)
         return f"<input type='hidden' name='csrf' value='{esc(token)}'>"
 
+    async def _names(self, request: web.Request, *account_ids: str | None) -> dict[str, str]:
+        """Display names to show for account ids (the store's; an erased or unknown
+        account shows as its opaque id)."""
+        ids = [a for a in account_ids if a]
+        found = await request.app["accounts"].display_names(ids)
+        return {a: found.get(a, a) for a in ids}
+
     def _layout(self, request: web.Request, title: str, me: str | None, body: str, back: str,
                 status: int = 200) -> web.Response:
         if me:
-            who = (f'logged in as <b id="me">{esc(me)}</b> · <a href="/page/accounts/{esc(me)}">'
-                   f'my earnings</a> · <form class="inline" method="post" '
+            identity = request.get("page_identity")
+            name = identity.display_name if identity is not None else me
+            who = (f'logged in as <b id="me">{esc(name)}</b> · <a href="/page/accounts/{esc(me)}">'
+                   f'my earnings</a> · <a id="my-account" href="/page/me">my account</a> · '
+                   f'<form class="inline" method="post" '
                    f'action="/page/logout">{self._csrf_field(request)}'
                    f'<button id="logout">Log out</button></form>')
         else:
@@ -125,7 +137,8 @@ class Pages:
                    f'<input name="account_id" placeholder="account" aria-label="account" required>'
                    f'<input name="password" type="password" placeholder="password" '
                    f'aria-label="password" required>'
-                   f'<button id="login">Log in</button></form>')
+                   f'<button id="login">Log in</button></form> · '
+                   f'<a id="signup-link" href="/page/signup">Sign up</a>')
         page = (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
                 "<meta name=viewport content='width=device-width, initial-scale=1'>"
                 f"<title>{esc(title)}</title>{assets.HEAD}"
@@ -182,11 +195,12 @@ class Pages:
             raise web.HTTPNotFound(text="no such certificate")
         via = request.query.get("via", "")
         here = f"/page/certificates/{cid}" + (f"?via={via}" if via else "")
+        names = await self._names(request, s["holder"], via)
         parts = [f"<h1>{esc(s['name'] or cid)}</h1>",
                  f"<p>Price {money(**s['price'])} · commission "
                  f"<span class='label' id='commission'>{money(**s['commission'])}</span> · "
                  f"status <b id='status'>{esc(s['status'])}</b> · held by "
-                 f"<b id='holder'>{esc(s['holder'] or '-')}</b> · "
+                 f"<b id='holder'>{esc(names.get(s['holder'], '-'))}</b> · "
                  f"{s['chain_length']} circulations</p>"]
         cur = s["price"]["currency"]
         parts.extend(self._pool_rules(s))
@@ -231,7 +245,7 @@ class Pages:
                 f"action='/page/certificates/{esc(cid)}/claim'>{csrf}"
                 "<button id='claim'>Claim</button></form>")
         if via and via in members:
-            parts.append(f"<p id='shared-by'>Shared with you by <b>{esc(via)}</b>.</p>")
+            parts.append(f"<p id='shared-by'>Shared with you by <b>{esc(names[via])}</b>.</p>")
         if me and me in members and s["status"] == "posted":
             # only an account in the chain can be someone's `via`: a link from anyone
             # else would be refused (via_not_in_chain)
@@ -314,7 +328,10 @@ class Pages:
             f"<td>{money(e['voided_minor'], cur)}</td>"
             f"<td class='clawed'>{money(e['clawed_back_minor'], cur)}</td></tr>"
             for cur, e in (await self.reads.earnings_of(account)).items())
-        body = (f"<h1>{esc(account)}</h1><h2>Earnings</h2><table><tr><th>Currency</th>"
+        name = request["page_identity"].display_name
+        body = (f"<h1>{esc(name)}</h1><p><a id='account-settings' href='/page/me'>Your account: "
+                "password, export your data, erase your account</a></p>"
+                "<h2>Earnings</h2><table><tr><th>Currency</th>"
                 "<th>Pending (not bought yet)</th><th>Held (bought; until the hold ends)</th>"
                 "<th>Being paid</th><th>Paid</th><th>Payment failed</th>"
                 f"<th>Voided</th><th>Clawed back</th></tr>{rows}</table>")
@@ -388,7 +405,7 @@ class Pages:
 
     async def logout(self, request: web.Request) -> web.Response:
         session, _ = await self._form(request)
-        await request.app["sessions"].revoke(session)
+        await request.app["accounts"].end_session(session)
         request.setdefault("set_cookies", []).append((SESSION_COOKIE, "", 0))
         raise web.HTTPSeeOther("/")
 

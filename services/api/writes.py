@@ -39,11 +39,13 @@ from schemas.types import (
     PositiveAmountMinor,
     ShortText,
 )
-from services.api.accounts import Accounts
+from services.api.accountstore import AccountStore
 from services.api.checkout import PaymentSystemClient
 from services.api.errors import Problem, problem
 from services.api.guard import Trust, check_json
+from services.api.identity import Identity, Role
 from services.api.reads import decode_state
+from services.api.roles import require
 from services.api.sessions import Session
 from services.common.auth import Keyring
 from services.readmodel.projection import Keys
@@ -123,7 +125,7 @@ class EmptyBody(_Body, kw_only=True):
 
 
 class Gateway:
-    def __init__(self, client: aioredis.Redis, keys: Keys, accounts: Accounts,
+    def __init__(self, client: aioredis.Redis, keys: Keys, accounts: AccountStore,
                  keyring: Keyring, producer: AIOKafkaProducer, commands_topic: str,
                  rate_per_s: int, trust: Trust, payments: PaymentSystemClient) -> None:
         self.redis = client
@@ -153,18 +155,34 @@ class Gateway:
             raise Problem(400, "malformed_json", "the body is not JSON") from None
 
     async def session(self, request: web.Request) -> Session | None:
-        """The bearer token's session; a re-issued token goes back in the
+        """The bearer token's session (its account's Identity in
+        ``request["identity"]``); a re-issued token goes back in the
         ``Session-Token`` header (sliding idle timeout)."""
-        session = await self.accounts.session_for(request.headers.get("Authorization"))
+        auth = request.headers.get("Authorization", "")
+        found = await self.accounts.session_identity(
+            auth[len("Bearer "):] if auth.startswith("Bearer ") else None)
+        session, request["identity"] = found if found else (None, None)
         if session is not None:
             fresh = self.sessions.refreshed(session)
             if fresh is not None:
                 request["session_token"] = fresh.token
         return session
 
+    async def identity(self, request: web.Request) -> Identity:
+        """Who sends this request (the session's account, or the identity provider's
+        token when one is set up); 401 when nobody."""
+        if "identity" not in request:
+            await self.session(request)
+        identity = request["identity"]
+        if identity is None and self.accounts.bearer_verifier is not None:
+            identity = request["identity"] = await self.accounts.identify(request)
+        if identity is None:
+            raise Problem(401, "unauthenticated",
+                          "log in at POST /login and send Authorization: Bearer <token>")
+        return identity
+
     async def _account(self, request: web.Request, cost: int = 1) -> str:
-        session = await self.session(request)
-        return await self.admit(session.account if session else None, cost)
+        return await self.admit((await self.identity(request)).account_id, cost)
 
     async def admit(self, account: str | None, cost: int = 1) -> str:
         """The account, if logged in and within its rate (``cost`` writes; 0: no
@@ -216,14 +234,14 @@ class Gateway:
                                             self.trust.client_address(request))
         if session is None:
             return problem(401, "bad_credentials", "unknown account or wrong password")
-        return web.json_response({"token": session.token, "account_id": body.account_id,
+        return web.json_response({"token": session.token, "account_id": session.account,
                                   "expires_at_s": session.expires_s})
 
     async def logout(self, request: web.Request) -> web.Response:
         session = await self.accounts.session_for(request.headers.get("Authorization"))
         if session is None:
             raise Problem(401, "unauthenticated", "no live session to end")
-        await self.sessions.revoke(session)
+        await self.accounts.end_session(session)
         return web.json_response({"logged_out": True})
 
     async def send_for(self, account: str, kind: type, certificate_id: str, command_id: str,
@@ -249,6 +267,8 @@ class Gateway:
         return await self._certificate_command(request, c.Claim, EmptyBody)
 
     async def attach(self, request: web.Request) -> web.Response:
+        require(await self.identity(request), Role.FUNDER,
+                or_seller_of=request.match_info["id"])
         return await self._certificate_command(request, c.AttachPool, PoolBody)
 
     async def post(self, request: web.Request) -> web.Response:
@@ -294,10 +314,10 @@ class Gateway:
                        "start one with POST /certificates/{id}/checkout")
 
     async def offer(self, request: web.Request) -> web.Response:
-        session = await self.session(request)
-        await self.admit(session.account if session else None, cost=0)
+        identity = await self.identity(request)
+        require(identity, Role.SELLER)
         body = await self._body(request, OfferBody)
-        account = await self.admit(session.account, cost=body.copies)  # N copies count N
+        account = await self.admit(identity.account_id, cost=body.copies)  # N copies count N
         command_id = self._command_id(request, account)
         try:
             offer_id = offer_id_for(account, body.offer_id or command_id[4:20])

@@ -237,7 +237,7 @@ def draw(live, started: float, feeder: Feeder, tally: Tally, services: Services,
                 table.add_row(label, text)
             elapsed = time.monotonic() - started
             live.update(Panel(table, title=f"commission engine demo · {elapsed:.0f} s",
-                              subtitle=f"web http://127.0.0.1:{API_PORT}/ (alice / demo-alice) "
+                              subtitle=f"web http://127.0.0.1:{API_PORT}/ (sign up, or alice / demo-alice) "
                                        "· Ctrl-C stops"), refresh=True)
         else:
             sys.stdout.write(" | ".join(f"{label} {text}" for label, text in rows) + "\n")

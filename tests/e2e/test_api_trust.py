@@ -289,15 +289,15 @@ def test_feeds_and_command_outcomes_are_their_owners_only(site):
 
 
 def test_an_offer_of_n_copies_counts_n_writes(site):
-    funder = login(site.port, "funder")
-    time.sleep(1.1)  # the funder's allowance is whole
+    seller = login(site.port, "seller")
+    time.sleep(1.1)  # the seller's allowance is whole
     started = time.monotonic()
     status, _, _ = call(site.port, "POST", "/offers",
                         {"offer_id": f"many-{uuid.uuid4().hex[:6]}", "name": "Many",
-                         "price_minor": 100, "currency": "EUR", "copies": 100}, funder)
+                         "price_minor": 100, "currency": "EUR", "copies": 100}, seller)
     assert status == 202
-    # 100 copies at 20 writes/s use 5 s of the funder's allowance (1 s of burst)
-    status, body, headers = call(site.port, "POST", f"/certificates/{CID}/claim", {}, funder)
+    # 100 copies at 20 writes/s use 5 s of the seller's allowance (1 s of burst)
+    status, body, headers = call(site.port, "POST", f"/certificates/{CID}/claim", {}, seller)
     assert (status, body["error"]) == (429, "rate_limited")
     assert int(headers["Retry-After"]) >= 4 - (time.monotonic() - started)
 

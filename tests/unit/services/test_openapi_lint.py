@@ -30,9 +30,12 @@ def test_every_operation_has_an_id_and_says_who_may_call_it():
     # writes and an account's own data (earnings, feed, its commands' outcomes) need a
     # login; the catalogue, pages and share links are public (an explicit empty list,
     # not a missing one)
-    private = {"/accounts/{id}/earnings", "/accounts/{id}/feed", "/commands/{id}"}
+    # (sign-up is a public POST, like the login)
+    private = {"/accounts/{id}/earnings", "/accounts/{id}/feed", "/commands/{id}",
+               "/accounts/me", "/accounts/me/export"}
     for path, methods in document()["paths"].items():
         for method, op in methods.items():
             assert op["operationId"], (path, method)
-            needs_login = (method == "post" and path != "/login") or path in private
+            needs_login = (method == "post" and path not in ("/login", "/accounts")
+                           ) or path in private
             assert op["security"] == ([{"bearer": []}] if needs_login else []), path

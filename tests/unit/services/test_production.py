@@ -48,19 +48,25 @@ def test_only_production_refuses(monkeypatch):
         refuse_insecure(Settings(), Keyring.parse(DEV_KEYS))
 
 
-def test_production_refuses_the_demo_passwords_and_reads_accounts_from_a_file(
+def test_production_refuses_the_demo_passwords_and_reads_seed_accounts_from_a_file(
         monkeypatch, tmp_path):
-    from services.api.accounts import Accounts
+    from services.api.accounts import Seed, seeds_from_env
+    from services.api.identity import Role
     accounts = tmp_path / "accounts"
-    accounts.write_text("# one per line\nalice:a-long-own-password\nbob:demo-bob\n")
+    accounts.write_text("# one per line\nalice:a-long-own-password:seller+funder\n"
+                        "bob:demo-bob\n")
     monkeypatch.delenv("COMMISSION_ACCOUNTS", raising=False)
     monkeypatch.setenv("COMMISSION_ACCOUNTS_FILE", str(accounts))
     monkeypatch.setenv("COMMISSION_ENV", "production")
     with pytest.raises(SystemExit, match=r"\['bob'\] have their published demo password"):
-        Accounts.passwords_from_env()
-    accounts.write_text("alice:a-long-own-password\nbob:another-own-password\n")
-    assert Accounts.passwords_from_env() == {"alice": "a-long-own-password",
-                                              "bob": "another-own-password"}
+        seeds_from_env()
+    accounts.write_text("alice:a-long-own-password:seller+funder\nbob:another-own-password\n")
+    assert seeds_from_env() == [Seed("alice", "a-long-own-password", (Role.SELLER, Role.FUNDER)),
+                                Seed("bob", "another-own-password")]
+    # production needs no list: accounts sign up (or come from the identity provider),
+    # and the demo accounts are never seeded there
     monkeypatch.delenv("COMMISSION_ACCOUNTS_FILE")
-    with pytest.raises(SystemExit, match="must be set in production"):
-        Accounts.passwords_from_env()
+    assert seeds_from_env() == []
+    monkeypatch.delenv("COMMISSION_ENV")
+    assert {s.account_id for s in seeds_from_env()} == {
+        "alice", "bob", "carol", "dave", "seller", "funder", "reviewer"}
