@@ -25,6 +25,8 @@ Writes (bearer token from POST /login; each answers 202 with command ids):
                                                there; the payment system reports the
                                                purchase (/purchase answers 410)
     POST /certificates/{id}/refund             {"amount_minor", "refund_ref"} (seller)
+    POST /certificates/{id}/decline            {"sharer_id", "reason", "note"?} (seller or reviewer)
+    POST /certificates/{id}/approve            {"sharer_id"} (reviewer: clears a fraud flag)
     POST /certificates/{id}/cancel             take an unsold certificate off sale (seller)
     GET  /commands/{id}                        pending | accepted | rejected + reason
                                                (the sender's own commands only)
@@ -242,6 +244,8 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
     app.router.add_post("/certificates/{id}/checkout", write("checkout"))
     app.router.add_post("/certificates/{id}/purchase", write("purchase_moved"))
     app.router.add_post("/certificates/{id}/refund", write("refund"))
+    app.router.add_post("/certificates/{id}/decline", write("decline"))
+    app.router.add_post("/certificates/{id}/approve", write("approve"))
     app.router.add_post("/certificates/{id}/cancel", write("cancel"))
     app.router.add_get("/commands/{id}", write("outcome"))
     spec = document()

@@ -10,9 +10,13 @@ PHRASES = {
     "none": "no gain",
     "claimable": "claimable",
     "pending": "pending: paid if the certificate is bought",
-    "held": "held until the hold ends",
-    "paid": "paid out",
-    "clawed": "paid out (part clawed back)",
+    "held": "held until the hold ends (a refund in the hold reduces it)",
+    "flagged": "flagged by the fraud checks: a reviewer looks at it before it is paid",
+    "kept_back": "kept back after the hold: a reviewer looks at it before it is paid",
+    "declined": "declined in review (the reason is on the certificate's events)",
+    "paid": "paid out and locked: only a card chargeback within the pool's window "
+            "can take it back",
+    "clawed": "paid out (part clawed back by a chargeback)",
     "voided": "voided",
 }
 
@@ -24,12 +28,17 @@ def gain_of(state: CertificateState, account: str) -> tuple[int, str]:
     acquired = pool.acquired.get(account, 0) if pool is not None else 0
     if pool is None or not acquired:
         return 0, "claimable" if pool is not None and account in pool.claimable else "none"
+    if account in pool.declined:
+        return pool.declined[account], "declined"
+    flagged = account in pool.flagged
     if account in pool.payouts:
         kept = pool.payouts[account]
         if state.held_until_ms is not None:
-            return kept, "held"
+            return kept, "flagged" if flagged else "held"
+        if flagged:
+            return kept, "kept_back"
         clawed = pool.clawed.get(account, 0)
         return kept - clawed, "clawed" if clawed else "paid"
-    if pool.status == "withdrawn":
+    if pool.status == "withdrawn" or state.status in ("cancelled", "closed"):
         return acquired, "voided"
-    return acquired, "pending"
+    return acquired, "flagged" if flagged else "pending"

@@ -14,7 +14,9 @@ import msgspec
 
 from services.api.accountpages import Erase, PasswordChange, SignUp
 from services.api.writes import (
+    ApproveBody,
     CirculateBody,
+    DeclineBody,
     Login,
     OfferBody,
     PoolBody,
@@ -126,6 +128,8 @@ OPERATION_IDS = {
     ("/logout", "post"): "logOut",
     ("/certificates/{id}/refund", "post"): "refund",
     ("/certificates/{id}/cancel", "post"): "cancelCertificate",
+    ("/certificates/{id}/decline", "post"): "declineCommission",
+    ("/certificates/{id}/approve", "post"): "approveCommission",
     ("/commands/{id}", "get"): "getCommandOutcome",
     ("/accounts", "post"): "signUp", ("/accounts/me", "get"): "getMyAccount",
     ("/accounts/me/password", "post"): "changePassword",
@@ -157,7 +161,7 @@ def document() -> dict:
 
 
 def _document() -> dict:
-    bodies = [Login, OfferBody, PoolBody, CirculateBody, RefundBody, SignUp, PasswordChange,
+    bodies = [Login, OfferBody, PoolBody, CirculateBody, RefundBody, DeclineBody, ApproveBody, SignUp, PasswordChange,
               Erase]
     _, components = msgspec.json.schema_components(bodies, ref_template=REF)
     page = {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}}
@@ -259,6 +263,13 @@ def _document() -> dict:
                 "it from the seller (refused here: refund_after_hold)", RefundBody),
             "/certificates/{id}/cancel": _write("Take an unsold certificate off sale (the "
                                                 "seller)", None),
+            "/certificates/{id}/decline": _write(
+                "Review: decline a sharer's commission before it is paid (pending, held, or "
+                "kept back by a fraud flag); it goes back to the funder and the sharer sees "
+                "the reason (the certificate's seller, or the reviewer role)", DeclineBody),
+            "/certificates/{id}/approve": _write(
+                "Review: clear a fraud flag; a commission kept back after the hold is paid "
+                "(the reviewer role only)", ApproveBody),
             "/commands/{id}": {"get": {"summary": "A command's outcome",
                                        "security": [{"bearer": []}], "parameters": _path_id(),
                                        "responses": {"200": {**read, **_json({

@@ -356,7 +356,7 @@ class Pages:
                 continue
             gain, how = gain_of(state, account)
             holds = " (you hold it)" if state.holder == account else ""
-            kept = 0 if how == "voided" else gain  # a voided gain is no gain
+            kept = 0 if how in ("voided", "declined") else gain  # no gain (any more)
             rows.append(f"<tr class='mine'><td><a href='/page/certificates/{esc(cid)}'>"
                         f"{esc(cid)}</a>{holds}</td><td>{esc(state.status)}</td>"
                         f"<td>{money(kept, state.currency)}</td><td>{esc(PHRASES[how])}</td></tr>")
@@ -426,6 +426,7 @@ class Pages:
         command_id = f"web-{uuid.uuid4().hex}"
         if action == "circulate":
             await gateway.send_for(me, c.Circulate, cid, command_id,
+                                   request.get("page_identity"),
                                    via=via if via != me else None)
         else:
             await gateway.send_for(me, c.Claim, cid, command_id)

@@ -24,10 +24,12 @@ MAX_NODES = 40
 ROOT = ""  # the catalogue
 NODE_W, NODE_H, GAP_X, GAP_Y = 150, 56, 12, 34
 COLOURS = {"pending": "#1565c0", "held": "#ef6c00", "paid": "#2e7d32", "clawed": "#2e7d32",
-           "voided": "#9e9e9e", "none": "#616161", "claimable": "#616161"}
+           "voided": "#9e9e9e", "none": "#616161", "claimable": "#616161",
+           "flagged": "#ad1457", "kept_back": "#ad1457", "declined": "#757575"}
 # the status as the tree says it, in one word or two
 WORDS = {"pending": "pending", "held": "held", "paid": "paid", "clawed": "paid, part clawed",
-         "voided": "voided"}
+         "voided": "voided", "flagged": "in review", "kept_back": "in review",
+         "declined": "declined"}
 
 
 def counts_by_status(state: CertificateState) -> dict[str, int]:

@@ -124,6 +124,24 @@ class EmptyBody(_Body, kw_only=True):
     pass
 
 
+class DeclineBody(_Body, kw_only=True):
+    sharer_id: Id
+    reason: c.DeclineReason
+    note: ShortText | None = None
+
+
+class ApproveBody(_Body, kw_only=True):
+    sharer_id: Id
+
+
+def account_facts(identity: Identity | None) -> c.AccountFacts | None:
+    """What the gateway attests about the sharer (issue #24: a pool's account rules
+    read it): from the account store or the provider's claims, never the request."""
+    if identity is None or identity.created_ms <= 0:
+        return None
+    return c.AccountFacts(created_ms=identity.created_ms, verified=identity.verified)
+
+
 class Gateway:
     def __init__(self, client: aioredis.Redis, keys: Keys, accounts: AccountStore,
                  keyring: Keyring, producer: AIOKafkaProducer, commands_topic: str,
@@ -245,8 +263,14 @@ class Gateway:
         return web.json_response({"logged_out": True})
 
     async def send_for(self, account: str, kind: type, certificate_id: str, command_id: str,
-                       **fields) -> None:
-        """Sign and send one certificate command as ``account`` (API and web pages)."""
+                       identity: Identity | None = None, **fields) -> None:
+        """Sign and send one certificate command as ``account`` (API and web pages). A
+        share carries the facts the gateway attests about its account (``identity``,
+        else the account store's)."""
+        if kind is c.Circulate:
+            if identity is None or identity.account_id != account:
+                identity = await self.accounts.get(account)
+            fields["account"] = account_facts(identity)
         await self._send(kind(command_id=command_id, certificate_id=certificate_id,
                               at_ms=int(time.time() * 1000), account_id=account, **fields),
                          owner=account)
@@ -257,7 +281,7 @@ class Gateway:
         body = await self._body(request, body_type)
         command_id = self._command_id(request, account)
         await self.send_for(account, kind, request.match_info["id"], command_id,
-                            **msgspec.structs.asdict(body), **fields)
+                            request.get("identity"), **msgspec.structs.asdict(body), **fields)
         return self._accepted([command_id])
 
     async def circulate(self, request: web.Request) -> web.Response:
@@ -280,6 +304,20 @@ class Gateway:
 
     async def cancel(self, request: web.Request) -> web.Response:
         return await self._certificate_command(request, c.CancelCertificate, EmptyBody)
+
+    async def decline(self, request: web.Request) -> web.Response:
+        """Review: decline a sharer's commission that is not paid yet (the seller of the
+        certificate, or a reviewer). The core decides whether it still can be."""
+        identity = await self.identity(request)
+        require(identity, Role.REVIEWER, or_seller_of=request.match_info["id"])
+        return await self._certificate_command(request, c.DeclineCommission, DeclineBody,
+                                               reviewer=identity.has(Role.REVIEWER))
+
+    async def approve(self, request: web.Request) -> web.Response:
+        """Review: clear a fraud flag (a reviewer only; never a seller)."""
+        require(await self.identity(request), Role.REVIEWER)
+        return await self._certificate_command(request, c.ApproveCommission, ApproveBody,
+                                               reviewer=True)
 
     async def start_checkout(self, request: web.Request, account: str,
                              certificate_id: str) -> tuple[str, str]:

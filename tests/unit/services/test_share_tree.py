@@ -84,4 +84,23 @@ def test_the_tree_and_the_account_page_say_the_same_of_a_clawed_back_gain():
            chargeback_reason="fraudulent")
     assert gain_of(s.state, "ann") == (50, "clawed")  # paid 100, half clawed back
     assert nodes(share_tree_svg(s.state, "ann"))["ann"] == "ann 0.50 USD paid, part clawed"
-    assert PHRASES["clawed"] == "paid out (part clawed back)"
+    assert PHRASES["clawed"] == "paid out (part clawed back by a chargeback)"
+
+
+def test_a_gain_says_whether_it_is_in_review_declined_or_locked():
+    s = Scenario()
+    s.setup(price_minor=10_000, budget_minor=1_000, attached_minor=300, hold_s=3_600,
+            acquisition=c.AcquisitionPolicy(amount=c.FixedAmount(amount_minor=100)))
+    for account in ("ann", "bea", "cy"):
+        s.circulate(account)
+    s.must(c.FlagCommission, sharer_id="bea", rule="burst")
+    assert gain_of(s.state, "bea") == (100, "flagged")
+    s.purchase()
+    s.must(c.DeclineCommission, account_id="seller", sharer_id="cy", reason="self_referral")
+    assert [gain_of(s.state, a) for a in ("ann", "bea", "cy")] == [
+        (100, "held"), (100, "flagged"), (100, "declined")]
+    s.advance(3_600_000)
+    s.must(c.ReleaseHold)
+    assert [gain_of(s.state, a) for a in ("ann", "bea")] == [(100, "paid"), (100, "kept_back")]
+    assert "locked" in PHRASES["paid"] and "reviewer" in PHRASES["kept_back"]
+    assert nodes(share_tree_svg(s.state, "bea"))["bea"] == "bea 1.00 USD in review"

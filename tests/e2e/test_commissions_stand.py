@@ -1,0 +1,135 @@
+"""Commissions that stand (issue #24), played through the API on the real pipeline by
+accounts that signed up through the front door: the gateway attests each sharer's
+account age, so fresh fake accounts neither take a pool nor trip its threshold; a
+burst is capped per minute; the seller declines a held commission (a sharer without
+a role may not); only a reviewer approves.
+
+Before #24 the four fakes would have counted toward max_circulations = 4 and voided
+the honest sharers' commission, and the burst would have emptied the second pool."""
+
+from __future__ import annotations
+
+import time
+
+from deploy.localstack import free_port
+from schemas import commands as c
+from tests.e2e.certificates import cert_id, paid
+from tests.e2e.certificates import setup as certificate
+from tests.e2e.http import call, login, outcome, wait_for
+
+RULES = cert_id("stand-rules")
+BURST = cert_id("stand-burst")
+REVIEW = cert_id("stand-review")
+AGE_S = 4  # the pool's minimum account age: the honest accounts are older
+
+
+def sign_up(port: int, login_name: str) -> tuple[str, str]:
+    """(account id, session token) of a new account."""
+    status, joined, _ = call(port, "POST", "/accounts", {
+        "login": login_name, "password": f"pw of {login_name} 123", "display_name": login_name})
+    assert status == 201, joined
+    status, logged, _ = call(port, "POST", "/login", {
+        "account_id": login_name, "password": f"pw of {login_name} 123"})
+    assert status == 200, logged
+    return joined["account_id"], logged["token"]
+
+
+def share(port: int, token: str, cid: str) -> dict:
+    status, sent, _ = call(port, "POST", f"/certificates/{cid}/circulate", {}, token)
+    assert status == 202, sent
+    return outcome(port, token, sent["command_ids"][0])
+
+
+def pending(port: int, account: str, token: str) -> int:
+    status, body, _ = call(port, "GET", f"/accounts/{account}/earnings", token=token)
+    assert status == 200, body
+    return body["earnings"].get("EUR", {}).get("pending_minor", 0)
+
+
+def test_fake_accounts_neither_take_a_pool_nor_trip_its_threshold_and_reviews_hold(
+        pipeline):
+    port = free_port()
+    pipeline.start_all()
+    pipeline.start("readmodel")
+    pipeline.start("api", API_PORT=str(port), API_OPS_PORT=str(free_port()))
+    honest = [sign_up(port, f"honest{i}") for i in range(3)]
+    created = time.monotonic()
+    t = int(time.time() * 1000)
+    per_share = c.FixedAmount(amount_minor=100)
+    pipeline.send(
+        *certificate(RULES, t, price_minor=10_000, budget_minor=1_000, attached_minor=100,
+                     hold_s=0, thresholds=c.Thresholds(max_circulations=4),
+                     acquisition=c.AcquisitionPolicy(amount=per_share,
+                                                     min_account_age_s=AGE_S)),
+        *certificate(BURST, t, price_minor=10_000, budget_minor=500, attached_minor=100,
+                     hold_s=0, acquisition=c.AcquisitionPolicy(
+                         amount=per_share, max_acquisitions_per_minute=2)),
+        *certificate(REVIEW, t, price_minor=10_000, budget_minor=500, attached_minor=100,
+                     hold_s=600, acquisition=c.AcquisitionPolicy(amount=per_share)))
+    for cid in (RULES, BURST, REVIEW):
+        wait_for(port, f"/certificates/{cid}", lambda b: b["status"] == "posted",
+                 pipeline=pipeline)
+    time.sleep(max(0.0, AGE_S + 0.5 - (time.monotonic() - created)))
+
+    # four accounts made a moment ago share first: they move the certificate but count
+    # toward nothing and take nothing; the three honest sharers then all gain
+    fakes = [sign_up(port, f"fake{i}") for i in range(4)]
+    for _, token in fakes:
+        assert share(port, token, RULES)["status"] == "accepted"
+    for _, token in honest:
+        assert share(port, token, RULES)["status"] == "accepted"
+    page = wait_for(port, f"/certificates/{RULES}",
+                    lambda b: b["chain_length"] == 7, pipeline=pipeline)
+    assert page["pool_status"] == "open", page  # 3 counting shares < 4
+    assert page["thresholds"]["circulations"] == [3, 4], page
+    pipeline.send(c.Purchase(command_id="capture:stand-1", certificate_id=RULES,
+                             at_ms=int(time.time() * 1000), account_id="carol",
+                             **paid(RULES, 10_000, "stand-1")))
+    for account, token in honest:
+        wait_for(port, f"/accounts/{account}/earnings",
+                 lambda b: b["earnings"].get("EUR", {}).get("payable_minor") == 100,
+                 token=token, pipeline=pipeline)
+    for account, token in fakes:
+        status, body, _ = call(port, "GET", f"/accounts/{account}/earnings", token=token)
+        assert status == 200 and body["earnings"] == {}, body
+
+    # a burst of five from the same fresh accounts (and one more) within a second:
+    # two acquisitions a minute, so three shares take nothing and 300 stays in the pool
+    burst = [*fakes, sign_up(port, "fake4")]
+    for _, token in burst:
+        assert share(port, token, BURST)["status"] == "accepted"
+    wait_for(port, f"/certificates/{BURST}", lambda b: b["chain_length"] == 5,
+             pipeline=pipeline)  # projected with the acquisitions of the same commands
+    assert sorted(pending(port, a, token) for a, token in burst) == [0, 0, 0, 100, 100]
+
+    # review: an honest sharer's commission is held; a sharer with no role may not
+    # decline it, nor may the seller approve (only a reviewer clears a flag)
+    sharer, sharer_token = honest[0]
+    share(port, honest[1][1], REVIEW)
+    assert share(port, sharer_token, REVIEW)["status"] == "accepted"
+    pipeline.send(c.Purchase(command_id="capture:stand-2", certificate_id=REVIEW,
+                             at_ms=int(time.time() * 1000), account_id="dave",
+                             **paid(REVIEW, 10_000, "stand-2")))
+    wait_for(port, f"/certificates/{REVIEW}", lambda b: b["status"] == "purchased",
+             pipeline=pipeline)
+    decline = {"sharer_id": sharer, "reason": "self_referral", "note": "the buyer's friend"}
+    status, refused, _ = call(port, "POST", f"/certificates/{REVIEW}/decline", decline,
+                              honest[1][1])
+    assert (status, refused["error"]) == (403, "missing_role"), refused
+    seller = login(port, "seller")
+    status, refused, _ = call(port, "POST", f"/certificates/{REVIEW}/approve",
+                              {"sharer_id": sharer}, seller)
+    assert (status, refused["error"]) == (403, "missing_role"), refused
+    status, sent, _ = call(port, "POST", f"/certificates/{REVIEW}/decline", decline, seller)
+    assert status == 202, sent
+    assert outcome(port, seller, sent["command_ids"][0])["status"] == "accepted"
+    # the reviewer's approval of a commission no flag keeps back: refused by the core
+    reviewer = login(port, "reviewer")
+    status, sent, _ = call(port, "POST", f"/certificates/{REVIEW}/approve",
+                           {"sharer_id": honest[1][0]}, reviewer)
+    assert status == 202, sent
+    refused = outcome(port, reviewer, sent["command_ids"][0])
+    assert (refused["status"], refused["reason"]) == ("rejected", "not_flagged"), refused
+    report = pipeline.audit()
+    assert report.ok, report.problems
+    pipeline.assert_running()
