@@ -91,7 +91,10 @@ def asyncapi() -> str:
                 "Every topic is keyed by certificate id with the same partition count. "
                 "Money is an integer in minor units plus an ISO 4217 currency. "
                 "Consumers of payments must tolerate unknown fields and dedupe on "
-                "settlement_id; read with isolation.level=read_committed."
+                "settlement_id; read with isolation.level=read_committed. Internal "
+                "topics are not listed: the stages' changelogs and fraud-feed (the "
+                "allocation stage's acquisitions for the fraud stage), msgpack state "
+                "between the engine's own stages, not a contract (schemas/topics.py)."
             ),
         },
         "channels": channels,

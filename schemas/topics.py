@@ -61,6 +61,15 @@ class TopicSpec:
         return self.members or getattr(self.union, "__args__", (self.union,))
 
 
+# The published contracts: JSON, keyed by certificate id (settlements: by account).
+# Not listed, on purpose: the stages' changelogs and ``fraud-feed``. Both are
+# internal state of a pair of the engine's own stages, never read by anyone else:
+# msgpack, positional (array_like structs), keyed by a row of the reader's rules
+# (fraud-feed: ``a:{account}``, ``b0:``/``b1:{creation hour}``), and their layout
+# changes with those rules (services/fraud/rules.py ``Seen``; services/common/rows.py).
+# A JSON Schema of them would invite a consumer to depend on a layout that is not a
+# contract. Topics.all() creates them; deploy/acls.py grants them (allocation writes
+# fraud-feed, only the fraud stage reads it).
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("commands", Command, "commands", "gateway; withdrawal timer (check_expiry, "
               "release_hold); captures (what the payment system said)",
