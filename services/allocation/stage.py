@@ -46,9 +46,13 @@ class AllocationStage(FollowerStage):
 def seen_of(command: Command, result: StepResult, event: CommissionAcquired) -> Seen:
     state = result.state
     facts = command.account if type(command) is Circulate else None
-    acquired = state.pool.acquired
-    # the latest earlier acquirers (the acquirer itself is the last one)
-    co = tuple(a for a in islice(reversed(acquired), CO_MAX + 1) if a != event.account_id)
+    # the latest earlier acquirers: the acquirer itself is the last one (one gain per
+    # account and certificate), so skip it
+    latest = tuple(islice(reversed(state.pool.acquired), CO_MAX + 1))
+    if latest and latest[0] == event.account_id:
+        co = latest[1:]
+    else:
+        co = tuple(a for a in latest if a != event.account_id)
     return Seen(certificate_id=event.certificate_id, account_id=event.account_id,
                 seller_id=state.seller_id, funder_id=state.pool.funder_id,
                 at_ms=event.at_ms, seq=event.seq,

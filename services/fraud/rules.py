@@ -10,8 +10,8 @@ row everything it needs, whatever certificate the acquisition was on:
 * ``a:{account}``: every acquisition of one account. **velocity** (distinct
   certificates in the last minute) and **rings** (the record carries the
   certificate's latest earlier acquirers, ``co``: an account that acquired together
-  with the same other account on ``ring_min`` certificates of one seller is in a
-  ring; both are flagged on those certificates).
+  with the same other account on ``ring_min`` of one seller's certificates among its
+  latest ``RECENT`` acquisitions is in a ring; both are flagged on those certificates).
 * ``b0:{created // 1 h}`` and ``b1:{(created + 30 min) // 1 h}``: every acquisition of
   the accounts *created* in that hour (two tilings offset by half an hour, so any
   burst created within 30 minutes falls whole into one row). An account's creation
@@ -31,8 +31,8 @@ account is flagged by a rule in a row, its later acquisitions seen by that row a
 flagged by the same rule.
 
 Memory is bounded: a row keeps at most ``MAX_ACCOUNTS`` accounts (born rows; the
-least recently active go), ``RECENT`` certificates per account and ``MAX_PAIRS``
-partners (account rows).
+least recently active go) and ``RECENT`` acquisitions per account, each with at
+most ``CO_MAX`` earlier acquirers (account rows).
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ CO_MAX = 8  # earlier acquirers of the certificate carried on a Seen
 # is about fresh accounts: Thresholds.fresh_s may not exceed it)
 FEED_FRESH_MS = 30 * 86_400_000
 RECENT = 32  # certificates remembered per account
-MAX_PAIRS = 128  # partners remembered per account row
 MAX_ACCOUNTS = 512  # accounts remembered per born row
 RULES = ("velocity", "fresh-burst", "ring")
 
@@ -121,13 +120,19 @@ class Flag(NamedTuple):
 # --- rows ----------------------------------------------------------------------------
 
 class AccountRow(msgspec.Struct, array_like=True, tag="a"):
-    """``a:{account}``: its latest acquisitions and the partners it acquired with."""
+    """``a:{account}``: its latest ``RECENT`` acquisitions, as flat lists (newest last).
 
-    recent: list[tuple[int, str, str]] = msgspec.field(default_factory=list)  # at, cert, seller
-    # "{partner}|{seller}" -> certificates both acquired on (oldest first)
-    pairs: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    Written to the changelog whenever it changes (once per round), so it holds only
+    what the rules read: when, on which certificate (the replay guard is ``cert in
+    certs``), whose certificate, and the certificate's earlier acquirers then (``co``).
+    A ring is found by looking back over these, so an account seen once (most of
+    them) costs an append, not a partner table."""
+
+    at: list[int] = msgspec.field(default_factory=list)
+    certs: list[str] = msgspec.field(default_factory=list)
+    sellers: list[str] = msgspec.field(default_factory=list)
+    co: list[tuple[str, ...]] = msgspec.field(default_factory=list)
     flagged: list[str] = msgspec.field(default_factory=list)  # rules that flagged it
-    last_seq: dict[str, int] = msgspec.field(default_factory=dict)  # cert -> seq seen (replay guard)
 
 
 class Trail(msgspec.Struct, array_like=True):
@@ -166,55 +171,54 @@ def apply(row: Row | None, key: bytes, seen: Seen, th: Thresholds
 def _account(row: AccountRow | None, seen: Seen, th: Thresholds
              ) -> tuple[AccountRow, bool, list[Flag]]:
     row = row or AccountRow()
-    cert, me = seen.certificate_id, seen.account_id
-    if cert in row.last_seq:
+    cert, me, seller = seen.certificate_id, seen.account_id, seen.seller_id
+    certs, times, sellers, cos = row.certs, row.at, row.sellers, row.co
+    if cert in certs:
         return row, False, []  # an account acquires once per certificate: a replay
-    row.last_seq[cert] = seen.seq
-    row.recent.append((seen.at_ms, cert, seen.seller_id))
-    if len(row.recent) > RECENT:
-        gone = row.recent.pop(0)[1]
-        row.last_seq.pop(gone, None)
     flags: list[Flag] = []
+    flagged = row.flagged
+
+    # rings: a partner on >= ring_min of one seller's certificates (within RECENT)
+    ringed = "ring" in flagged
+    if seen.co and seller in sellers:
+        ring_min = th.ring_min
+        earlier = [i for i, s in enumerate(sellers) if s == seller]
+        if len(earlier) + 1 >= ring_min:
+            for partner in seen.co:
+                if partner == me:
+                    continue
+                shared = [certs[i] for i in earlier if partner in cos[i]]
+                if len(shared) + 1 < ring_min:
+                    continue
+                # the first time: both on every certificate they share; then this one
+                on = [*shared, cert] if len(shared) + 1 == ring_min else [cert]
+                ringed = True
+                detail = th.detail("ring")
+                flags += [Flag(c, a, "ring", detail) for c in on for a in (me, partner)]
+
+    certs.append(cert)
+    times.append(seen.at_ms)
+    sellers.append(seller)
+    cos.append(seen.co)
+    if len(certs) > RECENT:
+        del certs[0], times[0], sellers[0], cos[0]
 
     # velocity: distinct certificates in the minute up to this acquisition
-    if "velocity" in row.flagged:
+    if "velocity" in flagged:
         flags.append(Flag(cert, me, "velocity", th.detail("velocity")))
     else:
-        since, n = seen.at_ms - 60_000, 0
-        for at, _, _ in reversed(row.recent):
-            if at <= since:
-                break
-            n += 1
-        if n >= th.velocity_per_minute:
-            window = [c for at, c, _ in row.recent if at > since]
-            row.flagged.append("velocity")
-            flags += [Flag(c, me, "velocity", th.detail("velocity")) for c in window]
+        since, n = seen.at_ms - 60_000, th.velocity_per_minute
+        # the latest n acquisitions all within the minute
+        if len(times) >= n and min(times[-n:]) > since:
+            flagged.append("velocity")
+            detail = th.detail("velocity")
+            flags += [Flag(c, me, "velocity", detail)
+                      for at, c in zip(times, certs, strict=True) if at > since]
 
-    # rings: a partner on >= ring_min of one seller's certificates
-    ringed = "ring" in row.flagged
-    for partner in seen.co:
-        if partner == me:
-            continue
-        pair = f"{partner}|{seen.seller_id}"
-        certs = row.pairs.get(pair)
-        if certs is None:
-            certs = row.pairs[pair] = [cert]  # the oldest pairs go first (below)
-        else:
-            certs.append(cert)
-            if len(certs) > RECENT:
-                del certs[0]
-        if len(certs) >= th.ring_min:
-            ringed = True
-            # the first time: both on every certificate they share; then this one
-            on = certs if len(certs) == th.ring_min else [cert]
-            flags += [Flag(c, a, "ring", th.detail("ring")) for c in on for a in (me, partner)]
     if ringed:
         flags.append(Flag(cert, me, "ring", th.detail("ring")))
-        if "ring" not in row.flagged:
-            row.flagged.append("ring")
-    pairs = row.pairs
-    while len(pairs) > MAX_PAIRS:
-        del pairs[next(iter(pairs))]
+        if "ring" not in flagged:
+            flagged.append("ring")
     return row, True, _unique(flags) if flags else flags
 
 

@@ -20,16 +20,21 @@ from schemas.events import CertificatePurchased, CommissionAcquired, CommissionF
 from schemas.payments import Settlement
 from schemas.rejections import Rejection
 from schemas.topics import TOPICS
+from services.allocation.stage import seen_of
 from services.audit.read import read_records, read_rows, read_table
 from services.captures.stage import Admitted
 from services.circulation.intake import sequence
 from services.common.auth import header_dict
+from services.common.follower import StepResult
 from services.common.rejection import Source
 from services.common.rows import RUNNER_PREFIX
+from services.fraud import rules
+from services.fraud.stage import feed_outputs, thresholds_from_env
 from tests.e2e.certificates import cert_id, paid, sequencer_entropy, setup
 
 encode = msgspec.json.Encoder().encode
 _encode_row = msgspec.msgpack.Encoder().encode
+_decode_seen = msgspec.msgpack.Decoder(rules.Seen).decode
 _command_decoder = msgspec.json.Decoder(c.Command)
 
 
@@ -248,6 +253,9 @@ class Expected:
     accepted_kinds: Counter = field(default_factory=Counter)  # command type -> how many
     # (command id, reason) -> the certificate it named (None: none could be read)
     rejected: dict[tuple, str | None] = field(default_factory=dict)
+    # allocation's fraud-feed records: Counter((key, value)), certificate id of each
+    feed: Counter = field(default_factory=Counter)
+    feed_certs: dict[bytes, str] = field(default_factory=dict)
 
 
 def _ALL(certificate_id: str) -> bool:
@@ -296,6 +304,11 @@ def _published(out: Expected, cid: str, seq: int, command: c.Command, events, se
         for topic, counter in out.topics.items():
             if isinstance(item, MEMBERS[topic]):
                 counter[encode(item)] += 1
+        if type(item) is CommissionAcquired:  # what allocation feeds the fraud stage
+            result = StepResult(state=state, changed=True, events=list(events))
+            for o in feed_outputs("fraud-feed", seen_of(command, result, item)):
+                out.feed[(o.key, o.value)] += 1
+                out.feed_certs[o.value] = cid
 
 
 def expect(commands: list[c.Command]) -> Expected:
@@ -389,6 +402,12 @@ def differences(pipeline, want: Expected, keep=_ALL) -> list[str]:
     # (one account's settlements are in one partition, in order)
     netted = Counter(encode(s) for s in replay(_in_order(settlements))[1])
     compare("payments", mine(list(netted.elements())), mine(pipeline.read(t.payments)))
+    feed = read_records(pipeline.settings.bootstrap, t.fraud_feed, 60,
+                        pipeline.settings.kafka_auth)
+    compare("fraud-feed", Counter({k: n for k, n in want.feed.items()
+                                   if keep(want.feed_certs[k[1]])}),
+            Counter((r.key, r.value) for r in feed
+                    if keep(_decode_seen(r.value).certificate_id)))
     compare("accepted", Counter({k: n for k, n in want.accepted.items() if keep(k[0])}),
             accepted_of(pipeline.read(t.accepted), keep))
     compare("rejections", Counter({k: n for k, n in want.rejections.items()
@@ -419,7 +438,7 @@ def assert_outputs_as_expected(pipeline, timeout_s: float, keep=_ALL) -> Expecte
 def committed_table(pipeline, stage: str) -> dict[str, bytes]:
     """A stage's committed table from its changelog, each row as msgpack bytes."""
     topic = f"{pipeline.topics.prefix}{pipeline.settings.group_prefix}-{stage}-state-changelog"
-    if stage in ("netting", "captures"):  # rows kept whole (rows.WholeRowStore)
+    if stage in ("netting", "captures", "fraud"):  # rows kept whole (rows.WholeRowStore)
         return {k.decode(): v for k, v in read_table(pipeline.settings.bootstrap, topic, 120).items()
                 if not k.startswith(RUNNER_PREFIX)}
     return {k: _encode_row(v) for k, v in read_rows(pipeline.settings.bootstrap, topic, 120).items()}
@@ -431,6 +450,8 @@ def expected_table(pipeline, expected: Expected, stage: str) -> dict[str, bytes]
     account never clawed back has no row); for captures, one row per payment
     reference of the purchases it forwarded to commands (none when the test put the
     payment system's word straight on commands)."""
+    if stage == "fraud":
+        return _fraud_rows(pipeline)
     if stage == "captures":
         if not pipeline.via_captures:
             return {}
@@ -449,6 +470,20 @@ def expected_table(pipeline, expected: Expected, stage: str) -> dict[str, bytes]
     ledgers, _ = replay(_in_order(_settlement_records(pipeline)))
     return {account: _encode_row(ledger) for account, ledger in ledgers.items()
             if ledger != AccountLedger(account_id=account)}
+
+
+def _fraud_rows(pipeline) -> dict[str, bytes]:
+    """The fraud stage's rows: its rules applied to the committed fraud-feed, each
+    partition in its order (the settings the pipeline's environment gives it)."""
+    th = thresholds_from_env(pipeline.env)
+    rows: dict[bytes, object] = {}
+    records = read_records(pipeline.settings.bootstrap, pipeline.topics.fraud_feed, 60,
+                           pipeline.settings.kafka_auth)
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        row, changed, _ = rules.apply(rows.get(r.key), r.key, _decode_seen(r.value), th)
+        if changed:
+            rows[r.key] = row
+    return {k.decode(): _encode_row(v) for k, v in rows.items()}
 
 
 def _settlement_records(pipeline) -> list:
