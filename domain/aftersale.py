@@ -67,7 +67,7 @@ def cash_out(state: CertificateState, pool: Pool, now_ms: int, rec: Recorder
              ) -> tuple[int, int, int]:
     """On purchase: hold (or, with no hold, pay) every pending acquisition and the
     price, and release what is left of the budget at once. Returns (paid, held,
-    released)."""
+    released); with no hold, held is what fraud flags keep back."""
     commission = pool.pending_minor
     if commission:
         # pending > 0 only while nothing was voided: it is every acquisition a review
@@ -95,7 +95,7 @@ def cash_out(state: CertificateState, pool: Pool, now_ms: int, rec: Recorder
     if held:
         return 0, commission, released
     _pay_seller(state, rec)
-    return commission, 0, released
+    return commission, pool.held_minor, released
 
 
 def _pay_commission(state: CertificateState, pool: Pool, rec: Recorder) -> None:

@@ -409,8 +409,9 @@ def _purchase(state: CertificateState, c: Purchase, ctx: _Context) -> Recorder:
               currency=state.currency, price_minor=state.price_minor,
               paid_out_minor=paid, released_minor=released,
               held_until_ms=state.held_until_ms, held_minor=held,
-              held=[] if state.held_until_ms is None else [
-                  AccountAmount(account_id=a, amount_minor=m) for a, m in pool.payouts.items()])
+              # everything with a hold; with none, what a fraud flag keeps back
+              held=[AccountAmount(account_id=a, amount_minor=m) for a, m in pool.payouts.items()
+                    if state.held_until_ms is not None or a in pool.flagged])
     return rec
 
 

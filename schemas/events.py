@@ -155,8 +155,8 @@ class PoolWithdrawn(_Event, tag="pool_withdrawn", kw_only=True):
 
 class CertificatePurchased(_Event, tag="certificate_purchased", kw_only=True):
     """``paid_out_minor``: commission payable at once (no hold); ``held_minor``:
-    commission held until ``held_until_ms`` (with the seller's price), listed in
-    ``held``."""
+    commission held until ``held_until_ms`` (with the seller's price), or with no hold
+    what fraud flags keep back for review; listed in ``held``."""
 
     buyer_id: Id
     payment_ref: Id

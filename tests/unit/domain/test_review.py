@@ -9,6 +9,7 @@ import pytest
 from schemas import commands as c
 from schemas.events import (
     CertificateCirculated,
+    CertificatePurchased,
     CommissionAcquired,
     CommissionApproved,
     CommissionDeclined,
@@ -201,6 +202,9 @@ def test_with_no_hold_a_flagged_commission_is_kept_back_at_the_purchase():
     s = flagged_sale(hold_s=0)
     assert s.payouts() == {"a": 100}
     assert s.state.pool.held_minor == 100
+    purchased = s.of(CertificatePurchased)[0]
+    assert (purchased.paid_out_minor, purchased.held_minor) == (100, 100)
+    assert [(h.account_id, h.amount_minor) for h in purchased.held] == [("ring", 100)]
     s.must(c.ApproveCommission, account_id="rita", sharer_id="ring", reviewer=True)
     assert s.payouts() == {"a": 100, "ring": 100}
 
