@@ -7,11 +7,13 @@ redelivered command (seq at or below the stored one) is skipped, so at-least-onc
 delivery gives exactly-once projections, and replaying the topic from the start
 after Redis is wiped rebuilds the same projections.
 
-Keys (all under ``rm:{prefix}``):
+Keys (all under ``rm:{prefix}``; the part in braces is the key's Redis Cluster hash
+tag, so the keys one script writes together share a slot: services/readmodel/store.py):
   state:{cert}          msgpack CertificateState (the read model's own copy)
   cert:{cert}           hash: the certificate page
-  catalogue:commission  sorted set: posted, unsold certificates by attached amount
-  catalogue:deadline    sorted set: the same by display deadline (ms; none: 2^53)
+  catalogue:{catalogue}:commission  sorted set: posted, unsold certificates by
+                        attached amount
+  catalogue:{catalogue}:deadline    the same by display deadline (ms; none: 2^53)
   offer:{offer}         hash: copies, purchased
   feed:{account}        sorted set: certificates the account holds, by time
   shared:{account}      sorted set: certificates the account ever circulated, by time
@@ -22,6 +24,8 @@ Keys (all under ``rm:{prefix}``):
                         payable (published to the payment system), paid once it
                         reports the payout settled, failed if it failed every attempt
   cmd:{command id}      hash: the command's outcome (accepted or rejected with reason)
+  applied:{tag}         hash, Redis Cluster only: certificate -> the last seq whose
+                        writes to the keys of this tag are in (store.py)
 """
 
 from __future__ import annotations
@@ -52,40 +56,56 @@ NO_DEADLINE = 2**53
 
 
 class Keys:
+    """Key names. Ids never contain braces (schemas.types.Id), so the braces around
+    an id are its hash tag (the prefix must hold none)."""
+
     def __init__(self, prefix: str = "") -> None:
         self.p = f"rm:{prefix}"
 
     def state(self, cid: str) -> str:
-        return f"{self.p}state:{cid}"
+        return f"{self.p}state:{{{cid}}}"
 
     def cert(self, cid: str) -> str:
-        return f"{self.p}cert:{cid}"
+        return f"{self.p}cert:{{{cid}}}"
 
     def offer(self, oid: str) -> str:
-        return f"{self.p}offer:{oid}"
+        return f"{self.p}offer:{{{oid}}}"
 
     def feed(self, account: str) -> str:
-        return f"{self.p}feed:{account}"
+        return f"{self.p}feed:{{{account}}}"
 
     def shared(self, account: str) -> str:
-        return f"{self.p}shared:{account}"
+        return f"{self.p}shared:{{{account}}}"
 
     def claims(self, account: str) -> str:
-        return f"{self.p}claim:{account}"
+        return f"{self.p}claim:{{{account}}}"
 
     def earnings(self, account: str) -> str:
-        return f"{self.p}earn:{account}"
+        return f"{self.p}earn:{{{account}}}"
 
     def outcome(self, command_id: str) -> str:
-        return f"{self.p}cmd:{command_id}"
+        return f"{self.p}cmd:{{{command_id}}}"
+
+    def applied(self, tag: str) -> str:
+        return f"{self.p}applied:{{{tag}}}"
 
     @property
     def by_commission(self) -> str:
-        return f"{self.p}catalogue:commission"
+        return f"{self.p}catalogue:{{catalogue}}:commission"
 
     @property
     def by_deadline(self) -> str:
-        return f"{self.p}catalogue:deadline"
+        return f"{self.p}catalogue:{{catalogue}}:deadline"
+
+
+def hash_tag(key: str) -> str:
+    """The part of a key Redis Cluster hashes: between its first braces, else all."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1:end]
+    return key
 
 
 @dataclass
@@ -164,10 +184,14 @@ def page(state: CertificateState) -> dict[str, str]:
 
 
 def project(k: Keys, state: CertificateState, events: list[Event],
-            settlements: list[Settlement]) -> Writes:
+            settlements: list[Settlement], with_page: bool = True) -> Writes:
+    """What one command writes. ``with_page=False``: the certificate page's fields
+    that only its events carry (name, terms), not the page itself (a batch computes
+    the page once, after the certificate's last command in it: services/readmodel/
+    store.py)."""
     w = Writes()
     cid = state.certificate_id
-    w.hset[k.cert(cid)] = page(state)
+    w.hset[k.cert(cid)] = page(state) if with_page else {}
     pool = state.pool
     for e in events:
         if isinstance(e, CertificateIssued):

@@ -2,105 +2,129 @@
 once, and keeps where the projections stand (each partition's next offset) in Redis
 with them.
 
-One batch is one Redis round trip: a Lua script (``APPLY``) that, for each command,
-checks the certificate's stored sequence number (``seq`` of ``cert:{cert}``) against
-the one the command follows, and only then writes its projections and the state;
-then raises each partition's position. A script runs atomically, so the check and the
-writes are one step (no other client's write comes between), and the position is
-never ahead of what is projected.
+Work per batch, not per command (issue #25): the commands of one certificate in a
+batch are applied in Python one after the other, and what they write is merged:
+the certificate's state and page are written once (their last value), increments
+summed, a sorted set's member added or removed once (its last operation). Only each
+command's outcome (``cmd:{id}``) is written per command. The program goes to Redis as
+ONE msgpack argument (``cmsgpack`` in Lua), not ~100 arguments a command for
+redis-py to pack.
+
+One Redis (``redis.asyncio.Redis``): the batch is one script, one round trip, one
+fsync. For each certificate (step ``C``) it checks the stored ``seq`` of
+``cert:{cert}`` against the seq before the batch's first command of it, and only then
+writes the state, the page and everything else those commands write; then raises
+each partition's position. A script runs atomically, so the check and the writes are
+one step, and a position is never ahead of what is projected.
+
+Redis Cluster (``redis.asyncio.cluster.RedisCluster``): a script may only touch keys
+of one slot, so the program is split by hash tag (services/readmodel/projection.py:
+a certificate's state and page share one, an account's feeds and earnings one, the
+catalogue one). Each slot's part is a script of its own, made exactly-once on its own:
+writes to keys outside the certificate's slot go per command, guarded by
+``applied:{tag}`` (certificate -> the last seq applied there), so a batch met again,
+cut differently after a restart, never applies an increment twice. Order: first the
+certificates' stored seqs are read and must be this worker's (else Behind, nothing
+written); then those parts and the outcomes; then the certificates' states (so a
+crash between the two leaves the states behind: the commands are applied again, and
+the guards skip what is in); then the positions. Not covered: one cluster node
+restarted without its data (its slots alone went back); with ``appendfsync always``
+and a replica per master that is a disaster to rebuild from, by deleting the read
+model's keys (the topics are the source of truth).
 
 Where the projections stand lives in Redis, not only in the consumer group: after
-Redis loses writes (a restart with ``appendfsync everysec`` loses up to a second;
-restarted without its data, flushed), its positions went back with them, and the
-read model re-projects from there. The group's committed offset is for lag and tools.
+Redis loses writes (restarted without its data, flushed), its positions went back
+with them, and the read model re-projects from there. The group's committed offset
+is for lag and tools.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
 from domain import CertificateState
 from schemas.commands import AcceptedCommand
 from schemas.rejections import Reason, Rejection
 from services.common.follower import follow
-from services.readmodel.projection import Keys, project
+from services.readmodel.projection import Keys, hash_tag, project
+from services.readmodel.projection import page as certificate_page
 
 OUTCOME_TTL_S = 7 * 24 * 3600
 CACHE_CERTIFICATES = 100_000  # states kept in memory between batches (~1 KB each)
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(CertificateState).decode
 
-# ARGV is a program of steps; keys are named by their index in KEYS.
-#   A cert state prev seq blob nops op*  a command: applied when cert's seq == prev
-#       op: H key n f1 v1 .. fn vn | I key field by | Z key member score
-#           | R key member | X key seconds
-#   J outcome reason detail cert      a refusal: recorded unless the id has an outcome
-#   P position offset                 a partition's next offset, only ever raised
-# Returns {} when every command was applied or met as projected already (counted in
-# the second element), or {gap_step, stored_seq} when a certificate's stored seq is
-# below the one the command follows: Redis is behind this worker's copy (it lost
-# writes, or another worker wrote), nothing after that step is written, positions
-# included, and the worker starts again from the positions stored.
+# ARGV[1] is a msgpack list of steps; keys are named by their index in KEYS, the
+# states (msgpack bytes, which Redis's cmsgpack cannot read inside ARGV[1]) by theirs
+# in ARGV.
+#   {'C', cert, state, prev, last, n, blob, page, ops}   a certificate's commands
+#       prev+1..last (n of them): applied when cert's seq == prev, met as projected
+#       already when it is >= last; anything else: Redis and this worker disagree
+#   {'G', guard, cert, seq, ops}    Redis Cluster: one command's writes in one slot,
+#       applied when the guard hash holds less than seq for cert
+#   {'O', key, fields, ttl}         an accepted command's outcome (Redis Cluster)
+#   {'J', key, reason, detail, cert, ttl}  a refusal: recorded unless it has an outcome
+#   {'P', key, offset}              a partition's next offset, only ever raised
+#   op: {'H', key, fields} | {'I', key, field, by} | {'Z', key, member, score}
+#       | {'R', key, member} | {'X', key, seconds}
+# Returns {0, 0, skipped} when every step was applied (skipped: commands met as
+# projected already), or {step, stored_seq, skipped} at the first certificate whose
+# stored seq disagrees: nothing from that step on is written, positions included.
 APPLY = """
-local i, n, step, skipped = 1, #ARGV, 0, 0
-while i <= n do
-  local kind = ARGV[i]
-  if kind == 'A' then
-    step = step + 1
-    local cert = KEYS[tonumber(ARGV[i + 1])]
-    local prev, seq = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-    local cur = tonumber(redis.call('HGET', cert, 'seq') or '0')
-    if cur < prev then return {step, cur, skipped} end
-    local apply = cur == prev
-    if apply then
-      redis.call('SET', KEYS[tonumber(ARGV[i + 2])], ARGV[i + 5])
+local prog = cmsgpack.unpack(ARGV[1])
+local function run(ops)
+  for _, o in ipairs(ops) do
+    local op, key = o[1], KEYS[o[2]]
+    if op == 'H' then redis.call('HSET', key, unpack(o[3]))
+    elseif op == 'I' then redis.call('HINCRBY', key, o[3], o[4])
+    elseif op == 'Z' then redis.call('ZADD', key, o[4], o[3])
+    elseif op == 'R' then redis.call('ZREM', key, o[3])
+    elseif op == 'X' then redis.call('EXPIRE', key, o[3])
+    else error('bad op ' .. tostring(op)) end
+  end
+end
+local skipped = 0
+for n, s in ipairs(prog) do
+  local kind = s[1]
+  if kind == 'C' then
+    local cur = tonumber(redis.call('HGET', KEYS[s[2]], 'seq') or '0')
+    if cur == s[4] then
+      redis.call('SET', KEYS[s[3]], ARGV[s[7]])
+      redis.call('HSET', KEYS[s[2]], unpack(s[8]))
+      run(s[9])
+    elseif cur >= s[5] then
+      skipped = skipped + s[6]
     else
-      skipped = skipped + 1
+      return {n, cur, skipped}
     end
-    local nops = tonumber(ARGV[i + 6])
-    i = i + 7
-    for _ = 1, nops do
-      local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
-      if op == 'H' then
-        local nf = tonumber(ARGV[i + 2])
-        if apply then redis.call('HSET', key, unpack(ARGV, i + 3, i + 2 + 2 * nf)) end
-        i = i + 3 + 2 * nf
-      elseif op == 'I' then
-        if apply then redis.call('HINCRBY', key, ARGV[i + 2], ARGV[i + 3]) end
-        i = i + 4
-      elseif op == 'Z' then
-        if apply then redis.call('ZADD', key, ARGV[i + 3], ARGV[i + 2]) end
-        i = i + 4
-      elseif op == 'R' then
-        if apply then redis.call('ZREM', key, ARGV[i + 2]) end
-        i = i + 3
-      elseif op == 'X' then
-        if apply then redis.call('EXPIRE', key, ARGV[i + 2]) end
-        i = i + 3
-      else
-        return redis.error_reply('bad op ' .. tostring(op))
-      end
+  elseif kind == 'G' then
+    local guard = KEYS[s[2]]
+    if tonumber(redis.call('HGET', guard, s[3]) or '0') < s[4] then
+      run(s[5])
+      redis.call('HSET', guard, s[3], s[4])
     end
+  elseif kind == 'O' then
+    redis.call('HSET', KEYS[s[2]], unpack(s[3]))
+    redis.call('EXPIRE', KEYS[s[2]], s[4])
   elseif kind == 'J' then
-    local key = KEYS[tonumber(ARGV[i + 1])]
+    local key = KEYS[s[2]]
     if redis.call('HSETNX', key, 'status', 'rejected') == 1 then
-      redis.call('HSET', key, 'reason', ARGV[i + 2], 'detail', ARGV[i + 3],
-                 'certificate_id', ARGV[i + 4])
-      redis.call('EXPIRE', key, ARGV[i + 5])
+      redis.call('HSET', key, 'reason', s[3], 'detail', s[4], 'certificate_id', s[5])
+      redis.call('EXPIRE', key, s[6])
     end
-    i = i + 6
   elseif kind == 'P' then
-    local key = KEYS[tonumber(ARGV[i + 1])]
-    local offset = tonumber(ARGV[i + 2])
-    if offset > tonumber(redis.call('GET', key) or '-1') then redis.call('SET', key, offset) end
-    i = i + 3
+    local key = KEYS[s[2]]
+    if s[3] > tonumber(redis.call('GET', key) or '-1') then redis.call('SET', key, s[3]) end
   else
-    return redis.error_reply('bad step ' .. tostring(kind))
+    error('bad step ' .. tostring(kind))
   end
 end
 return {0, 0, skipped}
@@ -122,10 +146,18 @@ class Applied:
 
 
 class _Program:
+    """Steps for one script, with the keys they name (KEYS are 1-based in Lua)."""
+
     def __init__(self) -> None:
         self.keys: list[str] = []
         self.index: dict[str, int] = {}
-        self.argv: list[bytes | str | int] = []
+        self.steps: list[list] = []
+        self.certs: list[str] = []  # the certificate of each step ("": none)
+        self.blobs: list[bytes] = []  # ARGV[2..]
+
+    def blob(self, value: bytes) -> int:
+        self.blobs.append(value)
+        return len(self.blobs) + 1
 
     def key(self, name: str) -> int:
         i = self.index.get(name)
@@ -134,12 +166,48 @@ class _Program:
             i = self.index[name] = len(self.keys)
         return i
 
+    def ops(self, hset: dict[str, dict[str, str]], incr: dict[tuple[str, str], int],
+            zset: dict[tuple[str, str], str | None]) -> list[list]:
+        out: list[list] = []
+        for key, mapping in hset.items():
+            out.append(["H", self.key(key), _flat(mapping)])
+        for (key, fieldname), by in incr.items():
+            if by:
+                out.append(["I", self.key(key), fieldname, by])
+        for (key, member), score in zset.items():
+            out.append(["R", self.key(key), member] if score is None
+                       else ["Z", self.key(key), member, score])
+        return out
+
+
+def _flat(mapping: dict[str, str]) -> list[str]:
+    out: list[str] = []
+    for f, v in mapping.items():
+        out += (f, v)
+    return out
+
+
+@dataclass
+class _Merged:
+    """One certificate's commands in a batch, merged into what Redis must hold after
+    them (increments summed, a sorted set member's last operation)."""
+
+    prev: int
+    last: int = 0
+    n: int = 0
+    state: CertificateState | None = None
+    hset: dict[str, dict[str, str]] = field(default_factory=dict)
+    incr: dict[tuple[str, str], int] = field(default_factory=dict)
+    zset: dict[tuple[str, str], str | None] = field(default_factory=dict)
+
 
 class ReadModelStore:
-    def __init__(self, client: aioredis.Redis, keys: Keys,
-                 cache_size: int = CACHE_CERTIFICATES) -> None:
+    def __init__(self, client: aioredis.Redis | RedisCluster, keys: Keys,
+                 cache_size: int = CACHE_CERTIFICATES, cluster: bool | None = None) -> None:
         self.redis = client
         self.keys = keys
+        # a script per slot (tests pass cluster=True to a fake that checks the slots)
+        self.cluster = isinstance(client, RedisCluster) if cluster is None else cluster
         self.script = client.register_script(APPLY)
         self.cache: OrderedDict[str, CertificateState] = OrderedDict()
         self.cache_size = cache_size
@@ -147,11 +215,16 @@ class ReadModelStore:
     def position_key(self, topic: str, partition: int) -> str:
         return f"{self.keys.p}pos:{topic}:{partition}"
 
+    async def _mget(self, keys: list[str]) -> list:
+        if self.cluster:  # one slot per key: the client splits it by node
+            return await self.redis.mget_nonatomic(keys)
+        return await self.redis.mget(keys)
+
     async def positions(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
         """Each partition's next offset to project, or None: nothing of it in Redis."""
         if not tps:
             return {}
-        raw = await self.redis.mget([self.position_key(t, p) for t, p in tps])
+        raw = await self._mget([self.position_key(t, p) for t, p in tps])
         return {tp: None if v is None else int(v) for tp, v in zip(tps, raw, strict=True)}
 
     @property
@@ -161,7 +234,7 @@ class ReadModelStore:
     async def publish_progress(self, fields: dict[str, str]) -> None:
         """Where the read model stands (services/readmodel/progress.py), for the pages:
         gone 30 s after the read model stopped writing it."""
-        async with self.redis.pipeline(transaction=True) as tx:
+        async with self.redis.pipeline(transaction=not self.cluster) as tx:
             tx.hset(self.progress_key, mapping=fields)
             tx.expire(self.progress_key, 30)
             await tx.execute()
@@ -180,7 +253,7 @@ class ReadModelStore:
             else:
                 out[cid] = state
         if missing:
-            raw = await self.redis.mget([self.keys.state(cid) for cid in missing])
+            raw = await self._mget([self.keys.state(cid) for cid in missing])
             for cid, value in zip(missing, raw, strict=True):
                 out[cid] = None if value is None else _decode(value)
         return out
@@ -189,15 +262,16 @@ class ReadModelStore:
                           rejections: list[Rejection],
                           positions: dict[tuple[str, int], int]) -> Applied:
         """Project ``accepted`` (each with its record's timestamp, ms; in partition
-        order) and record ``rejections``, then raise ``positions`` (next offsets), in
-        one script. Raises Behind when Redis is behind this worker's copy of a state."""
+        order) and record ``rejections``, then raise ``positions`` (next offsets).
+        Raises Behind when Redis is behind this worker's copy of a state."""
         done = Applied()
-        prog = _Program()
-        argv = prog.argv
+        k = self.keys
         states = await self._states(list(dict.fromkeys(
             a.command.certificate_id for a, _ in accepted)))
         now_ms = str(int(time.time() * 1000))
-        steps: list[tuple[str, int]] = []
+        merged: dict[str, _Merged] = {}
+        outcomes: list[tuple[str, str, int, dict[str, str]]] = []  # cid, key, seq, fields
+        guarded: list[tuple[str, int, dict]] = []  # Redis Cluster: (cid, seq, writes)
         for command, accepted_ms in accepted:
             cid = command.command.certificate_id
             before = states[cid]
@@ -211,52 +285,146 @@ class ReadModelStore:
                              f"the next record has {command.seq}")
             result = follow(before, command)
             states[cid] = result.state
-            w = project(self.keys, result.state, result.events, result.settlements)
-            outcome = self.keys.outcome(command.command.command_id)
+            m = merged.get(cid)
+            if m is None:
+                m = merged[cid] = _Merged(prev=prev)
+            m.last, m.state = command.seq, result.state
+            m.n += 1
+            w = project(k, result.state, result.events, result.settlements, with_page=False)
+            cert_key = k.cert(cid)
             # the outcome the API's /commands/{id} shows; accepted wins over a rejection
-            hset = {outcome: {"status": "accepted", "certificate_id": cid,
-                              "seq": str(command.seq), "accepted_ms": str(accepted_ms or ""),
-                              "projected_ms": now_ms}, **w.hset}
-            ops: list = []
-            for key, mapping in hset.items():
-                ops += ["H", prog.key(key), len(mapping)]
-                for f, v in mapping.items():
-                    ops += [f, v]
-            ops += ["X", prog.key(outcome), OUTCOME_TTL_S]
-            for key, fieldname, amount in w.hincrby:
-                ops += ["I", prog.key(key), fieldname, amount]
-            for key, member, score in w.zadd:
-                ops += ["Z", prog.key(key), member, score]
-            for key, member in w.zrem:
-                ops += ["R", prog.key(key), member]
-            nops = len(hset) + 1 + len(w.hincrby) + len(w.zadd) + len(w.zrem)
-            argv += ["A", prog.key(self.keys.cert(cid)), prog.key(self.keys.state(cid)),
-                     prev, command.seq, _encode(result.state), nops, *ops]
-            steps.append((cid, accepted_ms))
-        for r in rejections:
-            # a replay (duplicate, duplicate_conflict) leaves the outcome alone
-            if r.command_id is None or r.reason in (Reason.DUPLICATE, Reason.DUPLICATE_CONFLICT):
-                continue
-            argv += ["J", prog.key(self.keys.outcome(r.command_id)), r.reason.value, r.detail,
-                     r.certificate_id or "", OUTCOME_TTL_S]
-        for (topic, partition), offset in positions.items():
-            argv += ["P", prog.key(self.position_key(topic, partition)), offset]
-        if not argv:
-            return done
-        gap, stored, skipped = await self.script(keys=prog.keys, args=argv)
-        if gap:
-            self.forget()
-            cid = steps[gap - 1][0]
-            raise Behind(f"certificate {cid}: Redis holds seq {stored}, "
-                         f"this worker projected beyond it")
+            outcomes.append((cid, k.outcome(command.command.command_id), command.seq, {
+                "status": "accepted", "certificate_id": cid, "seq": str(command.seq),
+                "accepted_ms": str(accepted_ms or ""), "projected_ms": now_ms}))
+            if self.cluster:
+                m.hset.setdefault(cert_key, {}).update(w.hset.pop(cert_key))
+                guarded.append((cid, command.seq, w))
+            else:
+                for key, mapping in w.hset.items():
+                    m.hset.setdefault(key, {}).update(mapping)
+                for key, fieldname, amount in w.hincrby:
+                    m.incr[(key, fieldname)] = m.incr.get((key, fieldname), 0) + amount
+                for key, member, score in w.zadd:
+                    m.zset[(key, member)] = str(score)
+                for key, member in w.zrem:
+                    m.zset[(key, member)] = None
+            done.accepted_ms.append(accepted_ms)
+        refusals = [r for r in rejections
+                    # a replay (duplicate, duplicate_conflict) leaves the outcome alone
+                    if r.command_id is not None
+                    and r.reason not in (Reason.DUPLICATE, Reason.DUPLICATE_CONFLICT)]
+        if self.cluster:
+            skipped = await self._run_cluster(merged, outcomes, guarded, refusals, positions)
+        else:
+            skipped = await self._run_one(merged, outcomes, refusals, positions)
         done.skipped += skipped
-        done.accepted_ms = [ms for _, ms in steps]
-        for cid, state in states.items():  # what Redis now holds
-            if state is not None:
-                self.cache[cid] = state
-                self.cache.move_to_end(cid)
-        while len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
         if skipped:  # Redis was ahead of the copy: read the states again next time
             self.forget()
+            return done
+        for cid, m in merged.items():  # what Redis now holds
+            self.cache[cid] = m.state
+            self.cache.move_to_end(cid)
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
         return done
+
+    def _certificate(self, prog: _Program, cid: str, m: _Merged, ops: list[list]) -> None:
+        assert m.state is not None
+        page = {**m.hset.pop(self.keys.cert(cid), {}), **certificate_page(m.state)}
+        prog.steps.append(["C", prog.key(self.keys.cert(cid)), prog.key(self.keys.state(cid)),
+                           m.prev, m.last, m.n, prog.blob(_encode(m.state)), _flat(page),
+                           prog.ops(m.hset, m.incr, m.zset) + ops])
+        prog.certs.append(cid)
+
+    def _refusal(self, prog: _Program, r: Rejection) -> None:
+        prog.steps.append(["J", prog.key(self.keys.outcome(r.command_id)), r.reason.value,
+                           r.detail, r.certificate_id or "", OUTCOME_TTL_S])
+        prog.certs.append("")
+
+    def _position(self, prog: _Program, topic: str, partition: int, offset: int) -> None:
+        prog.steps.append(["P", prog.key(self.position_key(topic, partition)), offset])
+        prog.certs.append("")
+
+    async def _call(self, prog: _Program) -> int:
+        """Run one program; its skipped count, or Behind at a disagreeing certificate."""
+        if not prog.steps:
+            return 0
+        gap, stored, skipped = await self.script(keys=prog.keys, args=[_encode(prog.steps), *prog.blobs])
+        if gap:
+            self.forget()
+            raise Behind(f"certificate {prog.certs[gap - 1]}: Redis holds seq {stored}, "
+                         f"this worker's copy disagrees")
+        return skipped
+
+    async def _run_one(self, merged: dict[str, _Merged], outcomes: list, refusals: list,
+                       positions: dict[tuple[str, int], int]) -> int:
+        prog = _Program()
+        by_cert: dict[str, list[list]] = {}
+        for cid, key, _seq, fields in outcomes:
+            i = prog.key(key)
+            by_cert.setdefault(cid, []).extend([["H", i, _flat(fields)],
+                                                ["X", i, OUTCOME_TTL_S]])
+        for cid, m in merged.items():
+            self._certificate(prog, cid, m, by_cert[cid])
+        for r in refusals:
+            self._refusal(prog, r)
+        for (topic, partition), offset in positions.items():
+            self._position(prog, topic, partition, offset)
+        return await self._call(prog)
+
+    async def _run_cluster(self, merged: dict[str, _Merged], outcomes: list,
+                           guarded: list, refusals: list,
+                           positions: dict[tuple[str, int], int]) -> int:
+        k = self.keys
+        # Before any slot is written: do the states in Redis stand where this worker's
+        # copies do? (Its copies are stale when another worker wrote meanwhile, or
+        # Redis was flushed; the guards below cannot tell, being in other slots.)
+        async with self.redis.pipeline() as p:
+            for cid in merged:
+                p.hget(k.cert(cid), "seq")
+            stored = await p.execute()
+        for (cid, m), seq in zip(merged.items(), stored, strict=True):
+            if int(seq or 0) != m.prev:
+                self.forget()
+                raise Behind(f"certificate {cid}: Redis holds seq {int(seq or 0)}, "
+                             f"this worker's copy {m.prev}")
+        first: dict[int, _Program] = {}  # by slot: guarded writes, outcomes, refusals
+
+        def slot_of(key: str) -> _Program:
+            return first.setdefault(key_slot(hash_tag(key).encode()), _Program())
+
+        for cid, seq, w in guarded:
+            parts: dict[str, tuple[dict, dict, dict]] = {}  # by hash tag
+            for key, mapping in w.hset.items():
+                parts.setdefault(hash_tag(key), ({}, {}, {}))[0][key] = mapping
+            for key, fieldname, amount in w.hincrby:
+                incr = parts.setdefault(hash_tag(key), ({}, {}, {}))[1]
+                incr[(key, fieldname)] = incr.get((key, fieldname), 0) + amount
+            for key, member, score in w.zadd:
+                parts.setdefault(hash_tag(key), ({}, {}, {}))[2][(key, member)] = str(score)
+            for key, member in w.zrem:
+                parts.setdefault(hash_tag(key), ({}, {}, {}))[2][(key, member)] = None
+            for tag, (hset, incr, zset) in parts.items():
+                guard = k.applied(tag)
+                prog = slot_of(guard)
+                prog.steps.append(["G", prog.key(guard), cid, seq, prog.ops(hset, incr, zset)])
+                prog.certs.append(cid)
+        for _cid, key, _seq, fields in outcomes:
+            prog = slot_of(key)
+            prog.steps.append(["O", prog.key(key), _flat(fields), OUTCOME_TTL_S])
+            prog.certs.append("")
+        for r in refusals:
+            self._refusal(slot_of(k.outcome(r.command_id)), r)
+        await asyncio.gather(*(self._call(p) for p in first.values()))
+        second: dict[int, _Program] = {}  # by slot: the certificates' states and pages
+        for cid, m in merged.items():
+            prog = second.setdefault(key_slot(cid.encode()), _Program())
+            self._certificate(prog, cid, m, [])
+        skipped = sum(await asyncio.gather(*(self._call(p) for p in second.values())))
+        third: dict[int, _Program] = {}
+        for (topic, partition), offset in positions.items():
+            key = self.position_key(topic, partition)
+            self._position(third.setdefault(key_slot(key.encode()), _Program()),
+                           topic, partition, offset)
+        await asyncio.gather(*(self._call(p) for p in third.values()))
+        return skipped

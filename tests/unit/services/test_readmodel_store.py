@@ -10,89 +10,109 @@ import time
 
 import msgspec
 import pytest
+from redis.crc import key_slot
 
 from domain import Accepted, handle
 from schemas.commands import AcceptedCommand
 from services.common.follower import follow
-from services.readmodel.projection import Keys, project
+from services.readmodel.projection import Keys, hash_tag, project
 from services.readmodel.store import Behind, ReadModelStore
 from tests.e2e.certificates import sequencer_entropy
 from tests.e2e.traffic import build
 
 
 class FakeRedis:
-    """Strings, hashes and sorted sets in dicts; the APPLY script read in Python."""
+    """Strings, hashes and sorted sets in dicts; the APPLY script read in Python. With
+    ``cluster``, every script must name keys of one slot only (as Redis Cluster
+    refuses others)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cluster: bool = False) -> None:
         self.data: dict[str, object] = {}
+        self.cluster = cluster
+        self.calls = 0
 
     def register_script(self, _source: str):
         async def run(keys: list[str], args: list) -> list[int]:
-            return self.apply(keys, [a if isinstance(a, bytes) else str(a) for a in args])
+            if self.cluster:
+                assert len({key_slot(hash_tag(k).encode()) for k in keys}) == 1, keys
+            self.calls += 1
+            return self.apply(keys, msgspec.msgpack.decode(args[0]), args)
         return run
 
     async def mget(self, keys: list[str]) -> list:
+        assert not self.cluster
         return [self.data.get(k) for k in keys]
 
-    def apply(self, keys: list[str], argv: list) -> list[int]:
+    async def mget_nonatomic(self, keys: list[str]) -> list:
+        return [self.data.get(k) for k in keys]
+
+    def pipeline(self):
+        fake = self
+
+        class Pipeline:
+            def __init__(self) -> None:
+                self.reads: list[tuple[str, str]] = []
+
+            async def __aenter__(self):
+                return self
+
+            async def __aexit__(self, *exc) -> None:
+                return None
+
+            def hget(self, key: str, name: str) -> None:
+                self.reads.append((key, name))
+
+            async def execute(self) -> list:
+                return [fake.data.get(k, {}).get(f) for k, f in self.reads]
+        return Pipeline()
+
+    def run(self, keys: list[str], ops: list) -> None:
         d = self.data
-        i, step, skipped = 0, 0, 0
+        for op in ops:
+            k = keys[op[1] - 1]
+            if op[0] == "H":
+                fields = op[2]
+                d.setdefault(k, {}).update(zip(fields[::2], fields[1::2], strict=True))
+            elif op[0] == "I":
+                h = d.setdefault(k, {})
+                h[op[2]] = str(int(h.get(op[2], "0")) + int(op[3]))
+            elif op[0] == "Z":
+                d.setdefault(k, {})[op[2]] = float(op[3])
+            elif op[0] == "R":
+                d.get(k, {}).pop(op[2], None)
+            elif op[0] != "X":
+                raise AssertionError(f"bad op {op!r}")
 
-        def key(j: int) -> str:
-            return keys[int(argv[j]) - 1]
-
-        while i < len(argv):
-            kind = argv[i]
-            if kind == "A":
-                step += 1
-                prev = int(argv[i + 3])
-                cur = int(d.get(key(i + 1), {}).get("seq", "0"))
-                if cur < prev:
-                    return [step, cur, skipped]
-                ok = cur == prev
-                if ok:
-                    d[key(i + 2)] = argv[i + 5]
+    def apply(self, keys: list[str], steps: list, argv: list) -> list[int]:
+        d = self.data
+        skipped = 0
+        for n, s in enumerate(steps, 1):
+            kind, k = s[0], keys[s[1] - 1]
+            if kind == "C":
+                cur = int(d.get(k, {}).get("seq", "0"))
+                if cur == s[3]:
+                    d[keys[s[2] - 1]] = argv[s[6] - 1]
+                    d.setdefault(k, {}).update(zip(s[7][::2], s[7][1::2], strict=True))
+                    self.run(keys, s[8])
+                elif cur >= s[4]:
+                    skipped += s[5]
                 else:
-                    skipped += 1
-                nops = int(argv[i + 6])
-                i += 7
-                for _ in range(nops):
-                    op, k = argv[i], key(i + 1)
-                    if op == "H":
-                        nf = int(argv[i + 2])
-                        if ok:
-                            fields = argv[i + 3:i + 3 + 2 * nf]
-                            d.setdefault(k, {}).update(zip(fields[::2], fields[1::2], strict=True))
-                        i += 3 + 2 * nf
-                    elif op == "I":
-                        if ok:
-                            h = d.setdefault(k, {})
-                            h[argv[i + 2]] = str(int(h.get(argv[i + 2], "0")) + int(argv[i + 3]))
-                        i += 4
-                    elif op == "Z":
-                        if ok:
-                            d.setdefault(k, {})[argv[i + 2]] = float(argv[i + 3])
-                        i += 4
-                    elif op == "R":
-                        if ok:
-                            d.get(k, {}).pop(argv[i + 2], None)
-                        i += 3
-                    elif op == "X":
-                        i += 3
-                    else:
-                        raise AssertionError(f"bad op {op!r} at {i}")
+                    return [n, cur, skipped]
+            elif kind == "G":
+                if int(d.get(k, {}).get(s[2], "0")) < s[3]:
+                    self.run(keys, s[4])
+                    d.setdefault(k, {})[s[2]] = str(s[3])
+            elif kind == "O":
+                d.setdefault(k, {}).update(zip(s[2][::2], s[2][1::2], strict=True))
             elif kind == "J":
-                h = d.setdefault(key(i + 1), {})
+                h = d.setdefault(k, {})
                 if "status" not in h:
-                    h.update(status="rejected", reason=argv[i + 2], detail=argv[i + 3],
-                             certificate_id=argv[i + 4])
-                i += 6
+                    h.update(status="rejected", reason=s[2], detail=s[3], certificate_id=s[4])
             elif kind == "P":
-                if int(argv[i + 2]) > int(d.get(key(i + 1), "-1")):
-                    d[key(i + 1)] = argv[i + 2]
-                i += 3
+                if s[2] > int(d.get(k, "-1")):
+                    d[k] = str(s[2])
             else:
-                raise AssertionError(f"bad step {kind!r} at {i}")
+                raise AssertionError(f"bad step {kind!r}")
         return [0, 0, skipped]
 
 
@@ -128,15 +148,22 @@ def one_by_one(keys: Keys, commands: list[AcceptedCommand]) -> dict[str, object]
             d.setdefault(k, {})[m] = float(score)
         for k, m in w.zrem:
             d.get(k, {}).pop(m, None)
-    return d
+    return {k: v for k, v in d.items() if v != {}}  # Redis keeps no empty set
 
 
-def test_a_batch_writes_what_each_projection_writes_and_only_once():
+def projections(keys: Keys, redis: FakeRedis) -> dict[str, object]:
+    """What the pages read: without outcomes, states, positions and guards."""
+    skip = tuple(keys.p + part for part in ("cmd:", "state:", "pos:", "applied:"))
+    return {k: v for k, v in redis.data.items() if not k.startswith(skip) and v != {}}
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["one-redis", "cluster"])
+def test_a_batch_writes_what_each_projection_writes_and_only_once(cluster):
     keys = Keys("t.")
     commands = accepted_commands()
     assert len(commands) > 60
-    redis = FakeRedis()
-    store = ReadModelStore(redis, keys)
+    redis = FakeRedis(cluster)
+    store = ReadModelStore(redis, keys, cluster=cluster)
     pairs = [(a, a.received_ms) for a in commands]
     half = len(pairs) // 2
 
@@ -147,7 +174,7 @@ def test_a_batch_writes_what_each_projection_writes_and_only_once():
         assert len(done.accepted_ms) == len(pairs) - half
         snapshot = msgspec.json.encode(sorted(redis.data.items(), key=lambda kv: kv[0]))
         # met again (a redelivery), with a fresh worker (nothing in memory)
-        again = ReadModelStore(redis, keys)
+        again = ReadModelStore(redis, keys, cluster=cluster)
         done = await again.apply_batch(pairs, [], {("t.accepted", 0): 15})
         assert done.accepted_ms == [] and done.skipped == len(pairs)
         assert msgspec.json.encode(sorted(redis.data.items(), key=lambda kv: kv[0])) == snapshot
@@ -155,19 +182,19 @@ def test_a_batch_writes_what_each_projection_writes_and_only_once():
             ("t.accepted", 0): 20, ("t.accepted", 1): None}
 
     asyncio.run(run())
-    want = one_by_one(keys, commands)
-    got = {k: v for k, v in redis.data.items()
-           if not k.startswith((keys.p + "cmd:", keys.p + "state:", keys.p + "pos:"))}
-    assert got == want
+    assert projections(keys, redis) == one_by_one(keys, commands)
+    if not cluster:  # one script a batch (three: the one met again)
+        assert redis.calls == 3
     for a in commands:  # each command's outcome, accepted
         assert redis.data[keys.outcome(a.command.command_id)]["status"] == "accepted"
 
 
-def test_a_redis_behind_the_worker_sends_it_back_to_the_stored_positions():
+@pytest.mark.parametrize("cluster", [False, True], ids=["one-redis", "cluster"])
+def test_a_redis_behind_the_worker_sends_it_back_to_the_stored_positions(cluster):
     keys = Keys("t.")
     commands = accepted_commands()
-    redis = FakeRedis()
-    store = ReadModelStore(redis, keys)
+    redis = FakeRedis(cluster)
+    store = ReadModelStore(redis, keys, cluster=cluster)
     pairs = [(a, a.received_ms) for a in commands]
 
     async def run() -> None:
@@ -180,6 +207,39 @@ def test_a_redis_behind_the_worker_sends_it_back_to_the_stored_positions():
         await store.apply_batch(pairs, [], {("t.accepted", 0): 80})
 
     asyncio.run(run())
-    got = {k: v for k, v in redis.data.items()
-           if not k.startswith((keys.p + "cmd:", keys.p + "state:", keys.p + "pos:"))}
-    assert got == one_by_one(keys, commands)
+    assert projections(keys, redis) == one_by_one(keys, commands)
+
+
+class CrashBeforeStates(FakeRedis):
+    """Redis Cluster: the worker dies after the slots of feeds, earnings and outcomes
+    took their writes and before the certificates' states did."""
+
+    def register_script(self, source: str):
+        inner = super().register_script(source)
+
+        async def run(keys: list[str], args: list) -> list[int]:
+            if self.crash and any(s[0] == "C" for s in msgspec.msgpack.decode(args[0])):
+                raise ConnectionError("killed")
+            return await inner(keys, args)
+        return run
+
+
+def test_on_a_cluster_a_batch_cut_otherwise_after_a_crash_applies_nothing_twice():
+    keys = Keys("t.")
+    commands = accepted_commands()
+    redis = CrashBeforeStates(cluster=True)
+    pairs = [(a, a.received_ms) for a in commands]
+
+    async def run() -> None:
+        redis.crash = False
+        await ReadModelStore(redis, keys, cluster=True).apply_batch(pairs[:20], [], {})
+        redis.crash = True
+        with pytest.raises(ConnectionError):
+            await ReadModelStore(redis, keys, cluster=True).apply_batch(pairs[20:70], [], {})
+        redis.crash = False
+        again = ReadModelStore(redis, keys, cluster=True)  # restarted: batches cut otherwise
+        for i in range(0, len(pairs), 7):
+            await again.apply_batch(pairs[i:i + 7], [], {})
+
+    asyncio.run(run())
+    assert projections(keys, redis) == one_by_one(keys, commands)
