@@ -223,8 +223,8 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
         return handler
 
     async def earnings(request: web.Request, account: str) -> web.Response:
-        return web.json_response({"account_id": account,
-                                  "earnings": await reads.earnings_of(account)})
+        return await reads.respond({"account_id": account,
+                                    "earnings": await reads.earnings_of(account)})
 
     async def feed(request: web.Request, account: str) -> web.Response:
         return await reads.feed(request)

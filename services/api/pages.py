@@ -73,6 +73,20 @@ def claimable(state: CertificateState | None, account: str | None) -> str | None
     return money(acquisition_amount(pool, b""), state.currency)
 
 
+def catching_up_banner(progress: dict | None) -> str:
+    """While the read model rebuilds or catches up (ReadApi.catching_up), in words."""
+    if not progress:
+        return ""
+    what = ("is being rebuilt from the event log" if progress["state"] == "rebuilding"
+            else "is catching up with the event log")
+    left = progress["seconds_left"]
+    eta = "time left unknown" if left is None else f"about {duration(int(left * 1000))} left"
+    return (f"<p class='banner' id='catching-up' role='status'>The figures on this site "
+            f"{what}: {progress['records_done']:,} of {progress['records_total']:,} records "
+            f"({progress['rate_per_s']:,} a second, {eta}). Until then what you see may be "
+            f"incomplete or out of date.</p>")
+
+
 class Pages:
     def __init__(self, reads: ReadApi) -> None:
         self.reads = reads
@@ -143,7 +157,7 @@ class Pages:
                 "<meta name=viewport content='width=device-width, initial-scale=1'>"
                 f"<title>{esc(title)}</title>{assets.HEAD}"
                 f"</head><body><p><a href='/'>Catalogue</a> · {who}</p>"
-                f"{body}</body></html>")
+                f"{catching_up_banner(request.get('catching_up'))}{body}</body></html>")
         return web.Response(text=page, content_type="text/html", status=status)
 
     async def catalogue(self, request: web.Request) -> web.Response:
@@ -435,9 +449,16 @@ class Pages:
 
 def routes(app: web.Application, reads: ReadApi) -> None:
     pages = Pages(reads)
-    app.router.add_get("/", pages.catalogue)
-    app.router.add_get("/page/certificates/{id}", pages.certificate)
-    app.router.add_get("/page/accounts/{id}", pages.account)
+
+    def banner(handler):
+        async def page(request: web.Request) -> web.Response:
+            request["catching_up"] = await reads.catching_up()
+            return await handler(request)
+        return page
+
+    app.router.add_get("/", banner(pages.catalogue))
+    app.router.add_get("/page/certificates/{id}", banner(pages.certificate))
+    app.router.add_get("/page/accounts/{id}", banner(pages.account))
     app.router.add_post("/page/login", pages.login)
     app.router.add_post("/page/logout", pages.logout)
     app.router.add_post("/page/certificates/{id}/{action}", pages.act)

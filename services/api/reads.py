@@ -34,6 +34,26 @@ class ReadApi:
         self.redis = client
         self.keys = keys
 
+    async def catching_up(self) -> dict | None:
+        """While the read model rebuilds (Redis lost its data) or stands far behind the
+        topics, how far it is (services/readmodel/progress.py); None when it is live.
+        Every JSON read carries it as ``catching_up``, every page as a banner, so a
+        reader knows the figures are incomplete rather than taking them as they are."""
+        raw = await self.redis.hgetall(self.keys.progress)
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        if fields.get("state") not in ("rebuilding", "catching_up"):
+            return None
+        done, left = int(fields.get("done") or 0), int(fields.get("behind") or 0)
+        seconds = fields.get("left_s")
+        return {"state": fields["state"], "records_done": done, "records_total": done + left,
+                "rate_per_s": int(fields.get("rate_per_s") or 0),
+                "seconds_left": float(seconds) if seconds else None}
+
+    async def respond(self, body: dict) -> web.Response:
+        """A JSON read, with ``catching_up`` while the read model is not live."""
+        progress = await self.catching_up()
+        return web.json_response(body if progress is None else {**body, "catching_up": progress})
+
     async def summary(self, cid: str, now_ms: int) -> dict | None:
         raw = await self.redis.hgetall(self.keys.cert(cid))
         if not raw:
@@ -88,14 +108,14 @@ class ReadApi:
             total = await self.redis.zcount(self.keys.by_deadline, 0, NO_DEADLINE - 1)
         now = int(time.time() * 1000)
         items = [s for s in [await self.summary(i.decode(), now) for i in ids] if s]
-        return web.json_response({"sort": sort, "page": page, "size": size, "total": total,
-                                  "items": items})
+        return await self.respond({"sort": sort, "page": page, "size": size, "total": total,
+                                   "items": items})
 
     async def certificate(self, request: web.Request) -> web.Response:
         found = await self.summary(request.match_info["id"], int(time.time() * 1000))
         if found is None:
             return problem(404, "unknown_certificate", "no certificate with this id")
-        return web.json_response(found)
+        return await self.respond(found)
 
     async def state(self, cid: str) -> CertificateState | None:
         raw = await self.redis.get(self.keys.state(cid))
@@ -117,9 +137,9 @@ class ReadApi:
             return problem(404, "unknown_certificate", "no certificate with this id")
         via = request.query.get("via")
         valid = via is not None and via in await self.members(cid)
-        return web.json_response({"certificate": found, "via": via, "via_valid": valid,
-                                  "circulate": {"certificate_id": cid,
-                                                "via": via if valid else None}})
+        return await self.respond({"certificate": found, "via": via, "via_valid": valid,
+                                   "circulate": {"certificate_id": cid,
+                                                 "via": via if valid else None}})
 
     async def feed(self, request: web.Request) -> web.Response:
         account = request.match_info["id"]
@@ -129,7 +149,7 @@ class ReadApi:
         ids = await self.redis.zrevrange(self.keys.feed(account), 0, MAX_PAGE_SIZE - 1)
         now = int(time.time() * 1000)
         items = [s for s in [await self.summary(i.decode(), now) for i in ids] if s]
-        return web.json_response({"account_id": account, "items": items})
+        return await self.respond({"account_id": account, "items": items})
 
     async def earnings_of(self, account: str) -> dict[str, dict[str, int]]:
         raw = await self.redis.hgetall(self.keys.earnings(account))

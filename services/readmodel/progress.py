@@ -5,7 +5,10 @@ without its data) and any catching up of more than ``LOUD_BEHIND`` records log, 
 ``EVERY_S``, the records projected so far, the rate, the records left and the time
 left; the gauges say the same at every scrape. ``rm:{prefix}progress`` (a hash,
 expiring when the read model stops writing it) carries it for the pages and the API:
-``state`` is ``rebuilding``, ``catching_up`` or ``live``.
+``state`` is ``rebuilding``, ``catching_up`` or ``live``; ``done`` the records
+projected since the rebuild (or the catching up) began, ``behind`` those left,
+``rate_per_s`` and ``left_s`` (empty: unknown); the API's reads carry it
+(services/api/reads.py).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class Progress:
         self.rate = 0.0
         self.behind = 0
         self.state = "live"
+        self.catch_up_records = 0  # records when the catching up began
         self.due = False  # publish at the next tick (a rebuild started)
 
     def rebuild(self, partitions: int) -> None:
@@ -88,8 +92,11 @@ class Progress:
         left = behind / self.rate if self.rate > 0 else (0.0 if behind == 0 else float("inf"))
         self.rate_g.set(self.rate)
         self.left_g.set(left if left != float("inf") else -1)
-        self.state = ("rebuilding" if self.rebuilding else
-                      "catching_up" if behind > LOUD_BEHIND else "live")
+        state = ("rebuilding" if self.rebuilding else
+                 "catching_up" if behind > LOUD_BEHIND else "live")
+        if state == "catching_up" and self.state != "catching_up":
+            self.catch_up_records = self.records  # counted from here
+        self.state = state
         if self.state != "live":
             log.warning("%s: %d records projected, %.0f/s, %d left, %s",
                         self.state, self.records - (self.rebuild_records if self.rebuilding
@@ -99,6 +106,8 @@ class Progress:
                         extra={"projected": self.records, "rate_per_s": round(self.rate),
                                "behind": behind,
                                "left_s": None if left == float("inf") else round(left, 1)})
+        done = self.records - (self.rebuild_records if self.rebuilding else self.catch_up_records)
         return {"state": self.state, "behind": str(behind), "rate_per_s": str(round(self.rate)),
+                "done": str(done),
                 "left_s": "" if left == float("inf") else str(round(left, 1)),
                 "at_ms": str(int(time.time() * 1000))}

@@ -90,6 +90,11 @@ class Keys:
         return f"{self.p}applied:{{{tag}}}"
 
     @property
+    def progress(self) -> str:
+        """Where a rebuild or catching up stands (services/readmodel/progress.py)."""
+        return f"{self.p}progress"
+
+    @property
     def by_commission(self) -> str:
         return f"{self.p}catalogue:{{catalogue}}:commission"
 

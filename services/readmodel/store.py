@@ -229,7 +229,7 @@ class ReadModelStore:
 
     @property
     def progress_key(self) -> str:
-        return f"{self.keys.p}progress"
+        return self.keys.progress
 
     async def publish_progress(self, fields: dict[str, str]) -> None:
         """Where the read model stands (services/readmodel/progress.py), for the pages:
