@@ -80,6 +80,7 @@ bench: install
 	./deploy/install-system.sh bench
 	$(PY) -m benchmarks.core
 	$(PY) -m benchmarks.pipeline
+	$(PY) -m benchmarks.readmodel --write
 
 # the fraud stage's rules on 100,000 commands of honest traffic and seeded fraud:
 # false positives and negatives per rule, CPU per command (docs/benchmarks.md, Fraud)

@@ -1,6 +1,12 @@
 """The read model against the sequencer: how fast it projects, and how far it trails.
 
-    python -m benchmarks.readmodel [--commands 30000] [--rate 1000] [--seconds 30]
+    python -m benchmarks.readmodel [--commands 40000] [--rate R] [--seconds 20] [--write]
+
+``make bench`` runs it after benchmarks.pipeline, with ``--write``: the paced rate is
+then half the pipeline's flat-out rate measured by that same ``make bench``
+(benchmarks/results/pipeline.json), and the figures go to docs/benchmarks.md next to
+it (and benchmarks/results/readmodel.json). Targets (issue #25): flat out at least
+the pipeline's rate; p99 trail <= 500 ms at half the pipeline's maximum.
 
 On its own broker and Redis (or KAFKA_BOOTSTRAP_SERVERS and REDIS_URL), on fresh
 topics, only the circulation stage runs (the read model reads ``accepted`` and
@@ -14,13 +20,14 @@ topics, only the circulation stage runs (the read model reads ``accepted`` and
    ``accepted_ms`` (the accepted record's timestamp), as the metric
    ``commission_readmodel_trail_seconds`` observes it.
 
-Prints the figures; nothing is written (they go into docs/benchmarks.md by hand,
-with the run they come from).
+Without ``--write`` it prints the figures and writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -30,6 +37,7 @@ from pathlib import Path
 
 import redis
 
+from benchmarks.core import machine
 from benchmarks.generator import Sender, TrafficSpec, generate
 from deploy.localstack import Kafka, Redis, free_port
 from services.common.auth import Keyring
@@ -40,6 +48,42 @@ from services.readmodel.projection import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECTED = "commission_readmodel_commands_total"
+PIPELINE_JSON = ROOT / "benchmarks" / "results" / "pipeline.json"
+RESULTS_JSON = ROOT / "benchmarks" / "results" / "readmodel.json"
+RESULTS_MD = ROOT / "docs" / "benchmarks.md"
+
+
+def pipeline_rate() -> float | None:
+    """The pipeline's flat-out commands/s from the last benchmarks.pipeline run."""
+    try:
+        return float(json.loads(PIPELINE_JSON.read_text())["runs"]["pipeline"]["rate"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def markdown(r: dict) -> str:
+    pipe = r["pipeline_rate"]
+    flat_ok = pipe is not None and r["flat_rate"] >= pipe
+    trail = r["trail"]
+    return (
+        f"\n### Read model, {r['when']}\n\n"
+        f"Command: `{r['command']}`  \n"
+        f"Machine: {r['machine']}; one Kafka broker and one Redis ({r['redis']}), "
+        f"{r['partitions']} partitions; the sequencer and the read model run, nothing else. "
+        f"The pipeline's rate is its flat-out figure from `{PIPELINE_JSON.name}` "
+        f"({r['pipeline_when']}).\n\n"
+        "| figure | measured | target | met |\n| --- | ---: | --- | --- |\n"
+        f"| flat out, projections/s ({r['flat_records']} accepted records) | "
+        f"{r['flat_rate']:,.0f} | >= the pipeline's {pipe or 0:,.0f} commands/s | "
+        f"{'yes' if flat_ok else 'no'} |\n"
+        f"| trail p50 at {r['paced_rate']:,.0f} commands/s ({trail['n']} projections) | "
+        f"{trail['p50']} ms | | |\n"
+        f"| trail p99 at {r['paced_rate']:,.0f} commands/s | {trail['p99']} ms | <= 500 ms at half "
+        f"the pipeline's maximum | {'yes' if trail['p99'] <= 500 else 'no'} |\n"
+        f"| trail max | {trail['max']} ms | | |\n\n"
+        "Trail: each paced command's `projected_ms - accepted_ms` from its outcome in Redis "
+        "(the accepted record's timestamp to the script that projected it), what "
+        "`commission_readmodel_trail_seconds` observes.\n")
 
 
 def counter(port: int, name: str, **labels: str) -> float:
@@ -61,13 +105,20 @@ def wait(what: str, check, timeout_s: float, every_s: float = 0.2):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.readmodel")
-    parser.add_argument("--commands", type=int, default=30_000)
-    parser.add_argument("--rate", type=float, default=1_000.0)
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--commands", type=int, default=40_000)
+    parser.add_argument("--rate", type=float, default=None,
+                        help="paced commands/s (default: half the pipeline's flat-out rate "
+                             "in benchmarks/results/pipeline.json, else 1,000)")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--write", action="store_true",
+                        help="append the figures to docs/benchmarks.md")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--appendfsync", choices=("always", "everysec", "no"),
                         help="set Redis's fsync policy first (CONFIG SET)")
     args = parser.parse_args(argv)
+    pipe = pipeline_rate()
+    if args.rate is None:
+        args.rate = pipe / 2 if pipe else 1_000.0
     workdir = Path(tempfile.mkdtemp(prefix="commission-bench-rm-"))
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     redis_url = os.environ.get("REDIS_URL")
@@ -156,6 +207,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trail at {len(paced) / took:,.0f} commands/s for {took:.0f} s "
               f"({len(trails)} projections): p50 {pct(0.5)} ms, p90 {pct(0.9)} ms, "
               f"p99 {pct(0.99)} ms, max {trails[-1]} ms", flush=True)
+        result = {
+            "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": "python -m benchmarks.readmodel " + " ".join(
+                sys.argv[1:] if argv is None else argv),
+            "machine": machine(), "partitions": args.partitions,
+            "redis": "appendfsync " + client.config_get("appendfsync")["appendfsync"],
+            "pipeline_rate": pipe, "pipeline_when": (json.loads(PIPELINE_JSON.read_text())
+                                                     ["when"] if pipe else "none"),
+            "flat_records": accepted, "flat_rate": round(flat, 1),
+            "paced_rate": round(len(paced) / took, 1),
+            "trail": {"n": len(trails), "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99),
+                      "max": trails[-1]},
+        }
+        print(markdown(result), flush=True)
+        if args.write:
+            RESULTS_JSON.write_text(json.dumps(result, indent=2) + "\n")
+            with RESULTS_MD.open("a") as f:
+                f.write(markdown(result))
         print(f"logs in {workdir / 'logs'}")
     finally:
         for proc in procs:

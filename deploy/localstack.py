@@ -592,3 +592,54 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@dataclass(frozen=True)
+class RedisCluster:
+    """A Redis Cluster of three masters (no replicas) from Debian's redis-server, for
+    the tests of the read model and the API on a cluster (issue #25): one process per
+    port, each with its pid file, the slots split by ``redis-cli --cluster create``.
+    AOF on with ``appendfsync always``, as the single Redis."""
+
+    run_dir: Path
+    ports: tuple[int, int, int]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}/0"
+
+    def node(self, port: int) -> Redis:
+        return Redis(run_dir=self.run_dir / f"node-{port}", port=port)
+
+    def start(self) -> None:
+        server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if server is None or cli is None:
+            raise SystemExit("redis-server is missing: run `make install` (apt-get install redis-server)")
+        for port in self.ports:
+            node = self.node(port)
+            (node.run_dir / "redis-data").mkdir(parents=True, exist_ok=True)
+            pid = _spawn([server, "--port", str(port), "--bind", "127.0.0.1",
+                          "--dir", str(node.run_dir / "redis-data"), "--cluster-enabled", "yes",
+                          "--cluster-config-file", "nodes.conf", "--appendonly", "yes",
+                          "--appendfsync", "always", "--save", "", "--daemonize", "no",
+                          "--protected-mode", "yes"], node.log)
+            node.pidfile.write_text(f"{pid}\n")
+        for port in self.ports:
+            node = self.node(port)
+            wait_until(node.answers, REDIS_START_TIMEOUT_S, "redis cluster node", node.log)
+        log = self.run_dir / "cluster-create.log"
+        with open(log, "ab") as out:
+            subprocess.run([cli, "--cluster", "create",
+                            *(f"127.0.0.1:{p}" for p in self.ports),
+                            "--cluster-replicas", "0", "--cluster-yes"],
+                           stdout=out, stderr=subprocess.STDOUT, check=True, timeout=60)
+
+        def ok() -> bool:
+            answer = subprocess.run([cli, "-p", str(self.ports[0]), "cluster", "info"],
+                                    capture_output=True, text=True, timeout=5).stdout
+            return "cluster_state:ok" in answer
+        wait_until(ok, REDIS_START_TIMEOUT_S, "redis cluster", log)
+
+    def stop(self) -> None:
+        for port in self.ports:
+            self.node(port).stop()

@@ -84,6 +84,7 @@ from services.api.writes import Gateway
 from services.common.auth import Keyring
 from services.common.metrics import ApiMetrics, exposition
 from services.common.production import refuse_insecure
+from services.common.redisconn import connect
 from services.common.service import setup_logging
 from services.common.settings import Settings, production, redis_url_from_env
 from services.readmodel.projection import Keys
@@ -306,7 +307,7 @@ def main() -> None:
     settings = Settings.from_env()
     setup_logging("api", settings.log_level)
     # its own Redis user's password from REDIS_PASSWORD_FILE, as the read model's
-    client = aioredis.from_url(redis_url_from_env())
+    client = connect(redis_url_from_env())  # one Redis or a cluster (the URL says)
     payments = PaymentSystemClient.from_env()
     trust = guard.Trust.from_env(payments.public_url)
     keyring = api_keyring(Keyring.from_env(), production())

@@ -133,6 +133,28 @@ class Services:
                 proc.wait()
             (self.folder / f"{name}.pid").unlink(missing_ok=True)
 
+    def trail(self) -> str:
+        """The read model's trail since the last call (p50 and p99 as histogram bucket
+        bounds) and the records it stands behind: what a page lags the pipeline."""
+        try:
+            samples = scrape(self.port("readmodel"), timeout_s=1)
+        except OSError:
+            return "-"
+        buckets = {float(s.labels["le"]): s.value for s in samples
+                   if s.name == "commission_readmodel_trail_seconds_bucket"}
+        before, self.trail_buckets = getattr(self, "trail_buckets", {}), buckets
+        new = {le: n - before.get(le, 0.0) for le, n in buckets.items()}
+        count = new.get(float("inf"), 0.0)
+        behind = int(total(samples, "commission_readmodel_behind_records"))
+        if count <= 0:
+            return f"no projections since the last look; {behind} records behind"
+
+        def bound(q: float) -> str:
+            le = min(le for le, n in new.items() if n >= q * count)
+            return "> 10 s" if le == float("inf") else f"<= {le * 1000:.0f} ms"
+        return (f"trail p50 {bound(0.5)}, p99 {bound(0.99)} ({count:.0f} projections); "
+                f"{behind} records behind")
+
     def lag(self, name: str) -> int | None:
         try:
             return int(total(scrape(self.port(name), timeout_s=1),
@@ -216,6 +238,7 @@ def summary(started: float, feeder: Feeder, tally: Tally, services: Services, ra
     lags = {s: services.lag(s) for s in SERVICES}  # one scrape per service
     rows.append(("lag", ", ".join(f"{s} {'-' if lag is None else lag}"
                                   for s, lag in lags.items())))
+    rows.append(("read model", services.trail()))
     if services.restarts:
         rows.append(("restarts", ", ".join(f"{k} {v}" for k, v in services.restarts.items())))
     rows.append(("audit", verdict))

@@ -13,7 +13,9 @@ The read model publishes nothing, and its effects are made exactly-once by the
 sequence number checked with each projection (services/readmodel/store.py).
 
 Environment: as the services, plus REDIS_URL (default redis://127.0.0.1:6379/0; the
-password of its user from the file REDIS_PASSWORD_FILE, if set) and
+password of its user from the file REDIS_PASSWORD_FILE, if set; a Redis Cluster:
+redis+cluster://host:port/0 or REDIS_CLUSTER=1, services/common/redisconn.py),
+COMMISSION_READMODEL_MAX_RECORDS (records a batch, default 2,000) and
 COMMISSION_READMODEL_GROUP (default "{group prefix}-readmodel"; the positions live
 in Redis: with none there, as after a wipe, the topics are projected from the start,
 which is how the projections are rebuilt).
@@ -26,12 +28,12 @@ import os
 from pathlib import Path
 
 import faust
-import redis.asyncio as aioredis
 
 from services.common.auth import Keyring
 from services.common.logs import json_handler
 from services.common.metrics import ReadModelMetrics, exposition
 from services.common.production import refuse_insecure
+from services.common.redisconn import connect
 from services.common.settings import Settings, redis_url_from_env
 from services.readmodel.consumer import Projector
 from services.readmodel.projection import Keys
@@ -56,7 +58,7 @@ def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
         datadir=str(datadir),
         loghandlers=[json_handler("readmodel")],
     )
-    client = aioredis.from_url(redis_url)
+    client = connect(redis_url)
     store = ReadModelStore(client, Keys(settings.topics.prefix))
     metrics = ReadModelMetrics()
     # Fault injection (tests): SIGKILL this worker right after the batch that reaches

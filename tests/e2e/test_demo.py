@@ -95,6 +95,9 @@ def test_make_run_shows_the_system_working_and_stops_cleanly(tmp_path):
                      r"\(\d+ awaiting a payment result, \d+ certificates in flight\), "
                      r"0 discrepancies",
                      out.stdout), out.stdout[-2000:]
+    # the read model's trail (its bucket bounds; the figure itself: make bench)
+    assert re.search(r"\| read model trail p50 (<=|>) \d+ (ms|s), p99 (<=|>) \d+ (ms|s) "
+                     r"\(\d+ projections\); \d+ records behind", out.stdout), out.stdout[-2000:]
     # the summary line carries the audit's verdict as it goes (every 15 s)
     assert re.search(r"\| audit OK: \d+ certificates", out.stdout), out.stdout[-2000:]
     # the life after the purchase: the payment system settled some settlements

@@ -29,6 +29,9 @@ class Busy:
     def lag(self, name: str) -> int:
         return 12
 
+    def trail(self) -> str:
+        return "trail p50 <= 100 ms, p99 <= 250 ms (4012 projections); 0 records behind"
+
 
 def test_the_summary_fits_80_by_24_and_redraws_in_place():
     out = io.StringIO()
@@ -47,6 +50,7 @@ def test_the_summary_fits_80_by_24_and_redraws_in_place():
     lines = rendered.getvalue().splitlines()
     assert len(lines) <= 24 and max(map(len, lines)) <= 80, "\n".join(lines)
     assert any("payment system" in line for line in lines)
+    assert any("read model" in line and "p99 <= 250 ms" in line for line in lines)
 
 
 def test_without_a_terminal_it_prints_one_plain_line():
