@@ -603,6 +603,7 @@ class RedisCluster:
 
     run_dir: Path
     ports: tuple[int, int, int]
+    bus_ports: tuple[int, int, int]  # the nodes' cluster bus (else port + 10,000)
 
     @property
     def url(self) -> str:
@@ -615,10 +616,11 @@ class RedisCluster:
         server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if server is None or cli is None:
             raise SystemExit("redis-server is missing: run `make install` (apt-get install redis-server)")
-        for port in self.ports:
+        for port, bus in zip(self.ports, self.bus_ports, strict=True):
             node = self.node(port)
             (node.run_dir / "redis-data").mkdir(parents=True, exist_ok=True)
-            pid = _spawn([server, "--port", str(port), "--bind", "127.0.0.1",
+            pid = _spawn([server, "--port", str(port), "--cluster-port", str(bus),
+                          "--bind", "127.0.0.1",
                           "--dir", str(node.run_dir / "redis-data"), "--cluster-enabled", "yes",
                           "--cluster-config-file", "nodes.conf", "--appendonly", "yes",
                           "--appendfsync", "always", "--save", "", "--daemonize", "no",

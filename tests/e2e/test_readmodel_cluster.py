@@ -24,7 +24,8 @@ from tests.e2e.traffic import build, settled
 @pytest.fixture
 def cluster(tmp_path):
     c = RedisCluster(run_dir=tmp_path / "redis-cluster",
-                     ports=(free_port(), free_port(), free_port()))
+                     ports=(free_port(), free_port(), free_port()),
+                     bus_ports=(free_port(), free_port(), free_port()))
     try:
         c.start()
         yield c
