@@ -111,10 +111,21 @@ class ReadApi:
         return await self.respond({"sort": sort, "page": page, "size": size, "total": total,
                                    "items": items})
 
+    async def unknown_certificate(self) -> web.Response:
+        """404, unless the read model is rebuilding: then the certificate may exist and
+        not be projected yet, and the answer says so."""
+        progress = await self.catching_up()
+        if progress is None:
+            return problem(404, "unknown_certificate", "no certificate with this id")
+        return web.json_response({"error": "unknown_certificate",
+                                  "detail": "no certificate with this id yet: the read model "
+                                            "is catching up", "catching_up": progress},
+                                 status=404)
+
     async def certificate(self, request: web.Request) -> web.Response:
         found = await self.summary(request.match_info["id"], int(time.time() * 1000))
         if found is None:
-            return problem(404, "unknown_certificate", "no certificate with this id")
+            return await self.unknown_certificate()
         return await self.respond(found)
 
     async def state(self, cid: str) -> CertificateState | None:
@@ -134,7 +145,7 @@ class ReadApi:
         cid = request.match_info["id"]
         found = await self.summary(cid, int(time.time() * 1000))
         if found is None:
-            return problem(404, "unknown_certificate", "no certificate with this id")
+            return await self.unknown_certificate()
         via = request.query.get("via")
         valid = via is not None and via in await self.members(cid)
         return await self.respond({"certificate": found, "via": via, "via_valid": valid,

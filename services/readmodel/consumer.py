@@ -30,7 +30,7 @@ from schemas.rejections import Rejection
 from services.common.metrics import ReadModelMetrics
 from services.common.settings import Settings
 from services.readmodel.progress import Progress
-from services.readmodel.store import Behind, ReadModelStore
+from services.readmodel.store import Behind, ReadModelStore, StalePlan
 
 log = logging.getLogger("commission.readmodel")
 _decode = msgspec.json.Decoder(AcceptedCommand).decode
@@ -62,6 +62,8 @@ class Projector(ConsumerRebalanceListener):
         for outcome in ("projected", "skipped"):  # both series exist from the start, at 0
             metrics.commands.labels(outcome)
         self.last_commit = time.monotonic()
+        self.inflight: asyncio.Future | None = None  # the batch whose script runs
+        self.inflight_batch: tuple[int, dict] = (0, {})  # its refusals and positions
 
     # --- the group ---------------------------------------------------------------------
     async def on_partitions_revoked(self, revoked) -> None:
@@ -130,15 +132,22 @@ class Projector(ConsumerRebalanceListener):
         await consumer.start()
         try:
             while True:
-                batch = await consumer.getmany(timeout_ms=500, max_records=MAX_RECORDS)
+                # while a batch's script runs in Redis, the next batch is fetched and
+                # planned (Python's work overlaps Redis's and its fsync)
+                batch = await consumer.getmany(timeout_ms=0 if self.inflight else 500,
+                                               max_records=MAX_RECORDS)
                 if batch:
                     await self.project(batch)
                     if time.monotonic() - self.last_commit >= COMMIT_EVERY_S:
                         await self.commit()
+                elif self.inflight is not None:
+                    await self.settle()
                 else:
                     await self.commit_positions()
                 await self.report()
         finally:
+            if self.inflight is not None:
+                await self.settle()
             await self.commit()
             await consumer.stop()
 
@@ -180,6 +189,8 @@ class Projector(ConsumerRebalanceListener):
                 log.info("progress not written to Redis", exc_info=True)
 
     async def project(self, batch) -> None:
+        """Plan ``batch`` while the previous one's script runs, then wait for that one
+        and send this one's."""
         accepted, rejections, positions = [], [], {}
         for tp, records in batch.items():
             if not records:
@@ -190,12 +201,33 @@ class Projector(ConsumerRebalanceListener):
                 rejections += [_decode_rejection(r.value) for r in records]
             positions[(tp.topic, tp.partition)] = records[-1].offset + 1
         try:
-            done = await self.store.apply_batch(accepted, rejections, positions)
+            plan = await self.store.plan(accepted, rejections, positions)
         except Behind as exc:
-            log.warning("Redis is behind this worker: resuming from its positions",
-                        extra={"error": str(exc)})
-            await self.seek_to_stored(list(self.consumer.assignment()))
+            if self.inflight is not None:
+                await self.settle()
+            await self.behind(exc)
             return
+        if self.inflight is not None and not await self.settle():
+            return  # the batch before failed and the consumer sought back: drop this one
+        self.inflight = asyncio.ensure_future(self.store.execute(plan))
+        self.inflight_batch = (len(rejections), positions)
+
+    async def behind(self, exc: Exception) -> None:
+        log.warning("Redis is behind this worker: resuming from its positions",
+                    extra={"error": str(exc)})
+        await self.seek_to_stored(list(self.consumer.assignment()))
+
+    async def settle(self) -> bool:
+        """Wait for the batch in Redis, then count it; False when it was not written
+        (Redis behind: the consumer seeks back to the positions in Redis)."""
+        task, self.inflight = self.inflight, None
+        assert task is not None
+        rejected, positions = self.inflight_batch
+        try:
+            done = await task
+        except (Behind, StalePlan) as exc:
+            await self.behind(exc)
+            return False
         except Exception:
             # a batch that cannot be projected stops the worker, so that it is read
             # again, rather than being passed over
@@ -206,8 +238,8 @@ class Projector(ConsumerRebalanceListener):
         m.commands.labels("projected").inc(len(done.accepted_ms))
         if done.skipped:
             m.commands.labels("skipped").inc(done.skipped)
-        if rejections:
-            m.rejections.inc(len(rejections))
+        if rejected:
+            m.rejections.inc(rejected)
         observe = m.trail.observe
         for ms in done.accepted_ms:
             observe(max(0.0, now - ms / 1000))
@@ -218,7 +250,7 @@ class Projector(ConsumerRebalanceListener):
                 self.at[tp] = max(offset, await self.consumer.position(tp))
             except Exception:  # revoked meanwhile: what the batch says
                 self.at[tp] = offset
-        self.progress.projected(len(done.accepted_ms) + len(rejections))
+        self.progress.projected(len(done.accepted_ms) + rejected)
         self.projected += len(done.accepted_ms)
         if self.kill_after and self.projected >= self.kill_after:
             # tests: the batch is in Redis, its offsets are not committed to the group;

@@ -41,7 +41,6 @@ is for lag and tools.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -58,6 +57,7 @@ from services.readmodel.projection import Keys, hash_tag, project
 from services.readmodel.projection import page as certificate_page
 
 OUTCOME_TTL_S = 7 * 24 * 3600
+CLUSTER_CONCURRENCY = 16  # scripts in flight at once on a Redis Cluster
 CACHE_CERTIFICATES = 100_000  # states kept in memory between batches (~1 KB each)
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(CertificateState).decode
@@ -75,11 +75,14 @@ _decode = msgspec.msgpack.Decoder(CertificateState).decode
 #   {'P', key, offset}              a partition's next offset, only ever raised
 #   op: {'H', key, fields} | {'I', key, field, by} | {'Z', key, member, score}
 #       | {'R', key, member} | {'X', key, seconds}
+#       | {'T', key}: the outcome's projected_ms, the script's own clock (Redis TIME)
 # Returns {0, 0, skipped} when every step was applied (skipped: commands met as
 # projected already), or {step, stored_seq, skipped} at the first certificate whose
 # stored seq disagrees: nothing from that step on is written, positions included.
 APPLY = """
 local prog = cmsgpack.unpack(ARGV[1])
+local t = redis.call('TIME')
+local now_ms = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 local function run(ops)
   for _, o in ipairs(ops) do
     local op, key = o[1], KEYS[o[2]]
@@ -88,6 +91,7 @@ local function run(ops)
     elseif op == 'Z' then redis.call('ZADD', key, o[4], o[3])
     elseif op == 'R' then redis.call('ZREM', key, o[3])
     elseif op == 'X' then redis.call('EXPIRE', key, o[3])
+    elseif op == 'T' then redis.call('HSET', key, 'projected_ms', now_ms)
     else error('bad op ' .. tostring(op)) end
   end
 end
@@ -112,7 +116,7 @@ for n, s in ipairs(prog) do
       redis.call('HSET', guard, s[3], s[4])
     end
   elseif kind == 'O' then
-    redis.call('HSET', KEYS[s[2]], unpack(s[3]))
+    redis.call('HSET', KEYS[s[2]], 'projected_ms', now_ms, unpack(s[3]))
     redis.call('EXPIRE', KEYS[s[2]], s[4])
   elseif kind == 'J' then
     local key = KEYS[s[2]]
@@ -143,6 +147,10 @@ class Applied:
 
     accepted_ms: list[int] = field(default_factory=list)
     skipped: int = 0
+
+
+class StalePlan(Exception):
+    """A plan made on copies of the states forgotten since: plan the batch again."""
 
 
 class _Program:
@@ -201,6 +209,19 @@ class _Merged:
     zset: dict[tuple[str, str], str | None] = field(default_factory=dict)
 
 
+@dataclass
+class Plan:
+    """A batch's writes, computed (ReadModelStore.plan) and not yet written."""
+
+    done: Applied
+    merged: dict[str, _Merged]
+    outcomes: list
+    guarded: list
+    refusals: list
+    positions: dict[tuple[str, int], int]
+    generation: int
+
+
 class ReadModelStore:
     def __init__(self, client: aioredis.Redis | RedisCluster, keys: Keys,
                  cache_size: int = CACHE_CERTIFICATES, cluster: bool | None = None) -> None:
@@ -211,6 +232,7 @@ class ReadModelStore:
         self.script = client.register_script(APPLY)
         self.cache: OrderedDict[str, CertificateState] = OrderedDict()
         self.cache_size = cache_size
+        self.generation = 0  # raised by forget(): plans made before are stale
 
     def position_key(self, topic: str, partition: int) -> str:
         return f"{self.keys.p}pos:{topic}:{partition}"
@@ -240,8 +262,10 @@ class ReadModelStore:
             await tx.execute()
 
     def forget(self) -> None:
-        """Drop the states kept in memory (partitions moved, or Redis went back)."""
+        """Drop the states kept in memory (partitions moved, or Redis went back), and
+        with them every plan made on them."""
         self.cache.clear()
+        self.generation += 1
 
     async def _states(self, cids: list[str]) -> dict[str, CertificateState | None]:
         out: dict[str, CertificateState | None] = {}
@@ -264,11 +288,18 @@ class ReadModelStore:
         """Project ``accepted`` (each with its record's timestamp, ms; in partition
         order) and record ``rejections``, then raise ``positions`` (next offsets).
         Raises Behind when Redis is behind this worker's copy of a state."""
+        return await self.execute(await self.plan(accepted, rejections, positions))
+
+    async def plan(self, accepted: list[tuple[AcceptedCommand, int]],
+                   rejections: list[Rejection],
+                   positions: dict[tuple[str, int], int]) -> Plan:
+        """The batch's writes, computed on this worker's copies of the states, which
+        it then takes as what Redis will hold (the consumer plans the next batch while
+        Redis runs this one's script); ``execute`` writes them. Raises Behind."""
         done = Applied()
         k = self.keys
         states = await self._states(list(dict.fromkeys(
             a.command.certificate_id for a, _ in accepted)))
-        now_ms = str(int(time.time() * 1000))
         merged: dict[str, _Merged] = {}
         outcomes: list[tuple[str, str, int, dict[str, str]]] = []  # cid, key, seq, fields
         guarded: list[tuple[str, int, dict]] = []  # Redis Cluster: (cid, seq, writes)
@@ -295,7 +326,7 @@ class ReadModelStore:
             # the outcome the API's /commands/{id} shows; accepted wins over a rejection
             outcomes.append((cid, k.outcome(command.command.command_id), command.seq, {
                 "status": "accepted", "certificate_id": cid, "seq": str(command.seq),
-                "accepted_ms": str(accepted_ms or ""), "projected_ms": now_ms}))
+                "accepted_ms": str(accepted_ms or "")}))
             if self.cluster:
                 m.hset.setdefault(cert_key, {}).update(w.hset.pop(cert_key))
                 guarded.append((cid, command.seq, w))
@@ -313,20 +344,33 @@ class ReadModelStore:
                     # a replay (duplicate, duplicate_conflict) leaves the outcome alone
                     if r.command_id is not None
                     and r.reason not in (Reason.DUPLICATE, Reason.DUPLICATE_CONFLICT)]
-        if self.cluster:
-            skipped = await self._run_cluster(merged, outcomes, guarded, refusals, positions)
-        else:
-            skipped = await self._run_one(merged, outcomes, refusals, positions)
-        done.skipped += skipped
-        if skipped:  # Redis was ahead of the copy: read the states again next time
-            self.forget()
-            return done
-        for cid, m in merged.items():  # what Redis now holds
+        for cid, m in merged.items():  # what Redis will hold (forgotten if not)
             self.cache[cid] = m.state
             self.cache.move_to_end(cid)
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
-        return done
+        return Plan(done, merged, outcomes, guarded, refusals, positions, self.generation)
+
+    async def execute(self, plan: Plan) -> Applied:
+        """Write a planned batch. Raises Behind (and forgets every copy) when Redis
+        disagrees, or StalePlan when the copies it was planned on were forgotten since
+        (a batch before it failed): nothing of it is written then."""
+        if plan.generation != self.generation:
+            raise StalePlan("planned on copies forgotten since")
+        try:
+            if self.cluster:
+                skipped = await self._run_cluster(plan.merged, plan.outcomes, plan.guarded,
+                                                  plan.refusals, plan.positions)
+            else:
+                skipped = await self._run_one(plan.merged, plan.outcomes, plan.refusals,
+                                              plan.positions)
+        except BaseException:
+            self.forget()
+            raise
+        plan.done.skipped += skipped
+        if skipped:  # Redis was ahead of the copy: read the states again next time
+            self.forget()
+        return plan.done
 
     def _certificate(self, prog: _Program, cid: str, m: _Merged, ops: list[list]) -> None:
         assert m.state is not None
@@ -362,7 +406,7 @@ class ReadModelStore:
         by_cert: dict[str, list[list]] = {}
         for cid, key, _seq, fields in outcomes:
             i = prog.key(key)
-            by_cert.setdefault(cid, []).extend([["H", i, _flat(fields)],
+            by_cert.setdefault(cid, []).extend([["H", i, _flat(fields)], ["T", i],
                                                 ["X", i, OUTCOME_TTL_S]])
         for cid, m in merged.items():
             self._certificate(prog, cid, m, by_cert[cid])
@@ -371,6 +415,16 @@ class ReadModelStore:
         for (topic, partition), offset in positions.items():
             self._position(prog, topic, partition, offset)
         return await self._call(prog)
+
+    async def _gather(self, programs) -> list[int]:
+        """Run programs (one per slot) concurrently, at most CLUSTER_CONCURRENCY at a
+        time (each holds one of the client's connections to its node)."""
+        limit = asyncio.Semaphore(CLUSTER_CONCURRENCY)
+
+        async def one(prog: _Program) -> int:
+            async with limit:
+                return await self._call(prog)
+        return list(await asyncio.gather(*(one(p) for p in programs)))
 
     async def _run_cluster(self, merged: dict[str, _Merged], outcomes: list,
                            guarded: list, refusals: list,
@@ -415,16 +469,16 @@ class ReadModelStore:
             prog.certs.append("")
         for r in refusals:
             self._refusal(slot_of(k.outcome(r.command_id)), r)
-        await asyncio.gather(*(self._call(p) for p in first.values()))
+        await self._gather(first.values())
         second: dict[int, _Program] = {}  # by slot: the certificates' states and pages
         for cid, m in merged.items():
             prog = second.setdefault(key_slot(cid.encode()), _Program())
             self._certificate(prog, cid, m, [])
-        skipped = sum(await asyncio.gather(*(self._call(p) for p in second.values())))
+        skipped = sum(await self._gather(second.values()))
         third: dict[int, _Program] = {}
         for (topic, partition), offset in positions.items():
             key = self.position_key(topic, partition)
             self._position(third.setdefault(key_slot(key.encode()), _Program()),
                            topic, partition, offset)
-        await asyncio.gather(*(self._call(p) for p in third.values()))
+        await self._gather(third.values())
         return skipped

@@ -16,7 +16,7 @@ from domain import Accepted, handle
 from schemas.commands import AcceptedCommand
 from services.common.follower import follow
 from services.readmodel.projection import Keys, hash_tag, project
-from services.readmodel.store import Behind, ReadModelStore
+from services.readmodel.store import Behind, ReadModelStore, StalePlan
 from tests.e2e.certificates import sequencer_entropy
 from tests.e2e.traffic import build
 
@@ -80,6 +80,8 @@ class FakeRedis:
                 d.setdefault(k, {})[op[2]] = float(op[3])
             elif op[0] == "R":
                 d.get(k, {}).pop(op[2], None)
+            elif op[0] == "T":
+                d.setdefault(k, {})["projected_ms"] = "1"
             elif op[0] != "X":
                 raise AssertionError(f"bad op {op!r}")
 
@@ -103,7 +105,8 @@ class FakeRedis:
                     self.run(keys, s[4])
                     d.setdefault(k, {})[s[2]] = str(s[3])
             elif kind == "O":
-                d.setdefault(k, {}).update(zip(s[2][::2], s[2][1::2], strict=True))
+                d.setdefault(k, {}).update(zip(s[2][::2], s[2][1::2], strict=True),
+                                           projected_ms="1")
             elif kind == "J":
                 h = d.setdefault(k, {})
                 if "status" not in h:
@@ -243,3 +246,26 @@ def test_on_a_cluster_a_batch_cut_otherwise_after_a_crash_applies_nothing_twice(
 
     asyncio.run(run())
     assert projections(keys, redis) == one_by_one(keys, commands)
+
+
+def test_a_batch_planned_on_copies_of_a_batch_that_failed_is_not_written():
+    """The consumer plans batch B while batch A's script runs; A meets a Redis that
+    lost its data (Behind), so B, planned on A's states, is refused unwritten."""
+    keys = Keys("t.")
+    commands = accepted_commands()
+    redis = FakeRedis()
+    store = ReadModelStore(redis, keys)
+    pairs = [(a, a.received_ms) for a in commands]
+
+    async def run() -> None:
+        await store.apply_batch(pairs[:30], [], {("t.accepted", 0): 30})
+        a = await store.plan(pairs[30:50], [], {("t.accepted", 0): 50})
+        b = await store.plan(pairs[50:70], [], {("t.accepted", 0): 70})
+        redis.data.clear()
+        with pytest.raises(Behind):
+            await store.execute(a)
+        with pytest.raises(StalePlan):
+            await store.execute(b)
+        assert redis.data == {}
+
+    asyncio.run(run())
