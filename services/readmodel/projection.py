@@ -198,6 +198,7 @@ def project(k: Keys, state: CertificateState, events: list[Event],
     cid = state.certificate_id
     w.hset[k.cert(cid)] = page(state) if with_page else {}
     pool = state.pool
+    released = False
     for e in events:
         if isinstance(e, CertificateIssued):
             w.hset[k.cert(cid)].update({"name": e.name, "terms": json.dumps(
@@ -237,7 +238,8 @@ def project(k: Keys, state: CertificateState, events: list[Event],
             done = "paid" if e.outcome == "settled" else "failed"
             w.hincrby.append((k.earnings(e.payee_id), f"{e.currency}:payable", -e.amount_minor))
             w.hincrby.append((k.earnings(e.payee_id), f"{e.currency}:{done}", e.amount_minor))
-    released = any(isinstance(e, HoldReleased) for e in events)
+        elif isinstance(e, HoldReleased):
+            released = True
     for s in settlements:
         if isinstance(s, CommissionPayout) and s.attempt == 1:  # a retry: the same money
             w.hincrby.append((k.earnings(s.payee_id), f"{s.currency}:payable", s.amount_minor))
