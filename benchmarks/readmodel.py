@@ -69,7 +69,8 @@ def markdown(r: dict) -> str:
         f"\n### Read model, {r['when']}\n\n"
         f"Command: `{r['command']}`  \n"
         f"Machine: {r['machine']}; one Kafka broker and one Redis ({r['redis']}), "
-        f"{r['partitions']} partitions; the sequencer and the read model run, nothing else. "
+        f"{r['partitions']} partitions; the sequencer and {r['workers']} read-model worker(s) run, "
+        "nothing else. "
         f"The pipeline's rate is its flat-out figure from `{PIPELINE_JSON.name}` "
         f"({r['pipeline_when']}).\n\n"
         "| figure | measured | target | met |\n| --- | ---: | --- | --- |\n"
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true",
                         help="append the figures to docs/benchmarks.md")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="read-model worker processes (the group splits the partitions)")
     parser.add_argument("--appendfsync", choices=("always", "everysec", "no"),
                         help="set Redis's fsync policy first (CONFIG SET)")
     args = parser.parse_args(argv)
@@ -140,16 +143,25 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "REDIS_URL": redis_url,
            "COMMISSION_TOPIC_PREFIX": f"{prefix}.", "COMMISSION_GROUP_PREFIX": prefix,
            "COMMISSION_PARTITIONS": str(args.partitions), "LOG_LEVEL": "warning"}
-    ports = {"circulation": free_port(), "readmodel": free_port()}
+    ports = {"circulation": free_port(),
+             **{f"readmodel-{i}": free_port() for i in range(args.workers)}}
     procs: list[subprocess.Popen] = []
     (workdir / "logs").mkdir()
 
-    def start(service: str) -> None:
-        with open(workdir / "logs" / f"{service}.log", "ab") as log:
+    def start(service: str, instance: int | None = None) -> None:
+        name = service if instance is None else f"{service}-{instance}"
+        with open(workdir / "logs" / f"{name}.log", "ab") as log:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", f"services.{service}"], cwd=ROOT,
-                env={**env, "METRICS_PORT": str(ports[service])},
+                env={**env, "METRICS_PORT": str(ports[name]),
+                     "COMMISSION_INSTANCE": str(instance or 0)},
                 stdout=log, stderr=subprocess.STDOUT))
+
+    def projected() -> float:
+        """Projections by every read-model worker (-1 while one does not answer)."""
+        counts = [counter(ports[f"readmodel-{i}"], PROJECTED, outcome="projected")
+                  for i in range(args.workers)]
+        return -1.0 if min(counts) < 0 else sum(counts)
 
     sender = Sender(settings, Keyring.from_env())
     client = redis.Redis.from_url(redis_url)
@@ -167,12 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         accepted = int(counter(ports["circulation"], "commission_messages_out_total",
                                topic=settings.topics.accepted))
         started = time.monotonic()
-        start("readmodel")
-        first = wait("a first projection", lambda: (n := counter(ports["readmodel"], PROJECTED,
-                                                                 outcome="projected")) > 0 and
+        for i in range(args.workers):
+            start("readmodel", i)
+        first = wait("a first projection", lambda: (n := projected()) > 0 and
                      (time.monotonic(), n), 120, 0.05)
-        last = wait("the whole topic", lambda: (n := counter(ports["readmodel"], PROJECTED,
-                                                             outcome="projected")) >= accepted
+        last = wait("the whole topic", lambda: (n := projected()) >= accepted
                     and (time.monotonic(), n), 900, 0.05)
         flat = (last[1] - first[1]) / (last[0] - first[0])
         print(f"flat out: {accepted} accepted records; first projection "
@@ -181,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
         paced = generate(TrafficSpec(commands=int(args.rate * args.seconds), seed=5,
                                      prefix="rmpaced"))
-        before = counter(ports["readmodel"], PROJECTED, outcome="projected")
+        before = projected()
         handed = counter(ports["circulation"], "commission_messages_out_total",
                          topic=settings.topics.accepted)
         took = sender.send(paced, rate=args.rate)
@@ -189,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             ports["circulation"], "commission_messages_in_total") >= len(items) + len(paced), 300)
         more = counter(ports["circulation"], "commission_messages_out_total",
                        topic=settings.topics.accepted) - handed
-        wait("the paced commands projected", lambda: counter(
-            ports["readmodel"], PROJECTED, outcome="projected") >= before + more, 900)
+        wait("the paced commands projected", lambda: projected() >= before + more, 900)
         trails = []
         with client.pipeline(transaction=False) as p:
             for item in paced:
@@ -211,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python -m benchmarks.readmodel " + " ".join(
                 sys.argv[1:] if argv is None else argv),
-            "machine": machine(), "partitions": args.partitions,
+            "machine": machine(), "partitions": args.partitions, "workers": args.workers,
             "redis": "appendfsync " + client.config_get("appendfsync")["appendfsync"],
             "pipeline_rate": pipe, "pipeline_when": (json.loads(PIPELINE_JSON.read_text())
                                                      ["when"] if pipe else "none"),
