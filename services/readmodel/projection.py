@@ -44,6 +44,8 @@ from schemas.events import (
     CertificateIssued,
     CertificatePurchased,
     CommissionAcquired,
+    CommissionApproved,
+    CommissionDeclined,
     Event,
     HoldReleased,
     PaymentReported,
@@ -240,6 +242,14 @@ def project(k: Keys, state: CertificateState, events: list[Event],
             w.hincrby.append((k.earnings(e.payee_id), f"{e.currency}:{done}", e.amount_minor))
         elif isinstance(e, HoldReleased):
             released = True
+        elif isinstance(e, CommissionDeclined):
+            # a review voided it: pending (acquired, not bought yet) or held
+            if e.stage == "held":
+                w.hincrby.append((k.earnings(e.sharer_id), f"{e.currency}:held",
+                                  -e.amount_minor))
+            w.hincrby.append((k.earnings(e.sharer_id), f"{e.currency}:voided", e.amount_minor))
+        elif isinstance(e, CommissionApproved) and e.paid_minor:
+            released = True  # the payout kept back past the hold is published now
     for s in settlements:
         if isinstance(s, CommissionPayout) and s.attempt == 1:  # a retry: the same money
             w.hincrby.append((k.earnings(s.payee_id), f"{s.currency}:payable", s.amount_minor))

@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from deploy.localstack import free_port
 from domain import CertificateState
+from domain.review import kept_back
 from schemas.commands import AcceptedCommand
 from schemas.payments import CommissionPayout
 from services.common.metrics import scrape, total
@@ -38,7 +39,12 @@ def expected_earnings(states: dict[str, CertificateState]) -> dict[str, dict[str
         for account, amount in pool.acquired.items():
             sums = out[account]
             sums[f"{s.currency}:acquired"] += amount
-            if account in pool.payouts:  # it reached a purchase
+            if account in pool.declined:  # a review voided it (refunds voided the rest)
+                sums[f"{s.currency}:voided"] += amount
+            elif kept_back(s, pool, account):  # flagged: held past the hold's end
+                sums[f"{s.currency}:held"] += pool.payouts[account]
+                sums[f"{s.currency}:voided"] += amount - pool.payouts[account]
+            elif account in pool.payouts:  # it reached a purchase
                 kept = pool.payouts[account]  # less what refunds in the hold voided
                 if kept:  # a payout refunded to nothing within the hold is never published
                     sums[f"{s.currency}:held" if s.held_until_ms is not None
