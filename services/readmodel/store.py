@@ -207,6 +207,8 @@ class _Merged:
     hset: dict[str, dict[str, str]] = field(default_factory=dict)
     incr: dict[tuple[str, str], int] = field(default_factory=dict)
     zset: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    blob: bytes = b""  # the state after them, encoded when planned
+    page: dict[str, str] = field(default_factory=dict)  # the page after them
 
 
 @dataclass
@@ -345,6 +347,11 @@ class ReadModelStore:
                     if r.command_id is not None
                     and r.reason not in (Reason.DUPLICATE, Reason.DUPLICATE_CONFLICT)]
         for cid, m in merged.items():  # what Redis will hold (forgotten if not)
+            # encoded now: the core updates a state in place, and the next batch is
+            # planned (on this very object) before this one is written
+            assert m.state is not None
+            m.blob = _encode(m.state)
+            m.page = {**m.hset.pop(k.cert(cid), {}), **certificate_page(m.state)}
             self.cache[cid] = m.state
             self.cache.move_to_end(cid)
         while len(self.cache) > self.cache_size:
@@ -373,10 +380,8 @@ class ReadModelStore:
         return plan.done
 
     def _certificate(self, prog: _Program, cid: str, m: _Merged, ops: list[list]) -> None:
-        assert m.state is not None
-        page = {**m.hset.pop(self.keys.cert(cid), {}), **certificate_page(m.state)}
         prog.steps.append(["C", prog.key(self.keys.cert(cid)), prog.key(self.keys.state(cid)),
-                           m.prev, m.last, m.n, prog.blob(_encode(m.state)), _flat(page),
+                           m.prev, m.last, m.n, prog.blob(m.blob), _flat(m.page),
                            prog.ops(m.hset, m.incr, m.zset) + ops])
         prog.certs.append(cid)
 

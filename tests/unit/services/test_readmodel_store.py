@@ -269,3 +269,22 @@ def test_a_batch_planned_on_copies_of_a_batch_that_failed_is_not_written():
         assert redis.data == {}
 
     asyncio.run(run())
+
+
+def test_batches_planned_ahead_of_their_writes_write_what_one_by_one_does():
+    """The consumer plans each batch before the one before it is written; the core
+    updates states in place, so each batch's states must be taken when planned."""
+    keys = Keys("t.")
+    commands = accepted_commands()
+    redis = FakeRedis()
+    store = ReadModelStore(redis, keys)
+    pairs = [(a, a.received_ms) for a in commands]
+
+    async def run() -> None:
+        plans = [await store.plan(pairs[i:i + 9], [], {}) for i in range(0, len(pairs), 9)]
+        for plan in plans:
+            done = await store.execute(plan)
+            assert done.skipped == 0
+
+    asyncio.run(run())
+    assert projections(keys, redis) == one_by_one(keys, commands)
