@@ -225,6 +225,13 @@ def project(k: Keys, state: CertificateState, events: list[Event],
             w.hincrby.append((k.offer(state.offer_id), "purchased", 1))
             for h in e.held:
                 w.hincrby.append((k.earnings(h.account_id), f"{e.currency}:held", h.amount_minor))
+            if e.held_until_ms is None and pool is not None:
+                # no hold: what a fraud flag keeps back is held (not listed in ``held``;
+                # paid on approval, voided on decline)
+                for account in pool.flagged:
+                    if pool.payouts.get(account):
+                        w.hincrby.append((k.earnings(account), f"{e.currency}:held",
+                                          pool.payouts[account]))
         elif isinstance(e, PurchaseRefunded):
             for v in e.voided:  # within the hold: held no more, voided
                 w.hincrby.append((k.earnings(v.account_id), f"{e.currency}:held", -v.amount_minor))
