@@ -132,10 +132,10 @@ class Projector(ConsumerRebalanceListener):
         await consumer.start()
         try:
             while True:
-                # while a batch's script runs in Redis, the next batch is fetched and
-                # planned (Python's work overlaps Redis's and its fsync)
-                batch = await consumer.getmany(timeout_ms=0 if self.inflight else 500,
-                                               max_records=MAX_RECORDS)
+                # one batch at a time: planning the next batch while Redis runs this
+                # one's script (store.plan/execute) met Redis "behind" the worker over
+                # and over in the benchmark (not understood yet), so it is not done
+                batch = await consumer.getmany(timeout_ms=500, max_records=MAX_RECORDS)
                 if batch:
                     await self.project(batch)
                     if time.monotonic() - self.last_commit >= COMMIT_EVERY_S:
@@ -211,9 +211,10 @@ class Projector(ConsumerRebalanceListener):
             return  # the batch before failed and the consumer sought back: drop this one
         self.inflight = asyncio.ensure_future(self.store.execute(plan))
         self.inflight_batch = (len(rejections), positions)
+        await self.settle()
 
     async def behind(self, exc: Exception) -> None:
-        log.warning("Redis is behind this worker: resuming from its positions",
+        log.warning("Redis is behind this worker (%s): resuming from its positions", exc,
                     extra={"error": str(exc)})
         await self.seek_to_stored(list(self.consumer.assignment()))
 
