@@ -33,7 +33,7 @@ from schemas import commands as c
 from schemas.commands import RandomAmount
 from services.api import assets
 from services.api.errors import Problem
-from services.api.gains import PHRASES, gain_of
+from services.api.gains import gain_of, phrase
 from services.api.guard import ID, safe_next
 from services.api.money import money
 from services.api.reads import ReadApi
@@ -389,7 +389,8 @@ class Pages:
             kept = 0 if how in ("voided", "declined") else gain  # no gain (any more)
             rows.append(f"<tr class='mine'><td><a href='/page/certificates/{esc(cid)}'>"
                         f"{esc(cid)}</a>{holds}</td><td>{esc(state.status)}</td>"
-                        f"<td>{money(kept, state.currency)}</td><td>{esc(PHRASES[how])}</td></tr>")
+                        f"<td>{money(kept, state.currency)}</td>"
+                        f"<td>{esc(phrase(state, account, how))}</td></tr>")
         out = ""
         if claims:
             out += f"<h2>You can claim</h2><ul id='claims'>{''.join(claims)}</ul>"

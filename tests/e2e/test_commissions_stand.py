@@ -41,8 +41,11 @@ def share(port: int, token: str, cid: str) -> dict:
     return outcome(port, token, sent["command_ids"][0])
 
 
-def page_html(port: int, path: str) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+def page_html(port: int, path: str, token: str | None = None) -> str:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        req.add_header("Cookie", f"session={token}")
+    with urllib.request.urlopen(req, timeout=10) as r:
         return r.read().decode()
 
 
@@ -121,7 +124,7 @@ def test_fake_accounts_neither_take_a_pool_nor_trip_its_threshold_and_reviews_ho
                              **paid(REVIEW, 10_000, "stand-2")))
     wait_for(port, f"/certificates/{REVIEW}", lambda b: b["status"] == "purchased",
              pipeline=pipeline)
-    decline = {"sharer_id": sharer, "reason": "self_referral", "note": "the buyer's friend"}
+    decline = {"sharer_id": sharer, "reason": "self_referral", "note": "a friend of the buyer"}
     status, refused, _ = call(port, "POST", f"/certificates/{REVIEW}/decline", decline,
                               honest[1][1])
     assert (status, refused["error"]) == (403, "missing_role"), refused
@@ -132,6 +135,12 @@ def test_fake_accounts_neither_take_a_pool_nor_trip_its_threshold_and_reviews_ho
     status, sent, _ = call(port, "POST", f"/certificates/{REVIEW}/decline", decline, seller)
     assert status == 202, sent
     assert outcome(port, seller, sent["command_ids"][0])["status"] == "accepted"
+    # the sharer sees why, on its own page
+    deadline = time.monotonic() + 30
+    while "declined in review: self_referral: a friend of the buyer" not in page_html(
+            port, f"/page/accounts/{sharer}", sharer_token):
+        assert time.monotonic() < deadline, "the sharer's page never said why"
+        time.sleep(0.3)
     # the reviewer's approval of a commission no flag keeps back: refused by the core
     reviewer = login(port, "reviewer")
     status, sent, _ = call(port, "POST", f"/certificates/{REVIEW}/approve",
