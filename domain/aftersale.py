@@ -173,7 +173,8 @@ def refund(state: CertificateState, pool: Pool | None, amount: int,
                     clawed.append(AccountAmount(account_id=account_id, amount_minor=less))
                     rec.settle(Clawback, payee_id=account_id, amount_minor=less,
                                funding_ref=pool.funding_ref, currency=state.currency,
-                               refund_ref=refund_ref, of_kind="commission_payout")
+                               refund_ref=refund_ref, of_kind="commission_payout",
+                               against_parked=_parked_payout(state, account_id))
             released += less
         pool.held_minor -= voided_now
         pool.voided_minor += voided_now
@@ -202,6 +203,17 @@ def refund(state: CertificateState, pool: Pool | None, amount: int,
               within_hold=within, fully=fully, voided=voided, clawed_back=clawed,
               released_minor=released, chargeback=chargeback,
               commission_locked=not counts)
+
+
+def _parked_payout(state: CertificateState, account_id: str) -> str | None:
+    """The settlement id of ``account_id``'s commission payout on this certificate if
+    it failed every attempt (parked: never paid), else None."""
+    for sid, track in state.payments.items():
+        s = track.settlement
+        if (track.status == "parked" and isinstance(s, CommissionPayout)
+                and s.payee_id == account_id):
+            return sid
+    return None
 
 
 def end(state: CertificateState, reason: Literal["cancelled", "closed"], rec: Recorder) -> None:

@@ -74,7 +74,8 @@ def net(ledger: AccountLedger | None, s: Settlement) -> tuple[AccountLedger, Set
                                f"ledger of {ledger.account_id}")
     out: Settlement = s
     if isinstance(s, Clawback):
-        if s.attempt == 1:
+        # a debit against a payout that was never paid (parked) is not a debt
+        if s.attempt == 1 and s.against_parked is None:
             ledger = _copy(ledger)
             _add(ledger.outstanding, s.currency, s.amount_minor)
             _add(ledger.clawed_back, s.currency, s.amount_minor)

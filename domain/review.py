@@ -83,6 +83,7 @@ def decline(state: CertificateState, pool: Pool, c: DeclineCommission, rec: Reco
     pool.released_minor += amount
     pool.flagged.pop(c.sharer_id, None)
     pool.declined[c.sharer_id] = amount
+    pool.decline_reasons[c.sharer_id] = c.reason if c.note is None else f"{c.reason}: {c.note}"
     rec.event(CommissionDeclined, sharer_id=c.sharer_id, amount_minor=amount,
               currency=state.currency, reason=c.reason, note=c.note,
               by_account=c.account_id,

@@ -91,6 +91,9 @@ class Pool(msgspec.Struct, kw_only=True, array_like=True):
     # ends), and account -> the commission a review declined (voided to the funder)
     flagged: dict[str, str] = msgspec.field(default_factory=dict)
     declined: dict[str, int] = msgspec.field(default_factory=dict)
+    # account -> why its commission was declined ("reason" or "reason: note"): the
+    # sharer's pages say it
+    decline_reasons: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class PaymentTrack(msgspec.Struct, array_like=True):

@@ -88,6 +88,11 @@ class Clawback(_Settlement, tag="clawback", kw_only=True):
     payee_id: Id  # the account debited
     refund_ref: Id
     of_kind: Literal["commission_payout", "seller_payment"]
+    # the account was never paid: its payout (this settlement id) failed every attempt
+    # and is parked. The debit comes off that parked payout (whoever settles it pays
+    # it less this amount), not off the account's later payouts: an account never
+    # owes back money it did not receive (netting records no debt for it)
+    against_parked: Sha256Hex | None = None
 
 
 Settlement = Union[CommissionPayout, SellerPayment, BudgetRelease, BuyerRefund, Clawback]

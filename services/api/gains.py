@@ -13,7 +13,7 @@ PHRASES = {
     "held": "held until the hold ends (a refund in the hold reduces it)",
     "flagged": "flagged by the fraud checks: a reviewer looks at it before it is paid",
     "kept_back": "kept back after the hold: a reviewer looks at it before it is paid",
-    "declined": "declined in review (the reason is on the certificate's events)",
+    "declined": "declined in review",
     "paid": "paid out and locked: only a card chargeback within the pool's window "
             "can take it back",
     "clawed": "paid out (part clawed back by a chargeback)",
@@ -42,3 +42,14 @@ def gain_of(state: CertificateState, account: str) -> tuple[int, str]:
     if pool.status == "withdrawn" or state.status in ("cancelled", "closed"):
         return acquired, "voided"
     return acquired, "flagged" if flagged else "pending"
+
+
+def phrase(state: CertificateState, account: str, status: str) -> str:
+    """What a page says of ``account``'s gain: its status in words, and for a declined
+    one the reason the seller or reviewer gave."""
+    said = PHRASES[status]
+    if status == "declined" and state.pool is not None:
+        why = state.pool.decline_reasons.get(account)
+        if why:
+            said = f"{said}: {why}"
+    return said

@@ -33,7 +33,7 @@ from schemas import commands as c
 from schemas.commands import RandomAmount
 from services.api import assets
 from services.api.errors import Problem
-from services.api.gains import PHRASES, gain_of
+from services.api.gains import gain_of, phrase
 from services.api.guard import ID, safe_next
 from services.api.money import money
 from services.api.reads import ReadApi
@@ -56,6 +56,27 @@ def duration(ms: int) -> str:
 
 def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
+
+
+def age_words(seconds: int) -> str:
+    """``86400`` -> "1 day", ``7200`` -> "2 hours": the largest whole unit."""
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60), ("second", 1)):
+        if seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} seconds"  # pragma: no cover - the loop ends at 1
+
+
+def who_counts(policy: dict) -> str:
+    """Which accounts' shares count toward the threshold and earn (issue #24), in words
+    (``policy``: the pool's acquisition policy as the read model keeps it)."""
+    words = ["accounts new to this certificate, not its seller or funder"]
+    age = policy.get("min_account_age_s")
+    if age:
+        words.append(f"at least {age_words(int(age))} old")
+    if policy.get("verified_only"):
+        words.append("verified")
+    return ", ".join(words)
 
 
 def claimable(state: CertificateState | None, account: str | None) -> str | None:
@@ -293,7 +314,7 @@ class Pages:
         count, limit = s["thresholds"].get("circulations", [0, None])
         if limit:
             items.append(f"<li id='progress-circulations'>shares that count: {count} of "
-                         f"{limit}</li>")
+                         f"{limit} ({esc(who_counts(s.get('acquisition') or {}))})</li>")
         acquired, cap = s["thresholds"].get("cumulative_minor", [0, None])
         if cap:
             items.append(f"<li id='progress-cumulative'>commission taken: "
@@ -320,10 +341,19 @@ class Pages:
                 f"{money(draw['min_minor'], cur)} to {money(draw['max_minor'], cur)}, every "
                 "amount equally likely (uniform), drawn by the platform from a secret: nobody "
                 "can choose or predict it.</p>")
-        depth = (s.get("acquisition") or {}).get("max_depth")
+        policy = s.get("acquisition") or {}
+        depth = policy.get("max_depth")
         if depth:
             out.append(f"<p id='max-depth'>Only the first {int(depth)} levels of sharing earn "
                        "commission; deeper shares circulate it for free.</p>")
+        if policy.get("min_account_age_s") or policy.get("verified_only"):
+            out.append(f"<p id='account-rules'>Only {esc(who_counts(policy))} earn and count "
+                       "here: newer or unverified accounts can share it, but take nothing and "
+                       "count toward no threshold.</p>")
+        per_minute = policy.get("max_acquisitions_per_minute")
+        if per_minute:
+            out.append(f"<p id='velocity'>At most {int(per_minute)} shares a minute earn "
+                       "commission; in a rush, the ones beyond that earn nothing.</p>")
         return out
 
     async def account(self, request: web.Request) -> web.Response:
@@ -373,7 +403,8 @@ class Pages:
             kept = 0 if how in ("voided", "declined") else gain  # no gain (any more)
             rows.append(f"<tr class='mine'><td><a href='/page/certificates/{esc(cid)}'>"
                         f"{esc(cid)}</a>{holds}</td><td>{esc(state.status)}</td>"
-                        f"<td>{money(kept, state.currency)}</td><td>{esc(PHRASES[how])}</td></tr>")
+                        f"<td>{money(kept, state.currency)}</td>"
+                        f"<td>{esc(phrase(state, account, how))}</td></tr>")
         out = ""
         if claims:
             out += f"<h2>You can claim</h2><ul id='claims'>{''.join(claims)}</ul>"

@@ -10,6 +10,7 @@ the honest sharers' commission, and the burst would have emptied the second pool
 from __future__ import annotations
 
 import time
+import urllib.request
 
 from deploy.localstack import free_port
 from schemas import commands as c
@@ -38,6 +39,14 @@ def share(port: int, token: str, cid: str) -> dict:
     status, sent, _ = call(port, "POST", f"/certificates/{cid}/circulate", {}, token)
     assert status == 202, sent
     return outcome(port, token, sent["command_ids"][0])
+
+
+def page_html(port: int, path: str, token: str | None = None) -> str:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        req.add_header("Cookie", f"session={token}")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.read().decode()
 
 
 def pending(port: int, account: str, token: str) -> int:
@@ -81,6 +90,10 @@ def test_fake_accounts_neither_take_a_pool_nor_trip_its_threshold_and_reviews_ho
                     lambda b: b["chain_length"] == 7, pipeline=pipeline)
     assert page["pool_status"] == "open", page  # 3 counting shares < 4
     assert page["thresholds"]["circulations"] == [3, 4], page
+    html = page_html(port, f"/page/certificates/{RULES}")
+    assert ("shares that count: 3 of 4 (accounts new to this certificate, not its seller "
+            "or funder, at least 4 seconds old)") in html
+    assert "Only accounts new to this certificate" in html  # the pool's account rules
     pipeline.send(c.Purchase(command_id="capture:stand-1", certificate_id=RULES,
                              at_ms=int(time.time() * 1000), account_id="carol",
                              **paid(RULES, 10_000, "stand-1")))
@@ -111,7 +124,7 @@ def test_fake_accounts_neither_take_a_pool_nor_trip_its_threshold_and_reviews_ho
                              **paid(REVIEW, 10_000, "stand-2")))
     wait_for(port, f"/certificates/{REVIEW}", lambda b: b["status"] == "purchased",
              pipeline=pipeline)
-    decline = {"sharer_id": sharer, "reason": "self_referral", "note": "the buyer's friend"}
+    decline = {"sharer_id": sharer, "reason": "self_referral", "note": "a friend of the buyer"}
     status, refused, _ = call(port, "POST", f"/certificates/{REVIEW}/decline", decline,
                               honest[1][1])
     assert (status, refused["error"]) == (403, "missing_role"), refused
@@ -122,6 +135,12 @@ def test_fake_accounts_neither_take_a_pool_nor_trip_its_threshold_and_reviews_ho
     status, sent, _ = call(port, "POST", f"/certificates/{REVIEW}/decline", decline, seller)
     assert status == 202, sent
     assert outcome(port, seller, sent["command_ids"][0])["status"] == "accepted"
+    # the sharer sees why, on its own page
+    deadline = time.monotonic() + 30
+    while "declined in review: self_referral: a friend of the buyer" not in page_html(
+            port, f"/page/accounts/{sharer}", sharer_token):
+        assert time.monotonic() < deadline, "the sharer's page never said why"
+        time.sleep(0.3)
     # the reviewer's approval of a commission no flag keeps back: refused by the core
     reviewer = login(port, "reviewer")
     status, sent, _ = call(port, "POST", f"/certificates/{REVIEW}/approve",

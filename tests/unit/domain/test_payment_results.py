@@ -110,3 +110,28 @@ def test_any_sequence_of_results_publishes_each_attempt_once(data):
         assert outcomes.count("retried") == len(attempts) - 1
         if "parked" in outcomes:
             assert len(attempts) == MAX_ATTEMPTS
+
+
+def test_a_chargeback_on_a_parked_payout_comes_off_that_payout_not_the_account():
+    """#24: a clawback takes back only what was paid. a's payout failed every attempt
+    (parked, never paid); a chargeback of half the price debits a against that parked
+    payout, and the netting stage records no debt for it; b was paid, so its clawback is
+    a debt recovered from its later payouts."""
+    from domain.netting import net
+    from schemas.payments import Clawback
+
+    s = paid()
+    parked = payout_to(s, "a").settlement_id
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        report(s, parked, attempt, "failed", reason="account closed")
+    report(s, payout_to(s, "b").settlement_id, 1, "settled")
+    s.must(c.Refund, by="payment_system", amount_minor=5_000, refund_ref="cb-1",
+           chargeback_reason="4837")
+    claws = {x.payee_id: x for x in s.settlements if isinstance(x, Clawback)
+             and x.of_kind == "commission_payout"}
+    assert (claws["a"].amount_minor, claws["a"].against_parked) == (50, parked)
+    assert (claws["b"].amount_minor, claws["b"].against_parked) == (50, None)
+    ledger_a, _ = net(None, claws["a"])
+    ledger_b, _ = net(None, claws["b"])
+    assert ledger_a.outstanding.get("USD", 0) == 0  # a owes nothing it never received
+    assert ledger_b.outstanding["USD"] == 50

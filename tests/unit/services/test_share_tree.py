@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from schemas import commands as c
-from services.api.gains import PHRASES, gain_of
+from services.api.gains import PHRASES, gain_of, phrase
 from services.api.tree import MAX_NODES, counts_line, share_tree_svg
 from tests.unit.domain.scenario import Scenario
 
@@ -103,4 +103,5 @@ def test_a_gain_says_whether_it_is_in_review_declined_or_locked():
     s.must(c.ReleaseHold)
     assert [gain_of(s.state, a) for a in ("ann", "bea")] == [(100, "paid"), (100, "kept_back")]
     assert "locked" in PHRASES["paid"] and "reviewer" in PHRASES["kept_back"]
+    assert phrase(s.state, "cy", "declined") == "declined in review: self_referral"
     assert nodes(share_tree_svg(s.state, "bea"))["bea"] == "bea 1.00 USD in review"
