@@ -64,10 +64,12 @@ def local_password(user: str) -> str:
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
-def _spawn(argv: list[str], log: Path) -> int:
+def _spawn(argv: list[str], log: Path, env: dict[str, str] | None = None,
+           cwd: Path | None = None) -> int:
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+                                cwd=cwd)
     _CHILDREN[proc.pid] = proc
     return proc.pid
 

@@ -56,6 +56,12 @@ PAYMENT_SYSTEM_URL, PAYMENT_SYSTEM_PUBLIC_URL, CHECKOUT_TOKEN(_FILE),
 COMMISSION_ACCOUNTS(_FILE) (optional seed accounts), API_SIGNUP_ROLES,
 COMMISSION_KEYS(_FILE) (the API uses its gateway and session
 keys only, and refuses to start in production holding any other).
+The shop's identity provider (services/api/oidc.py; README "Sign-in through the
+shop's provider"): OIDC_ISSUER, OIDC_CLIENT_ID, OIDC_CLIENT_SECRET(_FILE),
+OIDC_AUDIENCE, OIDC_DISPLAY_NAME, OIDC_REDIRECT_BASE, OIDC_ROLES_CLAIM, OIDC_ROLE_MAP,
+OIDC_VERIFIED_CLAIM, OIDC_CREATED_CLAIM, OIDC_SCOPES, OIDC_ALGORITHMS,
+OIDC_CLOCK_SKEW_S, OIDC_JWKS_TTL_S, OIDC_JWKS_MIN_REFETCH_S: GET /oidc/login and
+/oidc/callback sign in the web pages; the JSON API takes the provider's access tokens.
 """
 
 from __future__ import annotations
@@ -71,11 +77,12 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from services.api import accountpages, assets, guard, pages
+from services.api import accountpages, assets, guard, oidc_web, pages
 from services.api.accounts import Seed, seed, seeds_from_env
 from services.api.accountstore import AccountStore
 from services.api.checkout import PaymentSystemClient
 from services.api.errors import Problem, problem
+from services.api.oidc import OidcSettings
 from services.api.openapi import document
 from services.api.reads import ReadApi
 from services.api.sessions import Sessions
@@ -172,7 +179,8 @@ def api_keyring(keyring: Keyring, production: bool) -> Keyring:
 
 def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
           seeds: list[Seed], config: ApiConfig, trust: guard.Trust,
-          payments: PaymentSystemClient) -> tuple[web.Application, web.Application]:
+          payments: PaymentSystemClient, oidc: OidcSettings | None = None
+          ) -> tuple[web.Application, web.Application]:
     """(the public app, the ops app): one process, two ports."""
     keys = Keys(settings.topics.prefix)
     reads = ReadApi(client, keys)
@@ -257,6 +265,7 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
     app.router.add_get("/openapi.json", openapi)
     pages.routes(app, reads)
     accountpages.routes(app, reads)
+    oidc_web.install(app, oidc)  # the shop's provider, when OIDC_ISSUER is set
     assets.routes(app)
 
     async def healthz(request: web.Request) -> web.Response:
@@ -313,7 +322,8 @@ def main() -> None:
     keyring = api_keyring(Keyring.from_env(), production())
     refuse_insecure(settings, keyring)  # published keys, Kafka in the clear
     public, ops = build(settings, client, keyring, seeds_from_env(),
-                        ApiConfig.from_env(), trust, payments)
+                        ApiConfig.from_env(), trust, payments,
+                        OidcSettings.from_env(production()))
     host = os.environ.get("OPS_BIND_HOST", "127.0.0.1")
     apps = [(public, host, int(os.environ.get("API_PORT", "8080")))]
     ops_port = int(os.environ.get("API_OPS_PORT", "9109"))

@@ -24,6 +24,7 @@ import html
 import secrets
 import time
 import uuid
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -174,6 +175,11 @@ class Pages:
                    f'aria-label="password" required>'
                    f'<button id="login">Log in</button></form> · '
                    f'<a id="signup-link" href="/page/signup">Sign up</a>')
+            provider = request.app.get("oidc")
+            if provider is not None:  # services/api/oidc_web.py
+                who += (f' · <a id="oidc-login" href="/oidc/login?next='
+                        f'{esc(quote(back, safe="/"))}">Sign in with '
+                        f'{esc(provider.settings.display)}</a>')
         page = (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
                 "<meta name=viewport content='width=device-width, initial-scale=1'>"
                 f"<title>{esc(title)}</title>{assets.HEAD}"
