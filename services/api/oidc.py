@@ -57,7 +57,6 @@ from joserfc.errors import (
     BadSignatureError,
     ExpiredTokenError,
     InvalidClaimError,
-    InvalidTokenError,
     JoseError,
     MissingClaimError,
 )
@@ -303,12 +302,12 @@ class Provider:
             registry.validate(claims)
         except ExpiredTokenError:
             raise TokenRefused("token_expired", "the token has expired") from None
-        except InvalidTokenError:
-            raise TokenRefused("token_not_yet_valid", "the token is not valid yet") from None
         except (MissingClaimError, InvalidClaimError) as err:
-            if "aud" in str(err):
+            if err.claim == "aud":
                 raise TokenRefused("token_audience",
                                    "the token is not meant for this API") from None
+            if err.claim in ("nbf", "iat"):
+                raise TokenRefused("token_not_yet_valid", "the token is not valid yet") from None
             raise TokenRefused("token_claims", str(err)) from None
         if nonce is not None and claims.get("nonce") != nonce:
             raise TokenRefused("token_nonce", "the ID token is not for this sign-in")
