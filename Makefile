@@ -19,13 +19,14 @@ SCAN_LOCK  := deploy/scan/requirements.lock
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml $(LOCK) deploy/install-system.sh deploy/kafka/pom.xml deploy/tools/package-lock.json
+$(STAMP): pyproject.toml $(LOCK) deploy/install-system.sh deploy/kafka/pom.xml deploy/tools/package-lock.json deploy/keycloak.py $(wildcard deploy/keycloak/realm-*.json)
 	./deploy/install-system.sh
 	npm ci --prefix deploy/tools --no-audit --no-fund --loglevel=error
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --require-hashes -r $(LOCK)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m deploy.localstack fetch
+	$(PY) -m deploy.keycloak fetch
 	touch $(STAMP)
 
 scan-install: $(SCAN_STAMP)

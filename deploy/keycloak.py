@@ -22,6 +22,7 @@ stopped by its pid, like the broker.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -41,7 +42,8 @@ ARTIFACT = f"org.keycloak:keycloak-quarkus-dist:{KEYCLOAK_VERSION}:zip"
 REALMS = Path(__file__).resolve().parent / "keycloak"
 HEAP = "-Xms64m -Xmx384m"
 # C1 only: less compiling on two shared cores while Keycloak starts
-JVM_FLAGS = "-XX:TieredStopAtLevel=1 -XX:MaxMetaspaceSize=256m"
+JVM_FLAGS = ("-XX:TieredStopAtLevel=1 -XX:MaxMetaspaceSize=256m "
+             "--add-opens=java.base/java.lang=ALL-UNNAMED")  # Java 24+: jboss-threads
 # options fixed at build time (kc.sh build); a start must not contradict them
 BUILD_OPTIONS = ("--db=dev-file", "--cache=local", "--health-enabled=false",
                  "--metrics-enabled=false")
@@ -139,9 +141,15 @@ def ensure_seed() -> Path:
     imports.mkdir()
     for path in _realm_files():
         shutil.copy(path, imports / path.name)
-    subprocess.run([str(home / "bin" / "kc.sh"), "import", "--optimized",
-                    f"--dir={imports}", f"--db-url-path={partial}"],
-                   check=True, env=_env(), stdout=subprocess.DEVNULL, cwd=partial)
+    done = subprocess.run([str(home / "bin" / "kc.sh"), "import", "--optimized",
+                           f"--dir={imports}", f"--db-url-path={partial}", "--cache=local"],
+                          check=True, env=_env(), capture_output=True, text=True, cwd=partial)
+    (partial / "import.log").write_text(done.stdout + done.stderr)
+    for path in _realm_files():  # kc.sh import can exit 0 having imported nothing
+        realm = json.loads(path.read_text())["realm"]
+        if f"Realm '{realm}' imported" not in done.stdout + done.stderr:
+            raise SystemExit(f"Keycloak did not import realm {realm}; see "
+                             f"{partial / 'import.log'}")
     shutil.rmtree(imports)
     for old in cache_root().glob("seed-*"):
         if old != partial:
@@ -191,7 +199,7 @@ class Keycloak:
         began = time.monotonic()
         argv = [str(home / "bin" / "kc.sh"), "start", "--optimized", "--http-enabled=true",
                 "--http-host=127.0.0.1", f"--http-port={self.port}",
-                f"--hostname={self.url}", f"--db-url-path={db}", "--log-level=warn"]
+                f"--hostname={self.url}", f"--db-url-path={db}", "--cache=local"]
         pid = _spawn(argv, self.log, env=_env(), cwd=self.run_dir)
         self.pidfile.write_text(f"{pid}\n")
         wait_until(lambda: pid_alive(pid) and openid_configuration_answers(self.issuer()),
