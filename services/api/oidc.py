@@ -142,6 +142,9 @@ class OidcSettings:
         client_id = env("OIDC_CLIENT_ID", "").strip()
         if not client_id:
             raise SystemExit("OIDC_ISSUER is set but OIDC_CLIENT_ID is not")
+        if not _secret("OIDC_CLIENT_SECRET"):
+            raise SystemExit("OIDC_ISSUER is set but OIDC_CLIENT_SECRET(_FILE) is not: the "
+                             "web sign-in is a confidential client")
         if production and urlsplit(issuer).scheme != "https":
             raise SystemExit("OIDC_ISSUER must be an https URL in production")
         algorithms = tuple(a.strip() for a in env("OIDC_ALGORITHMS", ",".join(SAFE_ALGORITHMS))

@@ -178,7 +178,15 @@ def _document() -> dict:
                                 "commands as the logged-in account. Money is an integer "
                                 "amount in minor units with an ISO 4217 currency."},
         "components": {"schemas": components,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+                       "securitySchemes": {"bearer": {
+                           "type": "http", "scheme": "bearer",
+                           "description": "A session token from POST /login or, when the "
+                           "API has the shop's identity provider (OIDC_ISSUER), the "
+                           "provider's access token (a person's, or a back end's client "
+                           "credentials); a refused provider token is a 401 whose error is "
+                           "token_algorithm, token_issuer, token_key_unknown, "
+                           "token_signature, token_expired, token_not_yet_valid, "
+                           "token_audience or token_claims"}}},
         "paths": {
             "/catalogue": {"get": {"summary": "Posted certificates", "parameters": [sort, page, size],
                                    "responses": {"200": {**read, **_json({

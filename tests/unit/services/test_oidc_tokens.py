@@ -133,13 +133,19 @@ async def test_an_id_token_must_carry_the_sign_ins_nonce_and_be_for_the_client()
     assert caught.value.code == "token_audience"
 
 
-def test_settings_refuse_unsafe_algorithms_and_bad_role_maps(monkeypatch):
+def test_settings_refuse_unsafe_algorithms_and_bad_role_maps(monkeypatch, tmp_path):
     monkeypatch.setenv("OIDC_ISSUER", ISSUER)
     monkeypatch.setenv("OIDC_CLIENT_ID", "commission-web")
+    with pytest.raises(SystemExit):
+        OidcSettings.from_env()  # no client secret
+    secret = tmp_path / "secret"
+    secret.write_text("from-a-file\n")
+    monkeypatch.setenv("OIDC_CLIENT_SECRET_FILE", str(secret))
     monkeypatch.setenv("OIDC_ROLE_MAP", "shop-seller:seller, shop-funder:funder")
     s = OidcSettings.from_env()
     assert s.role_map == {"shop-seller": Role.SELLER, "shop-funder": Role.FUNDER}
     assert s.audience == "commission-web"  # defaults to the client id
+    assert s.client_secret == "from-a-file"
     for bad in ("HS256", "none", "RS256,none"):
         monkeypatch.setenv("OIDC_ALGORITHMS", bad)
         with pytest.raises(SystemExit):
