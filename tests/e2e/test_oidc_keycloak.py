@@ -26,7 +26,6 @@ import redis
 from deploy.keycloak import Keycloak
 from deploy.localstack import free_port
 from services.api.oidc import account_id_for
-from services.readmodel.projection import Keys
 from tests.e2e.certificates import cert_id, setup
 from tests.e2e.http import call, outcome, wait_for
 
@@ -87,6 +86,10 @@ def _claims(token: str) -> dict:
 def _header(token: str) -> dict:
     part = token.split(".")[0]
     return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def _holder(port: int, cid: str) -> str:
+    return call(port, "GET", f"/certificates/{cid}")[1]["holder"]
 
 
 def _refused(port: int, token: str) -> str:
@@ -160,7 +163,7 @@ def test_keycloak_sign_in_api_tokens_key_rotation_and_refusals(keycloak, pipelin
                          attached_minor=100))
     wait_for(port, f"/certificates/{cid}", lambda b: b["status"] == "posted", pipeline=pipeline)
     profiles = redis.Redis.from_url(stack.redis_url)
-    prefix = Keys(pipeline.topics.prefix).p
+    prefix = f"acct:{pipeline.topics.prefix}"  # the account store's profiles
 
     # --- the web pages: Keycloak's own login page, then our session ----------------
     ada_sub = _claims(_token(kc, "commission-web", username="ada.sharer",
@@ -184,12 +187,13 @@ def test_keycloak_sign_in_api_tokens_key_rotation_and_refusals(keycloak, pipelin
         latency_ms = (time.perf_counter() - began) * 1000
         print(f"\nsign-in latency (Keycloak's login form submitted to our signed-in "
               f"page): {latency_ms:.0f} ms")
-        # back where she started, signed in under an id that names nobody
+        # back where she started, signed in (her name from the claims) under an id
+        # that names nobody
         assert browser.current_url == f"{base}/page/certificates/{cid}"
-        assert browser.find_element(By.ID, "me").text == ada
-        kept = profiles.hgetall(f"{prefix}profile:{ada}")
-        assert kept[b"display_name"] == b"Ada Sharer" and kept[b"verified"] == b"1"
-        assert json.loads(kept[b"roles"]) == []
+        assert browser.find_element(By.ID, "me").text == "Ada Sharer"
+        kept = profiles.hgetall(f"{prefix}{{{ada}}}")
+        assert kept[b"name"] == b"Ada Sharer" and kept[b"verified"] == b"1"
+        assert kept[b"roles"] == b"" and kept[b"source"] == issuer.encode()
         browser.find_element(By.ID, "circulate").click()
         WebDriverWait(browser, 20).until(lambda d: "sent=" in d.current_url)
         deadline = time.monotonic() + 60
@@ -198,7 +202,8 @@ def test_keycloak_sign_in_api_tokens_key_rotation_and_refusals(keycloak, pipelin
             time.sleep(0.5)
             browser.refresh()
         assert browser.find_element(By.ID, "outcome").text == "Outcome: accepted"
-        assert browser.find_element(By.ID, "holder").text == ada
+        assert browser.find_element(By.ID, "holder").text == "Ada Sharer"
+        assert _holder(port, cid) == ada  # the id in the commands and the read model
         # a replayed callback (the same state and code) signs nobody in
         browser.delete_all_cookies()
         browser.get(f"{base}/oidc/callback?state={sent['state'][0]}&code=replayed")
@@ -215,13 +220,13 @@ def test_keycloak_sign_in_api_tokens_key_rotation_and_refusals(keycloak, pipelin
     assert status == 202, offer
     assert offer["offer_id"] == f"{sam}~vase"
     assert outcome(port, sam_token, offer["command_ids"][0])["status"] == "accepted"
-    assert json.loads(profiles.hget(f"{prefix}profile:{sam}", "roles")) == ["funder", "seller"]
+    assert profiles.hget(f"{prefix}{{{sam}}}", "roles") == b"funder,seller"
     backend_token = _token(kc, "shop-backend")
     backend = account_id_for(issuer, _claims(backend_token)["sub"])
     status, shared, _ = call(port, "POST", f"/certificates/{cid}/circulate", {}, backend_token)
     assert status == 202, shared
     assert outcome(port, backend_token, shared["command_ids"][0])["status"] == "accepted"
-    assert json.loads(profiles.hget(f"{prefix}profile:{backend}", "roles")) == ["seller"]
+    assert profiles.hget(f"{prefix}{{{backend}}}", "roles") == b"seller"
     # another account's command is not the back end's to read
     assert call(port, "GET", f"/commands/{offer['command_ids'][0]}",
                 token=backend_token)[0] == 404
