@@ -56,8 +56,8 @@ PAYMENT_SYSTEM_URL, PAYMENT_SYSTEM_PUBLIC_URL, CHECKOUT_TOKEN(_FILE),
 COMMISSION_ACCOUNTS(_FILE) (optional seed accounts), API_SIGNUP_ROLES,
 COMMISSION_KEYS(_FILE) (the API uses its gateway and session
 keys only, and refuses to start in production holding any other).
-The shop's identity provider (services/api/oidc.py; README "Sign-in through the
-shop's provider"): OIDC_ISSUER, OIDC_CLIENT_ID, OIDC_CLIENT_SECRET(_FILE),
+The shop's identity provider (services/api/oidc.py; README "Sign-in with your
+identity provider"): OIDC_ISSUER, OIDC_CLIENT_ID, OIDC_CLIENT_SECRET(_FILE),
 OIDC_AUDIENCE, OIDC_DISPLAY_NAME, OIDC_REDIRECT_BASE, OIDC_ROLES_CLAIM, OIDC_ROLE_MAP,
 OIDC_VERIFIED_CLAIM, OIDC_CREATED_CLAIM, OIDC_SCOPES, OIDC_ALGORITHMS,
 OIDC_CLOCK_SKEW_S, OIDC_JWKS_TTL_S, OIDC_JWKS_MIN_REFETCH_S: GET /oidc/login and
