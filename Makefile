@@ -19,7 +19,7 @@ SCAN_LOCK  := deploy/scan/requirements.lock
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml $(LOCK) deploy/install-system.sh deploy/kafka/pom.xml deploy/tools/package-lock.json deploy/keycloak.py $(wildcard deploy/keycloak/realm-*.json)
+$(STAMP): pyproject.toml $(LOCK) deploy/install-system.sh deploy/kafka/pom.xml deploy/tools/package-lock.json deploy/keycloak.py $(wildcard deploy/keycloak/*-realm.json)
 	./deploy/install-system.sh
 	npm ci --prefix deploy/tools --no-audit --no-fund --loglevel=error
 	$(PYTHON) -m venv $(VENV)

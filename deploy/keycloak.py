@@ -4,7 +4,7 @@ The distribution (``org.keycloak:keycloak-quarkus-dist``, a zip) is copied once 
 Maven into the cache folder (``$COMMISSION_CACHE`` or ``~/.cache/commission-engine``),
 unpacked, and *built* once for the options the tests use (``kc.sh build``: Quarkus's
 augmentation, ~20 s, which ``start --optimized`` then skips on every start). The
-realms in ``deploy/keycloak/realm-*.json`` are imported once into a seed database
+realms in ``deploy/keycloak/*-realm.json`` are imported once into a seed database
 (Keycloak's embedded H2 file database): schema creation, the master realm and the
 import take ~40 s and would be paid on every start otherwise. A start copies the seed
 into its own temporary folder, so every test run begins from the same realms and
@@ -121,7 +121,7 @@ def ensure_distribution() -> Path:
 
 
 def _realm_files() -> list[Path]:
-    return sorted(REALMS.glob("realm-*.json"))
+    return sorted(REALMS.glob("*-realm.json"))
 
 
 def ensure_seed() -> Path:
