@@ -124,6 +124,10 @@ def _realm_files() -> list[Path]:
     return sorted(REALMS.glob("*-realm.json"))
 
 
+def realm_names() -> list[str]:
+    return [json.loads(path.read_text())["realm"] for path in _realm_files()]
+
+
 def ensure_seed() -> Path:
     """A database folder holding the master realm and the realms of deploy/keycloak,
     imported once; keyed by the realm files' contents."""
@@ -145,11 +149,8 @@ def ensure_seed() -> Path:
                            f"--dir={imports}", f"--db-url-path={partial}", "--cache=local"],
                           check=True, env=_env(), capture_output=True, text=True, cwd=partial)
     (partial / "import.log").write_text(done.stdout + done.stderr)
-    for path in _realm_files():  # kc.sh import can exit 0 having imported nothing
-        realm = json.loads(path.read_text())["realm"]
-        if f"Realm '{realm}' imported" not in done.stdout + done.stderr:
-            raise SystemExit(f"Keycloak did not import realm {realm}; see "
-                             f"{partial / 'import.log'}")
+    if "ERROR" in done.stdout + done.stderr:  # it can exit 0 having imported nothing
+        raise SystemExit(f"Keycloak's realm import failed; see {partial / 'import.log'}")
     shutil.rmtree(imports)
     for old in cache_root().glob("seed-*"):
         if old != partial:
@@ -202,9 +203,14 @@ class Keycloak:
                 f"--hostname={self.url}", f"--db-url-path={db}", "--cache=local"]
         pid = _spawn(argv, self.log, env=_env(), cwd=self.run_dir)
         self.pidfile.write_text(f"{pid}\n")
-        wait_until(lambda: pid_alive(pid) and openid_configuration_answers(self.issuer()),
-                   START_TIMEOUT_S, "keycloak", self.log, pid=pid)
+        wait_until(lambda: pid_alive(pid) and openid_configuration_answers(
+            self.issuer("master")), START_TIMEOUT_S, "keycloak", self.log, pid=pid)
         self.started_in_s = time.monotonic() - began
+        missing = [r for r in realm_names() if not openid_configuration_answers(self.issuer(r))]
+        if missing:  # an import that imported nothing: seed again on the next start
+            (seed / "complete").unlink(missing_ok=True)
+            self.stop()
+            raise RuntimeError(f"realms {missing} are not in Keycloak's seed database")
 
     def stop(self) -> None:
         """SIGTERM to kc.sh (it forwards it to the JVM and waits); whatever of its
