@@ -264,7 +264,12 @@ class Provider:
             age = time.monotonic() - self._fetched_at
             stale = age >= s.jwks_ttl_s
             if (kid not in self._keys or stale) and age >= s.jwks_min_refetch_s:
-                await self._fetch_keys()
+                try:
+                    await self._fetch_keys()
+                except (TimeoutError, aiohttp.ClientError, KeyError, ValueError):
+                    # the provider unreachable: keep the keys we have, ask again later
+                    log.warning("could not fetch the provider's JWKS; keeping the cached keys")
+                    self._fetched_at = time.monotonic()
             return self._keys.get(kid)
 
     # --- tokens ---------------------------------------------------------------------
