@@ -129,6 +129,11 @@ class Metrics:
         for counter in (self.determinism_errors, self.aborted_rounds, self.skipped,
                         self.timer_commands):
             counter.labels(service)
+        if service == "fraud":
+            from services.fraud.rules import RULES  # the stage's own rule names
+
+            for rule in RULES:  # every rule's series from the start, at 0
+                self.fraud_flags.labels(service, rule)
         if service == "circulation":
             for reason in Reason:
                 self.rejections.labels(service, reason.value)

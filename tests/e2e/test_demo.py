@@ -86,9 +86,9 @@ def test_make_run_shows_the_system_working_and_stops_cleanly(tmp_path):
     assert catalogue, "the read API served no catalogue while the demo ran"
     assert paysim_status == 200
     assert sorted(up) == ["allocation", "api", "audit", "captures", "cashout", "circulation",
-                          "netting", "readmodel", "withdrawal"], up
+                          "fraud", "netting", "readmodel", "withdrawal"], up
     assert f"prometheus http://127.0.0.1:{env['DEMO_PROMETHEUS_PORT']}" in out.stdout
-    assert re.search(r"\| prometheus http://\S+ · 9 of 9 targets up", out.stdout), out.stdout[-2000:]
+    assert re.search(r"\| prometheus http://\S+ · 10 of 10 targets up", out.stdout), out.stdout[-2000:]
     settled = [int(n) for n in re.findall(r"settlements\s+(\d+)", out.stdout)]
     assert settled and settled[-1] > 0, out.stdout[-2000:]
     assert re.search(r"audit OK: \d+ certificates, [1-9]\d* settlements "

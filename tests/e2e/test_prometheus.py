@@ -72,8 +72,8 @@ def firing(prometheus: Prometheus, alertname: str) -> list[dict]:
 @pytest.mark.timeout(420)
 def test_every_panel_and_alert_reads_live_data_and_a_killed_service_fires_its_alert(
         pipeline, tmp_path):
-    ports = {name: free_port() for name in (*SERVICES, "readmodel", "api", "audit")}
-    for service in SERVICES:
+    ports = {name: free_port() for name in (*SERVICES, "fraud", "readmodel", "api", "audit")}
+    for service in (*SERVICES, "fraud"):
         pipeline.start(service, metrics_port=ports[service])
     pipeline.start("readmodel", metrics_port=ports["readmodel"])
     # the API's metrics are on its ops port, its pages and JSON on the public one
