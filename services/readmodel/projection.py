@@ -223,15 +223,10 @@ def project(k: Keys, state: CertificateState, events: list[Event],
                                   v.amount_minor))
         elif isinstance(e, CertificatePurchased):
             w.hincrby.append((k.offer(state.offer_id), "purchased", 1))
+            # held: everything with a hold; with none, what a fraud flag keeps back
+            # (paid on approval, voided on decline)
             for h in e.held:
                 w.hincrby.append((k.earnings(h.account_id), f"{e.currency}:held", h.amount_minor))
-            if e.held_until_ms is None and pool is not None:
-                # no hold: what a fraud flag keeps back is held (not listed in ``held``;
-                # paid on approval, voided on decline)
-                for account in pool.flagged:
-                    if pool.payouts.get(account):
-                        w.hincrby.append((k.earnings(account), f"{e.currency}:held",
-                                          pool.payouts[account]))
         elif isinstance(e, PurchaseRefunded):
             for v in e.voided:  # within the hold: held no more, voided
                 w.hincrby.append((k.earnings(v.account_id), f"{e.currency}:held", -v.amount_minor))

@@ -450,8 +450,8 @@ def captures_caught_up(pipeline) -> bool:
     consumer = KafkaConsumer(bootstrap_servers=pipeline.settings.bootstrap,
                              isolation_level="read_committed", group_id=None)
     try:
-        committed = admin.list_consumer_group_offsets(
-            f"{pipeline.settings.group_prefix}-captures")
+        group = f"{pipeline.settings.group_prefix}-captures"
+        committed = admin.list_group_offsets({group: None}).get(group, {})
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic)
                                                         or ())]
         ends = consumer.end_offsets(tps)
