@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 
 from domain import Accepted, CertificateState, Duplicate, Rejected, handle
 from domain.netting import AccountLedger, replay
@@ -451,7 +452,10 @@ def captures_caught_up(pipeline) -> bool:
                              isolation_level="read_committed", group_id=None)
     try:
         group = f"{pipeline.settings.group_prefix}-captures"
-        committed = admin.list_group_offsets({group: None}).get(group, {})
+        try:
+            committed = admin.list_group_offsets({group: None}).get(group, {})
+        except KafkaError:  # the coordinator moving (NOT_COORDINATOR): ask again later
+            return False
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic)
                                                         or ())]
         ends = consumer.end_offsets(tps)
