@@ -64,9 +64,8 @@ watch: install
 audit: install
 	$(PY) -m services.audit
 
-# two workers: the unit tests beside the ones that share the broker (tests/conftest.py)
 test: install scan-install
-	$(PY) -m pytest -n 2 --dist loadgroup tests
+	$(PY) -m pytest tests
 
 test-unit: install scan-install
 	$(PY) -m pytest tests/unit

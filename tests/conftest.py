@@ -31,11 +31,6 @@ def pytest_collection_modifyitems(items):
         for marker in ("unit", "integration", "e2e"):
             if marker in parts:
                 item.add_marker(getattr(pytest.mark, marker))
-        if "unit" not in parts:
-            # under `pytest -n 2 --dist loadgroup` (make test) every test that talks to
-            # the session's broker and Redis runs on one worker, in order, with one
-            # stack; the pure unit tests run on the other worker meanwhile
-            item.add_marker(pytest.mark.xdist_group("stack"))
 
 
 def _docker_answers() -> bool:
