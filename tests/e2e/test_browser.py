@@ -110,7 +110,8 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     WebDriverWait(browser, 5).until(lambda d: countdown.text != first)
     assert first.startswith("59 min") or first.startswith("1 h"), first
     assert browser.find_element(By.ID, "progress-circulations").text == (
-        "shares that count: 0 of 4")
+        "shares that count: 0 of 4 (accounts new to this certificate, not its seller or "
+        "funder)")
     assert browser.find_element(By.ID, "commission").text == "2.50 EUR"
     assert browser.find_element(By.ID, "funding").text.startswith("funding confirmed")
     # not in the chain yet: no share link (a friend following it would be refused)

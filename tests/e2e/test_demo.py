@@ -69,10 +69,10 @@ def test_make_run_shows_the_system_working_and_stops_cleanly(tmp_path):
         except OSError:
             pass
         time.sleep(1)
-    # the demo's Prometheus scrapes every process of it: six stages, the read model,
-    # the API and the audit
+    # the demo's Prometheus scrapes every process of it: seven stages (the fraud stage
+    # too), the read model, the API and the audit
     up: dict[str, float] = {}
-    while demo.poll() is None and time.monotonic() < deadline + 20 and len(up) < 9:
+    while demo.poll() is None and time.monotonic() < deadline + 20 and len(up) < 10:
         with contextlib.suppress(OSError):
             up = {k: v for k, v in prometheus_up(env["DEMO_PROMETHEUS_PORT"]).items() if v == 1}
         time.sleep(1)
