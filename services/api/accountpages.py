@@ -31,7 +31,7 @@ from aiohttp import web
 from services.api.accountstore import AccountStore
 from services.api.errors import Problem
 from services.api.gains import gain_of
-from services.api.guard import check_json
+from services.api.guard import read_body
 from services.api.identity import Identity, Role
 from services.api.pages import LOGIN_NONCE_COOKIE, SESSION_COOKIE, Pages, esc
 from services.api.reads import ReadApi
@@ -58,17 +58,6 @@ class PasswordChange(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class Erase(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     password: str | None = None
     confirm: str | None = None
-
-
-async def _json(request: web.Request, kind: type):
-    raw = await request.read()
-    check_json(raw)
-    try:
-        return msgspec.json.decode(raw or b"{}", type=kind)
-    except msgspec.ValidationError as err:
-        raise Problem(422, "invalid_body", str(err)) from None
-    except msgspec.DecodeError:
-        raise Problem(400, "malformed_json", "the body is not JSON") from None
 
 
 def chosen_roles(names: list[str]) -> frozenset[Role]:
@@ -130,7 +119,7 @@ class AccountPages(Pages):
         return session, await gateway.identity(request)
 
     async def signup_json(self, request: web.Request) -> web.Response:
-        body = await _json(request, SignUp)
+        body = await read_body(request, SignUp)
         roles = chosen_roles(body.roles)
         address = request["trust"].client_address(request)
         await self.store(request).throttle.signup(address)
@@ -152,7 +141,7 @@ class AccountPages(Pages):
         if session is None:
             raise Problem(403, "not_a_local_session", "change the password at your "
                           "identity provider")
-        body = await _json(request, PasswordChange)
+        body = await read_body(request, PasswordChange)
         await self.store(request).change_password(
             session, body.password, body.new_password, request["trust"].client_address(request))
         return web.json_response({"changed": True, "other_sessions": "ended"})
@@ -164,7 +153,7 @@ class AccountPages(Pages):
 
     async def erase_json(self, request: web.Request) -> web.Response:
         _, identity = await self._bearer(request)
-        body = await _json(request, Erase)
+        body = await read_body(request, Erase)
         await self._confirm_erase(request, identity, body.password, body.confirm)
         await self.store(request).erase(identity.account_id)
         return web.json_response({"erased": identity.account_id})
@@ -286,12 +275,16 @@ class AccountPages(Pages):
                 session, str(form.get("password", ""))[:300],
                 str(form.get("new_password", ""))[:300], request["trust"].client_address(request))
         except Problem as exc:
-            detail = json.loads(exc.response.body)["detail"]
-            return self._layout(request, "Your account", session.account,
-                                f"<p class='warn' id='error'>{esc(detail)}</p>"
-                                "<p><a href='/page/me'>Back to your account</a></p>", "/page/me",
-                                status=exc.response.status)
+            return self._refused(request, session, exc)
         raise web.HTTPSeeOther("/page/me?changed=1")
+
+    def _refused(self, request: web.Request, session, exc: Problem) -> web.Response:
+        """A refused form on the account page, in words, with the way back."""
+        detail = json.loads(exc.response.body)["detail"]
+        return self._layout(request, "Your account", session.account,
+                            f"<p class='warn' id='error'>{esc(detail)}</p>"
+                            "<p><a href='/page/me'>Back to your account</a></p>", "/page/me",
+                            status=exc.response.status)
 
     async def export_page(self, request: web.Request) -> web.Response:
         me = await self._me(request)
@@ -308,11 +301,7 @@ class AccountPages(Pages):
             await self._confirm_erase(request, identity, str(form.get("password", ""))[:300],
                                       str(form.get("confirm", ""))[:64])
         except Problem as exc:
-            detail = json.loads(exc.response.body)["detail"]
-            return self._layout(request, "Your account", session.account,
-                                f"<p class='warn' id='error'>{esc(detail)}</p>"
-                                "<p><a href='/page/me'>Back to your account</a></p>", "/page/me",
-                                status=exc.response.status)
+            return self._refused(request, session, exc)
         await self.store(request).erase(identity.account_id)
         request.setdefault("set_cookies", []).append((SESSION_COOKIE, "", 0))
         request["page_session"] = request["page_identity"] = None

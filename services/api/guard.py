@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from urllib.parse import urlsplit
 
+import msgspec
 from aiohttp import web
 
 from services.api.errors import Problem, problem
@@ -240,3 +241,15 @@ def on_prepare(trust: Trust):
             h["Session-Token"] = request["session_token"]
 
     return prepare
+
+
+async def read_body(request: web.Request, kind: type):
+    """The request's JSON body as ``kind``: 400 / 413 / 422 with a code otherwise."""
+    raw = await request.read()
+    check_json(raw)  # size and nesting, before any decoder sees it
+    try:
+        return msgspec.json.decode(raw or b"{}", type=kind)
+    except msgspec.ValidationError as err:
+        raise Problem(422, "invalid_body", str(err)) from None
+    except msgspec.DecodeError:
+        raise Problem(400, "malformed_json", "the body is not JSON") from None

@@ -42,7 +42,7 @@ from schemas.types import (
 from services.api.accountstore import AccountStore
 from services.api.checkout import PaymentSystemClient
 from services.api.errors import Problem, problem
-from services.api.guard import Trust, check_json
+from services.api.guard import Trust, read_body
 from services.api.identity import Identity, Role
 from services.api.reads import decode_state
 from services.api.roles import require
@@ -163,14 +163,7 @@ class Gateway:
     # --- plumbing -----------------------------------------------------------------
 
     async def _body(self, request: web.Request, kind: type):
-        raw = await request.read()
-        check_json(raw)  # size and nesting, before any decoder sees it
-        try:
-            return msgspec.json.decode(raw or b"{}", type=kind)
-        except msgspec.ValidationError as err:
-            raise Problem(422, "invalid_body", str(err)) from None
-        except msgspec.DecodeError:
-            raise Problem(400, "malformed_json", "the body is not JSON") from None
+        return await read_body(request, kind)
 
     async def session(self, request: web.Request) -> Session | None:
         """The bearer token's session (its account's Identity in
