@@ -20,6 +20,18 @@ def get(port: int, path: str, token: str | None = None) -> tuple[int, dict]:
 
 
 
+def page(port: int, path: str, token: str | None = None) -> tuple[int, str]:
+    """A web page as the browser of ``token``'s session (its cookie): (status, HTML)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        req.add_header("Cookie", f"session={token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
 def wait_for(port: int, path: str, check, timeout_s: float = 60, pipeline=None,
              token: str | None = None) -> dict:
     deadline = time.monotonic() + timeout_s

@@ -8,8 +8,6 @@ the books, which keep its gain under the opaque id."""
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 
 import redis
 
@@ -17,21 +15,10 @@ from deploy.localstack import free_port
 from schemas import commands as c
 from tests.e2e.certificates import cert_id, paid
 from tests.e2e.certificates import setup as certificate
-from tests.e2e.http import call, get, login, outcome, wait_for
+from tests.e2e.http import call, get, login, outcome, page, wait_for
 
 CID = cert_id("accounts-lamp")
 LOGIN, NAME, PASSWORD = "zoe.visitor", "Zoë Visitor", "a long own password"
-
-
-def page(port: int, path: str, token: str | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-    if token:
-        req.add_header("Cookie", f"session={token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
 
 
 def names_left(client: redis.Redis, prefix: str) -> list[str]:

@@ -10,13 +10,12 @@ the honest sharers' commission, and the burst would have emptied the second pool
 from __future__ import annotations
 
 import time
-import urllib.request
 
 from deploy.localstack import free_port
 from schemas import commands as c
 from tests.e2e.certificates import cert_id, paid
 from tests.e2e.certificates import setup as certificate
-from tests.e2e.http import call, login, outcome, wait_for
+from tests.e2e.http import call, login, outcome, page, wait_for
 
 RULES = cert_id("stand-rules")
 BURST = cert_id("stand-burst")
@@ -39,14 +38,6 @@ def share(port: int, token: str, cid: str) -> dict:
     status, sent, _ = call(port, "POST", f"/certificates/{cid}/circulate", {}, token)
     assert status == 202, sent
     return outcome(port, token, sent["command_ids"][0])
-
-
-def page_html(port: int, path: str, token: str | None = None) -> str:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-    if token:
-        req.add_header("Cookie", f"session={token}")
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return r.read().decode()
 
 
 def pending(port: int, account: str, token: str) -> int:
@@ -86,11 +77,11 @@ def test_fake_accounts_neither_take_a_pool_nor_trip_its_threshold_and_reviews_ho
         assert share(port, token, RULES)["status"] == "accepted"
     for _, token in honest:
         assert share(port, token, RULES)["status"] == "accepted"
-    page = wait_for(port, f"/certificates/{RULES}",
-                    lambda b: b["chain_length"] == 7, pipeline=pipeline)
-    assert page["pool_status"] == "open", page  # 3 counting shares < 4
-    assert page["thresholds"]["circulations"] == [3, 4], page
-    html = page_html(port, f"/page/certificates/{RULES}")
+    shown = wait_for(port, f"/certificates/{RULES}",
+                     lambda b: b["chain_length"] == 7, pipeline=pipeline)
+    assert shown["pool_status"] == "open", shown  # 3 counting shares < 4
+    assert shown["thresholds"]["circulations"] == [3, 4], shown
+    html = page(port, f"/page/certificates/{RULES}")[1]
     assert ("shares that count: 3 of 4 (accounts new to this certificate, not its seller "
             "or funder, at least 4 seconds old)") in html
     assert "Only accounts new to this certificate" in html  # the pool's account rules
@@ -137,8 +128,8 @@ def test_fake_accounts_neither_take_a_pool_nor_trip_its_threshold_and_reviews_ho
     assert outcome(port, seller, sent["command_ids"][0])["status"] == "accepted"
     # the sharer sees why, on its own page
     deadline = time.monotonic() + 30
-    while "declined in review: self_referral: a friend of the buyer" not in page_html(
-            port, f"/page/accounts/{sharer}", sharer_token):
+    while "declined in review: self_referral: a friend of the buyer" not in page(
+            port, f"/page/accounts/{sharer}", sharer_token)[1]:
         assert time.monotonic() < deadline, "the sharer's page never said why"
         time.sleep(0.3)
     # the reviewer's approval of a commission no flag keeps back: refused by the core
