@@ -104,15 +104,21 @@ def check_decline(state: CertificateState, pool: Pool, c: DeclineCommission) -> 
 
 
 def check_flag(state: CertificateState, pool: Pool, c: FlagCommission) -> None:
-    if _stage(state, pool, c.sharer_id) == "paid":
-        raise ReviewRefused("COMMISSION_PAID", "the commission was paid before the flag")
     if c.sharer_id in pool.flagged:
         raise ReviewRefused("ALREADY_FLAGGED", f"flagged already by {pool.flagged[c.sharer_id]}")
+    _stage(state, pool, c.sharer_id)  # refuses what there is nothing of to review
 
 
 def flag(state: CertificateState, pool: Pool, c: FlagCommission, rec: Recorder) -> None:
-    pool.flagged[c.sharer_id] = c.rule
-    rec.event(CommissionFlagged, sharer_id=c.sharer_id, rule=c.rule, detail=c.detail)
+    """Keep the commission back for review; a flag that comes after the commission was
+    paid keeps nothing back (the fraud stage cannot know when a hold ends: a rule
+    that needs a burst or a ring to grow flags its first members late) and is only
+    recorded, for the reviewers and the audit."""
+    paid = _stage(state, pool, c.sharer_id) == "paid"
+    if not paid:
+        pool.flagged[c.sharer_id] = c.rule
+    rec.event(CommissionFlagged, sharer_id=c.sharer_id, rule=c.rule, detail=c.detail,
+              paid=paid)
 
 
 def check_approve(state: CertificateState, pool: Pool, c: ApproveCommission) -> None:

@@ -244,11 +244,17 @@ class CommissionDeclined(_Event, tag="commission_declined", kw_only=True):
 
 class CommissionFlagged(_Event, tag="commission_flagged", kw_only=True):
     """The fraud stage flagged ``sharer_id``'s acquisition: it is not paid when the
-    hold ends until a reviewer approves it or someone declines it."""
+    hold ends until a reviewer approves it or someone declines it.
+
+    ``paid``: the flag came after the hold had ended and the commission was paid
+    (rules that see a burst or a ring only once it has grown flag its first members
+    late). Nothing is kept back, and only a chargeback takes a paid commission back;
+    the flag is recorded for the reviewers and the audit, not refused."""
 
     sharer_id: Id
     rule: Id
     detail: ShortText | None = None
+    paid: bool = False
 
 
 class CommissionApproved(_Event, tag="commission_approved", kw_only=True):

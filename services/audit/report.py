@@ -126,7 +126,8 @@ def reconcile(events: list[bytes], accepted: list[bytes], settlements: list[byte
         elif isinstance(event, CertificateEnded):
             cert.ended = True
         elif isinstance(event, CommissionFlagged):
-            cert.flagged.add(event.sharer_id)
+            if not event.paid:  # a flag on a paid commission keeps nothing back
+                cert.flagged.add(event.sharer_id)
         elif isinstance(event, (CommissionApproved, CommissionDeclined)):
             cert.flagged.discard(event.sharer_id)
         elif isinstance(event, PaymentReported):

@@ -191,7 +191,7 @@ def with_reviews(commands: list[c.Command], rng: random.Random) -> list[c.Comman
                 out.append((later, c.FlagCommission(
                     **base, command_id=f"{e.certificate_id}-flag-{e.account_id}",
                     sharer_id=e.account_id, rule="burst", detail="test traffic")))
-            elif isinstance(e, CommissionFlagged) and rng.random() < 0.6:
+            elif isinstance(e, CommissionFlagged) and not e.paid and rng.random() < 0.6:
                 if rng.random() < 0.5:
                     out.append((later, c.ApproveCommission(
                         **base, command_id=f"{e.certificate_id}-approve-{e.sharer_id}",

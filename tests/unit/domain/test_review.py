@@ -13,6 +13,7 @@ from schemas.events import (
     CommissionAcquired,
     CommissionApproved,
     CommissionDeclined,
+    CommissionFlagged,
     HoldReleased,
     PoolWithdrawn,
 )
@@ -230,10 +231,25 @@ def test_flags_and_approvals_have_one_speaker_each():
                      reviewer=True).reason == Reason.NOT_FLAGGED
     assert s.refused(c.ApproveCommission, account_id="ring", sharer_id="ring",
                      reviewer=True).reason == Reason.NOT_REVIEWER
+
+
+def test_a_flag_after_the_commission_was_paid_keeps_nothing_back_and_is_recorded():
+    s = sold(amounts=(100, 100))
     s.advance(HOUR_MS)
     s.must(c.ReleaseHold)
-    assert s.refused(c.FlagCommission, sharer_id="a", rule="late").reason == \
-        Reason.COMMISSION_PAID
+    paid_before = s.payouts()
+    outcome = s.must(c.FlagCommission, sharer_id="a", rule="ring")
+    assert [(type(e), e.sharer_id, e.rule, e.paid) for e in outcome.events] == [
+        (CommissionFlagged, "a", "ring", True)]
+    assert outcome.settlements == []
+    assert s.state.pool.flagged == {}
+    assert s.payouts() == paid_before == {"a": 100, "b": 100}
+    # nothing is kept back, so there is nothing to approve; only a chargeback takes
+    # it back, and a decline is refused as after any hold
+    assert s.refused(c.ApproveCommission, account_id="rita", sharer_id="a",
+                     reviewer=True).reason == Reason.NOT_FLAGGED
+    assert s.refused(c.DeclineCommission, account_id="seller", sharer_id="a",
+                     reason="fraud", reviewer=False).reason == Reason.COMMISSION_PAID
 
 
 def test_every_hop_says_why_it_did_not_gain():
