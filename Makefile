@@ -48,8 +48,10 @@ lock: $(SCAN_STAMP)
 audit-deps: $(SCAN_STAMP)
 	$(SCAN)/bin/python deploy/scan/audit_deps.py $(LOCK)
 
+# BROKERS=3: a 3-broker KRaft cluster (replication factor 3, min.insync.replicas 2)
+BROKERS ?= 1
 up: install
-	$(PY) -m deploy.localstack up
+	$(PY) -m deploy.localstack up --brokers $(BROKERS)
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m deploy.localstack down; else python3 -m deploy.localstack down; fi
@@ -100,7 +102,7 @@ fraud-report: install
 # not in CI: 100 SIGKILLs, broker restarts, a worker added and removed, during
 # 100,000 commands; then the core comparison and the audit (docs/soak.md)
 soak: install
-	$(PY) -m tests.soak $(SOAK_ARGS)
+	$(PY) -m tests.soak --brokers $(BROKERS) $(SOAK_ARGS)
 
 # the browser test, keeping its screenshots in docs/screenshots (shown in the README)
 screenshots: install

@@ -16,6 +16,8 @@ pid file whose port answers means "already up".
 Command line::
 
     python -m deploy.localstack up      # start both, return when both answer
+    python -m deploy.localstack up --brokers 3   # a 3-broker KRaft cluster instead
+                                                 # (deploy/localstack.py: KafkaCluster)
     python -m deploy.localstack down    # stop what `up` started
     python -m deploy.localstack status
 """
@@ -274,6 +276,43 @@ class _Server:
         stop_pidfile(self.pidfile)
 
 
+def new_cluster_id() -> str:
+    return str(uuid.uuid4()).replace("-", "")[:22]
+
+
+def replication(replicas: int) -> list[str]:
+    """The broker settings for ``replicas`` copies of every partition. One node: 1
+    and a minimum in-sync of 1, or the group and transaction coordinators never
+    become ready. A cluster: every topic, the consumer offsets and the transaction
+    state included, on ``replicas`` brokers (at most 3), a write acknowledged only
+    by at least 2 in-sync replicas, and no out-of-sync replica ever elected leader
+    (it would drop acknowledged writes: committed transactions)."""
+    copies = min(replicas, 3)
+    min_isr = 1 if copies == 1 else 2
+    return [
+        f"default.replication.factor={copies}",
+        f"offsets.topic.replication.factor={copies}",
+        f"transaction.state.log.replication.factor={copies}",
+        f"transaction.state.log.min.isr={min_isr}",
+        f"min.insync.replicas={min_isr}",
+        "unclean.leader.election.enable=false",
+        *(CLUSTER_TIMINGS if copies > 1 else []),
+    ]
+
+
+# How soon a cluster notices a node is gone. The defaults (a broker fenced 9 s after
+# its last heartbeat, a follower out of the ISR after 30 s behind) would make every
+# leader failover a 9-second stall; on one machine a node that stops answering for
+# 4 s is gone, and a follower 10 s behind is out of sync.
+CLUSTER_TIMINGS = [
+    "broker.heartbeat.interval.ms=500",
+    "broker.session.timeout.ms=4000",
+    "replica.lag.time.max.ms=10000",
+    "controller.quorum.election.timeout.ms=1000",
+    "controller.quorum.fetch.timeout.ms=2000",
+]
+
+
 @dataclass(frozen=True)
 class Kafka(_Server):
     """A single-node KRaft broker (combined controller and broker) on 127.0.0.1."""
@@ -293,6 +332,12 @@ class Kafka(_Server):
     # more SCRAM users (password: local_password(user)), whom the broker's ACLs then
     # govern; SASL_USER and the listener in the clear (ANONYMOUS) stay super users
     acl_users: tuple[str, ...] = ()
+    # one node of a KafkaCluster (below): its id, the quorum's voters and the
+    # replication every topic gets; alone, node 1 is its own quorum with 1 replica
+    node_id: int = 1
+    voters: str | None = None
+    replicas: int = 1
+    heap: str = KAFKA_HEAP
 
     @property
     def bootstrap(self) -> str:
@@ -346,6 +391,7 @@ class Kafka(_Server):
     def properties(self) -> str:
         # One node: every internal topic has replication factor and min ISR 1, or
         # the group coordinator and the transaction coordinator never become ready.
+        # In a cluster (replicas > 1): replication() below.
         listeners = [f"PLAINTEXT://127.0.0.1:{self.port}"]
         security = []  # login listeners, TLS and the authorizer, when asked for
         logins = [(name, port) for name, port in (("SASL_PLAINTEXT", self.sasl_port),
@@ -379,8 +425,8 @@ class Kafka(_Server):
                      f"ssl.key.password={TLS_STORE_PASSWORD}"]
         return "\n".join([
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+            f"node.id={self.node_id}",
+            f"controller.quorum.voters={self.voters or f'1@127.0.0.1:{self.controller_port}'}",
             f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{self.controller_port}",
             f"advertised.listeners={','.join(listeners)}",
             "controller.listener.names=CONTROLLER",
@@ -390,13 +436,9 @@ class Kafka(_Server):
             *security,
             f"log.dirs={self.run_dir / 'data'}",
             f"num.partitions={self.default_partitions}",
-            "default.replication.factor=1",
-            "offsets.topic.replication.factor=1",
+            *replication(self.replicas),
             "offsets.topic.num.partitions=8",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
             "transaction.state.log.num.partitions=8",
-            "min.insync.replicas=1",
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=true",
             "log.retention.hours=168",
@@ -409,6 +451,13 @@ class Kafka(_Server):
     def start(self) -> None:
         if self.running():
             return
+        self.launch()
+        wait_until(lambda: kafka_answers(self.port), KAFKA_START_TIMEOUT_S, "kafka", self.log)
+
+    def launch(self, cluster_id: str | None = None) -> int:
+        """Start the process (formatting its storage the first time, with
+        ``cluster_id`` or a new one) and return its pid, without waiting: the nodes
+        of a cluster answer only once a quorum of them runs."""
         libs = ensure_kafka_jars()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.tls_port is not None or self.mtls_port is not None:
@@ -424,7 +473,7 @@ class Kafka(_Server):
             "log4j.logger.kafka.server.KafkaServer=INFO\n"
             "log4j.logger.kafka.server.KafkaRaftServer=INFO\n"
         )
-        java = ["java", f"-Dlog4j.configuration=file:{log4j}", *KAFKA_HEAP.split(),
+        java = ["java", f"-Dlog4j.configuration=file:{log4j}", *self.heap.split(),
                 "-XX:+UseSerialGC", "-cp", f"{libs}/*"]
         if not (self.run_dir / "data" / "meta.properties").exists():
             scram = []
@@ -434,12 +483,12 @@ class Kafka(_Server):
                     "--add-scram", f"SCRAM-SHA-256=[name={user},password={password}]")]
             subprocess.run(
                 [*java, "kafka.tools.StorageTool", "format", "--ignore-formatted",
-                 "-t", str(uuid.uuid4()).replace("-", "")[:22], "-c", str(props), *scram],
+                 "-t", cluster_id or new_cluster_id(), "-c", str(props), *scram],
                 check=True, stdout=subprocess.DEVNULL,
             )
         pid = _spawn([*java, "kafka.Kafka", str(props)], self.log)
         self.pidfile.write_text(f"{pid}\n")
-        wait_until(lambda: kafka_answers(self.port), KAFKA_START_TIMEOUT_S, "kafka", self.log)
+        return pid
 
     def answers(self) -> bool:
         return kafka_answers(self.port)
@@ -547,6 +596,129 @@ class Prometheus(_Server):
         return prometheus_answers(self.port)
 
 
+# --- a KRaft cluster of N brokers on this machine (make up BROKERS=3) ---------------
+
+# Three brokers, Redis, the stages and the tests share 2 cores: small heaps.
+CLUSTER_HEAP = "-Xms128m -Xmx256m"
+
+
+@dataclass(frozen=True)
+class KafkaCluster:
+    """N combined broker+controller KRaft nodes on 127.0.0.1, each with its own ports,
+    data folder (``run_dir``/node-{id}) and pid file, all formatted with one cluster
+    id (``run_dir``/cluster.id). With 3 or more nodes every topic has 3 replicas and
+    a minimum of 2 in sync (``replication``). Nodes are numbered from 1 (node ids)."""
+
+    run_dir: Path
+    ports: tuple[int, ...]
+    controller_ports: tuple[int, ...]
+    default_partitions: int = 4
+    heap: str = CLUSTER_HEAP
+
+    @classmethod
+    def on_free_ports(cls, run_dir: Path, brokers: int = 3, **kwargs) -> KafkaCluster:
+        return cls(run_dir, tuple(free_port() for _ in range(brokers)),
+                   tuple(free_port() for _ in range(brokers)), **kwargs)
+
+    @classmethod
+    def on_ports_from(cls, run_dir: Path, base: int, brokers: int = 3) -> KafkaCluster:
+        """Node i on base+2(i-1), its controller listener on the port after."""
+        return cls(run_dir, tuple(base + 2 * i for i in range(brokers)),
+                   tuple(base + 2 * i + 1 for i in range(brokers)))
+
+    @property
+    def node_ids(self) -> list[int]:
+        return list(range(1, len(self.ports) + 1))
+
+    def node(self, node_id: int) -> Kafka:
+        voters = ",".join(f"{i}@127.0.0.1:{port}"
+                          for i, port in zip(self.node_ids, self.controller_ports, strict=True))
+        return Kafka(run_dir=self.run_dir / f"node-{node_id}", port=self.ports[node_id - 1],
+                     controller_port=self.controller_ports[node_id - 1],
+                     default_partitions=self.default_partitions, node_id=node_id,
+                     voters=voters, replicas=len(self.ports), heap=self.heap)
+
+    @property
+    def nodes(self) -> list[Kafka]:
+        return [self.node(i) for i in self.node_ids]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    @property
+    def replication_factor(self) -> int:
+        return min(len(self.ports), 3)
+
+    def _cluster_id(self) -> str:
+        path = self.run_dir / "cluster.id"
+        if not path.exists():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(new_cluster_id() + "\n")
+        return path.read_text().strip()
+
+    def start(self, node_ids: list[int] | None = None) -> None:
+        """Start the nodes (all by default) that are not running, together (a node
+        answers only once a quorum of controllers runs), and wait until each answers."""
+        cluster_id = self._cluster_id()
+        nodes = [self.node(i) for i in (node_ids or self.node_ids)]
+        started = {node.node_id: node.launch(cluster_id) for node in nodes if not node.running()}
+        for node in nodes:
+            if node.node_id in started:
+                wait_until(lambda n=node: kafka_answers(n.port), KAFKA_START_TIMEOUT_S,
+                           f"kafka node {node.node_id}", node.log, pid=started[node.node_id])
+
+    def running(self) -> bool:
+        return all(node.running() for node in self.nodes)
+
+    def running_nodes(self) -> list[int]:
+        return [node.node_id for node in self.nodes if node.running()]
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node: a broker (and a controller) crashing."""
+        self.node(node_id).kill()
+
+    def stop(self) -> None:
+        """SIGTERM every node at once (a node shutting down alone waits for the
+        others to take its partitions over), SIGKILL what has not stopped in time."""
+        pids = {node.pidfile: read_pid(node.pidfile) for node in self.nodes}
+        for pid in pids.values():
+            if pid is not None and pid_alive(pid):
+                os.kill(pid, signal.SIGTERM)
+        for pidfile in pids:
+            stop_pidfile(pidfile)
+
+    def active_controller(self) -> int | None:
+        """The node id of the KRaft quorum's leader (the active controller), as the
+        running nodes last recorded it (the quorum-state file: leader and epoch)."""
+        best = (-1, None)
+        for node in self.nodes:
+            if not node.running():
+                continue
+            path = node.run_dir / "data" / "__cluster_metadata-0" / "quorum-state"
+            try:
+                state = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            leader, epoch = state.get("leaderId", -1), state.get("leaderEpoch", -1)
+            if leader is not None and leader >= 1 and epoch > best[0]:
+                best = (epoch, leader)
+        return best[1]
+
+
+def default_cluster(brokers: int) -> KafkaCluster:
+    """`make up BROKERS=3`: its own folder and ports (KAFKA_CLUSTER_PORT, default
+    19092: nodes on 19092, 19094, 19096, controllers one above), so it never clashes
+    with the one-broker stack."""
+    return KafkaCluster.on_ports_from(default_run_dir() / "kafka-cluster",
+                                      int(os.environ.get("KAFKA_CLUSTER_PORT", "19092")), brokers)
+
+
+def _cluster_folders() -> list[Path]:
+    root = default_run_dir() / "kafka-cluster"
+    return sorted(root.glob("node-*")) if root.exists() else []
+
+
 def default_run_dir() -> Path:
     return Path(os.environ.get("COMMISSION_RUN_DIR", REPO_ROOT / "run"))
 
@@ -571,24 +743,43 @@ def default_prometheus() -> Prometheus:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.localstack")
     parser.add_argument("action", choices=["up", "down", "status", "fetch"])
+    parser.add_argument("--brokers", type=int, default=1,
+                        help="more than 1: a KRaft cluster of that many brokers "
+                             "(replication factor 3, min.insync.replicas 2)")
     args = parser.parse_args(argv)
     kafka, redis = default_stack()
+    # the cluster's size is how many node folders `up --brokers N` made
+    cluster = default_cluster(args.brokers if args.brokers > 1 else len(_cluster_folders()))
     if args.action == "fetch":
         print(ensure_kafka_jars())
     elif args.action == "up":
-        kafka.start()
+        if args.brokers > 1:
+            cluster.start()
+            print(f"kafka  {cluster.bootstrap}  ({len(cluster.ports)} brokers, replication "
+                  f"factor {cluster.replication_factor}; logs {cluster.run_dir}/node-*)")
+            print(f"       export KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap} "
+                  f"COMMISSION_REPLICATION_FACTOR={cluster.replication_factor}")
+        else:
+            kafka.start()
+            print(f"kafka  {kafka.bootstrap}  (logs {kafka.log})")
         redis.start()
-        print(f"kafka  {kafka.bootstrap}  (logs {kafka.log})")
         print(f"redis  {redis.url}  (logs {redis.log})")
     elif args.action == "down":
         default_prometheus().stop()  # if a `make run` left one (its pid file says)
         redis.stop()
         kafka.stop()
+        if cluster.ports:
+            cluster.stop()
         print("stopped what `up` started")
     else:
-        print(f"kafka  {kafka.bootstrap}  {'up' if kafka.running() else 'down'}")
+        kafka_up = kafka.running()
+        print(f"kafka  {kafka.bootstrap}  {'up' if kafka_up else 'down'}")
+        if cluster.ports:
+            up = cluster.running_nodes()
+            kafka_up = kafka_up or bool(up)
+            print(f"kafka  {cluster.bootstrap}  nodes up: {up or 'none'}")
         print(f"redis  {redis.url}  {'up' if redis.running() else 'down'}")
-        return 0 if kafka.running() and redis.running() else 1
+        return 0 if kafka_up and redis.running() else 1
     return 0
 
 

@@ -120,6 +120,15 @@ class Metrics:
             "Commissions on each seller's certificates, by what happened to them: "
             "acquired, declined (by the seller or a reviewer), flagged (fraud stage), "
             "approved (reviewer).", ["service", "seller", "outcome"], registry=r)
+        self.commit_blocked = Gauge(
+            "commission_commit_blocked",
+            "1 while the stage's transaction cannot complete and is being retried (too "
+            "few in-sync replicas: NOT_ENOUGH_REPLICAS, no leader, no coordinator); "
+            "nothing of the round is published meanwhile.", ["service"], registry=r)
+        self.commit_retries = Counter(
+            "commission_commit_retries_total",
+            "Waits of a transaction step that timed out and was tried again (the round "
+            "is retried, never skipped).", ["service"], registry=r)
         self.timer_commands = Counter("commission_timer_commands_total",
                                       "check_expiry and release_hold commands sent by the "
                                       "withdrawal timer.", ["service"], registry=r)
@@ -127,13 +136,14 @@ class Metrics:
         # (no determinism error, no aborted round, no rejection of some reason) is a
         # 0 on the dashboards and in the alerts' expressions, not "No data".
         for counter in (self.determinism_errors, self.aborted_rounds, self.skipped,
-                        self.timer_commands):
+                        self.timer_commands, self.commit_retries):
             counter.labels(service)
         if service == "fraud":
             from services.fraud.rules import RULES  # the stage's own rule names
 
             for rule in RULES:  # every rule's series from the start, at 0
                 self.fraud_flags.labels(service, rule)
+        self.commit_blocked.labels(service).set(0)
         if service == "circulation":
             for reason in Reason:
                 self.rejections.labels(service, reason.value)

@@ -5,8 +5,10 @@
   stuck loop fails it;
 * ``/readyz`` (readiness): the consumer has joined its group and received an
   assignment (possibly empty: a spare worker is ready), the loop went round within
-  ``READY_WITHIN_S``, and no partition is parked (a record that cannot be applied:
-  the answer names the partition and why).
+  ``READY_WITHIN_S``, no partition is parked (a record that cannot be applied:
+  the answer names the partition and why), and no transaction step is waiting on
+  the cluster (``blocked``: e.g. too few in-sync replicas; the answer says which
+  step, for how long and why).
 
 Both answer JSON with the reason, so a probe failure explains itself.
 """
@@ -35,9 +37,12 @@ def _status(runner: StageRunner, within_s: float, readiness: bool) -> tuple[bool
     info = {"loop_seconds_ago": round(idle, 1), "joined": runner.joined.is_set(),
             "partitions": sorted(runner.parts),
             "parked": {str(p): why for p, why in sorted(runner.parked.items())}}
+    blocked = runner.blocked
+    if blocked is not None:
+        info["blocked"] = blocked.info()
     ok = idle <= within_s
     if readiness:
-        ok = ok and runner.joined.is_set() and not runner.parked
+        ok = ok and runner.joined.is_set() and not runner.parked and blocked is None
     return ok, info
 
 

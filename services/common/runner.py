@@ -86,6 +86,11 @@ INIT_TIMEOUT_S = 60.0
 RESTORE_STALL_S = 60.0
 RESTORE_REPORT_S = 5.0
 GAUGES_INTERVAL_S = 1.0
+# A transaction step (init, sending the offsets, commit, abort) that cannot complete
+# returns after this long with a retriable timeout, and is called again to resume:
+# meanwhile the worker shows it is blocked (_Blocked) instead of hanging unseen.
+STEP_WAIT_S = 5.0
+BLOCKED_REPORT_S = 10.0
 
 
 class Position(msgspec.Struct, array_like=True, frozen=True):
@@ -106,6 +111,22 @@ class Fatal(RuntimeError):
 
 class Poison(RuntimeError):
     """A record this stage cannot apply, the same way on every attempt."""
+
+
+@dataclass
+class Blocked:
+    """A transaction step that keeps timing out: the cluster cannot take the write
+    (fewer in-sync replicas than min.insync.replicas: NOT_ENOUGH_REPLICAS; no leader;
+    no coordinator). Shown in /readyz, the log and ``commission_commit_blocked``."""
+
+    step: str
+    since: float  # time.monotonic()
+    reason: str
+    reported: float = 0.0
+
+    def info(self) -> dict:
+        return {"step": self.step, "seconds": round(time.monotonic() - self.since, 1),
+                "reason": self.reason}
 
 
 @dataclass
@@ -157,6 +178,8 @@ class StageRunner:
         self._next_gauges = 0.0
         self._rebalances = 0  # rebalance callbacks so far (a round never spans one)
         self._committed_at = 0.0  # time.monotonic() when the last commit ended
+        self.blocked: Blocked | None = None  # a transaction step waiting on the cluster
+        self._stop = threading.Event()
         name = stage.name
         self._skipped = metrics.skipped.labels(name)
         self._transaction = metrics.transaction.labels(name)
@@ -190,6 +213,7 @@ class StageRunner:
     # --- lifecycle --------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        self._stop = stop
         self.producer = Producer(self._producer_conf(**{
             "transactional.id": self.transactional_id, "enable.idempotence": True,
             "acks": "all", "linger.ms": 5, "transaction.timeout.ms": TXN_TIMEOUT_MS,
@@ -256,9 +280,92 @@ class StageRunner:
         left open. The first call to the broker also proves the login: name what to
         check when it fails."""
         try:
-            self.producer.init_transactions(INIT_TIMEOUT_S)
+            self._until_done("init_transactions", self.producer.init_transactions)
         except KafkaException as exc:
             raise self._refused("cannot start transactions on", exc) from exc
+
+    # --- a cluster that cannot take the write: wait, show it, retry --------------------
+
+    def _until_done(self, step: str, call) -> None:
+        """Call a transaction step (``call(timeout_s)``) until it completes.
+
+        librdkafka retries what the brokers refuse for the moment by itself
+        (NOT_ENOUGH_REPLICAS while fewer replicas than min.insync.replicas are in
+        sync, NOT_LEADER while a leader moves, a coordinator being elected); the
+        step then times out with a retriable error and the same call resumes it
+        (librdkafka's transactional API). Nothing of the round is visible until the
+        commit completes: the round waits whole, and is published whole or, if its
+        records time out (message.timeout.ms = the transaction timeout), aborted
+        and retried from the changelog (_abort_round). A worker that waits shows it
+        (_block); a stop asked for meanwhile ends the process (the table may be ahead
+        of what is committed: a restart restores it)."""
+        while True:
+            try:
+                call(STEP_WAIT_S)
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.fatal() or error.txn_requires_abort() or not error.retriable():
+                    raise
+                self._block(step, error)
+                if self._stop.is_set():
+                    raise Fatal(f"stopping while {step} waits on the cluster: "
+                                f"{error.str()}") from exc
+                continue
+            self._unblock()
+            return
+
+    def _block(self, step: str, error: KafkaError) -> None:
+        now = time.monotonic()
+        self.last_loop_monotonic = now  # alive (liveness), waiting on purpose
+        self.metrics.commit_retries.labels(self.stage.name).inc()
+        if self.blocked is None or self.blocked.step != step:
+            self.blocked = Blocked(step, now, self._diagnose(error))
+            self.metrics.commit_blocked.labels(self.stage.name).set(1)
+            log.warning(f"{step} cannot complete; waiting and retrying, nothing of the "
+                        f"round is published meanwhile: {self.blocked.reason}",
+                        extra={"topic": self.input, "step": step})
+            self.blocked.reported = now
+        elif now - self.blocked.reported >= BLOCKED_REPORT_S:
+            self.blocked.reason = self._diagnose(error)
+            self.blocked.reported = now
+            log.warning(f"{step} still waiting after {now - self.blocked.since:.0f}s: "
+                        f"{self.blocked.reason}", extra={"topic": self.input, "step": step})
+
+    def _unblock(self) -> None:
+        if self.blocked is None:
+            return
+        log.warning(f"{self.blocked.step} went through after "
+                    f"{time.monotonic() - self.blocked.since:.1f}s of waiting",
+                    extra={"topic": self.input})
+        self.blocked = None
+        self.metrics.commit_blocked.labels(self.stage.name).set(0)
+
+    def _diagnose(self, error: KafkaError) -> str:
+        """Why a step waits, as the cluster's metadata tells it: partitions this
+        worker writes with fewer in-sync replicas than the minimum, or no leader."""
+        topics = [*self.stage.output_topics(), self.changelog]
+        minimum = self.settings.min_insync_replicas
+        short, leaderless = [], []
+        try:
+            meta = self.producer.list_topics(timeout=2)
+            for topic in topics:
+                described = meta.topics.get(topic)
+                for p, pm in sorted(described.partitions.items() if described else []):
+                    if pm.leader < 0:
+                        leaderless.append(f"{topic}[{p}]")
+                    elif len(pm.isrs) < minimum:
+                        short.append(f"{topic}[{p}] {len(pm.isrs)} of {len(pm.replicas)}")
+        except KafkaException:
+            pass  # no broker answers: the client's error says so
+        parts = []
+        if short:
+            parts.append(f"NOT_ENOUGH_REPLICAS: in sync below min.insync.replicas={minimum} "
+                         f"on {', '.join(short[:6])}{' ...' if len(short) > 6 else ''}")
+        if leaderless:
+            parts.append(f"no leader for {', '.join(leaderless[:6])}"
+                         f"{' ...' if len(leaderless) > 6 else ''}")
+        parts.append(f"client: {error.str()}")
+        return "; ".join(parts)
 
     def _shutdown(self) -> None:
         if self.consumer is not None:
@@ -387,11 +494,12 @@ class StageRunner:
                 produce(self.changelog, _encode_position(Position(self.input, p, w.part.position)),
                         POSITION_KEY, partition=p)
             faults.at("after_changelog")
-            producer.send_offsets_to_transaction(
-                [TopicPartition(self.input, p, w.part.position) for p, w in work.items()], group)
+            offsets = [TopicPartition(self.input, p, w.part.position) for p, w in work.items()]
+            self._until_done("send_offsets_to_transaction",
+                             lambda t: producer.send_offsets_to_transaction(offsets, group, t))
             faults.at("after_offsets")
             faults.at("during_commit")
-            producer.commit_transaction()
+            self._until_done("commit_transaction", producer.commit_transaction)
         except KafkaException as exc:
             error = exc.args[0]
             if not error.fatal() and error.txn_requires_abort():
@@ -484,14 +592,18 @@ class StageRunner:
         log.warning("transaction aborted; restoring the round's partitions",
                     extra={"topic": self.input, "reason": error.str()})
         try:
-            self.producer.abort_transaction(INIT_TIMEOUT_S)
+            self._until_done("abort_transaction", self.producer.abort_transaction)
         except KafkaException as exc:
             raise Fatal(f"aborting a transaction: {exc}") from exc
         self.metrics.drop()  # nothing of the round was published
         self.metrics.aborted_rounds.labels(self.stage.name).inc()
         owned = sorted(self.parts)
         self._forget(owned)
-        for p, offset in self._take_over(owned).items():
+        try:
+            starts = self._take_over(owned)
+        except KafkaException as exc:
+            raise Fatal(f"restoring after an aborted round: {exc}") from exc
+        for p, offset in starts.items():
             try:
                 self.consumer.seek(TopicPartition(self.input, p, offset))
             except KafkaException as exc:

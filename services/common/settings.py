@@ -201,6 +201,9 @@ class Settings:
     # replicas of every topic this project creates, and the fewest it accepts on an
     # existing one (1 on the one-broker local stack; 3 on a real cluster)
     replication_factor: int = 1
+    # in-sync replicas a write needs (the brokers' min.insync.replicas): the runner
+    # names the partitions below it when a commit waits (1 alone, 2 on a cluster)
+    min_insync_replicas: int = 1
     # prefix of the consumer groups and transactional ids ({prefix}-{service}[-{partition}])
     group_prefix: str = "commission"
     metrics_port: int = 0  # 0: no metrics server
@@ -240,6 +243,8 @@ class Settings:
             partitions=int(_env("COMMISSION_PARTITIONS", str(cls.partitions))),
             replication_factor=int(_env("COMMISSION_REPLICATION_FACTOR",
                                         str(cls.replication_factor))),
+            min_insync_replicas=int(_env("COMMISSION_MIN_INSYNC_REPLICAS", str(
+                min(2, int(_env("COMMISSION_REPLICATION_FACTOR", "1")))))),
             group_prefix=_env("COMMISSION_GROUP_PREFIX", cls.group_prefix),
             metrics_port=int(_env("METRICS_PORT", "0")),
             data_dir=_env("COMMISSION_DATA_DIR", cls.data_dir),
