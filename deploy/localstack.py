@@ -310,6 +310,8 @@ CLUSTER_TIMINGS = [
     "replica.lag.time.max.ms=10000",
     "controller.quorum.election.timeout.ms=1000",
     "controller.quorum.fetch.timeout.ms=2000",
+    # a broker that comes back leads its preferred partitions again within seconds
+    "leader.imbalance.check.interval.seconds=10",
 ]
 
 
@@ -338,6 +340,9 @@ class Kafka(_Server):
     voters: str | None = None
     replicas: int = 1
     heap: str = KAFKA_HEAP
+    # "controller": a controller-only voter of a cluster's quorum (port is its
+    # controller listener; it serves no clients)
+    roles: str = "broker,controller"
 
     @property
     def bootstrap(self) -> str:
@@ -392,6 +397,15 @@ class Kafka(_Server):
         # One node: every internal topic has replication factor and min ISR 1, or
         # the group coordinator and the transaction coordinator never become ready.
         # In a cluster (replicas > 1): replication() below.
+        if self.roles == "controller":
+            return "\n".join([
+                "process.roles=controller", f"node.id={self.node_id}",
+                f"controller.quorum.voters={self.voters}",
+                f"listeners=CONTROLLER://127.0.0.1:{self.controller_port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT",
+                f"log.dirs={self.run_dir / 'data'}", *replication(self.replicas),
+                "num.network.threads=1", "num.io.threads=1", "background.threads=1", ""])
         listeners = [f"PLAINTEXT://127.0.0.1:{self.port}"]
         security = []  # login listeners, TLS and the authorizer, when asked for
         logins = [(name, port) for name, port in (("SASL_PLAINTEXT", self.sasl_port),
@@ -614,11 +628,20 @@ class KafkaCluster:
     controller_ports: tuple[int, ...]
     default_partitions: int = 4
     heap: str = CLUSTER_HEAP
+    # controller-only voters beyond the brokers (node ids after theirs), on these
+    # ports. With 3 combined nodes, two stopped take the quorum with them: no leader
+    # moves, no replica leaves the ISR, writes time out. Two more voters keep the
+    # quorum alive with one broker left, so the ISR does shrink below
+    # min.insync.replicas and writes are refused NOT_ENOUGH_REPLICAS (the tests).
+    extra_controller_ports: tuple[int, ...] = ()
 
     @classmethod
-    def on_free_ports(cls, run_dir: Path, brokers: int = 3, **kwargs) -> KafkaCluster:
+    def on_free_ports(cls, run_dir: Path, brokers: int = 3, controllers: int = 0,
+                      **kwargs) -> KafkaCluster:
         return cls(run_dir, tuple(free_port() for _ in range(brokers)),
-                   tuple(free_port() for _ in range(brokers)), **kwargs)
+                   tuple(free_port() for _ in range(brokers)),
+                   extra_controller_ports=tuple(free_port() for _ in range(controllers)),
+                   **kwargs)
 
     @classmethod
     def on_ports_from(cls, run_dir: Path, base: int, brokers: int = 3) -> KafkaCluster:
@@ -628,23 +651,35 @@ class KafkaCluster:
 
     @property
     def node_ids(self) -> list[int]:
+        """The brokers' node ids."""
         return list(range(1, len(self.ports) + 1))
 
+    @property
+    def all_ids(self) -> list[int]:
+        """Every node's id: the brokers', then the controller-only voters'."""
+        return list(range(1, len(self.ports) + len(self.extra_controller_ports) + 1))
+
     def node(self, node_id: int) -> Kafka:
+        cports = (*self.controller_ports, *self.extra_controller_ports)
         voters = ",".join(f"{i}@127.0.0.1:{port}"
-                          for i, port in zip(self.node_ids, self.controller_ports, strict=True))
-        return Kafka(run_dir=self.run_dir / f"node-{node_id}", port=self.ports[node_id - 1],
-                     controller_port=self.controller_ports[node_id - 1],
-                     default_partitions=self.default_partitions, node_id=node_id,
-                     voters=voters, replicas=len(self.ports), heap=self.heap)
+                          for i, port in zip(self.all_ids, cports, strict=True))
+        common = dict(run_dir=self.run_dir / f"node-{node_id}",
+                      controller_port=cports[node_id - 1],
+                      default_partitions=self.default_partitions, node_id=node_id,
+                      voters=voters, replicas=len(self.ports))
+        if node_id > len(self.ports):
+            return Kafka(port=cports[node_id - 1], roles="controller", heap="-Xms64m -Xmx128m",
+                         **common)
+        return Kafka(port=self.ports[node_id - 1], heap=self.heap, **common)
 
     @property
     def nodes(self) -> list[Kafka]:
-        return [self.node(i) for i in self.node_ids]
+        """Every node, brokers first."""
+        return [self.node(i) for i in self.all_ids]
 
     @property
     def bootstrap(self) -> str:
-        return ",".join(node.bootstrap for node in self.nodes)
+        return ",".join(self.node(i).bootstrap for i in self.node_ids)
 
     @property
     def replication_factor(self) -> int:
@@ -661,7 +696,7 @@ class KafkaCluster:
         """Start the nodes (all by default) that are not running, together (a node
         answers only once a quorum of controllers runs), and wait until each answers."""
         cluster_id = self._cluster_id()
-        nodes = [self.node(i) for i in (node_ids or self.node_ids)]
+        nodes = [self.node(i) for i in (node_ids or self.all_ids)]
         started = {node.node_id: node.launch(cluster_id) for node in nodes if not node.running()}
         for node in nodes:
             if node.node_id in started:
@@ -673,6 +708,9 @@ class KafkaCluster:
 
     def running_nodes(self) -> list[int]:
         return [node.node_id for node in self.nodes if node.running()]
+
+    def running_brokers(self) -> list[int]:
+        return [i for i in self.node_ids if self.node(i).running()]
 
     def kill(self, node_id: int) -> None:
         """SIGKILL one node: a broker (and a controller) crashing."""

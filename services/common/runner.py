@@ -280,20 +280,26 @@ class StageRunner:
         left open. The first call to the broker also proves the login: name what to
         check when it fails."""
         try:
-            self._until_done("init_transactions", self.producer.init_transactions)
+            self._until_done("init_transactions", self.producer.init_transactions,
+                             any_retriable=True)
         except KafkaException as exc:
             raise self._refused("cannot start transactions on", exc) from exc
 
     # --- a cluster that cannot take the write: wait, show it, retry --------------------
 
-    def _until_done(self, step: str, call) -> None:
+    def _until_done(self, step: str, call, any_retriable: bool = False) -> None:
         """Call a transaction step (``call(timeout_s)``) until it completes.
 
         librdkafka retries what the brokers refuse for the moment by itself
         (NOT_ENOUGH_REPLICAS while fewer replicas than min.insync.replicas are in
         sync, NOT_LEADER while a leader moves, a coordinator being elected); the
-        step then times out with a retriable error and the same call resumes it
-        (librdkafka's transactional API). Nothing of the round is visible until the
+        step then times out (_TIMED_OUT) and the same call resumes it (librdkafka's
+        transactional API). Another retriable error ends the step (the round is
+        aborted and retried, _round), except for ``any_retriable`` (init: nothing
+        is open yet, the call starts over): calling send_offsets_to_transaction
+        again after a coordinator's transport failure hung a worker for good in a
+        failover test, and made another's abort fail INVALID_TXN_STATE.
+        Nothing of the round is visible until the
         commit completes: the round waits whole, and is published whole or, if its
         records time out (message.timeout.ms = the transaction timeout), aborted
         and retried from the changelog (_abort_round). A worker that waits shows it
@@ -305,6 +311,8 @@ class StageRunner:
             except KafkaException as exc:
                 error = exc.args[0]
                 if error.fatal() or error.txn_requires_abort() or not error.retriable():
+                    raise
+                if error.code() != KafkaError._TIMED_OUT and not any_retriable:
                     raise
                 self._block(step, error)
                 if self._stop.is_set():
@@ -502,9 +510,11 @@ class StageRunner:
             self._until_done("commit_transaction", producer.commit_transaction)
         except KafkaException as exc:
             error = exc.args[0]
-            if not error.fatal() and error.txn_requires_abort():
+            if not error.fatal() and (error.txn_requires_abort() or error.retriable()):
                 # e.g. the group moved on while this round ran (a member joined or
-                # left: ILLEGAL_GENERATION when adding the offsets): nothing of it is
+                # left: ILLEGAL_GENERATION when adding the offsets), its records
+                # timed out while replicas were short, or the coordinator moved
+                # (a transport failure, NOT_COORDINATOR): nothing of it is
                 # committed, and nothing of this worker is a zombie yet
                 self._abort_round(error)
                 return
@@ -737,8 +747,7 @@ class StageRunner:
         # With require_stable (librdkafka sends it in read_committed mode) this waits
         # until no transaction of the previous owner holds offsets of these
         # partitions: from then on the changelog below holds everything it committed.
-        committed = {tp.partition: tp.offset
-                     for tp in self.consumer.committed(tps, timeout=INIT_TIMEOUT_S)}
+        committed = {tp.partition: tp.offset for tp in _committed(self.consumer, tps)}
         restored = self._restore(partitions)
         starts = {}
         for p in partitions:
@@ -857,6 +866,19 @@ class StageRunner:
 
 _RETRIABLE = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
               KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT, KafkaError._TRANSPORT)
+
+
+def _committed(consumer: Consumer, tps: list[TopicPartition]) -> list[TopicPartition]:
+    """The group's committed offsets (require_stable): the group coordinator may be
+    moving (NOT_COORDINATOR, a broker failover); retried for up to INIT_TIMEOUT_S."""
+    deadline = time.monotonic() + INIT_TIMEOUT_S
+    while True:
+        try:
+            return consumer.committed(tps, timeout=max(1.0, deadline - time.monotonic()))
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _watermarks(client: Consumer, tp: TopicPartition) -> tuple[int, int]:

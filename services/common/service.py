@@ -8,6 +8,7 @@ supervisor restarts it; the restart restores the table from the changelog.
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import logging
 import signal
@@ -43,6 +44,8 @@ GC_THRESHOLDS = (100_000, 50, 100)
 
 
 def run_service(name: str, factory: StageFactory) -> None:
+    # SIGUSR1 writes every thread's stack to stderr (the log): what a stuck worker does
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()  # what the imports made lives for good: never traverse it again
     settings = Settings.from_env()

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 from deploy.localstack import free_port
@@ -36,10 +37,11 @@ def _ready(port: int) -> bool:
 class Pipeline:
     def __init__(self, bootstrap: str, prefix: str, logs: Path, *, partitions: int = 4,
                  timer_interval_s: float = 0.5, extra_env: dict[str, str] | None = None,
-                 kafka_auth: KafkaAuth = PLAINTEXT):
+                 kafka_auth: KafkaAuth = PLAINTEXT, replication_factor: int = 1):
         self.settings = Settings(bootstrap=bootstrap, topics=Topics(prefix=f"{prefix}."),
                                  partitions=partitions, group_prefix=prefix,
-                                 timer_interval_s=timer_interval_s, kafka_auth=kafka_auth)
+                                 timer_interval_s=timer_interval_s, kafka_auth=kafka_auth,
+                                 replication_factor=replication_factor)
         self.logs = logs
         self.logs.mkdir(parents=True, exist_ok=True)
         self.env = {
@@ -49,6 +51,7 @@ class Pipeline:
             "COMMISSION_GROUP_PREFIX": prefix,
             "COMMISSION_PARTITIONS": str(partitions),
             "COMMISSION_TIMER_INTERVAL_S": str(timer_interval_s),
+            "COMMISSION_REPLICATION_FACTOR": str(replication_factor),
             "LOG_LEVEL": "info",
             "COMMISSION_DATA_DIR": str(logs.parent / "data"),
             **kafka_auth.env(),
@@ -58,6 +61,8 @@ class Pipeline:
         self.keyring = Keyring.from_env()
         self.procs: dict[tuple[str, int], subprocess.Popen] = {}
         self.supervised = False
+        self.restarts: Counter[str] = Counter()  # by restart_exited, per service
+        self._restarting = threading.Lock()
         # send the payment system's captures and results through payment-results and
         # the captures stage, as in a deployment (escrow confirmations stay on
         # commands: a post sent right after one could overtake it). The expectation
@@ -111,6 +116,8 @@ class Pipeline:
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # its threads' stacks, into its log
+            time.sleep(1)
             proc.kill()
             proc.wait()
             raise AssertionError(f"{service}-{instance} did not stop within 60 s of {sig}") from None
@@ -118,9 +125,11 @@ class Pipeline:
     def restart_exited(self) -> list[tuple[str, int]]:
         """What a supervisor does: start again every service that exited (a service
         exits with 75 when a transaction fails, e.g. while the broker is down)."""
-        exited = [k for k, p in self.procs.items() if p.poll() is not None]
-        for service, instance in exited:
-            self.start(service, instance)
+        with self._restarting:  # a supervisor thread and the test's checks both call it
+            exited = [k for k, p in self.procs.items() if p.poll() is not None]
+            for service, instance in exited:
+                self.start(service, instance)
+                self.restarts[service] += 1
         return exited
 
     def assert_running(self) -> None:
