@@ -1,11 +1,16 @@
 """`make soak`: a long run of everything that can go wrong at once (not in CI).
 
     python -m tests.soak [--kills 100] [--commands 100000] [--broker-restarts 3]
+    python -m tests.soak --brokers 3     # on a 3-broker cluster, 10 broker kills
 
 On a private broker: the four stages run while the commands flow; meanwhile
 ``--kills`` SIGKILLs land on random stages at random moments, the broker is killed and
 started again ``--broker-restarts`` times, and a second worker is added to a random
-stage and later removed (killed for good). A supervisor restarts whatever stopped.
+stage and later removed (killed for good). With ``--brokers 3`` (`make soak
+BROKERS=3`) the broker is a KRaft cluster (replication factor 3, min.insync.replicas
+2) and each broker event SIGKILLs a random broker, a different one from the last
+(the leader of whatever it led), starts it again and waits until every replica is in
+sync before the next (default 10 of them). A supervisor restarts whatever stopped.
 Then every output topic, the sequencer's verdicts and every committed table must
 equal what the domain core computes from the same commands, and the audit must pass.
 Prints the counts; exits 1 on any difference.
@@ -25,7 +30,8 @@ from pathlib import Path
 
 import msgspec
 
-from deploy.localstack import Kafka, free_port
+from deploy.localstack import Kafka, KafkaCluster, free_port
+from tests.e2e.failover import Members
 from tests.e2e.pipeline import SERVICES, Pipeline
 from tests.e2e.traffic import (
     build,
@@ -44,15 +50,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=100)
     parser.add_argument("--commands", type=int, default=100_000)
     parser.add_argument("--certificates", type=int, default=1_000)
-    parser.add_argument("--broker-restarts", type=int, default=3)
+    parser.add_argument("--broker-restarts", type=int, default=None,
+                        help="broker kills: 3 by default, 10 with --brokers > 1")
+    parser.add_argument("--brokers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="commission-soak-"))
-    kafka = Kafka(run_dir=work / "kafka", port=free_port(), controller_port=free_port())
+    if args.broker_restarts is None:
+        args.broker_restarts = 3 if args.brokers == 1 else 10
+    if args.brokers > 1:
+        kafka = KafkaCluster.on_free_ports(work / "kafka", args.brokers)
+    else:
+        kafka = Kafka(run_dir=work / "kafka", port=free_port(), controller_port=free_port())
     kafka.start()
     started = time.monotonic()
-    pipeline = Pipeline(kafka.bootstrap, f"soak-{int(time.time())}", work / "logs")
+    replicas = kafka.replication_factor if args.brokers > 1 else 1
+    pipeline = Pipeline(kafka.bootstrap, f"soak-{int(time.time())}", work / "logs",
+                        replication_factor=replicas)
+    members = Members(kafka, pipeline.topics.all()) if args.brokers > 1 else None
+    last_killed: list[int] = []
     counts: Counter = Counter()
     try:
         commands = build(args.certificates, args.commands, seed=args.seed,
@@ -89,6 +106,16 @@ def main(argv: list[str] | None = None) -> int:
                     pipeline.signal(service, sig=signal.SIGKILL)
                     pipeline.start(service)
                     counts[f"killed {service}"] += 1
+            elif event == "broker" and members is not None:
+                node = rng.choice([n for n in kafka.node_ids if n not in last_killed[-1:]])
+                last_killed.append(node)
+                led = len(members.led_by(node))
+                kafka.kill(node)
+                time.sleep(1)
+                kafka.start([node])
+                members.wait_all_in_sync()
+                counts[f"broker kills (node {node})"] += 1
+                counts["partitions whose leader was killed"] += led
             elif event == "broker":
                 kafka.kill()
                 time.sleep(1)

@@ -48,6 +48,7 @@ vanished worker's open transaction can hold back read_committed readers.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -91,6 +92,14 @@ GAUGES_INTERVAL_S = 1.0
 # meanwhile the worker shows it is blocked (_Blocked) instead of hanging unseen.
 STEP_WAIT_S = 5.0
 BLOCKED_REPORT_S = 10.0
+# A step whose call has not returned this long after its own timeout is hung inside
+# librdkafka: send_offsets_to_transaction ignores its timeout and never returns when
+# the group coordinator's broker died and left the metadata (librdkafka issues
+# #5456 and #5511, open in 2.12; seen in tests/e2e/test_cluster.py). The watchdog
+# ends the process (exit 75, crash-only: the open transaction commits nothing, and
+# the restarted worker's init_transactions aborts it).
+STEP_HANG_S = 15.0
+EXIT_RESTART = 75
 
 
 class Position(msgspec.Struct, array_like=True, frozen=True):
@@ -179,6 +188,7 @@ class StageRunner:
         self._rebalances = 0  # rebalance callbacks so far (a round never spans one)
         self._committed_at = 0.0  # time.monotonic() when the last commit ended
         self.blocked: Blocked | None = None  # a transaction step waiting on the cluster
+        self._in_step: tuple[str, float] | None = None  # (step, monotonic) of a call
         self._stop = threading.Event()
         name = stage.name
         self._skipped = metrics.skipped.labels(name)
@@ -214,6 +224,7 @@ class StageRunner:
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
+        threading.Thread(target=self._watch_steps, name="step-watchdog", daemon=True).start()
         self.producer = Producer(self._producer_conf(**{
             "transactional.id": self.transactional_id, "enable.idempotence": True,
             "acks": "all", "linger.ms": 5, "transaction.timeout.ms": TXN_TIMEOUT_MS,
@@ -306,9 +317,11 @@ class StageRunner:
         (_block); a stop asked for meanwhile ends the process (the table may be ahead
         of what is committed: a restart restores it)."""
         while True:
+            self._in_step = (step, time.monotonic())
             try:
                 call(STEP_WAIT_S)
             except KafkaException as exc:
+                self._in_step = None
                 error = exc.args[0]
                 if error.fatal() or error.txn_requires_abort() or not error.retriable():
                     raise
@@ -319,8 +332,25 @@ class StageRunner:
                     raise Fatal(f"stopping while {step} waits on the cluster: "
                                 f"{error.str()}") from exc
                 continue
+            self._in_step = None
             self._unblock()
             return
+
+    def _watch_steps(self) -> None:
+        """End the process when a transaction step's call hangs past its timeout."""
+        while True:
+            time.sleep(1.0)
+            in_step = self._in_step
+            if in_step is None:
+                continue
+            step, since = in_step
+            if time.monotonic() - since > STEP_WAIT_S + STEP_HANG_S:
+                log.critical(f"{step} has not returned {time.monotonic() - since:.0f}s after "
+                             f"it was called with a {STEP_WAIT_S:.0f}s timeout (librdkafka "
+                             "#5456/#5511); exiting for a restart, the open transaction "
+                             "commits nothing", extra={"topic": self.input, "step": step})
+                logging.shutdown()
+                os._exit(EXIT_RESTART)
 
     def _block(self, step: str, error: KafkaError) -> None:
         now = time.monotonic()
