@@ -46,7 +46,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from benchmarks.core import machine
 from benchmarks.generator import Item, Sender, TrafficSpec, generate
-from deploy.localstack import Kafka, free_port
+from deploy.localstack import Kafka, KafkaCluster, free_port
 from services.audit.read import read_table
 from services.common.auth import Keyring
 from services.common.metrics import scrape, total
@@ -97,8 +97,11 @@ class Deployment:
 
     def __init__(self, bootstrap: str, prefix: str, module: str, logs: Path,
                  partitions: int = 4, env: dict[str, str] | None = None) -> None:
+        # on a cluster (--brokers 3) every topic gets its replicas, as the services' do
         self.settings = Settings(bootstrap=bootstrap, topics=Topics(prefix=f"{prefix}."),
-                                 group_prefix=prefix, partitions=partitions)
+                                 group_prefix=prefix, partitions=partitions,
+                                 replication_factor=int(os.environ.get(
+                                     "COMMISSION_REPLICATION_FACTOR", "1")))
         ensure_topics(self.settings, self.settings.topics.all())
         self.stages = HOPS if module in PASSTHROUGH else SERVICES
         self.ports = {s: free_port() for s in self.stages}
@@ -479,6 +482,10 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+class _Skip(Exception):
+    """The hot run is not among the chosen scenarios."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.pipeline")
     parser.add_argument("--commands", type=int, default=40_000)
@@ -490,14 +497,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="commands/s of the paced run that warms the broker up first")
     parser.add_argument("--warm-up-seconds", type=float, default=40.0)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--brokers", type=int, default=1,
+                        help="more than 1: on a KRaft cluster of that many brokers "
+                             "(replication factor 3, min.insync.replicas 2)")
+    parser.add_argument("--scenarios", default="limit,raw,raw-100ms,kstreams,pipeline",
+                        help="the throughput scenarios to run (pipeline is needed for "
+                             "the latency run; the hot run needs hot in the list or all)")
     args = parser.parse_args(argv)
+    chosen = set(args.scenarios.split(","))
     from benchmarks.peers import KafkaStreamsDeployment  # it subclasses Deployment
 
     workdir = Path(tempfile.mkdtemp(prefix="commission-bench-"))
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     kafka = None
     if not bootstrap:
-        kafka = Kafka(run_dir=workdir / "kafka", port=free_port(), controller_port=free_port())
+        if args.brokers > 1:
+            kafka = KafkaCluster.on_free_ports(workdir / "kafka", args.brokers)
+            os.environ["COMMISSION_REPLICATION_FACTOR"] = str(kafka.replication_factor)
+        else:
+            kafka = Kafka(run_dir=workdir / "kafka", port=free_port(),
+                          controller_port=free_port())
         kafka.start()
         bootstrap = kafka.bootstrap
     stamp = int(time.time())
@@ -538,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
             "pipeline": lambda: deploy("pipeline", "services"),
         }
         for key, make in scenarios.items():
+            if key not in chosen:
+                continue
             dep = make()
             try:
                 runs[key] = throughput(dep, key, items, warm)
@@ -558,14 +579,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"{[int(p99) for _, _, p99, _ in runs['latency'].latency_series]}", flush=True)
         finally:
             dep.stop()
-        dep = deploy("hot", "services")
+        dep = deploy("hot", "services") if "hot" in chosen or "kstreams" in chosen else None
         try:
+            if dep is None:
+                raise _Skip
             hot_items = generate(TrafficSpec(certificates=1, commands=args.hot + 3, hot=True,
                                              purchase_rate=0.0, seed=7, prefix="hot"))
             runs["hot"] = throughput(dep, "one hot certificate", hot_items, warm)
             print(f"hot: {runs['hot'].rate:,.0f} commands/s", flush=True)
+        except _Skip:
+            pass
         finally:
-            dep.stop()
+            if dep is not None:
+                dep.stop()
     finally:
         if kafka is not None:
             kafka.stop()
@@ -573,11 +599,16 @@ def main(argv: list[str] | None = None) -> int:
         "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m benchmarks.pipeline " + " ".join(argv or sys.argv[1:]),
         "machine": machine(), "kafka": "3.9.1", "partitions": args.partitions,
+        "brokers": args.brokers,
         "warm_up": warm_up,
         "runs": {k: msgspec.to_builtins(v) for k, v in runs.items()},
         "state": state,
         "markers": markers,
     }
+    if args.no_write:  # a partial run (--scenarios, --brokers): the figures, no report
+        print(json.dumps({k: {"rate": v.rate, "latency_ms": v.latency_ms, "notes": v.notes}
+                          for k, v in runs.items()}, indent=1, default=str))
+        return 0
     print(markdown(result))
     if not args.no_write:
         RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)

@@ -702,6 +702,21 @@ class KafkaCluster:
             if node.node_id in started:
                 wait_until(lambda n=node: kafka_answers(n.port), KAFKA_START_TIMEOUT_S,
                            f"kafka node {node.node_id}", node.log, pid=started[node.node_id])
+        # a broker answers ApiVersions before it has registered with the controller
+        # and caught up the metadata: wait until the cluster lists every live broker
+        wait_until(self._lists_live_brokers, KAFKA_START_TIMEOUT_S, "kafka cluster metadata")
+
+    def _lists_live_brokers(self) -> bool:
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        live = [i for i in self.node_ids if self.node(i).running()]
+        bootstrap = ",".join(self.node(i).bootstrap for i in live)
+        try:
+            brokers = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=5).brokers
+        except KafkaException:
+            return False
+        return sorted(brokers) == live
 
     def running(self) -> bool:
         return all(node.running() for node in self.nodes)
