@@ -116,7 +116,10 @@ class Watch:
         or between two)."""
         inside = [(t, lat) for t, lat in self.seen if window.start <= t <= window.end]
         latencies = sorted(lat for _, lat in inside)
-        times = [window.start, *(t for t, _ in inside)]
+        # the stretch from the kill to the first verdict after it counts, even when
+        # that first verdict came after the window
+        after = [t for t, _ in self.seen if t > window.end][:1]
+        times = [window.start, *(t for t, _ in inside), *(after or [window.end])]
         stall = max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0
         return {"verdicts": len(inside), "p99_s": round(p99, 3), "stall_s": round(stall, 3)}
