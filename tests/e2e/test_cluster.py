@@ -224,14 +224,15 @@ def test_with_replicas_short_the_stage_waits_shows_it_and_retries_the_round(
     ports = {s: free_port() for s in SERVICES}
     members = Members(cluster, written_topics(pipeline))
     for service in SERVICES:
-        # the sequencer holds its third round with the outputs sent, transaction open
-        env = ({"COMMISSION_FAULTS": "after_outputs@3:pause",
+        # the sequencer holds its third round applied, before its transaction begins (a
+        # transaction held open past its 10 s timeout would be aborted and fenced)
+        env = ({"COMMISSION_FAULTS": "after_apply@3:pause",
                 "COMMISSION_FAULT_DIR": str(folder)} if service == "circulation" else {})
         pipeline.start(service, metrics_port=ports[service], **env)
     commands = []
     seed = 7_000
     deadline = time.monotonic() + 90
-    while not (folder / "after_outputs.paused").exists():
+    while not (folder / "after_apply.paused").exists():
         assert time.monotonic() < deadline, "the sequencer never reached its third round"
         pipeline.assert_running()
         seed += 1
@@ -250,7 +251,7 @@ def test_with_replicas_short_the_stage_waits_shows_it_and_retries_the_round(
                  lambda parts: all(isr == [survivor] for _, _, isr in parts.values()), 30)
     # the brokers refuse the write: fewer in-sync replicas than min.insync.replicas
     assert refused_write(cluster, pipeline.topics.accepted) == KafkaError.NOT_ENOUGH_REPLICAS
-    (folder / "after_outputs.resume").touch()  # the sequencer goes on to commit
+    (folder / "after_apply.resume").touch()  # the sequencer goes on: outputs, commit
     resumed = time.monotonic()
     deadline = time.monotonic() + 30
     while True:
