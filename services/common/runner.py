@@ -357,7 +357,10 @@ class StageRunner:
         self.last_loop_monotonic = now  # alive (liveness), waiting on purpose
         self.metrics.commit_retries.labels(self.stage.name).inc()
         if self.blocked is None or self.blocked.step != step:
-            self.blocked = Blocked(step, now, self._diagnose(error))
+            # waiting since the first step that waited (a commit whose records timed
+            # out, then its abort, is one wait on the cluster)
+            since = now if self.blocked is None else self.blocked.since
+            self.blocked = Blocked(step, since, self._diagnose(error))
             self.metrics.commit_blocked.labels(self.stage.name).set(1)
             log.warning(f"{step} cannot complete; waiting and retrying, nothing of the "
                         f"round is published meanwhile: {self.blocked.reason}",
