@@ -98,8 +98,11 @@ BLOCKED_REPORT_S = 10.0
 # #5456 and #5511, open in 2.12; seen in tests/e2e/test_cluster.py). The watchdog
 # ends the process (exit 75, crash-only: the open transaction commits nothing, and
 # the restarted worker's init_transactions aborts it).
-STEP_HANG_S = 15.0
+STEP_HANG_S = 6.0
 EXIT_RESTART = 75
+# a producer failing with these was fenced: by another holder of its transactional
+# id, or by the coordinator aborting a transaction open past its timeout (_recoverable)
+FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
 
 
 class Position(msgspec.Struct, array_like=True, frozen=True):
@@ -187,6 +190,7 @@ class StageRunner:
         self._next_gauges = 0.0
         self._rebalances = 0  # rebalance callbacks so far (a round never spans one)
         self._committed_at = 0.0  # time.monotonic() when the last commit ended
+        self._txn_began = 0.0  # time.monotonic() when the open transaction began
         self.blocked: Blocked | None = None  # a transaction step waiting on the cluster
         self._in_step: tuple[str, float] | None = None  # (step, monotonic) of a call
         self._stop = threading.Event()
@@ -225,11 +229,7 @@ class StageRunner:
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
         threading.Thread(target=self._watch_steps, name="step-watchdog", daemon=True).start()
-        self.producer = Producer(self._producer_conf(**{
-            "transactional.id": self.transactional_id, "enable.idempotence": True,
-            "acks": "all", "linger.ms": 5, "transaction.timeout.ms": TXN_TIMEOUT_MS,
-            "queue.buffering.max.messages": 1_000_000,
-            "client.id": self.transactional_id}))
+        self.producer = self._transactional_producer()
         self._check_login()
         ensure_topics(self.settings, [self.input, *self.stage.output_topics()],
                       compacted=[self.changelog])
@@ -263,6 +263,55 @@ class StageRunner:
                 self._update_gauges()
         finally:
             self._shutdown()
+
+    def _transactional_producer(self) -> Producer:
+        return Producer(self._producer_conf(**{
+            "transactional.id": self.transactional_id, "enable.idempotence": True,
+            "acks": "all", "linger.ms": 5, "transaction.timeout.ms": TXN_TIMEOUT_MS,
+            "queue.buffering.max.messages": 1_000_000,
+            "client.id": self.transactional_id}))
+
+    def _recoverable(self, error: KafkaError) -> bool:
+        """Whether a failed transaction step leaves this worker able to go on: abort
+        the round, restore its partitions and retry (_abort_round).
+
+        Not fatal: if the transaction must be aborted or the error may pass. Fatal:
+        the producer can do nothing more, but a new one can (_renew_producer), except
+        when another worker holds the transactional id: taking it back would make two
+        of them. librdkafka reports both that and the coordinator aborting a
+        transaction open past its timeout (replicas short for longer than it) as
+        "fenced"; a fence that comes after the timeout is taken for the latter (a
+        real rival with this worker's instance id also fences its group membership,
+        which ends this process: _next_batch)."""
+        if not error.fatal():
+            return error.txn_requires_abort() or error.retriable()
+        if error.code() == KafkaError._FATAL:
+            return False  # a fatal error librdkafka does not name
+        if error.code() in FENCED:
+            return time.monotonic() - self._txn_began >= TXN_TIMEOUT_MS / 1000
+        return True
+
+    def _renew_producer(self, error: KafkaError) -> None:
+        """Replace a producer that failed fatally by a new one with the same
+        transactional id, in this process.
+
+        On a cluster losing brokers, librdkafka fails an abort that follows a failed
+        AddOffsets (the coordinator's broker died) with a fatal INVALID_TXN_STATE, and
+        fences a producer whose transaction the coordinator aborted at its timeout:
+        that producer can do nothing more. Its open transaction commits nothing: the
+        new producer's init_transactions bumps the id's epoch (the old one is fenced)
+        and has the coordinator abort what it left open, waiting (blocked, shown) for
+        as long as no coordinator can take it."""
+        log.warning("the producer failed fatally; a new one with the same transactional id "
+                    "fences it and aborts what it left open",
+                    extra={"topic": self.input, "reason": error.str()})
+        old = self.producer
+        try:
+            old.purge()  # nothing of it may still be sent (it is fenced below anyway)
+        except KafkaException:
+            pass
+        self.producer = self._transactional_producer()
+        self._init_transactions()
 
     def _refused(self, what: str, error: object) -> Fatal:
         auth = self.settings.kafka_auth
@@ -516,6 +565,7 @@ class StageRunner:
         produce = producer.produce
         began = time.perf_counter()
         try:
+            self._txn_began = time.monotonic()
             producer.begin_transaction()
             latencies = []
             for p, w in work.items():
@@ -543,12 +593,13 @@ class StageRunner:
             self._until_done("commit_transaction", producer.commit_transaction)
         except KafkaException as exc:
             error = exc.args[0]
-            if not error.fatal() and (error.txn_requires_abort() or error.retriable()):
+            if self._recoverable(error):
                 # e.g. the group moved on while this round ran (a member joined or
                 # left: ILLEGAL_GENERATION when adding the offsets), its records
                 # timed out while replicas were short, or the coordinator moved
                 # (a transport failure, NOT_COORDINATOR): nothing of it is
-                # committed, and nothing of this worker is a zombie yet
+                # committed, and nothing of this worker is a zombie yet. A fatal
+                # error that is not a fence only ends this producer (_renew_producer).
                 self._abort_round(error)
                 return
             log.critical("transaction failed; stopping (a restart restores the table)",
@@ -634,10 +685,15 @@ class StageRunner:
         A partition the coming rebalance takes away is simply forgotten then."""
         log.warning("transaction aborted; restoring the round's partitions",
                     extra={"topic": self.input, "reason": error.str()})
-        try:
-            self._until_done("abort_transaction", self.producer.abort_transaction)
-        except KafkaException as exc:
-            raise Fatal(f"aborting a transaction: {exc}") from exc
+        if error.fatal():
+            self._renew_producer(error)
+        else:
+            try:
+                self._until_done("abort_transaction", self.producer.abort_transaction)
+            except KafkaException as exc:
+                if not (exc.args[0].fatal() and self._recoverable(exc.args[0])):
+                    raise Fatal(f"aborting a transaction: {exc}") from exc
+                self._renew_producer(exc.args[0])
         self.metrics.drop()  # nothing of the round was published
         self.metrics.aborted_rounds.labels(self.stage.name).inc()
         owned = sorted(self.parts)

@@ -60,6 +60,7 @@ class Pipeline:
         self.env.pop("COMMISSION_KEYS_FILE", None)
         self.keyring = Keyring.from_env()
         self.procs: dict[tuple[str, int], subprocess.Popen] = {}
+        self.metrics_ports: dict[tuple[str, int], int] = {}  # 0: none
         self.supervised = False
         self.restarts: Counter[str] = Counter()  # by restart_exited, per service
         self._restarting = threading.Lock()
@@ -87,6 +88,7 @@ class Pipeline:
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.procs[(service, instance)] = proc
+        self.metrics_ports[(service, instance)] = metrics_port
         return proc
 
     def start_all(self, ready: bool = False) -> None:
@@ -127,8 +129,8 @@ class Pipeline:
         exits with 75 when a transaction fails, e.g. while the broker is down)."""
         with self._restarting:  # a supervisor thread and the test's checks both call it
             exited = [k for k, p in self.procs.items() if p.poll() is not None]
-            for service, instance in exited:
-                self.start(service, instance)
+            for service, instance in exited:  # on its port: its /readyz stays where it was
+                self.start(service, instance, self.metrics_ports[(service, instance)])
                 self.restarts[service] += 1
         return exited
 
