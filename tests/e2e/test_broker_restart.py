@@ -1,6 +1,8 @@
 """The broker is killed and restarted while traffic flows: services that lose a
 transaction stop and are restarted (as a supervisor would), and the outputs are
-still exactly what the core computes."""
+still exactly what the core computes. It is also the test of the fixture's broker
+restart (Kafka.kill then start on the same data): the outputs of the first half,
+acknowledged before the kill, are read after it."""
 
 from __future__ import annotations
 
