@@ -137,10 +137,20 @@ def maven_runtime(pom: Path, root: Path, version: str, what: str) -> Path:
     return libs
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, never one this process was handed before: the kernel may
+    answer the same port to two binds in a row, and two servers told the same port
+    clash (a Redis Cluster node's bus on its neighbour's port did, in CI)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -865,6 +875,7 @@ class RedisCluster:
         server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if server is None or cli is None:
             raise SystemExit("redis-server is missing: run `make install` (apt-get install redis-server)")
+        pids = []
         for port, bus in zip(self.ports, self.bus_ports, strict=True):
             node = self.node(port)
             (node.run_dir / "redis-data").mkdir(parents=True, exist_ok=True)
@@ -875,9 +886,11 @@ class RedisCluster:
                           "--appendfsync", "always", "--save", "", "--daemonize", "no",
                           "--protected-mode", "yes"], node.log)
             node.pidfile.write_text(f"{pid}\n")
-        for port in self.ports:
+            pids.append(pid)
+        for port, pid in zip(self.ports, pids, strict=True):
             node = self.node(port)
-            wait_until(node.answers, REDIS_START_TIMEOUT_S, "redis cluster node", node.log)
+            wait_until(node.answers, REDIS_START_TIMEOUT_S, "redis cluster node", node.log,
+                       pid=pid)
         log = self.run_dir / "cluster-create.log"
         with open(log, "ab") as out:
             subprocess.run([cli, "--cluster", "create",
