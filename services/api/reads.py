@@ -12,6 +12,7 @@ from aiohttp import web
 
 from domain import CertificateState
 from services.api.errors import Problem, problem
+from services.readmodel import statecopy
 from services.readmodel.projection import NO_DEADLINE, Keys
 
 MAX_PAGE_SIZE = 100
@@ -129,8 +130,7 @@ class ReadApi:
         return await self.respond(found)
 
     async def state(self, cid: str) -> CertificateState | None:
-        raw = await self.redis.get(self.keys.state(cid))
-        return decode_state(raw) if raw else None
+        return await statecopy.load_one(self.redis, self.keys, cid)
 
     async def members(self, cid: str) -> dict[str, int]:
         """The accounts in a certificate's chain (only they can be a ``via``)."""

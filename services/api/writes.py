@@ -44,10 +44,10 @@ from services.api.checkout import PaymentSystemClient
 from services.api.errors import Problem, problem
 from services.api.guard import Trust, read_body
 from services.api.identity import Identity, Role
-from services.api.reads import decode_state
 from services.api.roles import require
 from services.api.sessions import Session
 from services.common.auth import Keyring
+from services.readmodel import statecopy
 from services.readmodel.projection import Keys
 
 _encode = msgspec.json.Encoder().encode
@@ -316,11 +316,10 @@ class Gateway:
                              certificate_id: str) -> tuple[str, str]:
         """Open a checkout at the payment system for ``account`` buying the
         certificate at its price: (checkout id, the payment page's URL)."""
-        state = await self.redis.get(self.keys.state(certificate_id))
+        cert = await statecopy.load_one(self.redis, self.keys, certificate_id)
         page = await self.redis.hgetall(self.keys.cert(certificate_id))
-        if not state or not page:
+        if cert is None or not page:
             raise Problem(404, "unknown_certificate", "no certificate with this id")
-        cert = decode_state(state)
         if cert.status != "posted":
             raise Problem(409, "not_for_sale", f"the certificate is {cert.status}")
         if account == cert.seller_id:

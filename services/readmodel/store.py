@@ -53,6 +53,8 @@ from domain import CertificateState
 from schemas.commands import AcceptedCommand
 from schemas.rejections import Reason, Rejection
 from services.common.follower import follow
+from services.common.rows import Lengths
+from services.readmodel import statecopy
 from services.readmodel.projection import Keys, hash_tag, project
 from services.readmodel.projection import page as certificate_page
 
@@ -60,22 +62,24 @@ OUTCOME_TTL_S = 7 * 24 * 3600
 CLUSTER_CONCURRENCY = 16  # scripts in flight at once on a Redis Cluster
 CACHE_CERTIFICATES = 100_000  # states kept in memory between batches (~1 KB each)
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(CertificateState).decode
 
 # ARGV[1] is a msgpack list of steps; keys are named by their index in KEYS, the
 # states (msgpack bytes, which Redis's cmsgpack cannot read inside ARGV[1]) by theirs
 # in ARGV.
-#   {'C', cert, state, prev, last, n, blob, page, ops}   a certificate's commands
+#   {'C', cert, row, prev, last, n, fields, page, ops}   a certificate's commands
 #       prev+1..last (n of them): applied when cert's seq == prev, met as projected
-#       already when it is >= last; anything else: Redis and this worker disagree
+#       already when it is >= last; anything else: Redis and this worker disagree.
+#       fields: {name, i, ...}: the state copy's hash fields, values in ARGV[i]
+#       (services/readmodel/statecopy.py)
 #   {'G', guard, cert, seq, ops}    Redis Cluster: one command's writes in one slot,
 #       applied when the guard hash holds less than seq for cert
 #   {'O', key, fields, ttl}         an accepted command's outcome (Redis Cluster)
 #   {'J', key, reason, detail, cert, ttl}  a refusal: recorded unless it has an outcome
 #   {'P', key, offset}              a partition's next offset, only ever raised
 #   op: {'H', key, fields} | {'I', key, field, by} | {'Z', key, member, score}
-#       | {'R', key, member} | {'X', key, seconds}
+#       | {'R', key, member} | {'X', key, seconds} | {'D', key}
 #       | {'T', key}: the outcome's projected_ms, the script's own clock (Redis TIME)
+#       | {'O', key, fields, ttl}: an outcome: its fields and projected_ms, expiring
 # Returns {0, 0, skipped} when every step was applied (skipped: commands met as
 # projected already), or {step, stored_seq, skipped} at the first certificate whose
 # stored seq disagrees: nothing from that step on is written, positions included.
@@ -92,6 +96,10 @@ local function run(ops)
     elseif op == 'R' then redis.call('ZREM', key, o[3])
     elseif op == 'X' then redis.call('EXPIRE', key, o[3])
     elseif op == 'T' then redis.call('HSET', key, 'projected_ms', now_ms)
+    elseif op == 'O' then
+      redis.call('HSET', key, 'projected_ms', now_ms, unpack(o[3]))
+      redis.call('EXPIRE', key, o[4])
+    elseif op == 'D' then redis.call('DEL', key)
     else error('bad op ' .. tostring(op)) end
   end
 end
@@ -101,7 +109,9 @@ for n, s in ipairs(prog) do
   if kind == 'C' then
     local cur = tonumber(redis.call('HGET', KEYS[s[2]], 'seq') or '0')
     if cur == s[4] then
-      redis.call('SET', KEYS[s[3]], ARGV[s[7]])
+      local f, row = s[7], {}
+      for i = 1, #f, 2 do row[i] = f[i]; row[i + 1] = ARGV[f[i + 1]] end
+      redis.call('HSET', KEYS[s[3]], unpack(row))
       redis.call('HSET', KEYS[s[2]], unpack(s[8]))
       run(s[9])
     elseif cur >= s[5] then
@@ -207,7 +217,9 @@ class _Merged:
     hset: dict[str, dict[str, str]] = field(default_factory=dict)
     incr: dict[tuple[str, str], int] = field(default_factory=dict)
     zset: dict[tuple[str, str], str | None] = field(default_factory=dict)
-    blob: bytes = b""  # the state after them, encoded when planned
+    fields: list[tuple[str, bytes]] = field(default_factory=list)  # the state copy's
+    # hash fields that change (statecopy.py), encoded when planned
+    drop: list[str] = field(default_factory=list)  # keys the write deletes
     page: dict[str, str] = field(default_factory=dict)  # the page after them
 
 
@@ -233,6 +245,10 @@ class ReadModelStore:
         self.cluster = isinstance(client, RedisCluster) if cluster is None else cluster
         self.script = client.register_script(APPLY)
         self.cache: OrderedDict[str, CertificateState] = OrderedDict()
+        # what each cached certificate's copy in Redis holds (or will, once the
+        # batches planned are written): which segments a write must add
+        self.written: dict[str, Lengths | None] = {}
+        self.legacy: set[str] = set()  # copies in the former format, to delete
         self.cache_size = cache_size
         self.generation = 0  # raised by forget(): plans made before are stale
 
@@ -267,6 +283,8 @@ class ReadModelStore:
         """Drop the states kept in memory (partitions moved, or Redis went back), and
         with them every plan made on them."""
         self.cache.clear()
+        self.written.clear()
+        self.legacy.clear()
         self.generation += 1
 
     async def _states(self, cids: list[str]) -> dict[str, CertificateState | None]:
@@ -279,9 +297,12 @@ class ReadModelStore:
             else:
                 out[cid] = state
         if missing:
-            raw = await self._mget([self.keys.state(cid) for cid in missing])
-            for cid, value in zip(missing, raw, strict=True):
-                out[cid] = None if value is None else _decode(value)
+            for cid, (state, written, legacy) in (
+                    await statecopy.load(self.redis, self.keys, missing)).items():
+                out[cid] = state
+                self.written[cid] = written
+                if legacy:
+                    self.legacy.add(cid)
         return out
 
     async def apply_batch(self, accepted: list[tuple[AcceptedCommand, int]],
@@ -300,8 +321,11 @@ class ReadModelStore:
         Redis runs this one's script); ``execute`` writes them. Raises Behind."""
         done = Applied()
         k = self.keys
+        generation = self.generation  # forgotten while the states are read: stale
         states = await self._states(list(dict.fromkeys(
             a.command.certificate_id for a, _ in accepted)))
+        if generation != self.generation:
+            raise StalePlan("the copies were forgotten while the states were read")
         merged: dict[str, _Merged] = {}
         outcomes: list[tuple[str, str, int, dict[str, str]]] = []  # cid, key, seq, fields
         guarded: list[tuple[str, int, dict]] = []  # Redis Cluster: (cid, seq, writes)
@@ -350,13 +374,16 @@ class ReadModelStore:
             # encoded now: the core updates a state in place, and the next batch is
             # planned (on this very object) before this one is written
             assert m.state is not None
-            m.blob = _encode(m.state)
+            m.fields, self.written[cid] = statecopy.encode(m.state, self.written.get(cid))
+            if cid in self.legacy:  # its former one-value copy goes with this write
+                self.legacy.discard(cid)
+                m.drop.append(k.state(cid))
             m.page = {**m.hset.pop(k.cert(cid), {}), **certificate_page(m.state)}
             self.cache[cid] = m.state
             self.cache.move_to_end(cid)
         while len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
-        return Plan(done, merged, outcomes, guarded, refusals, positions, self.generation)
+            self.written.pop(self.cache.popitem(last=False)[0], None)
+        return Plan(done, merged, outcomes, guarded, refusals, positions, generation)
 
     async def execute(self, plan: Plan) -> Applied:
         """Write a planned batch. Raises Behind (and forgets every copy) when Redis
@@ -380,9 +407,14 @@ class ReadModelStore:
         return plan.done
 
     def _certificate(self, prog: _Program, cid: str, m: _Merged, ops: list[list]) -> None:
-        prog.steps.append(["C", prog.key(self.keys.cert(cid)), prog.key(self.keys.state(cid)),
-                           m.prev, m.last, m.n, prog.blob(m.blob), _flat(m.page),
-                           prog.ops(m.hset, m.incr, m.zset) + ops])
+        fields: list = []
+        for name, value in m.fields:
+            fields += (name, prog.blob(value))
+        prog.steps.append(["C", prog.key(self.keys.cert(cid)),
+                           prog.key(statecopy.row_key(self.keys, cid)),
+                           m.prev, m.last, m.n, fields, _flat(m.page),
+                           prog.ops(m.hset, m.incr, m.zset) + ops
+                           + [["D", prog.key(key)] for key in m.drop]])
         prog.certs.append(cid)
 
     def _refusal(self, prog: _Program, r: Rejection) -> None:
@@ -411,8 +443,7 @@ class ReadModelStore:
         by_cert: dict[str, list[list]] = {}
         for cid, key, _seq, fields in outcomes:
             i = prog.key(key)
-            by_cert.setdefault(cid, []).extend([["H", i, _flat(fields)], ["T", i],
-                                                ["X", i, OUTCOME_TTL_S]])
+            by_cert.setdefault(cid, []).append(["O", i, _flat(fields), OUTCOME_TTL_S])
         for cid, m in merged.items():
             self._certificate(prog, cid, m, by_cert[cid])
         for r in refusals:

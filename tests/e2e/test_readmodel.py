@@ -21,11 +21,10 @@ from domain.review import kept_back
 from schemas.commands import AcceptedCommand
 from schemas.payments import CommissionPayout
 from services.common.metrics import scrape, total
+from services.readmodel import statecopy
 from services.readmodel.projection import NO_DEADLINE, Keys, page
 from tests.e2e.http import get, wait_for
 from tests.e2e.traffic import build, expect, settled
-
-decode_state = msgspec.msgpack.Decoder(CertificateState).decode
 
 
 def expected_earnings(states: dict[str, CertificateState]) -> dict[str, dict[str, int]]:
@@ -68,8 +67,11 @@ def wait_projected(pipeline, client: redis.Redis, keys: Keys,
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         pipeline.assert_running()
-        seqs = client.mget([keys.state(cid) for cid in states])
-        if all(raw is not None and decode_state(raw).seq == states[cid].seq
+        with client.pipeline(transaction=False) as p:
+            for cid in states:  # the page's seq is written with the state copy
+                p.hget(keys.cert(cid), "seq")
+            seqs = p.execute()
+        if all(raw is not None and int(raw) == states[cid].seq
                for cid, raw in zip(states, seqs, strict=True)):
             return
         time.sleep(0.5)
@@ -238,7 +240,7 @@ def test_a_record_of_an_aborted_transaction_is_not_projected(pipeline, stack):
     keys = Keys(pipeline.topics.prefix)
     try:
         wait_projected(pipeline, client, keys, {real: expect([real_cmd]).states[real]})
-        assert client.get(keys.state(ghost)) is None
+        assert client.exists(keys.state(ghost), statecopy.row_key(keys, ghost)) == 0
         assert client.hgetall(keys.cert(ghost)) == {}
         assert client.hgetall(keys.outcome(ghost_cmd.command_id)) == {}
     finally:

@@ -15,6 +15,7 @@ from redis.crc import key_slot
 from domain import Accepted, handle
 from schemas.commands import AcceptedCommand
 from services.common.follower import follow
+from services.readmodel import statecopy
 from services.readmodel.projection import Keys, hash_tag, project
 from services.readmodel.store import Behind, ReadModelStore, StalePlan
 from tests.e2e.certificates import sequencer_entropy
@@ -46,12 +47,12 @@ class FakeRedis:
     async def mget_nonatomic(self, keys: list[str]) -> list:
         return [self.data.get(k) for k in keys]
 
-    def pipeline(self):
+    def pipeline(self, transaction: bool = True):
         fake = self
 
         class Pipeline:
             def __init__(self) -> None:
-                self.reads: list[tuple[str, str]] = []
+                self.reads: list = []
 
             async def __aenter__(self):
                 return self
@@ -60,10 +61,17 @@ class FakeRedis:
                 return None
 
             def hget(self, key: str, name: str) -> None:
-                self.reads.append((key, name))
+                self.reads.append(lambda: fake.data.get(key, {}).get(name))
+
+            def hgetall(self, key: str) -> None:  # redis-py: field names as bytes
+                self.reads.append(lambda: {f.encode(): v for f, v in
+                                           fake.data.get(key, {}).items()})
+
+            def get(self, key: str) -> None:
+                self.reads.append(lambda: fake.data.get(key))
 
             async def execute(self) -> list:
-                return [fake.data.get(k, {}).get(f) for k, f in self.reads]
+                return [read() for read in self.reads]
         return Pipeline()
 
     def run(self, keys: list[str], ops: list) -> None:
@@ -82,6 +90,11 @@ class FakeRedis:
                 d.get(k, {}).pop(op[2], None)
             elif op[0] == "T":
                 d.setdefault(k, {})["projected_ms"] = "1"
+            elif op[0] == "D":
+                d.pop(k, None)
+            elif op[0] == "O":
+                d.setdefault(k, {}).update(zip(op[2][::2], op[2][1::2], strict=True),
+                                           projected_ms="1")
             elif op[0] != "X":
                 raise AssertionError(f"bad op {op!r}")
 
@@ -93,7 +106,8 @@ class FakeRedis:
             if kind == "C":
                 cur = int(d.get(k, {}).get("seq", "0"))
                 if cur == s[3]:
-                    d[keys[s[2] - 1]] = argv[s[6] - 1]
+                    d.setdefault(keys[s[2] - 1], {}).update(
+                        (f, argv[i - 1]) for f, i in zip(s[6][::2], s[6][1::2], strict=True))
                     d.setdefault(k, {}).update(zip(s[7][::2], s[7][1::2], strict=True))
                     self.run(keys, s[8])
                 elif cur >= s[4]:
@@ -156,7 +170,7 @@ def one_by_one(keys: Keys, commands: list[AcceptedCommand]) -> dict[str, object]
 
 def projections(keys: Keys, redis: FakeRedis) -> dict[str, object]:
     """What the pages read: without outcomes, states, positions and guards."""
-    skip = tuple(keys.p + part for part in ("cmd:", "state:", "pos:", "applied:"))
+    skip = tuple(keys.p + part for part in ("cmd:", "state:", "row:", "pos:", "applied:"))
     return {k: v for k, v in redis.data.items() if not k.startswith(skip) and v != {}}
 
 
@@ -288,3 +302,44 @@ def test_batches_planned_ahead_of_their_writes_write_what_one_by_one_does():
 
     asyncio.run(run())
     assert projections(keys, redis) == one_by_one(keys, commands)
+
+
+def test_the_state_copy_written_in_parts_reads_back_whole_and_replaces_the_former_format():
+    """Each batch writes a certificate's head and only the segments filled since
+    (statecopy.py); read back by a fresh worker, the copies are the states one by
+    one reaches. A copy in the former one-value format is read, and deleted by the
+    next write of its certificate."""
+    keys = Keys("t.")
+    commands = accepted_commands()
+    redis = FakeRedis()
+    pairs = [(a, a.received_ms) for a in commands]
+    states: dict = {}
+    for a in commands:
+        states[a.command.certificate_id] = follow(states.get(a.command.certificate_id), a).state
+    encode = msgspec.msgpack.Encoder().encode
+    cids = sorted(states)
+
+    async def run() -> None:
+        store = ReadModelStore(redis, keys)
+        for i in range(0, len(pairs) - 20, 7):  # small batches: segments fill across them
+            await store.apply_batch(pairs[i:i + 7], [], {})
+        rest = pairs[i + 7:]
+        fresh = ReadModelStore(redis, keys)
+        # one certificate's copy as the former format held it: read, then deleted
+        legacy = cids[0]
+        before = await statecopy.load_one(redis, keys, legacy)
+        del redis.data[statecopy.row_key(keys, legacy)]
+        redis.data[keys.state(legacy)] = encode(before)
+        assert encode(await statecopy.load_one(redis, keys, legacy)) == encode(before)
+        done = await fresh.apply_batch(rest, [], {})
+        assert done.skipped == 0 and len(done.accepted_ms) == len(rest)
+        for cid in cids:
+            assert encode(await statecopy.load_one(redis, keys, cid)) == encode(states[cid])
+        touched = {a.command.certificate_id for a, _ in rest}
+        assert (keys.state(legacy) in redis.data) == (legacy not in touched)
+
+    asyncio.run(run())
+    assert projections(keys, redis) == one_by_one(keys, commands)
+    sizes = [len(v) for k, h in redis.data.items() if k.startswith(keys.p + "row:")
+             for v in h.values()]
+    assert len(sizes) > len(cids)  # heads and segments, not one value a certificate
