@@ -132,10 +132,11 @@ class Projector(ConsumerRebalanceListener):
         await consumer.start()
         try:
             while True:
-                # one batch at a time: planning the next batch while Redis runs this
-                # one's script (store.plan/execute) met Redis "behind" the worker over
-                # and over in the benchmark (not understood yet), so it is not done
-                batch = await consumer.getmany(timeout_ms=500, max_records=MAX_RECORDS)
+                # while a batch's script runs in Redis, the next batch is fetched and
+                # planned (Python's work overlaps Redis's script and fsync); a batch is
+                # what the consumer holds, never waited for to fill
+                batch = await consumer.getmany(timeout_ms=0 if self.inflight else 500,
+                                               max_records=MAX_RECORDS)
                 if batch:
                     await self.project(batch)
                     if time.monotonic() - self.last_commit >= COMMIT_EVERY_S:
@@ -202,7 +203,7 @@ class Projector(ConsumerRebalanceListener):
             positions[(tp.topic, tp.partition)] = records[-1].offset + 1
         try:
             plan = await self.store.plan(accepted, rejections, positions)
-        except Behind as exc:
+        except (Behind, StalePlan) as exc:
             if self.inflight is not None:
                 await self.settle()
             await self.behind(exc)
@@ -211,7 +212,6 @@ class Projector(ConsumerRebalanceListener):
             return  # the batch before failed and the consumer sought back: drop this one
         self.inflight = asyncio.ensure_future(self.store.execute(plan))
         self.inflight_batch = (len(rejections), positions)
-        await self.settle()
 
     async def behind(self, exc: Exception) -> None:
         log.warning("Redis is behind this worker (%s): resuming from its positions", exc,
