@@ -18,7 +18,14 @@ topics, only the circulation stage runs (the read model reads ``accepted`` and
 2. trail: with the read model caught up, ``--rate`` commands/s for ``--seconds``;
    the trail of each accepted command is its outcome's ``projected_ms`` less
    ``accepted_ms`` (the accepted record's timestamp), as the metric
-   ``commission_readmodel_trail_seconds`` observes it.
+   ``commission_readmodel_trail_seconds`` observes it. That timestamp is taken when
+   the sequencer produces the record, inside its transaction, and no consumer may
+   read the record before the transaction commits; so the trail is split in two:
+   **upstream**, ``visible_ms - accepted_ms``, when a read_committed probe consumer
+   in this process (librdkafka) first got the record: the
+   sequencer's transaction and the broker, which the read model cannot change; and
+   the **read model's own part**, ``projected_ms - visible_ms``.
+   CPU seconds per process over the paced phase are reported with it.
 
 Without ``--write`` it prints the figures and writes nothing.
 """
@@ -32,14 +39,19 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import msgspec
+import psutil
 import redis
+from confluent_kafka import Consumer
+from confluent_kafka import TopicPartition as KafkaPartition
 
 from benchmarks.core import machine
 from benchmarks.generator import Sender, TrafficSpec, generate
-from deploy.localstack import Kafka, Redis, free_port
+from deploy.localstack import Kafka, Redis, free_port, read_pid
 from services.common.auth import Keyring
 from services.common.metrics import scrape, total
 from services.common.settings import Settings, Topics
@@ -53,6 +65,75 @@ RESULTS_JSON = ROOT / "benchmarks" / "results" / "readmodel.json"
 RESULTS_MD = ROOT / "docs" / "benchmarks.md"
 
 
+class _Command(msgspec.Struct):
+    command_id: str
+
+
+class _Accepted(msgspec.Struct):
+    command: _Command
+
+
+_decode_accepted = msgspec.json.Decoder(_Accepted).decode
+
+
+class Visible(threading.Thread):
+    """A read_committed consumer of ``accepted`` from its end: when each command's
+    accepted record could first be read (ms), what the read model cannot beat."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(daemon=True)
+        self.settings = settings
+        self.at_ms: dict[str, int] = {}
+        self.stopping = threading.Event()
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        s = self.settings
+        consumer = Consumer({"bootstrap.servers": s.bootstrap, "group.id": "bench-visible",
+                             "enable.auto.commit": False, "isolation.level": "read_committed",
+                             **s.kafka_auth.librdkafka()})
+        try:
+            tps = []
+            for p in range(s.partitions):
+                tp = KafkaPartition(s.topics.accepted, p)
+                tp.offset = consumer.get_watermark_offsets(tp, timeout=10)[1]
+                tps.append(tp)
+            consumer.assign(tps)
+            self.ready.set()
+            at = self.at_ms
+            while not self.stopping.is_set():
+                batch = consumer.consume(10_000, 0.05)
+                now = int(time.time() * 1000)
+                for r in batch:
+                    if r.error() is None:
+                        at.setdefault(_decode_accepted(r.value()).command.command_id, now)
+        finally:
+            consumer.close()
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User+system CPU seconds each process used so far (its own, not its children's)."""
+    out = {}
+    for name, pid in pids.items():
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[name] = t.user + t.system
+        except psutil.Error:
+            out[name] = 0.0
+    return out
+
+
+def percentiles(values: list[int]) -> dict:
+    values = sorted(values)
+    if not values:
+        return {"n": 0, "p50": 0, "p90": 0, "p99": 0, "max": 0}
+
+    def pct(q: float) -> int:
+        return values[min(len(values) - 1, int(q * len(values)))]
+    return {"n": len(values), "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99),
+            "max": values[-1]}
+
+
 def pipeline_rate() -> float | None:
     """The pipeline's flat-out commands/s from the last benchmarks.pipeline run."""
     try:
@@ -64,7 +145,7 @@ def pipeline_rate() -> float | None:
 def markdown(r: dict) -> str:
     pipe = r["pipeline_rate"]
     flat_ok = pipe is not None and r["flat_rate"] >= pipe
-    trail = r["trail"]
+    trail, up, own = r["trail"], r["upstream"], r["own"]
     return (
         f"\n### Read model, {r['when']}\n\n"
         f"Command: `{r['command']}`  \n"
@@ -81,10 +162,20 @@ def markdown(r: dict) -> str:
         f"{trail['p50']} ms | | |\n"
         f"| trail p99 at {r['paced_rate']:,.0f} commands/s | {trail['p99']} ms | <= 500 ms at half "
         f"the pipeline's maximum | {'yes' if trail['p99'] <= 500 else 'no'} |\n"
-        f"| trail max | {trail['max']} ms | | |\n\n"
+        f"| trail max | {trail['max']} ms | | |\n"
+        f"| of it upstream (accepted record to readable) p50 / p99 | {up['p50']} / {up['p99']} ms"
+        " | | |\n"
+        f"| of it the read model's own (readable to projected) p50 / p99 | "
+        f"{own['p50']} / {own['p99']} ms | | |\n\n"
         "Trail: each paced command's `projected_ms - accepted_ms` from its outcome in Redis "
         "(the accepted record's timestamp to the script that projected it), what "
-        "`commission_readmodel_trail_seconds` observes.\n")
+        "`commission_readmodel_trail_seconds` observes. Upstream: from that timestamp, "
+        "taken by the sequencer inside its transaction, to when a read_committed probe "
+        "consumer first read the record (the transaction's commit and the broker); the "
+        "read model's own part: from then to the script "
+        f"({own['n']} commands matched). CPU seconds over the paced "
+        f"{r['paced_seconds']} s: "
+        + ", ".join(f"{k} {v}" for k, v in r['cpu_seconds'].items()) + ".\n")
 
 
 def counter(port: int, name: str, **labels: str) -> float:
@@ -195,28 +286,46 @@ def main(argv: list[str] | None = None) -> int:
         before = projected()
         handed = counter(ports["circulation"], "commission_messages_out_total",
                          topic=settings.topics.accepted)
+        visible = Visible(settings)
+        visible.start()
+        visible.ready.wait(30)
+        pids = {"sequencer": procs[0].pid, "benchmark (sender, probe)": os.getpid(),
+                **{f"read model {i}": proc.pid for i, proc in enumerate(procs[1:])}}
+        for server in servers:
+            pid = read_pid(server.pidfile)
+            if pid is not None:
+                pids[type(server).__name__.lower()] = pid
+        cpu_before = cpu_seconds(pids)
         took = sender.send(paced, rate=args.rate)
         wait("the paced commands sequenced", lambda: counter(
             ports["circulation"], "commission_messages_in_total") >= len(items) + len(paced), 300)
         more = counter(ports["circulation"], "commission_messages_out_total",
                        topic=settings.topics.accepted) - handed
         wait("the paced commands projected", lambda: projected() >= before + more, 900)
-        trails = []
+        cpu = {k: round(v - cpu_before[k], 1) for k, v in cpu_seconds(pids).items()}
+        visible.stopping.set()
+        visible.join(10)
+        trails, upstream, own = [], [], []
         with client.pipeline(transaction=False) as p:
-            for item in paced:
-                if item.command is not None:
-                    p.hmget(keys.outcome(item.command.command_id), "accepted_ms", "projected_ms")
-            for got in p.execute():
+            ids = [item.command.command_id for item in paced if item.command is not None]
+            for cid in ids:
+                p.hmget(keys.outcome(cid), "accepted_ms", "projected_ms")
+            for cid, got in zip(ids, p.execute(), strict=True):
                 if got[0] and got[1]:
-                    trails.append(int(got[1]) - int(got[0]))
-        trails.sort()
-
-        def pct(q: float) -> int:
-            return trails[min(len(trails) - 1, int(q * len(trails)))]
-
+                    accepted_ms, projected_ms = int(got[0]), int(got[1])
+                    trails.append(projected_ms - accepted_ms)
+                    seen = visible.at_ms.get(cid)
+                    if seen is not None:
+                        upstream.append(seen - accepted_ms)
+                        own.append(projected_ms - seen)
+        trail, up, mine = percentiles(trails), percentiles(upstream), percentiles(own)
         print(f"trail at {len(paced) / took:,.0f} commands/s for {took:.0f} s "
-              f"({len(trails)} projections): p50 {pct(0.5)} ms, p90 {pct(0.9)} ms, "
-              f"p99 {pct(0.99)} ms, max {trails[-1]} ms", flush=True)
+              f"({len(trails)} projections): p50 {trail['p50']} ms, p90 {trail['p90']} ms, "
+              f"p99 {trail['p99']} ms, max {trail['max']} ms", flush=True)
+        print(f"  upstream (accepted record to readable): p50 {up['p50']} ms, "
+              f"p99 {up['p99']} ms; the read model's own (readable to projected): "
+              f"p50 {mine['p50']} ms, p99 {mine['p99']} ms ({mine['n']} matched)", flush=True)
+        print(f"  CPU seconds over the paced phase ({took:.0f} s): {cpu}", flush=True)
         result = {
             "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python -m benchmarks.readmodel " + " ".join(
@@ -227,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      ["when"] if pipe else "none"),
             "flat_records": accepted, "flat_rate": round(flat, 1),
             "paced_rate": round(len(paced) / took, 1),
-            "trail": {"n": len(trails), "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99),
-                      "max": trails[-1]},
+            "trail": trail, "upstream": up, "own": mine,
+            "paced_seconds": round(took, 1), "cpu_seconds": cpu,
         }
         print(markdown(result), flush=True)
         if args.write:
