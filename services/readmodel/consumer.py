@@ -260,3 +260,4 @@ class Projector(ConsumerRebalanceListener):
             await self.report()
             os.kill(os.getpid(), signal.SIGKILL)
         await asyncio.sleep(0)  # let the web server answer between batches
+        return True
