@@ -58,26 +58,20 @@ async def load(client: aioredis.Redis | RedisCluster, keys: Keys, cids: list[str
     the former one-value format); (None, None, False) when Redis has none."""
     if not cids:
         return {}
-    async with client.pipeline(transaction=False) as p:
+    async with client.pipeline(transaction=False) as p:  # one round trip
         for cid in cids:
             p.hgetall(row_key(keys, cid))
-        rows = await p.execute()
+            p.get(keys.state(cid))
+        got = await p.execute()
     out: dict[str, tuple[CertificateState | None, Lengths | None, bool]] = {}
-    legacy = []
-    for cid, fields in zip(cids, rows, strict=True):
+    for cid, fields, whole in zip(cids, got[::2], got[1::2], strict=True):
         if fields:
             state = decode(fields)
-            out[cid] = (state, lengths(state), False)
+            out[cid] = (state, lengths(state), whole is not None)
+        elif whole is not None:
+            out[cid] = (_decode_whole(whole), None, True)
         else:
-            legacy.append(cid)
-    if legacy:
-        async with client.pipeline(transaction=False) as p:
-            for cid in legacy:
-                p.get(keys.state(cid))
-            values = await p.execute()
-        for cid, value in zip(legacy, values, strict=True):
-            out[cid] = (None, None, False) if value is None else (
-                _decode_whole(value), None, True)
+            out[cid] = (None, None, False)
     return out
 
 
