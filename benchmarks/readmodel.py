@@ -134,6 +134,30 @@ def percentiles(values: list[int]) -> dict:
             "max": values[-1]}
 
 
+LOOP = ("commission_readmodel_batch_records_count", "commission_readmodel_batch_records_sum",
+        "commission_readmodel_script_seconds_count", "commission_readmodel_script_seconds_sum",
+        "commission_readmodel_redis_wait_seconds_total")
+
+
+def loop_figures(ports: list[int]) -> dict[str, float]:
+    """The read-model workers' batch counters (services/readmodel/consumer.py), summed."""
+    out = dict.fromkeys(LOOP, 0.0)
+    for port in ports:
+        samples = scrape(port)
+        for name in LOOP:
+            out[name] += total(samples, name)
+    return out
+
+
+def redis_figures(client: redis.Redis) -> dict[str, float]:
+    """Redis's own: scripts run and their time, AOF rewrites and fsyncs it delayed."""
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    persistence = client.info("persistence")
+    return {"scripts": float(stats.get("calls", 0)), "script_us": float(stats.get("usec", 0)),
+            "aof_rewrites": float(persistence.get("aof_rewrites", 0)),
+            "aof_delayed_fsync": float(persistence.get("aof_delayed_fsync", 0))}
+
+
 def pipeline_rate() -> float | None:
     """The pipeline's flat-out commands/s from the last benchmarks.pipeline run."""
     try:
@@ -296,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             if pid is not None:
                 pids[type(server).__name__.lower()] = pid
         cpu_before = cpu_seconds(pids)
+        rm_ports = [ports[f"readmodel-{i}"] for i in range(args.workers)]
+        loop_before, redis_before = loop_figures(rm_ports), redis_figures(client)
         took = sender.send(paced, rate=args.rate)
         wait("the paced commands sequenced", lambda: counter(
             ports["circulation"], "commission_messages_in_total") >= len(items) + len(paced), 300)
@@ -303,6 +329,19 @@ def main(argv: list[str] | None = None) -> int:
                        topic=settings.topics.accepted) - handed
         wait("the paced commands projected", lambda: projected() >= before + more, 900)
         cpu = {k: round(v - cpu_before[k], 1) for k, v in cpu_seconds(pids).items()}
+        loop = {k: v - loop_before[k] for k, v in loop_figures(rm_ports).items()}
+        rds = {k: v - redis_before[k] for k, v in redis_figures(client).items()}
+        batches = max(loop["commission_readmodel_batch_records_count"], 1)
+        batch = {
+            "batches": int(batches),
+            "records_per_batch": round(loop["commission_readmodel_batch_records_sum"] / batches),
+            "script_answer_ms": round(1000 * loop["commission_readmodel_script_seconds_sum"]
+                                      / max(loop["commission_readmodel_script_seconds_count"], 1),
+                                      1),
+            "script_run_ms": round(rds["script_us"] / 1000 / max(rds["scripts"], 1), 1),
+            "waited_for_redis_s": round(loop["commission_readmodel_redis_wait_seconds_total"], 1),
+            "aof_rewrites": int(rds["aof_rewrites"]),
+            "aof_delayed_fsync": int(rds["aof_delayed_fsync"])}
         visible.stopping.set()
         visible.join(10)
         trails, upstream, own = [], [], []
@@ -326,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
               f"p99 {up['p99']} ms; the read model's own (readable to projected): "
               f"p50 {mine['p50']} ms, p99 {mine['p99']} ms ({mine['n']} matched)", flush=True)
         print(f"  CPU seconds over the paced phase ({took:.0f} s): {cpu}", flush=True)
+        print(f"  batches: {batch}", flush=True)
         result = {
             "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python -m benchmarks.readmodel " + " ".join(
@@ -337,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             "flat_records": accepted, "flat_rate": round(flat, 1),
             "paced_rate": round(len(paced) / took, 1),
             "trail": trail, "upstream": up, "own": mine,
-            "paced_seconds": round(took, 1), "cpu_seconds": cpu,
+            "paced_seconds": round(took, 1), "cpu_seconds": cpu, "batches": batch,
         }
         print(markdown(result), flush=True)
         if args.write:

@@ -24,6 +24,7 @@ import time
 import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
+from prometheus_client import Counter, Histogram
 
 from schemas.commands import AcceptedCommand
 from schemas.rejections import Rejection
@@ -39,6 +40,8 @@ _decode_rejection = msgspec.json.Decoder(Rejection).decode
 # batches); flat out a batch of 2,000 writes each certificate's state and page once
 # for the ~150 certificates in it (store.py), so bigger batches cost less a record
 MAX_RECORDS = int(os.environ.get("COMMISSION_READMODEL_MAX_RECORDS", "2000"))
+# how long the broker may hold a fetch with nothing new under the last stable offset
+FETCH_WAIT_MS = int(os.environ.get("COMMISSION_READMODEL_FETCH_WAIT_MS", "500"))
 COMMIT_EVERY_S = 1.0
 
 
@@ -64,6 +67,19 @@ class Projector(ConsumerRebalanceListener):
         self.last_commit = time.monotonic()
         self.inflight: asyncio.Future | None = None  # the batch whose script runs
         self.inflight_batch: tuple[int, dict] = (0, {})  # its refusals and positions
+        # where a batch's time goes (docs/benchmarks.md): its size, Redis's answer to
+        # its script (the run and the fsync), and how long the loop waited for that
+        self.batch_records = Histogram(
+            "commission_readmodel_batch_records", "Records in each batch projected.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000), registry=metrics.registry)
+        self.script_seconds = Histogram(
+            "commission_readmodel_script_seconds", "From sending a batch's script to "
+            "Redis's answer (the script and its fsync).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0), registry=metrics.registry)
+        self.waited = Counter(
+            "commission_readmodel_redis_wait_seconds", "Time the loop waited for Redis's "
+            "answer to a batch with nothing else to do (the next batch planned, or none).",
+            registry=metrics.registry)
 
     # --- the group ---------------------------------------------------------------------
     async def on_partitions_revoked(self, revoked) -> None:
@@ -127,6 +143,7 @@ class Projector(ConsumerRebalanceListener):
             enable_auto_commit=False, isolation_level="read_committed",
             auto_offset_reset="earliest", session_timeout_ms=10_000,
             heartbeat_interval_ms=3_000, max_poll_records=MAX_RECORDS,
+            fetch_max_wait_ms=FETCH_WAIT_MS,
             client_id=f"{self.group}-{s.instance}", **s.kafka_auth.aiokafka())
         consumer.subscribe(list(self.topics), listener=self)
         await consumer.start()
@@ -210,8 +227,16 @@ class Projector(ConsumerRebalanceListener):
             return
         if self.inflight is not None and not await self.settle():
             return  # the batch before failed and the consumer sought back: drop this one
-        self.inflight = asyncio.ensure_future(self.store.execute(plan))
+        self.inflight = asyncio.ensure_future(self.timed(plan))
         self.inflight_batch = (len(rejections), positions)
+        self.batch_records.observe(len(accepted) + len(rejections))
+
+    async def timed(self, plan):
+        started = time.perf_counter()
+        try:
+            return await self.store.execute(plan)
+        finally:
+            self.script_seconds.observe(time.perf_counter() - started)
 
     async def behind(self, exc: Exception) -> None:
         log.warning("Redis is behind this worker (%s): resuming from its positions", exc,
@@ -224,6 +249,7 @@ class Projector(ConsumerRebalanceListener):
         task, self.inflight = self.inflight, None
         assert task is not None
         rejected, positions = self.inflight_batch
+        started = time.perf_counter()
         try:
             done = await task
         except (Behind, StalePlan) as exc:
@@ -234,6 +260,7 @@ class Projector(ConsumerRebalanceListener):
             # again, rather than being passed over
             log.critical("projection failed; stopping", exc_info=True)
             os._exit(75)
+        self.waited.inc(time.perf_counter() - started)
         m = self.metrics
         now = time.time()
         m.commands.labels("projected").inc(len(done.accepted_ms))
