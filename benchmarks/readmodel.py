@@ -169,7 +169,7 @@ def pipeline_rate() -> float | None:
 def markdown(r: dict) -> str:
     pipe = r["pipeline_rate"]
     flat_ok = pipe is not None and r["flat_rate"] >= pipe
-    trail, up, own = r["trail"], r["upstream"], r["own"]
+    trail, up, own, b = r["trail"], r["upstream"], r["own"], r["batches"]
     return (
         f"\n### Read model, {r['when']}\n\n"
         f"Command: `{r['command']}`  \n"
@@ -198,8 +198,13 @@ def markdown(r: dict) -> str:
         "consumer first read the record (the transaction's commit and the broker); the "
         "read model's own part: from then to the script "
         f"({own['n']} commands matched). CPU seconds over the paced "
-        f"{r['paced_seconds']} s: "
-        + ", ".join(f"{k} {v}" for k, v in r['cpu_seconds'].items()) + ".\n")
+        f"{r['paced_seconds']} s (and the drain after it): "
+        + ", ".join(f"{k} {v}" for k, v in r['cpu_seconds'].items()) + ". "
+        f"Batches meanwhile: {b['batches']} of {b['records_per_batch']} records on average; "
+        f"Redis answered a batch's script in {b['script_answer_ms']} ms on average (the "
+        f"script itself {b['script_run_ms']} ms, the rest its fsync and the wait for a "
+        f"core); the loop waited for those answers {b['waited_for_redis_s']} s in all; "
+        f"AOF rewrites {b['aof_rewrites']}.\n")
 
 
 def counter(port: int, name: str, **labels: str) -> float:
