@@ -149,6 +149,18 @@ def loop_figures(ports: list[int]) -> dict[str, float]:
     return out
 
 
+def fsync_figures(client: redis.Redis) -> dict[str, int]:
+    """Redis's own record of its slow AOF fsyncs (latency monitor, events of >= 1 ms):
+    how many, and the slowest, in ms."""
+    out = {"slow_fsyncs": 0, "slowest_fsync_ms": 0}
+    for event in ("aof-fsync-always", "aof-write-active-child", "aof-write-alone"):
+        history = client.execute_command("LATENCY", "HISTORY", event) or []
+        if event == "aof-fsync-always":
+            out["slow_fsyncs"] = len(history)
+        out["slowest_fsync_ms"] = max([out["slowest_fsync_ms"], *(int(ms) for _, ms in history)])
+    return out
+
+
 def redis_figures(client: redis.Redis) -> dict[str, float]:
     """Redis's own: scripts run and their time, AOF rewrites and fsyncs it delayed."""
     stats = client.info("commandstats").get("cmdstat_evalsha", {})
@@ -204,7 +216,9 @@ def markdown(r: dict) -> str:
         f"Redis answered a batch's script in {b['script_answer_ms']} ms on average (the "
         f"script itself {b['script_run_ms']} ms, the rest its fsync and the wait for a "
         f"core); the loop waited for those answers {b['waited_for_redis_s']} s in all; "
-        f"AOF rewrites {b['aof_rewrites']}.\n")
+        f"AOF rewrites {b['aof_rewrites']}; Redis's latency monitor: "
+        f"{b['slow_fsyncs']} fsyncs of 1 ms or more (it keeps the last 160), the slowest AOF "
+        f"write or fsync {b['slowest_fsync_ms']} ms.\n")
 
 
 def counter(port: int, name: str, **labels: str) -> float:
@@ -327,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         cpu_before = cpu_seconds(pids)
         rm_ports = [ports[f"readmodel-{i}"] for i in range(args.workers)]
         loop_before, redis_before = loop_figures(rm_ports), redis_figures(client)
+        client.config_set("latency-monitor-threshold", 1)
+        client.execute_command("LATENCY", "RESET")
         took = sender.send(paced, rate=args.rate)
         wait("the paced commands sequenced", lambda: counter(
             ports["circulation"], "commission_messages_in_total") >= len(items) + len(paced), 300)
@@ -346,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             "script_run_ms": round(rds["script_us"] / 1000 / max(rds["scripts"], 1), 1),
             "waited_for_redis_s": round(loop["commission_readmodel_redis_wait_seconds_total"], 1),
             "aof_rewrites": int(rds["aof_rewrites"]),
-            "aof_delayed_fsync": int(rds["aof_delayed_fsync"])}
+            "aof_delayed_fsync": int(rds["aof_delayed_fsync"]), **fsync_figures(client)}
         visible.stopping.set()
         visible.join(10)
         trails, upstream, own = [], [], []
