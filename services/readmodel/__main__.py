@@ -15,7 +15,10 @@ sequence number checked with each projection (services/readmodel/store.py).
 Environment: as the services, plus REDIS_URL (default redis://127.0.0.1:6379/0; the
 password of its user from the file REDIS_PASSWORD_FILE, if set; a Redis Cluster:
 redis+cluster://host:port/0 or REDIS_CLUSTER=1, services/common/redisconn.py),
-COMMISSION_READMODEL_MAX_RECORDS (records a batch, default 2,000) and
+COMMISSION_READMODEL_MAX_RECORDS (records a batch at most, default 2,000: a batch is
+what the consumer holds when the last one is planned, never waited for to fill),
+COMMISSION_READMODEL_FETCH_WAIT_MS (how long the broker may hold a fetch that finds
+nothing committed, default 500: it answers as soon as a transaction commits) and
 COMMISSION_READMODEL_GROUP (default "{group prefix}-readmodel"; the positions live
 in Redis: with none there, as after a wipe, the topics are projected from the start,
 which is how the projections are rebuilt).

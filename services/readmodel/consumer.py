@@ -1,6 +1,12 @@
 """The read model's loop: one consumer reads ``accepted`` and ``rejections`` (only
 committed records) and projects each batch it gets in one Redis round trip
-(services/readmodel/store.py).
+(services/readmodel/store.py). Two batches overlap: while Redis runs one batch's
+script (and its fsync), the next is fetched and planned on the states that script
+will leave (store.plan); it is sent once the one before is answered, and dropped
+(with a seek back to the positions in Redis) if that one was not written. A batch is
+whatever the consumer holds at that moment, up to MAX_RECORDS: small when the read
+model keeps up (low latency), large when it has fallen behind (each certificate's
+page and state written once for more commands).
 
 Where it resumes: each partition's next offset is stored in Redis by the same script
 that writes the batch's projections, so a SIGKILL at any moment leaves Redis with

@@ -2,6 +2,10 @@
 once, and keeps where the projections stand (each partition's next offset) in Redis
 with them.
 
+The certificate's state copy is a hash of a head and append-only segments
+(services/readmodel/statecopy.py): a batch writes the head and the segments filled
+since, not the whole state (17 kB on average in the benchmark, up to 248 kB).
+
 Work per batch, not per command (issue #25): the commands of one certificate in a
 batch are applied in Python one after the other, and what they write is merged:
 the certificate's state and page are written once (their last value), increments
