@@ -15,6 +15,9 @@ tag, so the keys one script writes together share a slot: services/readmodel/sto
                         attached amount
   catalogue:{catalogue}:deadline    the same by display deadline (ms; none: 2^53)
   offer:{offer}         hash: copies, purchased
+  sells:{seller}        sorted set: the seller's offer ids, by issue time (its console)
+  funds:{funder}        sorted set: offer ids naming the account as funder, by issue
+                        time (its pools page; services/api/console.py)
   feed:{account}        sorted set: certificates the account holds, by time
   shared:{account}      sorted set: certificates the account ever circulated, by time
   claim:{account}       sorted set: certificates where it may claim (the pages check
@@ -72,6 +75,12 @@ class Keys:
 
     def offer(self, oid: str) -> str:
         return f"{self.p}offer:{{{oid}}}"
+
+    def seller_offers(self, account: str) -> str:
+        return f"{self.p}sells:{{{account}}}"
+
+    def funder_offers(self, account: str) -> str:
+        return f"{self.p}funds:{{{account}}}"
 
     def feed(self, account: str) -> str:
         return f"{self.p}feed:{{{account}}}"
@@ -207,6 +216,10 @@ def project(k: Keys, state: CertificateState, events: list[Event],
                 {"trade": e.terms.trade, "logistics": e.terms.logistics,
                  "insurance": e.terms.insurance, "trade_rules": e.terms.trade_rules})})
             w.hset[k.offer(e.offer_id)] = {"copies": str(e.copies)}
+            if e.serial == 1:  # the console's index: one entry per offer, not per copy
+                w.zadd.append((k.seller_offers(e.seller_id), e.offer_id, e.at_ms))
+                if e.funder_id is not None:
+                    w.zadd.append((k.funder_offers(e.funder_id), e.offer_id, e.at_ms))
         elif isinstance(e, CertificateCirculated):
             if e.previous_holder is not None:
                 w.zrem.append((k.feed(e.previous_holder), cid))
