@@ -33,7 +33,8 @@ Writes (bearer token from POST /login; each answers 202 with command ids):
     GET  /openapi.json                         this API as OpenAPI 3.1
 Pages (HTML, services/api/pages.py): / (catalogue), /page/certificates/{id},
 /page/accounts/{id}, with login and logout, share link, circulate, claim and buy;
-sign-up, password change, export and erasure (services/api/accountpages.py).
+sign-up, password change, export and erasure (services/api/accountpages.py); the
+seller's console /page/console and the funder's /page/pools (services/api/console.py).
 Accounts: the built-in store (services/api/accountstore.py) seeded from
 services/api/accounts.py; roles on actions: services/api/roles.py.
 Operations on the ops port (API_OPS_PORT, 9109; not the public one): GET /metrics
@@ -77,7 +78,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from services.api import accountpages, assets, guard, oidc_web, pages
+from services.api import accountpages, assets, console, guard, oidc_web, pages
 from services.api.accounts import Seed, seed, seeds_from_env
 from services.api.accountstore import AccountStore
 from services.api.checkout import PaymentSystemClient
@@ -265,6 +266,7 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
     app.router.add_get("/openapi.json", openapi)
     pages.routes(app, reads)
     accountpages.routes(app, reads)
+    console.routes(app, reads)  # the seller's console, the funder's pools
     oidc_web.install(app, oidc)  # the shop's provider, when OIDC_ISSUER is set
     assets.routes(app)
 

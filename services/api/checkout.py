@@ -66,25 +66,42 @@ class PaymentSystemClient:
                      amount_minor: int, currency: str, return_url: str,
                      description: str) -> tuple[str, str]:
         """(checkout id, where to send the buyer), or Problem 502."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         body = {"certificate_id": certificate_id, "seller_id": seller_id,
                 "buyer_id": buyer_id, "amount_minor": amount_minor, "currency": currency,
                 "return_url": return_url, "description": description}
+        return await self._open("/checkouts", "checkout_id", body)
+
+    async def open_escrow(self, *, funder_id: str, currency: str, return_url: str,
+                          description: str, holds: list[dict]) -> tuple[str, str]:
+        """(escrow id, where to send the funder) for holding the pools' budgets
+        (``holds``: certificate_id, funding_ref, amount_minor, from the engine's state),
+        or Problem 502 (409 when the payment system holds a reference already)."""
+        body = {"funder_id": funder_id, "currency": currency, "return_url": return_url,
+                "description": description, "holds": holds}
+        return await self._open("/escrows", "escrow_id", body)
+
+    async def _open(self, path: str, id_field: str, body: dict) -> tuple[str, str]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        conflict = False
         try:
             async with self._session.post(
-                    f"{self.url}/checkouts", json=body,
+                    f"{self.url}{path}", json=body,
                     headers={"Authorization": f"Bearer {self.token}"}) as response:
+                conflict = response.status == 409
                 answer = await response.json() if response.status == 201 else None
         except (aiohttp.ClientError, TimeoutError, ValueError):
             answer = None
+        if conflict:
+            raise Problem(409, "funding_ref_held", "the payment system holds this funding "
+                          "already; its confirmation is on its way")
         if not isinstance(answer, dict):
             raise Problem(502, "payment_system_unavailable",
                           "the payment system did not open a checkout; try again")
-        checkout_id, url = answer.get("checkout_id"), answer.get("url")
-        if (not isinstance(checkout_id, str) or not isinstance(url, str)
+        opened, url = answer.get(id_field), answer.get("url")
+        if (not isinstance(opened, str) or not isinstance(url, str)
                 or origin_of(url) != origin_of(self.public_url)):
             raise Problem(502, "payment_system_unavailable",
                           "the payment system answered with an unexpected checkout")
-        return checkout_id, url
+        return opened, url

@@ -161,8 +161,13 @@ class Pages:
         if me:
             identity = request.get("page_identity")
             name = identity.display_name if identity is not None else me
+            roles = identity.roles if identity is not None else frozenset()
+            tools = ("<a id='console-link' href='/page/console'>console</a> · "
+                     if "seller" in roles else "") + (
+                "<a id='pools-link' href='/page/pools'>pools I fund</a> · "
+                if "funder" in roles else "")  # services/api/console.py
             who = (f'logged in as <b id="me">{esc(name)}</b> · <a href="/page/accounts/{esc(me)}">'
-                   f'my earnings</a> · <a id="my-account" href="/page/me">my account</a> · '
+                   f'my earnings</a> · {tools}<a id="my-account" href="/page/me">my account</a> · '
                    f'<form class="inline" method="post" '
                    f'action="/page/logout">{self._csrf_field(request)}'
                    f'<button id="logout">Log out</button></form>')

@@ -19,6 +19,17 @@ what a real one does for the engine:
    ``?checkout={id}``. A checkout is captured once; paying it again only goes back.
    The card ``4000 0000 0000 0002`` is declined (nothing is captured).
 
+**Escrow** (the funder's side, the same way): ``POST /escrows`` from the API with the
+same token: {funder_id, currency, return_url, description?, holds: [{certificate_id,
+funding_ref, amount_minor}]} (the amounts are the pools' budgets, read by the API
+from the engine's state, never typed in a browser) -> 201 {escrow_id, url};
+``GET /escrows/{id}`` the funder's page; ``POST /escrows/{id}/pay`` holds the money
+and reports one ``ConfirmFunding`` per pool (command id ``escrow:{funding_ref}``,
+signed with the payment system's key), then back to ``return_url?escrow={id}``. A
+funding reference is held once: a second escrow for it is refused (409), paying
+again only goes back, and the engine's captures stage admits one confirmation per
+reference whatever is replayed.
+
 The checkout id is 128 random bits: knowing it is what lets a browser see and pay
 the checkout. Keys: ``PAYMENT_SYSTEM_KEYS(_FILE)`` -- the payment system's own keys
 only; it refuses to start holding any engine key (gateway, session, system, draw).
@@ -38,7 +49,7 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Annotated, Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import msgspec
@@ -57,6 +68,7 @@ from services.common.settings import Settings
 log = logging.getLogger("commission.paysim")
 
 MAX_CHECKOUTS = 10_000
+MAX_HOLDS = 100  # pools funded by one escrow payment (an offer's copies)
 CHECKOUT_TTL_S = 3600
 TEST_CARD = "4242 4242 4242 4242"
 DECLINED_CARD = "4000 0000 0000 0002"
@@ -65,6 +77,9 @@ DECLINED_CARD = "4000 0000 0000 0002"
 class Capturer(Protocol):
     def capture(self, *, certificate_id: str, seller_id: str, buyer_id: str, payment_ref: str,
                 captured_minor: int, currency: str) -> str: ...
+
+    def confirm_funding(self, *, certificate_id: str, funding_ref: str, amount_minor: int,
+                        currency: str) -> str: ...
 
     def close(self) -> None: ...
 
@@ -77,6 +92,28 @@ class NewCheckout(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     currency: Currency
     return_url: str
     description: ShortText | None = None
+
+
+class Hold(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    certificate_id: Id
+    funding_ref: Id
+    amount_minor: PositiveAmountMinor
+
+
+class NewEscrow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    funder_id: Id
+    currency: Currency
+    return_url: str
+    holds: Annotated[list[Hold], msgspec.Meta(min_length=1, max_length=MAX_HOLDS)]
+    description: ShortText | None = None
+
+
+@dataclass
+class Escrow:
+    checkout_id: str  # the escrow id (named as a checkout's: the same page plumbing)
+    order: NewEscrow
+    created_s: float
+    status: str = "open"  # open -> holding -> held
 
 
 @dataclass
@@ -93,9 +130,9 @@ def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _back(return_url: str, checkout_id: str) -> str:
+def _back(return_url: str, checkout_id: str, name: str = "checkout") -> str:
     parts = urlsplit(return_url)
-    query = (parts.query + "&" if parts.query else "") + urlencode({"checkout": checkout_id})
+    query = (parts.query + "&" if parts.query else "") + urlencode({name: checkout_id})
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
 
 
@@ -105,12 +142,15 @@ class Simulator:
         self.token = token
         self.public_url = public_url.rstrip("/")
         self.checkouts: OrderedDict[str, Checkout] = OrderedDict()
+        self.escrows: OrderedDict[str, Escrow] = OrderedDict()
+        self.held_refs: set[str] = set()  # funding references held (in this process)
 
     def _forget_old(self) -> None:
         horizon = time.time() - CHECKOUT_TTL_S
-        while self.checkouts and (len(self.checkouts) >= MAX_CHECKOUTS
-                                  or next(iter(self.checkouts.values())).created_s < horizon):
-            self.checkouts.popitem(last=False)
+        for open_ in (self.checkouts, self.escrows):
+            while open_ and (len(open_) >= MAX_CHECKOUTS
+                             or next(iter(open_.values())).created_s < horizon):
+                open_.popitem(last=False)
 
     def _find(self, request: web.Request) -> Checkout:
         found = self.checkouts.get(request.match_info["id"])
@@ -120,20 +160,25 @@ class Simulator:
 
     # --- the API's call -------------------------------------------------------------
 
-    async def create(self, request: web.Request) -> web.Response:
+    async def _order(self, request: web.Request, kind: type):
+        """The API's order (checkout or escrow): its shared token, a valid body."""
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-            return problem(401, "unauthenticated", "only the platform opens checkouts")
+            raise Problem(401, "unauthenticated", "only the platform opens checkouts")
         raw = await request.read()
         check_json(raw)
         try:
-            order = msgspec.json.decode(raw, type=NewCheckout)
+            order = msgspec.json.decode(raw, type=kind)
         except msgspec.ValidationError as err:
-            return problem(422, "invalid_body", str(err))
+            raise Problem(422, "invalid_body", str(err)) from None
         except msgspec.DecodeError:
-            return problem(400, "malformed_json", "the body is not JSON")
+            raise Problem(400, "malformed_json", "the body is not JSON") from None
         if origin_of(order.return_url) is None or len(order.return_url) > 512:
-            return problem(422, "invalid_body", "return_url must be an http(s) URL")
+            raise Problem(422, "invalid_body", "return_url must be an http(s) URL")
+        return order
+
+    async def create(self, request: web.Request) -> web.Response:
+        order = await self._order(request, NewCheckout)
         self._forget_old()
         checkout_id = f"co_{secrets.token_hex(16)}"
         self.checkouts[checkout_id] = Checkout(checkout_id, order, time.time())
@@ -144,7 +189,7 @@ class Simulator:
 
     # --- the buyer's browser --------------------------------------------------------
 
-    def _page(self, title: str, body: str, checkout: Checkout | None = None,
+    def _page(self, title: str, body: str, checkout: Checkout | Escrow | None = None,
               status: int = 200) -> web.Response:
         page = (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
                 "<meta name=viewport content='width=device-width, initial-scale=1'>"
@@ -161,7 +206,7 @@ class Simulator:
         return response
 
     @staticmethod
-    def _csp(checkout: Checkout | None) -> str:
+    def _csp(checkout: Checkout | Escrow | None) -> str:
         back = origin_of(checkout.order.return_url) if checkout else None
         return ("default-src 'none'; style-src 'self'; img-src 'self'; "
                 f"form-action 'self'{' ' + back if back else ''}; frame-ancestors 'none'; "
@@ -228,6 +273,85 @@ class Simulator:
         log.info("captured", extra={"topic": order.certificate_id})
         raise web.HTTPSeeOther(back)
 
+    # --- escrow: the funder holds a pool's budget ------------------------------------
+
+    async def create_escrow(self, request: web.Request) -> web.Response:
+        order = await self._order(request, NewEscrow)
+        refs = [h.funding_ref for h in order.holds]
+        if len(set(refs)) != len(refs) or self.held_refs.intersection(refs):
+            return problem(409, "funding_ref_held", "a funding reference is held only once")
+        self._forget_old()
+        escrow_id = f"es_{secrets.token_hex(16)}"
+        self.escrows[escrow_id] = Escrow(escrow_id, order, time.time())
+        log.info("escrow opened", extra={"topic": order.holds[0].certificate_id})
+        return web.json_response({"escrow_id": escrow_id,
+                                  "url": f"{self.public_url}/escrows/{escrow_id}"}, status=201)
+
+    def _escrow(self, request: web.Request) -> Escrow:
+        found = self.escrows.get(request.match_info["id"])
+        if found is None:
+            raise Problem(404, "unknown_escrow", "no such escrow (or it expired)")
+        return found
+
+    async def show_escrow(self, request: web.Request) -> web.Response:
+        escrow = self._escrow(request)
+        order = escrow.order
+        total = money(sum(h.amount_minor for h in order.holds), order.currency)
+        what = order.description or order.holds[0].certificate_id
+        back = _back(order.return_url, escrow.checkout_id, "escrow")
+        if escrow.status == "held":
+            body = (f"<h1>Held in escrow</h1><p id='held'>{_esc(total)} for {_esc(what)} is "
+                    "held in escrow; the platform was told.</p>"
+                    f"<p><a id='back' href='{_esc(back)}'>Back to the shop</a></p>")
+            return self._page("Held", body, escrow)
+        rows = "".join(f"<li>{_esc(h.certificate_id)}: {_esc(money(h.amount_minor, order.currency))}"
+                       f"</li>" for h in order.holds)
+        body = (f"<h1>Hold {_esc(total)} in escrow</h1><div class='card'>"
+                f"<p id='what'>Commission budget for <b>{_esc(what)}</b>, funded by account "
+                f"<b id='funder'>{_esc(order.funder_id)}</b>: the payment system holds it "
+                "and pays sharers from it; what is not earned goes back to you.</p>"
+                f"<ul id='holds'>{rows}</ul><p id='amount'>Amount: <b>{_esc(total)}</b></p>"
+                f"<form method='post' action='/escrows/{_esc(escrow.checkout_id)}/pay'>"
+                f"<p><label>Card number <input name='card' id='card' value='{TEST_CARD}' "
+                "aria-label='card number' autocomplete='off' required></label></p>"
+                f"<button id='hold'>Hold {_esc(total)}</button></form></div>")
+        return self._page(f"Hold {total}", body, escrow)
+
+    async def pay_escrow(self, request: web.Request) -> web.Response:
+        escrow = self._escrow(request)
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.lower() != self.public_origin(request):
+            return problem(403, "cross_origin", "an escrow is paid on this site's own page")
+        form = await request.post()
+        order = escrow.order
+        back = _back(order.return_url, escrow.checkout_id, "escrow")
+        if escrow.status != "open":  # held (or being held): once only
+            raise web.HTTPSeeOther(back)
+        card = "".join(str(form.get("card", "")).split())
+        if card == "".join(DECLINED_CARD.split()) or not card.isdigit():
+            return self._page("Declined", "<h1>Declined</h1><p id='declined'>The card was "
+                              "declined (simulated). Nothing is held.</p>", escrow,
+                              status=402)
+        refs = {h.funding_ref for h in order.holds}
+        if self.held_refs & refs:
+            return problem(409, "funding_ref_held", "a funding reference is held only once")
+        escrow.status = "holding"
+        loop = asyncio.get_running_loop()
+        try:
+            for h in order.holds:
+                await loop.run_in_executor(None, lambda h=h: self.capturer.confirm_funding(
+                    certificate_id=h.certificate_id, funding_ref=h.funding_ref,
+                    amount_minor=h.amount_minor, currency=order.currency))
+        except Exception:
+            escrow.status = "open"  # resent as a whole: each confirmation is once only
+            log.exception("escrow not reported", extra={"topic": order.holds[0].certificate_id})
+            return self._page("Try again", "<h1>Not held</h1><p>The escrow could not be "
+                              "reported; try again.</p>", escrow, status=503)
+        self.held_refs |= refs
+        escrow.status = "held"
+        log.info("escrow held", extra={"topic": order.holds[0].certificate_id})
+        raise web.HTTPSeeOther(back)
+
     def public_origin(self, request: web.Request) -> str:
         return origin_of(self.public_url) or f"{request.scheme}://{request.host}"
 
@@ -266,6 +390,9 @@ def build(simulator: Simulator) -> web.Application:
     app.router.add_post("/checkouts", simulator.create)
     app.router.add_get("/checkouts/{id}", simulator.show)
     app.router.add_post("/checkouts/{id}/pay", simulator.pay)
+    app.router.add_post("/escrows", simulator.create_escrow)
+    app.router.add_get("/escrows/{id}", simulator.show_escrow)
+    app.router.add_post("/escrows/{id}/pay", simulator.pay_escrow)
     app.router.add_get("/healthz", healthz)
     assets.routes(app, script=False)
     return app
