@@ -57,6 +57,7 @@ DECLINE_REASONS = (("fraud", "fraud"), ("self_referral", "self-referral"),
                    ("policy", "against the program's policy"), ("other", "other (say why)"))
 CURRENCIES = ("EUR", "USD", "GBP", "CHF", "JPY")
 REVIEWABLE = ("pending", "held", "flagged", "kept_back")
+ACTIONS = ("post", "cancel", "refund", "decline", "approve")
 
 
 def decimal_text(amount_minor: int, currency: str) -> str:
@@ -369,10 +370,11 @@ class Console(Pages):
             return self._refused(request, identity, "Only the offer's seller and its funder "
                                  "see it here.", "/", 403)
         cur = states[0].currency
+        who = named or states[0].seller_id
+        funder_name = (await self._names(request, who))[who]
         parts = [f"<h1>{esc(name)}</h1><p id='offer-facts'>{len(states)} "
                  f"cop{'y' if len(states) == 1 else 'ies'} at "
-                 f"{money(states[0].price_minor, cur)} · funder: "
-                 f"{esc((await self._names(request, named or states[0].seller_id)).get(named or states[0].seller_id))}"
+                 f"{money(states[0].price_minor, cur)} · funder: {esc(funder_name)}"
                  f"{'' if named else ' (the seller)'}</p>",
                  await self._outcome(request, me), await self._escrow_state(request, me,
                                                                             offer_id, states)]
@@ -446,9 +448,12 @@ class Console(Pages):
                    and not s.pool.funding_confirmed]
         if not waiting:
             return ""
-        opened = await self.reads.redis.get(f"{self.p}console-escrow:{offer_id}:{me}")
-        back = request.query.get("escrow")
-        if back or opened:
+        raw = await self.reads.redis.get(f"{self.p}console-escrow:{offer_id}:{me}")
+        opened = raw.decode() if raw else None
+        # back from the payment system with the escrow this visitor opened (not any id
+        # typed into the address bar)
+        back = opened is not None and request.query.get("escrow") == opened
+        if opened:
             said = ("The payment system says the budget is held in escrow; the pools show as "
                     "funded once the platform has applied its confirmation (reload in a "
                     "moment)." if back else
@@ -547,7 +552,7 @@ class Console(Pages):
 
     async def act(self, request: web.Request) -> web.Response:
         cid, action = request.match_info["id"], request.match_info["action"]
-        if action not in ("post", "cancel", "refund", "decline", "approve") or not ID.fullmatch(cid):
+        if action not in ACTIONS or not ID.fullmatch(cid):
             raise web.HTTPNotFound()
         offer_id = cid.rpartition("-")[0]
         back = f"/page/console/offers/{offer_id}"

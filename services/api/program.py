@@ -273,7 +273,8 @@ def csv_of(states: list[CertificateState], names: dict[str, str]) -> str:
 BUCKETS_S = (60, 3_600, 86_400, 7 * 86_400)
 
 
-def buckets(times: list[list[int]], now_ms: int, most: int = 30) -> tuple[int, int, list[list[int]]]:
+def buckets(times: list[list[int]], now_ms: int,
+            most: int = 30) -> tuple[int, int, list[list[int]]]:
     """(bucket size ms, first bucket start ms, per series the count per bucket): the
     smallest bucket (minute, hour, day, week) that fits the span in ``most`` bars."""
     every = [t for series in times for t in series]

@@ -304,8 +304,8 @@ class Simulator:
                     "held in escrow; the platform was told.</p>"
                     f"<p><a id='back' href='{_esc(back)}'>Back to the shop</a></p>")
             return self._page("Held", body, escrow)
-        rows = "".join(f"<li>{_esc(h.certificate_id)}: {_esc(money(h.amount_minor, order.currency))}"
-                       f"</li>" for h in order.holds)
+        rows = "".join(f"<li>{_esc(h.certificate_id)}: "
+                       f"{_esc(money(h.amount_minor, order.currency))}</li>" for h in order.holds)
         body = (f"<h1>Hold {_esc(total)} in escrow</h1><div class='card'>"
                 f"<p id='what'>Commission budget for <b>{_esc(what)}</b>, funded by account "
                 f"<b id='funder'>{_esc(order.funder_id)}</b>: the payment system holds it "
