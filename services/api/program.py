@@ -117,6 +117,10 @@ def funding_words(state: CertificateState) -> str:
     if pool is None:
         return "no pool attached"
     if pool.funding_confirmed:
+        if state.status == "purchased":
+            return "funded: the commission earned is held, the rest went back to the funder"
+        if state.status in ("refunded", "cancelled", "closed"):
+            return "funded; ended: what was not paid out went back to the funder"
         return "funded: the budget is held in escrow"
     return "not funded yet: waiting for the payment system's escrow confirmation"
 
@@ -305,7 +309,7 @@ def chart_svg(share_times: list[int], purchase_times: list[int], now_ms: int,
     size, first, (shares, bought) = buckets([share_times, purchase_times], now_ms)
     width, height, pad = 600, 180, 30
     top = max(shares + bought + [1])
-    bar = (width - 2 * pad) / len(shares)
+    bar = (width - 2 * pad) / max(len(shares), 12)  # a few buckets stay slim bars
     unit = {60_000: "minute", 3_600_000: "hour", 86_400_000: "day"}.get(size, "week")
     parts = [f"<svg id='{element_id}' class='chart' viewBox='0 0 {width} {height}' role='img' "
              f"aria-label='shares and purchases per {unit}' xmlns='http://www.w3.org/2000/svg'>",

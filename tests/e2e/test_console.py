@@ -197,6 +197,7 @@ def test_a_seller_runs_an_offer_from_the_console(pipeline, stack, names):
     assert status == 303
     html = until(port, where, seller, lambda h: text_of(h, "outcome") == "Refund 45.00 EUR: done.")
     assert "refunded" in row_of(html, "copy-1")
+    assert "ended: what was not paid out went back to the funder" in row_of(html, "copy-1")
     status, where, _ = post_form(f"{base}/page/console/certificates/{cid}/cancel",
                                  {"csrf": csrf(html)}, seller, base)
     html = until(port, where, seller, lambda h: "msg refused" in h or "msg ok" in h)

@@ -16,6 +16,7 @@ from services.api.program import (
     chart_svg,
     csv_of,
     figures_of,
+    funding_words,
     parse_amount,
     pool_from_form,
     share_earns_words,
@@ -61,6 +62,17 @@ def test_figures_are_per_currency_and_add_up_to_the_budget():
     usd = figs["USD"]
     assert (usd.copies, usd.purchases, usd.cost_per_sale, usd.conversion) == (1, 0, None, "0.0 %")
     assert figures_of([]) == {}
+
+
+def test_the_funding_state_in_words_follows_the_copy():
+    s = state("sel~a-00001")
+    assert funding_words(s) == "funded: the budget is held in escrow"
+    s.pool.funding_confirmed = False
+    assert funding_words(s).startswith("not funded yet")
+    assert funding_words(state("sel~a-00002", bought=True)).startswith(
+        "funded: the commission earned is held")
+    s.pool = None
+    assert funding_words(s) == "no pool attached"
 
 
 def test_a_declined_commission_is_no_sharers_gain():
