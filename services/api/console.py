@@ -631,7 +631,7 @@ class Console(Pages):
                 f"<td>{money(f.budget, cur) if f else '-'}</td>"
                 f"<td>{money(f.spent, cur) if f else '-'}</td>"
                 f"<td>{money(f.left, cur) if f else '-'}</td></tr>")
-        table = ("<div class='scroll'><table id='pools'><tr><th>Offer</th><th>Copies</th>"
+        table = ("<div class='scroll'><table id='funded-offers'><tr><th>Offer</th><th>Copies</th>"
                  "<th>Funded</th><th>Budget</th><th>Spent</th><th>Left</th></tr>"
                  f"{''.join(rows)}</table></div>" if rows else
                  "<p id='no-pools'>No offer names you as its funder yet.</p>")

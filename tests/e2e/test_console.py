@@ -102,6 +102,11 @@ def test_a_seller_runs_an_offer_from_the_console(pipeline, stack, names):
     offer_page = urllib.parse.urlsplit(where).path
     offer_id = offer_page.rsplit("/", 1)[1]
     cid = f"{offer_id}-00001"
+    # a second offer names the demo funder: it attaches and funds the pools itself
+    status, where_b, _ = post_form(f"{base}/page/console/offers",
+                                   {**offer, "name": "Bike bell", "copies": "2",
+                                    "funder": "funder", "step": "create"}, seller, base)
+    assert status == 303
     html = until(port, where, seller, lambda h: "Fund 20.00 EUR" in h)
     assert text_of(html, "outcome") == "Create the offer: done (2 of 2)."
     assert "not funded yet" in row_of(html, "copy-1")
@@ -148,6 +153,26 @@ def test_a_seller_runs_an_offer_from_the_console(pipeline, stack, names):
     assert status == 303
     html = until(port, where, seller, lambda h: text_of(h, "outcome") == "Post: done.")
     assert "posted" in row_of(html, "copy-1")
+
+    # the funder's pools page: it attaches the pool to both copies and funds them
+    funder = login(port, "funder")
+    until(port, "/page/pools", funder, lambda h: "Bike bell" in h)
+    bell = urllib.parse.urlsplit(where_b).path
+    html = until(port, bell, funder, lambda h: "id='attach'" in h)
+    status, where, _ = post_form(f"{base}{bell}/attach", {
+        "csrf": csrf(html), "earn": "fixed", "budget": "5.00", "attached": "1.00",
+        "earn_amount": "0.50"}, funder, base)
+    assert status == 303
+    html = until(port, where, funder, lambda h: "Fund 10.00 EUR" in h)
+    assert text_of(html, "outcome") == "Attach the pool: done (2 of 2)."
+    assert "fund-button" not in page(port, bell, seller)[1]  # the funder's to fund
+    status, escrow_url, _ = post_form(f"{base}{bell}/fund", {"csrf": csrf(html)}, funder, base)
+    assert status == 303
+    status, _, _ = post_form(f"{escrow_url}/pay", {"card": "4242 4242 4242 4242"},
+                             origin=paysim)
+    assert status == 303
+    html = until(port, "/page/pools", funder, lambda h: text_of(h, "pools-EUR-funded") == "2")
+    assert text_of(html, "pools-EUR-budget") == "10.00 EUR"
 
     # a share and a purchase (alice shares, carol pays at the payment system)
     alice, carol = login(port, "alice"), login(port, "carol")
