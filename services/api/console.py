@@ -51,6 +51,7 @@ from services.api.roles import require
 
 MAX_OFFERS = 50  # newest offers on a console page
 MAX_COPIES = 200  # copies of one offer read for its page
+MAX_STATES = 2_000  # copies read for an overview (the console, the pools page, CSV)
 BATCH_TTL_S = 24 * 3600
 ESCROW_TTL_S = 3600
 DECLINE_REASONS = (("fraud", "fraud"), ("self_referral", "self-referral"),
@@ -70,6 +71,14 @@ def decimal_text(amount_minor: int, currency: str) -> str:
 def statuses(states: list[CertificateState]) -> str:
     counts = Counter(s.status for s in states)
     return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+
+
+def scope(offers: int, copies: int) -> str:
+    """Says so when an overview stops at its limits (MAX_OFFERS, MAX_STATES)."""
+    if offers < MAX_OFFERS and copies < MAX_STATES:
+        return ""
+    return (f"<p id='figures-scope'>The figures cover your {offers} newest offers ({copies} "
+            "copies); the CSV of each offer has all of its copies.</p>")
 
 
 def figures_table(figs: dict[str, Figures], names: dict[str, str], prefix: str) -> str:
@@ -138,11 +147,16 @@ class Console(Pages):
         return (name.decode() if name else offer_id), await self._states(cids)
 
     async def _offers(self, key: str) -> list[tuple[str, str, list[CertificateState]]]:
-        out = []
+        """The newest offers (at most MAX_OFFERS, and no more once MAX_STATES copies
+        are read: a page's cost stays bounded whatever a seller issues)."""
+        out, read = [], 0
         for raw in await self.reads.redis.zrevrange(key, 0, MAX_OFFERS - 1):
+            if read >= MAX_STATES:
+                break
             offer_id = raw.decode()
             name, states = await self._offer(offer_id)
             out.append((offer_id, name, states))
+            read += len(states)
         return out
 
     async def _who(self, request: web.Request) -> Identity | None:
@@ -218,8 +232,8 @@ class Console(Pages):
                  f"<th>Spent</th></tr>{''.join(rows)}</table></div>" if rows else
                  "<p id='no-offers'>No offers yet: create one below.</p>")
         body = ("<h1>Seller's console</h1>" + said + await self._outcome(request, me)
-                + f"<h2>Offers</h2>{table}" + await self._figures(request, every, "overall",
-                                                                  "/page/console/csv")
+                + f"<h2>Offers</h2>{table}{scope(len(offers), len(every))}"
+                + await self._figures(request, every, "overall", "/page/console/csv")
                 + self._create_form(request, form or {}))
         return self._page(request, identity, "Seller's console", body, "/page/console", status)
 
@@ -635,7 +649,7 @@ class Console(Pages):
                  "<th>Funded</th><th>Budget</th><th>Spent</th><th>Left</th></tr>"
                  f"{''.join(rows)}</table></div>" if rows else
                  "<p id='no-pools'>No offer names you as its funder yet.</p>")
-        body = ("<h1>Pools you fund</h1>" + table
+        body = ("<h1>Pools you fund</h1>" + table + scope(len(rows), len(every))
                 + await self._figures(request, every, "pools", "/page/pools/csv"))
         return self._page(request, identity, "Pools you fund", body, "/page/pools")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
@@ -304,8 +305,6 @@ def chart_svg(share_times: list[int], purchase_times: list[int], now_ms: int,
               element_id: str = "chart") -> str:
     """Shares and purchases per bucket as bars, server-rendered (the CSP allows no
     inline script or style; presentation attributes are neither)."""
-    import time as _time
-
     size, first, (shares, bought) = buckets([share_times, purchase_times], now_ms)
     width, height, pad = 600, 180, 30
     top = max(shares + bought + [1])
@@ -326,7 +325,7 @@ def chart_svg(share_times: list[int], purchase_times: list[int], now_ms: int,
                 parts.append(f"<rect x='{x + bar * offset:.1f}' y='{height - pad - h:.1f}' "
                              f"width='{bar * 0.4:.1f}' height='{h:.1f}' fill='{colour}'>"
                              f"<title>{value} {what}</title></rect>")
-    stamp = lambda ms: _time.strftime("%Y-%m-%d %H:%M", _time.gmtime(ms / 1000))  # noqa: E731
+    stamp = lambda ms: time.strftime("%Y-%m-%d %H:%M", time.gmtime(ms / 1000))  # noqa: E731
     parts.append(f"<text x='{pad}' y='{height - 8}' font-size='11' fill='#222'>"
                  f"{stamp(first)} UTC</text>")
     parts.append(f"<text x='{width - pad}' y='{height - 8}' font-size='11' fill='#222' "
