@@ -78,7 +78,8 @@ def scope(offers: int, copies: int) -> str:
     if offers < MAX_OFFERS and copies < MAX_STATES:
         return ""
     return (f"<p id='figures-scope'>The figures cover your {offers} newest offers ({copies} "
-            "copies); the CSV of each offer has all of its copies.</p>")
+            f"copies); an offer's own page and CSV cover up to {MAX_COPIES} of its "
+            "copies.</p>")
 
 
 def figures_table(figs: dict[str, Figures], names: dict[str, str], prefix: str) -> str:
