@@ -18,7 +18,8 @@ td,th,a,p,li,h1{overflow-wrap:anywhere}#share-tree{max-width:100%;height:auto}
 .card{border:1px solid #ddd;border-radius:.5rem;padding:1rem;max-width:26rem}
 .msg.refused{background:#fdecea;border:1px solid #b71c1c;color:#7f0000}
 .msg.pending{background:#fff8e1;border:1px solid #8d6e00}.msg.ok{border:1px solid #2e7d32}
-.scroll{overflow-x:auto}.scroll th,.scroll td{overflow-wrap:normal}.scroll td{white-space:nowrap}.chart{width:100%;max-width:600px;height:auto}
+.scroll{overflow-x:auto}.scroll th,.scroll td{overflow-wrap:normal}.scroll td{white-space:nowrap}
+.chart{width:100%;max-width:600px;height:auto}
 @media (max-width:600px){body{margin:.5rem}td,th{padding:.2rem;font-size:.85rem}}
 """
 
