@@ -46,8 +46,9 @@ from services.api.money import minor_digits, money
 from services.api.outcomes import outcome_message
 from services.api.pages import Pages, esc
 from services.api.program import Figures, figures_of
-from services.api.reads import ReadApi, decode_state
+from services.api.reads import ReadApi
 from services.api.roles import require
+from services.readmodel import statecopy
 
 MAX_OFFERS = 50  # newest offers on a console page
 MAX_COPIES = 200  # copies of one offer read for its page
@@ -132,12 +133,8 @@ class Console(Pages):
     # --- reading ------------------------------------------------------------------
 
     async def _states(self, cids: list[str]) -> list[CertificateState]:
-        if not cids:
-            return []
-        pipe = self.reads.redis.pipeline(transaction=False)
-        for cid in cids:
-            pipe.get(self.reads.keys.state(cid))
-        return [decode_state(raw) for raw in await pipe.execute() if raw]
+        found = await statecopy.load(self.reads.redis, self.reads.keys, cids)  # one trip
+        return [found[cid][0] for cid in cids if found[cid][0] is not None]
 
     async def _offer(self, offer_id: str) -> tuple[str, list[CertificateState]]:
         """(name, the states of its copies, at most MAX_COPIES)."""

@@ -20,6 +20,7 @@ import redis
 
 from deploy.localstack import free_port
 from schemas import commands as c
+from services.readmodel import statecopy
 from tests.e2e.http import call, login, page, wait_for
 
 
@@ -114,8 +115,7 @@ def test_a_seller_runs_an_offer_from_the_console(pipeline, stack, names):
     # a funding confirmation the payment system did not sign (the gateway's key, the
     # key the seller's own commands carry) is refused and funds nothing
     state = redis.Redis.from_url(stack.redis_url)
-    ref = re.search(r"fund-[0-9a-f]{32}", state.get(f"rm:{names.prefix}.state:{{{cid}}}")
-                    .decode("latin-1"))[0]
+    ref = statecopy.decode(state.hgetall(f"rm:{names.prefix}.row:{{{cid}}}")).pool.funding_ref
     forged = c.ConfirmFunding(command_id="forged-escrow", certificate_id=cid,
                               at_ms=int(time.time() * 1000), funding_ref=ref,
                               amount_minor=2_000, currency="EUR")
