@@ -44,7 +44,7 @@ from services.api.guard import ID
 from services.api.identity import Identity, Role
 from services.api.money import minor_digits, money
 from services.api.outcomes import outcome_message
-from services.api.pages import Pages, esc
+from services.api.pages import Pages, esc, with_banner
 from services.api.program import Figures, figures_of
 from services.api.reads import ReadApi
 from services.api.roles import require
@@ -689,10 +689,7 @@ def routes(app: web.Application, reads: ReadApi) -> None:
     console = Console(reads)
 
     def banner(handler):
-        async def page(request: web.Request) -> web.Response:
-            request["catching_up"] = await reads.catching_up()
-            return await handler(request)
-        return page
+        return with_banner(reads, handler)
 
     async def overview(request: web.Request) -> web.Response:
         return await console.console(request)

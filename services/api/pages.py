@@ -489,14 +489,20 @@ class Pages:
         raise web.HTTPSeeOther(f"/page/certificates/{cid}?sent={command_id}")
 
 
+def with_banner(reads: ReadApi, handler):
+    """A page handler that first learns whether the read model is catching up (the
+    page's banner says so: its figures may be behind)."""
+    async def page(request: web.Request) -> web.Response:
+        request["catching_up"] = await reads.catching_up()
+        return await handler(request)
+    return page
+
+
 def routes(app: web.Application, reads: ReadApi) -> None:
     pages = Pages(reads)
 
     def banner(handler):
-        async def page(request: web.Request) -> web.Response:
-            request["catching_up"] = await reads.catching_up()
-            return await handler(request)
-        return page
+        return with_banner(reads, handler)
 
     app.router.add_get("/", banner(pages.catalogue))
     app.router.add_get("/page/certificates/{id}", banner(pages.certificate))
