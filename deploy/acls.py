@@ -88,6 +88,7 @@ def grants(settings: Names) -> dict[str, list[Grant]]:
     readmodel = f"{g}-readmodel"  # faust's app id; a rebuild uses another suffix
     out["readmodel"] = [
         Grant(R, T, t.accepted), Grant(R, T, t.rejections),
+        Grant(R, T, t.payments),  # the payouts' gross, offset and net, for earnings
         Grant(R, G, readmodel, prefixed=True),
         # faust's own topics ({app id}-__assignor-__leader)
         *(Grant(op, T, readmodel, prefixed=True) for op in (R, W, C, D)),

@@ -32,7 +32,9 @@ Writes (bearer token from POST /login; each answers 202 with command ids):
                                                (the sender's own commands only)
     GET  /openapi.json                         this API as OpenAPI 3.1
 Pages (HTML, services/api/pages.py): / (catalogue), /page/certificates/{id},
-/page/accounts/{id}, with login and logout, share link, circulate, claim and buy;
+/page/accounts/{id} (earnings: one line per gain; services/api/earningspages.py),
+/page/accounts/{id}/feed, /page/accounts/{id}/earnings.csv, with login and logout,
+share link, circulate, claim and buy;
 sign-up, password change, export and erasure (services/api/accountpages.py); the
 seller's console /page/console and the funder's /page/pools (services/api/console.py).
 Accounts: the built-in store (services/api/accountstore.py) seeded from
@@ -44,7 +46,9 @@ Operations on the ops port (API_OPS_PORT, 9109; not the public one): GET /metric
 Sessions: signed tokens (services/api/sessions.py), checked before Redis; the request
 guard (services/api/guard.py): body limits, id checks, Origin, security headers.
 
-Errors are JSON {"error": code, "detail": text}: 400 malformed JSON, invalid id, too
+Errors are JSON {"error": code, "detail": text} (on the browser's routes, /page/...,
+/ and /oidc/..., and for a browser asking a path that does not exist, the same error
+as an HTML page with a way back: services/api/errorpages.py): 400 malformed JSON, invalid id, too
 deep; 401, 403 (not yours, cross-site, CSRF), 404, 409, 410, 413 body too large, 422
 invalid body, 429 rate limited or login throttled (with Retry-After), 502 payment
 system. Environment: REDIS_URL, KAFKA_BOOTSTRAP_SERVERS, COMMISSION_TOPIC_PREFIX,
@@ -68,6 +72,7 @@ OIDC_CLOCK_SKEW_S, OIDC_JWKS_TTL_S, OIDC_JWKS_MIN_REFETCH_S: GET /oidc/login and
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -78,10 +83,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from services.api import accountpages, assets, console, guard, oidc_web, pages
+from services.api import accountpages, assets, console, errorpages, guard, oidc_web, pages
 from services.api.accounts import Seed, seed, seeds_from_env
 from services.api.accountstore import AccountStore
 from services.api.checkout import PaymentSystemClient
+from services.api.earningspages import Earnings, earnings_json, feed_json
 from services.api.errors import Problem, problem
 from services.api.oidc import OidcSettings
 from services.api.openapi import document
@@ -193,7 +199,9 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
                              window_s=config.login_window_s)
     # the built-in account store (its own keys, acct:..., never rebuilt from Kafka)
     accounts = AccountStore(client, f"acct:{settings.topics.prefix}", sessions, throttle)
-    app = web.Application(middlewares=[measured(metrics), json_errors, guard.middleware(trust)],
+    # errors as pages for the browser's routes, JSON for the API's (errorpages.py)
+    app = web.Application(middlewares=[measured(metrics), errorpages.middleware, json_errors,
+                                       guard.middleware(trust)],
                           client_max_size=guard.MAX_BODY_BYTES)
     app.on_response_prepare.append(guard.on_prepare(trust))
     app["sessions"], app["accounts"] = sessions, accounts
@@ -232,12 +240,22 @@ def build(settings: Settings, client: aioredis.Redis, keyring: Keyring,
             return await read(request, account)
         return handler
 
+    mine = Earnings(reads)
+
     async def earnings(request: web.Request, account: str) -> web.Response:
+        # ``earnings``: the running totals by bucket; ``gains`` and ``totals``: one line
+        # per gain with its history, gross, offset and net (services/api/earnings.py)
         return await reads.respond({"account_id": account,
-                                    "earnings": await reads.earnings_of(account)})
+                                    "earnings": await reads.earnings_of(account),
+                                    **await earnings_json(mine, account)})
 
     async def feed(request: web.Request, account: str) -> web.Response:
-        return await reads.feed(request)
+        response = await reads.feed(request)
+        if response.status != 200:
+            return response
+        body = json.loads(response.body)
+        body.update(await feed_json(mine, account, body["items"]))
+        return web.json_response(body)
 
     app.router.add_get("/catalogue", reads.catalogue)
     app.router.add_get("/certificates/{id}", reads.certificate)

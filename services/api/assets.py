@@ -20,6 +20,7 @@ td,th,a,p,li,h1{overflow-wrap:anywhere}#share-tree{max-width:100%;height:auto}
 .msg.pending{background:#fff8e1;border:1px solid #8d6e00}.msg.ok{border:1px solid #2e7d32}
 .scroll{overflow-x:auto}.scroll th,.scroll td{overflow-wrap:normal}.scroll td{white-space:nowrap}
 .chart{width:100%;max-width:600px;height:auto}
+small.ref{color:#555}.scroll td.state,.scroll td.counted,.scroll td.not-counted{white-space:normal;min-width:14rem}
 @media (max-width:600px){body{margin:.5rem}td,th{padding:.2rem;font-size:.85rem}}
 """
 

@@ -33,6 +33,7 @@ from domain.pool import acquisition_amount
 from schemas import commands as c
 from schemas.commands import RandomAmount
 from services.api import assets
+from services.api.earningspages import Earnings, csv_response, earnings_section, feed_section
 from services.api.errors import Problem
 from services.api.gains import gain_of, phrase
 from services.api.guard import ID, safe_next
@@ -112,6 +113,7 @@ def catching_up_banner(progress: dict | None) -> str:
 class Pages:
     def __init__(self, reads: ReadApi) -> None:
         self.reads = reads
+        self.earnings = Earnings(reads)
 
     async def _session(self, request: web.Request) -> Session | None:
         """The cookie's live session; re-issued (a new cookie) when old enough."""
@@ -167,7 +169,8 @@ class Pages:
                 "<a id='pools-link' href='/page/pools'>pools I fund</a> · "
                 if "funder" in roles else "")  # services/api/console.py
             who = (f'logged in as <b id="me">{esc(name)}</b> · <a href="/page/accounts/{esc(me)}">'
-                   f'my earnings</a> · {tools}<a id="my-account" href="/page/me">my account</a> · '
+                   f'my earnings</a> · <a id="my-feed" href="/page/accounts/{esc(me)}/feed">'
+                   f'my feed</a> · {tools}<a id="my-account" href="/page/me">my account</a> · '
                    f'<form class="inline" method="post" '
                    f'action="/page/logout">{self._csrf_field(request)}'
                    f'<button id="logout">Log out</button></form>')
@@ -367,31 +370,59 @@ class Pages:
                        "commission; in a rush, the ones beyond that earn nothing.</p>")
         return out
 
+    def _not_yours(self, request: web.Request, me: str | None, account: str,
+                   what: str) -> web.Response:
+        """An account's private page seen by someone else: log in (again) as it."""
+        expired = me is None and bool(request.cookies.get(SESSION_COOKIE))
+        said = ("<p class='warn' id='session-expired'>Your session has ended (logged out, "
+                "or idle too long): log in again above.</p>" if expired else "")
+        body = (f"<h1>{esc(account)}</h1>{said}<p id='log-in-to-see'>Log in as "
+                f"{esc(account)} to see its {what}.</p><p><a href='/'>Back to the "
+                "catalogue</a></p>")
+        return self._layout(request, account, me, body, request.path_qs)
+
     async def account(self, request: web.Request) -> web.Response:
+        """The account's earnings: totals per currency, one line per gain (issue #27.2:
+        services/api/earnings.py), then the certificates it holds or shared."""
         account = request.match_info["id"]
         me = await self._me(request)
         if me != account:
-            body = (f"<h1>{esc(account)}</h1><p>Log in as {esc(account)} to see its "
-                    "earnings.</p>")
-            return self._layout(request, account, me, body, f"/page/accounts/{account}")
-        rows = "".join(
-            f"<tr id='earn-{esc(cur)}'><td>{esc(cur)}</td><td>{money(e['pending_minor'], cur)}"
-            f"</td><td class='held'>{money(e['held_minor'], cur)}</td>"
-            f"<td class='payable'>{money(e['payable_minor'], cur)}</td>"
-            f"<td class='paid'>{money(e['paid_minor'], cur)}</td>"
-            f"<td class='failed'>{money(e['failed_minor'], cur)}</td>"
-            f"<td>{money(e['voided_minor'], cur)}</td>"
-            f"<td class='clawed'>{money(e['clawed_back_minor'], cur)}</td></tr>"
-            for cur, e in (await self.reads.earnings_of(account)).items())
+            return self._not_yours(request, me, account, "earnings")
         name = request["page_identity"].display_name
         body = (f"<h1>{esc(name)}</h1><p><a id='account-settings' href='/page/me'>Your account: "
-                "password, export your data, erase your account</a></p>"
-                "<h2>Earnings</h2><table><tr><th>Currency</th>"
-                "<th>Pending (not bought yet)</th><th>Held (bought; until the hold ends)</th>"
-                "<th>Being paid</th><th>Paid</th><th>Payment failed</th>"
-                f"<th>Voided</th><th>Clawed back</th></tr>{rows}</table>")
+                "password, export your data, erase your account</a></p>")
+        body += earnings_section(account, await self.earnings.lines(account))
         body += await self._certificates_of(account)
         return self._layout(request, account, me, body, f"/page/accounts/{account}")
+
+    async def feed(self, request: web.Request) -> web.Response:
+        """The account's feed as a page: what it holds, each share it made and whether
+        it counted (and why not), and its recent shares that were refused."""
+        account = request.match_info["id"]
+        me = await self._me(request)
+        if me != account:
+            return self._not_yours(request, me, account, "feed")
+        now = int(time.time() * 1000)
+        ids = await self.reads.redis.zrevrange(self.reads.keys.feed(account), 0, 99)
+        items = [s for s in [await self.reads.summary(i.decode(), now) for i in ids] if s]
+        body = (f"<h1>Your feed</h1><p><a href='/page/accounts/{esc(account)}'>Your "
+                "earnings</a></p>" + feed_section(
+                    items, await self.earnings.shares(account),
+                    await self.earnings.refused(account)))
+        return self._layout(request, "Your feed", me, body, f"/page/accounts/{account}/feed")
+
+    async def earnings_csv(self, request: web.Request) -> web.Response:
+        """The earnings page's lines as CSV (the logged-in account's own)."""
+        account = request.match_info["id"]
+        me = await self._me(request)
+        if me != account:
+            return self._not_yours(request, me, account, "earnings")
+        return csv_response(account, await self.earnings.lines(account))
+
+    async def _product(self, cid: str) -> str:
+        """The certificate's product name (its id until the read model has it)."""
+        name = await self.reads.redis.hget(self.reads.keys.cert(cid), "name")
+        return name.decode() if name else cid
 
     async def _certificates_of(self, account: str) -> str:
         """Claims waiting, and every certificate the account holds or shared with its
@@ -402,8 +433,10 @@ class Pages:
             cid = raw.decode()
             what = claimable(await self.reads.state(cid), account)
             if what:
+                product = await self._product(cid)
                 claims.append(f"<li><a class='claim' href='/page/certificates/{esc(cid)}'>"
-                              f"{esc(cid)}</a>: {esc(what)}</li>")
+                              f"{esc(product)}</a> <small class='ref'>{esc(cid)}</small>: "
+                              f"{esc(what)}</li>")
         for raw in await redis.zrevrange(keys.shared(account), 0, 99):
             cid = raw.decode()
             state = await self.reads.state(cid)
@@ -413,15 +446,16 @@ class Pages:
             holds = " (you hold it)" if state.holder == account else ""
             kept = 0 if how in ("voided", "declined") else gain  # no gain (any more)
             rows.append(f"<tr class='mine'><td><a href='/page/certificates/{esc(cid)}'>"
-                        f"{esc(cid)}</a>{holds}</td><td>{esc(state.status)}</td>"
+                        f"{esc(await self._product(cid))}</a> <small class='ref'>{esc(cid)}"
+                        f"</small>{holds}</td><td>{esc(state.status)}</td>"
                         f"<td>{money(kept, state.currency)}</td>"
                         f"<td>{esc(phrase(state, account, how))}</td></tr>")
         out = ""
         if claims:
             out += f"<h2>You can claim</h2><ul id='claims'>{''.join(claims)}</ul>"
-        out += ("<h2>Certificates you hold or shared</h2><table id='mine'><tr>"
-                "<th>Certificate</th><th>Status</th><th>Your gain</th><th>Where it stands</th>"
-                f"</tr>{''.join(rows)}</table>")
+        out += ("<h2>Certificates you hold or shared</h2><div class='scroll'><table id='mine'>"
+                "<tr><th>Product</th><th>Status</th><th>Your gain</th><th>Where it stands</th>"
+                f"</tr>{''.join(rows)}</table></div>")
         return out
 
     async def login(self, request: web.Request) -> web.Response:
@@ -442,11 +476,17 @@ class Pages:
             return self._layout(request, "Log in", None,
                                 "<p class='warn' id='throttled'>Too many failed logins: "
                                 "try again in a few minutes.</p>", target, status=429)
-        response = web.HTTPSeeOther(target)
-        if session:
-            request.setdefault("set_cookies", []).append(
-                (SESSION_COOKIE, session.token, session.expires_s - int(time.time())))
-        raise response
+        if session is None:  # said, with the form again (the page's header) and a way back
+            return self._layout(
+                request, "Wrong account or password", None,
+                "<h1>Wrong account or password</h1><p class='warn' id='wrong-password' "
+                "data-error=\"bad_credentials\">The account name or the password is wrong: "
+                "try again in the form above.</p><p><a id='way-back' "
+                f"href='{esc(target)}'>Back to the page you were on</a></p>", target,
+                status=401)
+        request.setdefault("set_cookies", []).append(
+            (SESSION_COOKIE, session.token, session.expires_s - int(time.time())))
+        raise web.HTTPSeeOther(target)
 
     async def _form(self, request: web.Request) -> tuple[Session, dict]:
         """The posted form of a logged-in visitor whose CSRF token matches: 401/403
@@ -507,6 +547,8 @@ def routes(app: web.Application, reads: ReadApi) -> None:
     app.router.add_get("/", banner(pages.catalogue))
     app.router.add_get("/page/certificates/{id}", banner(pages.certificate))
     app.router.add_get("/page/accounts/{id}", banner(pages.account))
+    app.router.add_get("/page/accounts/{id}/feed", banner(pages.feed))
+    app.router.add_get("/page/accounts/{id}/earnings.csv", pages.earnings_csv)
     app.router.add_post("/page/login", pages.login)
     app.router.add_post("/page/logout", pages.logout)
     app.router.add_post("/page/certificates/{id}/{action}", pages.act)

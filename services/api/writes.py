@@ -41,6 +41,7 @@ from schemas.types import (
 )
 from services.api.accountstore import AccountStore
 from services.api.checkout import PaymentSystemClient
+from services.api.earningspages import record_share_sent
 from services.api.errors import Problem, problem
 from services.api.guard import Trust, read_body
 from services.api.identity import Identity, Role
@@ -267,6 +268,8 @@ class Gateway:
         await self._send(kind(command_id=command_id, certificate_id=certificate_id,
                               at_ms=int(time.time() * 1000), account_id=account, **fields),
                          owner=account)
+        if kind in (c.Circulate, c.Claim):  # the feed says which were refused, and why
+            await record_share_sent(self.redis, self.prefix, account, command_id)
 
     async def _certificate_command(self, request: web.Request, kind: type, body_type: type,
                                    **fields) -> web.Response:

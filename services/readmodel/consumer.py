@@ -1,12 +1,20 @@
-"""The read model's loop: one consumer reads ``accepted`` and ``rejections`` (only
-committed records) and projects each batch it gets in one Redis round trip
-(services/readmodel/store.py). Two batches overlap: while Redis runs one batch's
+"""The read model's loop: one consumer reads ``accepted``, ``rejections`` and
+``payments`` (only committed records) and projects each batch it gets in one Redis
+round trip (services/readmodel/store.py). Two batches overlap: while Redis runs one batch's
 script (and its fsync), the next is fetched and planned on the states that script
 will leave (store.plan); it is sent once the one before is answered, and dropped
 (with a seek back to the positions in Redis) if that one was not written. A batch is
 whatever the consumer holds at that moment, up to MAX_RECORDS: small when the read
 model keeps up (low latency), large when it has fallen behind (each certificate's
 page and state written once for more commands).
+
+``payments`` (the netting stage's output) is read for one fact the certificates'
+commands do not carry: what each commission payout paid net of the payee's
+clawbacks (gross, offset, net), for the sharer's earnings (issue #24). Its records
+are keyed by certificate but written under the payee's account
+(projection.project_payment); a payout's amounts are the same at every attempt, so
+the write is idempotent and needs no sequence guard, and its partitions' positions
+are stored with the rest, in the same script.
 
 Where it resumes: each partition's next offset is stored in Redis by the same script
 that writes the batch's projections, so a SIGKILL at any moment leaves Redis with
@@ -33,6 +41,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import Counter, Histogram
 
 from schemas.commands import AcceptedCommand
+from schemas.payments import Settlement
 from schemas.rejections import Rejection
 from services.common.metrics import ReadModelMetrics
 from services.common.settings import Settings
@@ -42,6 +51,7 @@ from services.readmodel.store import Behind, ReadModelStore, StalePlan
 log = logging.getLogger("commission.readmodel")
 _decode = msgspec.json.Decoder(AcceptedCommand).decode
 _decode_rejection = msgspec.json.Decoder(Rejection).decode
+_decode_settlement = msgspec.json.Decoder(Settlement).decode
 # a batch: at most this many records (tests make it smaller, for a rebuild in many
 # batches); flat out a batch of 2,000 writes each certificate's state and page once
 # for the ~150 certificates in it (store.py), so bigger batches cost less a record
@@ -59,7 +69,8 @@ class Projector(ConsumerRebalanceListener):
         self.metrics = metrics
         self.group = group
         self.accepted = settings.topics.accepted
-        self.topics = (settings.topics.accepted, settings.topics.rejections)
+        self.payments = settings.topics.payments
+        self.topics = (settings.topics.accepted, settings.topics.rejections, self.payments)
         self.consumer: AIOKafkaConsumer | None = None
         self.rebalancing = True  # until the first assignment
         self.kill_after = kill_after  # tests: SIGKILL after the batch reaching this many
@@ -72,7 +83,8 @@ class Projector(ConsumerRebalanceListener):
             metrics.commands.labels(outcome)
         self.last_commit = time.monotonic()
         self.inflight: asyncio.Future | None = None  # the batch whose script runs
-        self.inflight_batch: tuple[int, dict] = (0, {})  # its refusals and positions
+        # its refusals, positions and records of ``payments``
+        self.inflight_batch: tuple[int, dict, int] = (0, {}, 0)
         # where a batch's time goes (docs/benchmarks.md): its size, Redis's answer to
         # its script (the run and the fsync), and how long the loop waited for that
         self.batch_records = Histogram(
@@ -215,17 +227,19 @@ class Projector(ConsumerRebalanceListener):
     async def project(self, batch) -> None:
         """Plan ``batch`` while the previous one's script runs, then wait for that one
         and send this one's."""
-        accepted, rejections, positions = [], [], {}
+        accepted, rejections, payments, positions = [], [], [], {}
         for tp, records in batch.items():
             if not records:
                 continue
             if tp.topic == self.accepted:
                 accepted += [(_decode(r.value), r.timestamp) for r in records]
+            elif tp.topic == self.payments:
+                payments += [_decode_settlement(r.value) for r in records]
             else:
                 rejections += [_decode_rejection(r.value) for r in records]
             positions[(tp.topic, tp.partition)] = records[-1].offset + 1
         try:
-            plan = await self.store.plan(accepted, rejections, positions)
+            plan = await self.store.plan(accepted, rejections, positions, payments)
         except (Behind, StalePlan) as exc:
             if self.inflight is not None:
                 await self.settle()
@@ -234,8 +248,8 @@ class Projector(ConsumerRebalanceListener):
         if self.inflight is not None and not await self.settle():
             return  # the batch before failed and the consumer sought back: drop this one
         self.inflight = asyncio.ensure_future(self.timed(plan))
-        self.inflight_batch = (len(rejections), positions)
-        self.batch_records.observe(len(accepted) + len(rejections))
+        self.inflight_batch = (len(rejections), positions, len(payments))
+        self.batch_records.observe(len(accepted) + len(rejections) + len(payments))
 
     async def timed(self, plan):
         started = time.perf_counter()
@@ -254,7 +268,7 @@ class Projector(ConsumerRebalanceListener):
         (Redis behind: the consumer seeks back to the positions in Redis)."""
         task, self.inflight = self.inflight, None
         assert task is not None
-        rejected, positions = self.inflight_batch
+        rejected, positions, payouts = self.inflight_batch
         started = time.perf_counter()
         try:
             done = await task
@@ -284,7 +298,7 @@ class Projector(ConsumerRebalanceListener):
                 self.at[tp] = max(offset, await self.consumer.position(tp))
             except Exception:  # revoked meanwhile: what the batch says
                 self.at[tp] = offset
-        self.progress.projected(len(done.accepted_ms) + rejected)
+        self.progress.projected(len(done.accepted_ms) + rejected + payouts)
         self.projected += len(done.accepted_ms)
         if self.kill_after and self.projected >= self.kill_after:
             # tests: the batch is in Redis, its offsets are not committed to the group;

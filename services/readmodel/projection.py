@@ -26,6 +26,14 @@ tag, so the keys one script writes together share a slot: services/readmodel/sto
                         clawed_back" (minor units): held until the hold ends, then
                         payable (published to the payment system), paid once it
                         reports the payout settled, failed if it failed every attempt
+  gains:{account}       hash: when each of the account's gains changed, "{cert}|{step}"
+                        -> ms (acq, flagged, approved, payable, paid, parked, refunded,
+                        clawed, declined, voided), and "{cert}|why": why its share took
+                        nothing (the event's no_gain; not for a repeat): the earnings
+                        and feed pages (services/api/earnings.py)
+  payout:{account}      hash: settlement id -> "{cert}|{currency}|{gross}|{offset}|{net}|
+                        {at_ms}", a commission payout as the netting stage published it
+                        on ``payments`` (project_payment): idempotent, so no seq guard
   cmd:{command id}      hash: the command's outcome (accepted or rejected with reason)
   applied:{tag}         hash, Redis Cluster only: certificate -> the last seq whose
                         writes to the keys of this tag are in (store.py)
@@ -49,6 +57,7 @@ from schemas.events import (
     CommissionAcquired,
     CommissionApproved,
     CommissionDeclined,
+    CommissionFlagged,
     Event,
     HoldReleased,
     PaymentReported,
@@ -93,6 +102,12 @@ class Keys:
 
     def earnings(self, account: str) -> str:
         return f"{self.p}earn:{{{account}}}"
+
+    def gains(self, account: str) -> str:
+        return f"{self.p}gains:{{{account}}}"
+
+    def payouts(self, account: str) -> str:
+        return f"{self.p}payout:{{{account}}}"
 
     def outcome(self, command_id: str) -> str:
         return f"{self.p}cmd:{{{command_id}}}"
@@ -199,6 +214,25 @@ def page(state: CertificateState) -> dict[str, str]:
     return out
 
 
+def _dated(w: Writes, k: Keys, account: str, cid: str, step: str, at_ms: int | str) -> None:
+    """When ``account``'s gain on ``cid`` reached ``step`` (gains:{account})."""
+    w.hset.setdefault(k.gains(account), {})[f"{cid}|{step}"] = str(at_ms)
+
+
+def project_payment(k: Keys, s: Settlement) -> Writes | None:
+    """A record of ``payments`` (the netting stage's output): a commission payout's
+    gross, the offset taken for the payee's clawbacks and the net paid, under its
+    settlement id. Every attempt of a payout carries the same amounts
+    (domain/netting.py), so writing it again writes the same: no guard is needed."""
+    if not isinstance(s, CommissionPayout):
+        return None
+    gross = s.amount_minor if s.gross_minor is None else s.gross_minor
+    w = Writes()
+    w.hset[k.payouts(s.payee_id)] = {s.settlement_id: (
+        f"{s.certificate_id}|{s.currency}|{gross}|{s.offset_minor}|{s.amount_minor}|{s.at_ms}")}
+    return w
+
+
 def project(k: Keys, state: CertificateState, events: list[Event],
             settlements: list[Settlement], with_page: bool = True) -> Writes:
     """What one command writes. ``with_page=False``: the certificate page's fields
@@ -225,15 +259,19 @@ def project(k: Keys, state: CertificateState, events: list[Event],
                 w.zrem.append((k.feed(e.previous_holder), cid))
             w.zadd.append((k.feed(e.account_id), cid, e.at_ms))
             w.zadd.append((k.shared(e.account_id), cid, e.at_ms))
+            if e.no_gain is not None and e.no_gain != "repeat":  # the first share's why
+                _dated(w, k, e.account_id, cid, "why", e.no_gain)
         elif isinstance(e, AcquisitionClaimable):
             w.zadd.append((k.claims(e.account_id), cid, e.at_ms))
         elif isinstance(e, CommissionAcquired):
             w.zrem.append((k.claims(e.account_id), cid))
             w.hincrby.append((k.earnings(e.account_id), f"{e.currency}:acquired", e.amount_minor))
+            _dated(w, k, e.account_id, cid, "acq", e.at_ms)
         elif isinstance(e, PoolWithdrawn):
             for v in e.voided:
                 w.hincrby.append((k.earnings(v.account_id), f"{e.currency}:voided",
                                   v.amount_minor))
+                _dated(w, k, v.account_id, cid, "voided", e.at_ms)
         elif isinstance(e, CertificatePurchased):
             w.hincrby.append((k.offer(state.offer_id), "purchased", 1))
             # held: everything with a hold; with none, what a fraud flag keeps back
@@ -245,16 +283,21 @@ def project(k: Keys, state: CertificateState, events: list[Event],
                 w.hincrby.append((k.earnings(v.account_id), f"{e.currency}:held", -v.amount_minor))
                 w.hincrby.append((k.earnings(v.account_id), f"{e.currency}:voided",
                                   v.amount_minor))
+                _dated(w, k, v.account_id, cid, "refunded", e.at_ms)
+            for v in e.clawed_back:  # a chargeback within the window
+                _dated(w, k, v.account_id, cid, "clawed", e.at_ms)
         elif isinstance(e, CertificateEnded):
             for v in e.voided:
                 w.hincrby.append((k.earnings(v.account_id), f"{e.currency}:voided",
                                   v.amount_minor))
+                _dated(w, k, v.account_id, cid, "voided", e.at_ms)
         elif isinstance(e, PaymentReported) and e.settlement_kind == "commission_payout" and (
                 e.outcome != "retried"):
             # payable until the payment system says: settled (paid) or parked (failed)
             done = "paid" if e.outcome == "settled" else "failed"
             w.hincrby.append((k.earnings(e.payee_id), f"{e.currency}:payable", -e.amount_minor))
             w.hincrby.append((k.earnings(e.payee_id), f"{e.currency}:{done}", e.amount_minor))
+            _dated(w, k, e.payee_id, cid, "paid" if done == "paid" else "parked", e.at_ms)
         elif isinstance(e, HoldReleased):
             released = True
         elif isinstance(e, CommissionDeclined):
@@ -263,11 +306,17 @@ def project(k: Keys, state: CertificateState, events: list[Event],
                 w.hincrby.append((k.earnings(e.sharer_id), f"{e.currency}:held",
                                   -e.amount_minor))
             w.hincrby.append((k.earnings(e.sharer_id), f"{e.currency}:voided", e.amount_minor))
-        elif isinstance(e, CommissionApproved) and e.paid_minor:
-            released = True  # the payout kept back past the hold is published now
+            _dated(w, k, e.sharer_id, cid, "declined", e.at_ms)
+        elif isinstance(e, CommissionFlagged):
+            _dated(w, k, e.sharer_id, cid, "flagged", e.at_ms)
+        elif isinstance(e, CommissionApproved):
+            _dated(w, k, e.sharer_id, cid, "approved", e.at_ms)
+            if e.paid_minor:
+                released = True  # the payout kept back past the hold is published now
     for s in settlements:
         if isinstance(s, CommissionPayout) and s.attempt == 1:  # a retry: the same money
             w.hincrby.append((k.earnings(s.payee_id), f"{s.currency}:payable", s.amount_minor))
+            _dated(w, k, s.payee_id, cid, "payable", s.at_ms)
             if released:
                 w.hincrby.append((k.earnings(s.payee_id), f"{s.currency}:held", -s.amount_minor))
         elif isinstance(s, Clawback) and s.of_kind == "commission_payout" and s.attempt == 1:

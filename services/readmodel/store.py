@@ -55,11 +55,12 @@ from redis.crc import key_slot
 
 from domain import CertificateState
 from schemas.commands import AcceptedCommand
+from schemas.payments import Settlement
 from schemas.rejections import Reason, Rejection
 from services.common.follower import follow
 from services.common.rows import Lengths
 from services.readmodel import statecopy
-from services.readmodel.projection import Keys, hash_tag, project
+from services.readmodel.projection import Keys, hash_tag, project, project_payment
 from services.readmodel.projection import page as certificate_page
 
 OUTCOME_TTL_S = 7 * 24 * 3600
@@ -80,6 +81,8 @@ _encode = msgspec.msgpack.Encoder().encode
 #   {'O', key, fields, ttl}         an accepted command's outcome (Redis Cluster)
 #   {'J', key, reason, detail, cert, ttl}  a refusal: recorded unless it has an outcome
 #   {'P', key, offset}              a partition's next offset, only ever raised
+#   {'W', key, ops}                 writes that are the same every time they are made
+#       (a payout as ``payments`` has it: projection.project_payment), unguarded
 #   op: {'H', key, fields} | {'I', key, field, by} | {'Z', key, member, score}
 #       | {'R', key, member} | {'X', key, seconds} | {'D', key}
 #       | {'T', key}: the outcome's projected_ms, the script's own clock (Redis TIME)
@@ -138,6 +141,8 @@ for n, s in ipairs(prog) do
       redis.call('HSET', key, 'reason', s[3], 'detail', s[4], 'certificate_id', s[5])
       redis.call('EXPIRE', key, s[6])
     end
+  elseif kind == 'W' then
+    run(s[3])
   elseif kind == 'P' then
     local key = KEYS[s[2]]
     if s[3] > tonumber(redis.call('GET', key) or '-1') then redis.call('SET', key, s[3]) end
@@ -238,6 +243,8 @@ class Plan:
     refusals: list
     positions: dict[tuple[str, int], int]
     generation: int
+    # payouts from ``payments``, merged by key (idempotent: written unguarded)
+    payouts: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class ReadModelStore:
@@ -311,15 +318,18 @@ class ReadModelStore:
 
     async def apply_batch(self, accepted: list[tuple[AcceptedCommand, int]],
                           rejections: list[Rejection],
-                          positions: dict[tuple[str, int], int]) -> Applied:
+                          positions: dict[tuple[str, int], int],
+                          payments: list[Settlement] = ()) -> Applied:
         """Project ``accepted`` (each with its record's timestamp, ms; in partition
-        order) and record ``rejections``, then raise ``positions`` (next offsets).
-        Raises Behind when Redis is behind this worker's copy of a state."""
-        return await self.execute(await self.plan(accepted, rejections, positions))
+        order) and record ``rejections`` and the payouts among ``payments``, then raise
+        ``positions`` (next offsets). Raises Behind when Redis is behind this worker's
+        copy of a state."""
+        return await self.execute(await self.plan(accepted, rejections, positions, payments))
 
     async def plan(self, accepted: list[tuple[AcceptedCommand, int]],
                    rejections: list[Rejection],
-                   positions: dict[tuple[str, int], int]) -> Plan:
+                   positions: dict[tuple[str, int], int],
+                   payments: list[Settlement] = ()) -> Plan:
         """The batch's writes, computed on this worker's copies of the states, which
         it then takes as what Redis will hold (the consumer plans the next batch while
         Redis runs this one's script); ``execute`` writes them. Raises Behind."""
@@ -387,7 +397,14 @@ class ReadModelStore:
             self.cache.move_to_end(cid)
         while len(self.cache) > self.cache_size:
             self.written.pop(self.cache.popitem(last=False)[0], None)
-        return Plan(done, merged, outcomes, guarded, refusals, positions, generation)
+        payouts: dict[str, dict[str, str]] = {}
+        for s in payments:  # netting's payouts: gross, offset, net (no state needed)
+            w = project_payment(k, s)
+            if w is not None:
+                for key, mapping in w.hset.items():
+                    payouts.setdefault(key, {}).update(mapping)
+        return Plan(done, merged, outcomes, guarded, refusals, positions, generation,
+                    payouts)
 
     async def execute(self, plan: Plan) -> Applied:
         """Write a planned batch. Raises Behind (and forgets every copy) when Redis
@@ -398,10 +415,10 @@ class ReadModelStore:
         try:
             if self.cluster:
                 skipped = await self._run_cluster(plan.merged, plan.outcomes, plan.guarded,
-                                                  plan.refusals, plan.positions)
+                                                  plan.refusals, plan.positions, plan.payouts)
             else:
                 skipped = await self._run_one(plan.merged, plan.outcomes, plan.refusals,
-                                              plan.positions)
+                                              plan.positions, plan.payouts)
         except BaseException:
             self.forget()
             raise
@@ -426,6 +443,11 @@ class ReadModelStore:
                            r.detail, r.certificate_id or "", OUTCOME_TTL_S])
         prog.certs.append("")
 
+    @staticmethod
+    def _payouts(prog: _Program, key: str, mapping: dict[str, str]) -> None:
+        prog.steps.append(["W", prog.key(key), [["H", prog.key(key), _flat(mapping)]]])
+        prog.certs.append("")
+
     def _position(self, prog: _Program, topic: str, partition: int, offset: int) -> None:
         prog.steps.append(["P", prog.key(self.position_key(topic, partition)), offset])
         prog.certs.append("")
@@ -442,7 +464,8 @@ class ReadModelStore:
         return skipped
 
     async def _run_one(self, merged: dict[str, _Merged], outcomes: list, refusals: list,
-                       positions: dict[tuple[str, int], int]) -> int:
+                       positions: dict[tuple[str, int], int],
+                       payouts: dict[str, dict[str, str]] | None = None) -> int:
         prog = _Program()
         by_cert: dict[str, list[list]] = {}
         for cid, key, _seq, fields in outcomes:
@@ -452,6 +475,8 @@ class ReadModelStore:
             self._certificate(prog, cid, m, by_cert[cid])
         for r in refusals:
             self._refusal(prog, r)
+        for key, mapping in (payouts or {}).items():
+            self._payouts(prog, key, mapping)
         for (topic, partition), offset in positions.items():
             self._position(prog, topic, partition, offset)
         return await self._call(prog)
@@ -468,7 +493,8 @@ class ReadModelStore:
 
     async def _run_cluster(self, merged: dict[str, _Merged], outcomes: list,
                            guarded: list, refusals: list,
-                           positions: dict[tuple[str, int], int]) -> int:
+                           positions: dict[tuple[str, int], int],
+                           payouts: dict[str, dict[str, str]] | None = None) -> int:
         k = self.keys
         # Before any slot is written: do the states in Redis stand where this worker's
         # copies do? (Its copies are stale when another worker wrote meanwhile, or
@@ -509,6 +535,8 @@ class ReadModelStore:
             prog.certs.append("")
         for r in refusals:
             self._refusal(slot_of(k.outcome(r.command_id)), r)
+        for key, mapping in (payouts or {}).items():
+            self._payouts(slot_of(key), key, mapping)
         await self._gather(first.values())
         second: dict[int, _Program] = {}  # by slot: the certificates' states and pages
         for cid, m in merged.items():

@@ -125,6 +125,8 @@ class FakeRedis:
                 h = d.setdefault(k, {})
                 if "status" not in h:
                     h.update(status="rejected", reason=s[2], detail=s[3], certificate_id=s[4])
+            elif kind == "W":
+                self.run(keys, s[2])
             elif kind == "P":
                 if s[2] > int(d.get(k, "-1")):
                     d[k] = str(s[2])
@@ -343,3 +345,29 @@ def test_the_state_copy_written_in_parts_reads_back_whole_and_replaces_the_forme
     sizes = [len(v) for k, h in redis.data.items() if k.startswith(keys.p + "row:")
              for v in h.values()]
     assert len(sizes) > len(cids)  # heads and segments, not one value a certificate
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["one-redis", "cluster"])
+def test_payouts_from_payments_land_under_their_payee_with_the_positions(cluster):
+    """The netting stage's payouts (``payments``) are written under the payee's
+    account, in the batch's script with its positions; met again, they write the same."""
+    from schemas.payments import BudgetRelease, CommissionPayout
+
+    keys = Keys("t.")
+    common = {"certificate_id": "s~x-00001", "command_id": "x", "seq": 3, "at_ms": 5,
+              "funding_ref": "f", "currency": "EUR"}
+    payout = CommissionPayout(settlement_id="a" * 64, payee_id="ann", amount_minor=40,
+                              gross_minor=100, offset_minor=60, **common)
+    release = BudgetRelease(settlement_id="b" * 64, payee_id="funder", amount_minor=7,
+                            reason="purchase", **common)
+    redis = FakeRedis(cluster)
+    store = ReadModelStore(redis, keys, cluster=cluster)
+
+    async def run() -> None:
+        for _ in range(2):  # a redelivery writes the same
+            await store.apply_batch([], [], {("t.payments", 1): 9}, [payout, release])
+            assert redis.data[keys.payouts("ann")] == {"a" * 64: "s~x-00001|EUR|100|60|40|5"}
+            assert keys.payouts("funder") not in redis.data  # only commission payouts
+            assert await store.positions([("t.payments", 1)]) == {("t.payments", 1): 9}
+
+    asyncio.run(run())
