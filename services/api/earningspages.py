@@ -242,14 +242,18 @@ async def earnings_json(earnings: Earnings, account: str) -> dict:
 
 
 async def feed_json(earnings: Earnings, account: str, items: list[dict]) -> dict:
-    """The JSON feed's additions: each item's ``your_share`` (counted, or why not)
-    and the shares refused."""
-    shares = {cid: o for cid, _, _, o in await earnings.shares(account)}
+    """The JSON feed's additions: each item's ``your_share`` (counted, or why not);
+    every certificate the account shared, with the same; the shares refused."""
+    shared = await earnings.shares(account)
+    outcomes = {cid: o for cid, _, _, o in shared}
     for item in items:
-        found = shares.get(item["id"])
+        found = outcomes.get(item["id"])
         if found is not None:
             item["your_share"] = found.as_json()
-    return {"items": items, "refused_shares": await earnings.refused(account)}
+    return {"items": items,
+            "shares": [{"certificate_id": cid, "product": name, "shared_at_ms": at,
+                        "your_share": o.as_json()} for cid, name, at, o in shared],
+            "refused_shares": await earnings.refused(account)}
 
 
 def csv_response(account: str, lines: list[GainLine]) -> web.Response:

@@ -221,7 +221,11 @@ def _document() -> dict:
                                                 "required": ["account_id", "items"],
                                                 "properties": {"account_id": {"type": "string"},
                                                                "items": {"type": "array",
-                                                                         "items": SUMMARY}}})},
+                                                                         "items": SUMMARY},
+                                                               # each share: counted, or why not
+                                                               "shares": {"type": "array"},
+                                                               "refused_shares": {
+                                                                   "type": "array"}}})},
                                                 **_errors(400, 401, 403)}}},
             "/accounts/{id}/earnings": {"get": {"summary": "Pending, paid and voided earnings "
                                                            "(the logged-in account's own)",
@@ -232,7 +236,11 @@ def _document() -> dict:
                                                     "required": ["account_id", "earnings"],
                                                     "properties": {
                                                         "account_id": {"type": "string"},
-                                                        "earnings": {"type": "object"}}})},
+                                                        "earnings": {"type": "object"},
+                                                        # one line per gain: history, gross,
+                                                        # offset, net (services/api/earnings.py)
+                                                        "gains": {"type": "array"},
+                                                        "totals": {"type": "object"}}})},
                                                     **_errors(400, 401, 403)}}},
             "/login": {"post": {"summary": "Log in; returns a bearer token (a signed session: "
                                            "idle timeout, re-issued in the Session-Token "

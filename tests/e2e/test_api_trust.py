@@ -386,3 +386,40 @@ def test_guessing_a_password_from_one_place_does_not_lock_its_owner_out(site):
     status, body, _ = call(port, "POST", "/login",
                            {"account_id": "bob", "password": "demo-bob"}, headers=owner)
     assert status == 200 and body["token"], body
+
+
+# --- errors for people (issue #27.5) ------------------------------------------------------
+
+
+def test_wrong_passwords_unknown_pages_and_ended_sessions_get_pages_with_a_way_back(site):
+    origin = {"Origin": site.origin}
+    browser = Browser(site.port)
+    _, _, page = browser.request("GET", f"/page/certificates/{CID}")
+    status, _, wrong = browser.request(
+        "POST", "/page/login", {"account_id": "dave", "password": "not dave's",
+                                "next": f"/page/certificates/{CID}", "csrf": csrf_of(page)},
+        headers=origin)
+    assert status == 401 and "Wrong account or password" in wrong
+    assert f"id='way-back' href='/page/certificates/{CID}'" in wrong
+    assert csrf_of(wrong) and "id=\"login\"" in wrong  # the form again, to try once more
+    assert "session" not in browser.cookies
+    for path, title in ((f"/page/certificates/{CID}x", "Certificate not found"),
+                        ("/page/nowhere", "Page not found")):
+        status, headers, text = browser.request("GET", path)
+        assert status == 404 and headers["content-type"].startswith("text/html"), path
+        assert title in text and "id='way-back' href='/'" in text, text
+    # a browser asking for an address that does not exist gets a page; the API JSON
+    status, _, text = browser.request("GET", "/nowhere", headers={"Accept": "text/html"})
+    assert status == 404 and "Page not found" in text
+    assert get(site.port, "/nowhere") == (404, {"error": "not_found", "detail": "Not Found"})
+    assert get(site.port, f"/certificates/{CID}x")[1]["error"] == "unknown_certificate"
+    # a form sent after the session ended: a page that says so, back to where it was
+    browser.login("dave")
+    _, _, page = browser.request("GET", f"/page/certificates/{CID}")
+    token = csrf_of(page)
+    browser.request("POST", "/page/logout", {"csrf": token}, headers=origin)
+    status, _, text = browser.request(
+        "POST", f"/page/certificates/{CID}/circulate", {"csrf": token},
+        headers={**origin, "Referer": f"{site.origin}/page/certificates/{CID}"})
+    assert status == 401 and "Please log in again" in text
+    assert f"href='/page/certificates/{CID}'" in text
