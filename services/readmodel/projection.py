@@ -307,7 +307,7 @@ def project(k: Keys, state: CertificateState, events: list[Event],
                                   -e.amount_minor))
             w.hincrby.append((k.earnings(e.sharer_id), f"{e.currency}:voided", e.amount_minor))
             _dated(w, k, e.sharer_id, cid, "declined", e.at_ms)
-        elif isinstance(e, CommissionFlagged):
+        elif isinstance(e, CommissionFlagged) and not e.paid:  # a late flag keeps nothing
             _dated(w, k, e.sharer_id, cid, "flagged", e.at_ms)
         elif isinstance(e, CommissionApproved):
             _dated(w, k, e.sharer_id, cid, "approved", e.at_ms)
