@@ -394,7 +394,7 @@ def test_guessing_a_password_from_one_place_does_not_lock_its_owner_out(site):
 def test_wrong_passwords_unknown_pages_and_ended_sessions_get_pages_with_a_way_back(site):
     origin = {"Origin": site.origin}
     browser = Browser(site.port)
-    _, _, page = browser.request("GET", f"/page/certificates/{CID}")
+    _, _, page = browser.request("GET", "/")
     status, _, wrong = browser.request(
         "POST", "/page/login", {"account_id": "dave", "password": "not dave's",
                                 "next": f"/page/certificates/{CID}", "csrf": csrf_of(page)},
@@ -416,9 +416,9 @@ def test_wrong_passwords_unknown_pages_and_ended_sessions_get_pages_with_a_way_b
     assert get(site.port, f"/certificates/{CID}x")[1]["error"] == "unknown_certificate"
     # a form sent after the session ended: a page that says so, back to where it was
     browser.login("dave")
-    _, _, page = browser.request("GET", f"/page/certificates/{CID}")
+    _, _, page = browser.request("GET", "/")
     token = csrf_of(page)
-    browser.request("POST", "/page/logout", {"csrf": token}, headers=origin)
+    assert browser.request("POST", "/page/logout", {"csrf": token}, headers=origin)[0] == 303
     status, _, text = browser.request(
         "POST", f"/page/certificates/{CID}/circulate", {"csrf": token},
         headers={**origin, "Referer": f"{site.origin}/page/certificates/{CID}"})
