@@ -182,7 +182,7 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     pipeline.assert_running()
 
 
-def test_claim_and_an_accounts_certificates_in_the_browser(pipeline, browser):
+def test_claim_and_an_accounts_certificates_in_the_browser(pipeline, browser, tmp_path):
     """A claim-triggered pool: the page tells a sharer what it can claim, the Claim
     button claims it, and the account page lists the certificate with the gain."""
     from selenium.webdriver.common.by import By
@@ -220,5 +220,13 @@ def test_claim_and_an_accounts_certificates_in_the_browser(pipeline, browser):
                 lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#mine tr.mine")
                            if "1.20 EUR" in r.text])[0]
     assert cid in row.text and "(you hold it)" in row.text and "pending" in row.text
+    assert "Kettle" in row.text  # the product's name, not only the certificate's id
     assert not browser.find_elements(By.ID, "claims")
+    # the earnings line and the feed page (the share counted), reached from the header
+    line = browser.find_element(By.ID, f"gain-{cid}")
+    assert "Kettle" in line.text and "1.20 EUR" in line.text and "pending" in line.text
+    browser.find_element(By.ID, "my-feed").click()
+    share = WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.ID, f"share-{cid}"))
+    assert share[0].text.startswith("Kettle") and "Counted" in share[0].text
+    shot(browser, tmp_path, "feed")
     pipeline.assert_running()
