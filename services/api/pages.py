@@ -123,6 +123,12 @@ class Pages:
         found = await request.app["accounts"].session_identity(
             request.cookies.get(SESSION_COOKIE))
         session, request["page_identity"] = found if found else (None, None)
+        if session is None and request.cookies.get(SESSION_COOKIE):
+            # a cookie whose session is over (idle, logged out elsewhere, password
+            # changed): said once on the page, and the cookie goes (errorpages.py's 401
+            # says it for a form)
+            request["session_ended"] = True
+            request.setdefault("set_cookies", []).append((SESSION_COOKIE, "", 0))
         if session is not None:
             fresh = sessions.refreshed(session)
             if fresh is not None:
@@ -188,11 +194,14 @@ class Pages:
                 who += (f' · <a id="oidc-login" href="/oidc/login?next='
                         f'{esc(quote(back, safe="/"))}">Sign in with '
                         f'{esc(provider.settings.display)}</a>')
+        ended = ("<p class='warn' id='session-ended' role='status'>Your session has ended "
+                 "(idle too long, logged out elsewhere, or the password changed): log in "
+                 "again above.</p>" if request.get("session_ended") and not me else "")
         page = (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
                 "<meta name=viewport content='width=device-width, initial-scale=1'>"
                 f"<title>{esc(title)}</title>{assets.HEAD}"
                 f"</head><body><p><a href='/'>Catalogue</a> · {who}</p>"
-                f"{catching_up_banner(request.get('catching_up'))}{body}</body></html>")
+                f"{catching_up_banner(request.get('catching_up'))}{ended}{body}</body></html>")
         return web.Response(text=page, content_type="text/html", status=status)
 
     async def catalogue(self, request: web.Request) -> web.Response:
@@ -373,10 +382,7 @@ class Pages:
     def _not_yours(self, request: web.Request, me: str | None, account: str,
                    what: str) -> web.Response:
         """An account's private page seen by someone else: log in (again) as it."""
-        expired = me is None and bool(request.cookies.get(SESSION_COOKIE))
-        said = ("<p class='warn' id='session-expired'>Your session has ended (logged out, "
-                "or idle too long): log in again above.</p>" if expired else "")
-        body = (f"<h1>{esc(account)}</h1>{said}<p id='log-in-to-see'>Log in as "
+        body = (f"<h1>{esc(account)}</h1><p id='log-in-to-see'>Log in as "
                 f"{esc(account)} to see its {what}.</p><p><a href='/'>Back to the "
                 "catalogue</a></p>")
         return self._layout(request, account, me, body, request.path_qs)

@@ -417,8 +417,13 @@ def test_wrong_passwords_unknown_pages_and_ended_sessions_get_pages_with_a_way_b
     # a form sent after the session ended: a page that says so, back to where it was
     browser.login("dave")
     _, _, page = browser.request("GET", "/")
-    token = csrf_of(page)
+    token, ended = csrf_of(page), browser.cookies["session"]
     assert browser.request("POST", "/page/logout", {"csrf": token}, headers=origin)[0] == 303
+    # a page seen with the ended session's cookie says so once, and drops the cookie
+    browser.cookies["session"] = ended
+    assert "id='session-ended'" in browser.request("GET", "/")[2]
+    assert "session" not in browser.cookies
+    assert "id='session-ended'" not in browser.request("GET", "/")[2]
     status, _, text = browser.request(
         "POST", f"/page/certificates/{CID}/circulate", {"csrf": token},
         headers={**origin, "Referer": f"{site.origin}/page/certificates/{CID}"})
