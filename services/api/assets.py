@@ -10,10 +10,16 @@ from aiohttp import web
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222}
 table{border-collapse:collapse;width:100%}td,th{padding:.4rem;border-bottom:1px solid #ddd;
-text-align:left}.label{background:#c62828;color:#fff;border-radius:1rem;padding:.1rem .6rem}
+text-align:left;overflow-wrap:break-word}.label{background:#c62828;color:#fff;border-radius:1rem;padding:.1rem .6rem}
 .warn{background:#fff3cd;border:1px solid #e0a800;padding:.5rem;margin:.5rem 0}
 .msg{background:#e8f5e9;padding:.5rem}form.inline{display:inline}input{margin:.2rem;max-width:95%}
-td,th,a,p,li,h1{overflow-wrap:anywhere}#share-tree{max-width:100%;height:auto}
+a,p,li,h1{overflow-wrap:anywhere}.amount{white-space:nowrap}
+.scroll{overflow-x:auto;max-width:100%}#share-tree{display:block}
+.outcome{padding:.5rem;margin:.5rem 0;border-left:.3rem solid}
+.outcome.ok{background:#e8f5e9;border-color:#2e7d32}
+.outcome.refused{background:#fdecea;border-color:#c62828;color:#7f1d1d}
+.outcome.pending{background:#eef2f7;border-color:#1565c0}
+.ended{background:#f1f1f1;border:1px solid #757575;padding:.5rem;font-weight:bold}
 .sim{background:#e3f2fd;border:1px solid #1565c0;padding:.5rem;margin:.5rem 0}
 .card{border:1px solid #ddd;border-radius:.5rem;padding:1rem;max-width:26rem}
 .msg.refused{background:#fdecea;border:1px solid #b71c1c;color:#7f0000}
@@ -21,23 +27,32 @@ td,th,a,p,li,h1{overflow-wrap:anywhere}#share-tree{max-width:100%;height:auto}
 .scroll{overflow-x:auto}.scroll th,.scroll td{overflow-wrap:normal}.scroll td{white-space:nowrap}
 .chart{width:100%;max-width:600px;height:auto}
 small.ref{color:#555}.scroll td.state,.scroll td.counted,.scroll td.not-counted{white-space:normal;min-width:14rem}
-@media (max-width:600px){body{margin:.5rem}td,th{padding:.2rem;font-size:.85rem}}
+@media (max-width:600px){body{margin:.5rem}td,th{padding:.2rem;font-size:.85rem}
+table{display:block;overflow-x:auto;max-width:100%}}
 """
 
 # Ticks every countdown on a page once a second: a span with class "countdown" and
-# data-deadline (Unix ms) shows the time left until then. The share link's Copy button.
+# data-deadline (Unix ms) shows the time left until then; at zero it says "closing…"
+# (the platform's timer has to act first) and a page without live updates reloads once
+# a few seconds later. The share link's Copy button. Live pages (services/api/live.py):
+# an element with data-live="<URL>" takes each "update" event's HTML from that stream.
 SCRIPT = """function tick(){const now=Date.now();for(const el of document.querySelectorAll('.countdown')){
-let s=Math.max(0,Math.floor((Number(el.dataset.deadline)-now)/1000));
+let s=Math.floor((Number(el.dataset.deadline)-now)/1000);
+if(s<=0){if(el.textContent!=='closing\u2026'){el.textContent='closing\u2026';
+if(el.dataset.ticked&&!live){setTimeout(()=>location.reload(),3000);}}continue;}
+el.dataset.ticked='1';
 const d=Math.floor(s/86400);s-=d*86400;const h=Math.floor(s/3600);s-=h*3600;
 const m=Math.floor(s/60);s-=m*60;
 el.textContent=(d?d+' d ':'')+(d||h?h+' h ':'')+(d||h||m?m+' min ':'')+s+' s';}}
+const live=document.querySelector('[data-live]');
 tick();setInterval(tick,1000);
-const copy=document.getElementById('copy');
-if(copy){copy.addEventListener('click',()=>navigator.clipboard.writeText(
-document.getElementById('share').value));}
+document.addEventListener('click',e=>{if(e.target&&e.target.id==='copy'){
+navigator.clipboard.writeText(document.getElementById('share').value);}});
+if(live&&window.EventSource){const es=new EventSource(live.dataset.live);
+es.addEventListener('update',e=>{live.innerHTML=e.data;tick();});
+es.addEventListener('gone',()=>es.close());}
 """
 
-# a changed file gets a new URL, so browsers may keep each for a day
 VERSION = hashlib.sha256((STYLE + SCRIPT).encode()).hexdigest()[:12]
 CSS_PATH = f"/static/site-{VERSION}.css"
 JS_PATH = f"/static/site-{VERSION}.js"

@@ -26,3 +26,9 @@ def money(amount_minor: int, currency: str) -> str:
     whole, fraction = divmod(abs(amount_minor), 10**digits)
     text = f"{whole:,}" + (f".{fraction:0{digits}d}" if digits else "")
     return f"{sign}{text} {currency}"
+
+
+def amount(amount_minor: int, currency: str) -> str:
+    """An amount for an HTML page: never broken across lines (``12.34 EUR`` split at
+    its space on a phone reads as two things)."""
+    return f"<span class='amount'>{money(amount_minor, currency)}</span>"

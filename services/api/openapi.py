@@ -62,6 +62,11 @@ SUMMARY = {
         "refunded_minor": {"type": "integer", "minimum": 0},
         "closes_at_ms": {"type": ["integer", "null"],
                          "description": "unsold by then, the certificate closes"},
+        "budget_minor": {"type": ["integer", "null"], "minimum": 0,
+                         "description": "the funder's budget (null: no pool)"},
+        "budget_left_minor": {"type": ["integer", "null"], "minimum": 0,
+                              "description": "what of it sharers can still earn: attached "
+                              "and reserve"},
         "acquisition": {"type": ["object", "null"],
                         "description": "the pool's acquisition policy (who, when, how much, "
                         "max_depth)"},

@@ -20,24 +20,38 @@ A command's outcome (``?sent=``) shows only to the account that sent it.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import secrets
 import time
 import uuid
 from urllib.parse import quote
 
+import msgspec
 from aiohttp import web
 
 from domain import CertificateState
 from domain.pool import acquisition_amount
 from schemas import commands as c
-from schemas.commands import RandomAmount
-from services.api import assets
+from schemas.commands import AcquisitionPolicy, RandomAmount
+from services.api import assets, live
+from services.api.certfacts import (
+    actions,
+    budget_left,
+    by_currency,
+    funding_words,
+    outcome_words,
+    refund_words,
+    share_earns,
+    shared_again,
+    status_words,
+    why_no_gain,
+)
 from services.api.earningspages import Earnings, csv_response, earnings_section, feed_section
 from services.api.errors import Problem
 from services.api.gains import gain_of, phrase
 from services.api.guard import ID, safe_next
-from services.api.money import money
+from services.api.money import amount, money
 from services.api.reads import ReadApi
 from services.api.sessions import Session
 from services.api.tree import counts_line, share_tree_svg
@@ -45,6 +59,7 @@ from services.readmodel.projection import NO_DEADLINE
 
 SESSION_COOKIE = "session"
 LOGIN_NONCE_COOKIE = "login_nonce"
+SESSION_RECHECK_S = 60  # a live page's stream checks its session again this often
 
 def duration(ms: int) -> str:
     """The same text as the browser's countdown, for the first paint."""
@@ -207,10 +222,13 @@ class Pages:
     async def catalogue(self, request: web.Request) -> web.Response:
         """One row per offer: its copies on sale are one line ("n of N left") that
         links to the copy with the most commission; sorted by commission, or by the
-        time left (``?sort=time_left``)."""
+        time left (``?sort=time_left``). One table per currency (``?currency=EUR``:
+        only that one): a ranking never compares amounts in different currencies."""
         me = await self._me(request)
         keys = self.reads.keys
         by_time = request.query.get("sort") == "time_left"
+        only = request.query.get("currency", "")
+        only = only if len(only) == 3 and only.isalpha() and only.isupper() else ""
         if by_time:
             ids = await self.reads.redis.zrangebyscore(keys.by_deadline, 0, NO_DEADLINE - 1,
                                                        start=0, num=200)
@@ -220,80 +238,174 @@ class Pages:
         offers: dict[str, dict] = {}
         for raw in ids:
             s = await self.reads.summary(raw.decode(), now)
-            if s is None or s["status"] != "posted":
+            if s is None or s["status"] != "posted" or only and s["price"]["currency"] != only:
                 continue
             first = offers.setdefault(s["offer_id"] or s["id"], {**s, "on_sale": 0})
             first["on_sale"] += 1
-        rows = []
-        for s in list(offers.values())[:50]:
-            warn = (" <span class='warn-inline'>⚠ withdrawal near</span>"
-                    if s["warnings"] and s["pool_status"] == "open" else "")
-            left = "" if s["time_left_ms"] is None else (
-                f"<span class='countdown' data-deadline='{now + s['time_left_ms']}'>"
-                f"{duration(s['time_left_ms'])}</span>")
-            copies = s["on_sale"]  # copies of the offer on sale now
-            rows.append(
-                f"<tr class='offer'><td><a class='cert' href='/page/certificates/{esc(s['id'])}'>"
-                f"{esc(s['name'] or s['id'])}</a></td><td>{money(**s['price'])}</td>"
-                f"<td><span class='label'>{money(**s['commission'])}</span>{warn}</td>"
+        groups = by_currency(list(offers.values())[:50])
+        tables = []
+        for cur, rows in groups:
+            lines = "".join(self._offer_row(s, now) for s in rows)
+            heading = f"<h2 id='cur-{esc(cur)}'>Prices in {esc(cur)}</h2>" if len(groups) > 1 or only else ""
+            tables.append(
+                f"{heading}<div class='scroll'><table class='catalogue' data-currency='{esc(cur)}'>"
+                "<tr><th>Product</th><th>Price</th><th>One share earns</th><th>Copies</th>"
+                f"<th>Time left</th></tr>{lines}</table></div>")
+        sort = f"sort={'time_left' if by_time else 'commission'}"
+        filters = " · ".join(f"<a class='cur' href='/?{sort}&currency={esc(cur)}'>{esc(cur)} only</a>"
+                             for cur, _ in groups if not only)
+        if only:
+            filters = f"<a class='cur' href='/?{sort}'>all currencies</a>"
+        keep = f"&currency={esc(only)}" if only else ""
+        head = (f"<p>Sort by <a id='sort-commission' href='/?sort=commission{keep}'>commission"
+                f"</a> · <a id='sort-time' href='/?sort=time_left{keep}'>time left</a>"
+                + (f" · {filters}" if len(groups) > 1 or only else "") + "</p>")
+        body = "<h1>Catalogue</h1>" + head + ("".join(tables) or "<p>Nothing on sale.</p>")
+        return self._layout(request, "Catalogue", me, body, "/")
+
+    @staticmethod
+    def _offer_row(s: dict, now: int) -> str:
+        earns = share_earns(msgspec.convert(s["acquisition"] or {}, AcquisitionPolicy),
+                            s["commission"]["amount_minor"], s["price"]["currency"],
+                            s["pool_status"] == "open")
+        warn = (" <span class='warn-inline'>⚠ withdrawal near</span>"
+                if s["warnings"] and s["pool_status"] == "open" else "")
+        left = "" if s["time_left_ms"] is None or s["pool_status"] != "open" else (
+            f"<span class='countdown' data-deadline='{now + s['time_left_ms']}'>"
+            f"{duration(s['time_left_ms'])}</span>")
+        copies = s["on_sale"]  # copies of the offer on sale now
+        return (f"<tr class='offer'><td><a class='cert' href='/page/certificates/{esc(s['id'])}'>"
+                f"{esc(s['name'] or s['id'])}</a></td><td>{amount(**s['price'])}</td>"
+                f"<td><span class='label amount'>{esc(earns.badge)}</span>{warn}</td>"
                 f"<td class='copies'>{copies} of {s.get('copies', copies)} left</td>"
                 f"<td>{left}</td></tr>")
-        sort = ("<p>Sort by <a id='sort-commission' href='/'>commission</a> · "
-                "<a id='sort-time' href='/?sort=time_left'>time left</a></p>")
-        body = ("<h1>Catalogue</h1>" + sort + "<table><tr><th>Product</th><th>Price</th>"
-                "<th>Commission</th><th>Copies</th><th>Time left</th></tr>" + "".join(rows)
-                + "</table>")
-        return self._layout(request, "Catalogue", me, body, "/")
+
+    async def _load(self, cid: str) -> tuple[dict, CertificateState | None] | None:
+        """What a certificate's page is made of (one read, shared by its live watchers)."""
+        now = int(time.time() * 1000)
+        s = await self.reads.summary(cid, now)
+        if s is None:
+            return None
+        s["loaded_ms"] = now  # time_left_ms is as of then
+        return s, await self.reads.state(cid)
 
     async def certificate(self, request: web.Request) -> web.Response:
         cid = request.match_info["id"]
         me = await self._me(request)
-        s = await self.reads.summary(cid, int(time.time() * 1000))
-        if s is None:
+        found = await self._load(cid)
+        if found is None:
             raise web.HTTPNotFound(text="no such certificate")
         via = request.query.get("via", "")
         here = f"/page/certificates/{cid}" + (f"?via={via}" if via else "")
-        names = await self._names(request, s["holder"], via)
-        parts = [f"<h1>{esc(s['name'] or cid)}</h1>",
-                 f"<p>Price {money(**s['price'])} · commission "
-                 f"<span class='label' id='commission'>{money(**s['commission'])}</span> · "
-                 f"status <b id='status'>{esc(s['status'])}</b> · held by "
-                 f"<b id='holder'>{esc(names.get(s['holder'], '-'))}</b> · "
-                 f"{s['chain_length']} circulations</p>"]
+        html = await self._certificate_body(request, cid, me, *found)
+        return self._layout(request, found[0]["name"] or cid, me,
+                            live.block(f"/page/certificates/{cid}/live", html,
+                                       {k: request.query.get(k, "")
+                                        for k in ("via", "sent", "did", "checkout")}),
+                            here)
+
+    async def certificate_live(self, request: web.Request) -> web.StreamResponse:
+        """The certificate page's live part as Server-Sent Events (services/api/live.py):
+        rendered for this visitor's session exactly as the page is."""
+        cid = request.match_info["id"]
+        if not ID.fullmatch(cid):
+            raise Problem(400, "invalid_id", "not a certificate id")
+        hub = request.app["live"]
+        me = await self._me(request)
+        probe = (self.reads.keys.cert(cid), "seq")
+        if await self._load(cid) is None:
+            raise Problem(404, "unknown_certificate", "no certificate with this id")
+        probes = [probe]
+        sent = request.query.get("sent", "")
+        if sent and me and ID.fullmatch(sent) and await request.app["gateway"].owner_of(sent) == me:
+            probes.append((self.reads.keys.outcome(sent), "status"))  # its sender's only
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
+
+        async def render() -> str | None:
+            nonlocal checked
+            if me and loop.time() - checked > SESSION_RECHECK_S:
+                request.pop("page_session", None)  # logged out since? then stop
+                if await self._me(request) != me:
+                    return None
+                checked = loop.time()
+            found = await hub.shared(("cert", cid), hub.version(probe),
+                                     lambda: self._load(cid))
+            if found is None:
+                return None
+            return await self._certificate_body(request, cid, me, *found)
+
+        return await live.stream(request, probes, render)
+
+    async def _certificate_body(self, request: web.Request, cid: str, me: str | None,
+                                s: dict, state: CertificateState | None) -> str:
+        """The certificate page's content for ``me`` (the page and its live updates)."""
+        via = request.query.get("via", "")
+        seller = state.seller_id if state is not None else None
+        buyer = state.buyer_id if state is not None else None
+        members = state.members if state is not None else {}
+        names = await self._names(request, s["holder"], via if via in members else None,
+                                  buyer if me in (buyer, seller) else None)
         cur = s["price"]["currency"]
-        parts.extend(self._pool_rules(s))
+        policy = msgspec.convert(s["acquisition"] or {}, AcquisitionPolicy)
+        earns = share_earns(policy, s["commission"]["amount_minor"], cur,
+                            s["pool_status"] == "open" and s["status"] == "posted")
+        if buyer is None:
+            who = f"held by <b id='holder'>{esc(names.get(s['holder'], '-'))}</b>"
+        else:  # who bought it: only the buyer and the seller are told
+            whom = ("you" if me == buyer else names[buyer] if me == seller else None)
+            who = (f"bought{f' by <b id=buyer>{esc(whom)}</b>' if whom else ''} · last shared "
+                   f"by <b id='holder'>{esc(names.get(s['holder'], '-'))}</b>")
+        parts = [f"<h1>{esc(s['name'] or cid)}</h1>",
+                 f"<p>Price {amount(**s['price'])} · one share earns "
+                 f"<span class='label amount' id='commission'>{esc(earns.badge)}</span> · "
+                 f"status <b id='status'>{esc(s['status'])}</b> · {who} · "
+                 f"{s['chain_length']} circulations</p>"]
+        said = status_words(state, s)
+        if said:
+            ended = s["status"] in ("cancelled", "closed", "refunded")
+            parts.append(f"<p class='{'ended' if ended else 'msg'}' id='state-words'>"
+                         f"{esc(said)}</p>")
+        parts.extend(self._pool_rules(s, earns.sentence))
         if s["status"] == "posted" and s["pool_status"] == "open":
             parts.append(self._progress(s, cur))
         if s["held_until_ms"] is not None:
             until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(s["held_until_ms"] / 1000))
-            parts.append(f"<p id='held'>Bought. Commission of {money(s['held_minor'], cur)} and "
+            parts.append(f"<p id='held'>Bought. Commission of {amount(s['held_minor'], cur)} and "
                          f"the seller's price are held until <b>{until}</b>; a refund before "
-                         "then cancels them, after it they are paid.</p>")
-        if s["refunded_minor"]:
-            parts.append(f"<p id='refunded'>Refunded to the buyer: "
-                         f"{money(s['refunded_minor'], cur)}.</p>")
+                         "then reduces them, after it they are paid.</p>")
+        refund = refund_words(state, s)
+        if refund:
+            parts.append(f"<p id='refunded'>{esc(refund)}</p>")
         if s["warnings"] and s["status"] == "posted" and s["pool_status"] == "open":
             parts.append("<p class='warn' id='warning'>The commission on this certificate will "
                          "soon be withdrawn: buy now.</p>")
         sent = request.query.get("sent")
-        if sent and me and await request.app["gateway"].owner_of(sent) == me:
+        if sent and me and ID.fullmatch(sent) and (
+                await request.app["gateway"].owner_of(sent) == me):
             # only the account that sent a command sees it and its outcome
-            parts.append(f"<p class='msg' id='sent'>Sent: command {esc(sent)}</p>")
-            outcome = await self.reads.command_outcome(sent)
-            if outcome.get("status"):
-                said = outcome["status"] + (f": {outcome['reason']}" if outcome.get("reason")
-                                            else "")
-                parts.append(f"<p class='msg' id='outcome'>Outcome: {esc(said)}</p>")
+            words, kind = outcome_words(await self.reads.command_outcome(sent),
+                                        request.query.get("did"))
+            parts.append(f"<p class='outcome {kind}' id='outcome' "
+                         f"role='{'alert' if kind == 'refused' else 'status'}'>"
+                         f"{esc(words)}</p>")
         checkout = request.query.get("checkout")
         if checkout and ID.fullmatch(checkout) and s["status"] == "posted":
             parts.append(f"<p class='msg' id='checkout'>Payment {esc(checkout)} sent by the "
-                         "payment system: the purchase shows here once the platform has "
-                         "applied it (reload in a moment).</p>")
-        state = await self.reads.state(cid)
-        members = state.members if state is not None else {}
+                         "payment system: the purchase shows here as soon as the platform "
+                         "has applied it.</p>")
         if state is not None and state.chain:
             parts.append(f"<h2>Who shared it</h2><p id='tree-counts'>{esc(counts_line(state))}"
-                         f"</p>{share_tree_svg(state, me)}")
+                         f"</p><div class='scroll'>{share_tree_svg(state, me)}</div>")
+        if state is not None and me in members:
+            why = why_no_gain(state, me)
+            if why:
+                parts.append(f"<p class='msg' id='no-gain'>Your share earned nothing: "
+                             f"{esc(why)}.</p>")
+            if shared_again(state, me):
+                parts.append("<p id='repeat'>You shared it more than once: an account earns "
+                             "at most once per certificate, so the later shares earned "
+                             "nothing more.</p>")
         claim = claimable(state, me)
         csrf = self._csrf_field(request)
         if claim:
@@ -302,9 +414,16 @@ class Pages:
                 f"certificate.</p><form class='inline' method='post' "
                 f"action='/page/certificates/{esc(cid)}/claim'>{csrf}"
                 "<button id='claim'>Claim</button></form>")
-        if via and via in members:
+        if via and via in members and via != me:
             parts.append(f"<p id='shared-by'>Shared with you by <b>{esc(names[via])}</b>.</p>")
-        if me and me in members and s["status"] == "posted":
+        elif via and via != me and ID.fullmatch(via) and s["status"] == "posted":
+            # a link from an account not in the chain would be refused (via_not_in_chain):
+            # say so, and share from the catalogue instead
+            parts.append("<p class='msg' id='bad-via'>The link you followed is not a share "
+                         "link of this certificate (its account has not shared it): if you "
+                         "circulate it, your share comes from the catalogue.</p>")
+        offered = actions(s, me, seller)
+        if me and me in members and s["status"] == "posted" and s["pool_status"] == "open":
             # only an account in the chain can be someone's `via`: a link from anyone
             # else would be refused (via_not_in_chain)
             origin = request["trust"].own_origin(request)
@@ -312,26 +431,27 @@ class Pages:
             parts.append(
                 f"<p>Your share link: <input id='share' size=60 readonly value='{esc(link)}' "
                 "aria-label='your share link'><button id='copy' type='button'>Copy</button></p>")
-        elif me and s["status"] == "posted":
+        elif me and "circulate" in offered:
             parts.append("<p id='share-hint'>Circulate it to your feed to get a share link "
                          "of your own.</p>")
-        if me:
-            actions = [("circulate", "circulate", "Circulate to my feed")]
-            if s["status"] == "posted" and (state is None or state.seller_id != me):
-                actions.append(("checkout", "buy", "Buy"))  # not to its own seller
-            for action, button, label in actions:
+        if me and me == s["holder"] and s["status"] == "posted":
+            parts.append("<p id='you-hold'>You hold it now: it is in your feed.</p>")
+        send_via = via if via in members and via != me else ""
+        for action, button, label in (("circulate", "circulate", "Circulate to my feed"),
+                                      ("checkout", "buy", "Buy")):
+            if button in offered:
                 parts.append(
                     f"<form class='inline' method='post' action='/page/certificates/{esc(cid)}/"
-                    f"{action}'>{csrf}<input type='hidden' name='via' value='{esc(via)}'>"
+                    f"{action}'>{csrf}<input type='hidden' name='via' value='{esc(send_via)}'>"
                     f"<button id='{button}'>{label}</button></form> ")
-        return self._layout(request, s["name"] or cid, me, "".join(parts), here)
+        return "".join(parts)
 
     @staticmethod
     def _progress(s: dict, cur: str) -> str:
         """How close the withdrawal is: the time left ticking, and each threshold."""
         items = []
         if s["time_left_ms"] is not None:
-            deadline = int(time.time() * 1000) + s["time_left_ms"]
+            deadline = s["loaded_ms"] + s["time_left_ms"]
             items.append(f"<li id='time-left'>commission withdrawn in <span class='countdown' "
                          f"data-deadline='{deadline}'>{duration(s['time_left_ms'])}</span></li>")
         count, limit = s["thresholds"].get("circulations", [0, None])
@@ -341,29 +461,35 @@ class Pages:
         acquired, cap = s["thresholds"].get("cumulative_minor", [0, None])
         if cap:
             items.append(f"<li id='progress-cumulative'>commission taken: "
-                         f"{money(acquired, cur)} of {money(cap, cur)}</li>")
+                         f"{amount(acquired, cur)} of {amount(cap, cur)}</li>")
         if not items:
             return ""
         return ("<h2>Until the commission is withdrawn</h2><ul id='progress'>"
                 + "".join(items) + "</ul>")
 
     @staticmethod
-    def _pool_rules(s: dict) -> list[str]:
-        """What a sharer should know before sharing: is the money really there, what
-        are the odds of a random amount, how deep does commission go."""
+    def _pool_rules(s: dict, earns: str) -> list[str]:
+        """What a sharer should know before sharing: what a share earns now, is the
+        money really there and how much is left, the odds of a random refill, how deep
+        does commission go."""
         cur = s["price"]["currency"]
         out = []
-        if s["pool_status"] is not None:
-            funded = ("funding confirmed: the budget is held in escrow by the payment system"
-                      if s["funding_confirmed"] else "funding not confirmed yet")
+        funded = funding_words(s)
+        if funded:
             out.append(f"<p id='funding'>{esc(funded)}</p>")
+        if s["status"] == "posted" and s["pool_status"] == "open":
+            out.append(f"<p id='earns'>{esc(earns)}</p>")
+            left = budget_left(s)
+            if left:
+                out.append(f"<p id='budget-left'>{esc(left)}.</p>")
         for draw in s["odds"]:
-            what = "Each share gains" if draw["draw"] == "acquisition" else "Each refill adds"
+            if draw["draw"] == "acquisition":
+                continue  # said with what a share earns
             out.append(
-                f"<p class='odds' id='odds-{esc(draw['draw'])}'>{what} a random amount from "
-                f"{money(draw['min_minor'], cur)} to {money(draw['max_minor'], cur)}, every "
-                "amount equally likely (uniform), drawn by the platform from a secret: nobody "
-                "can choose or predict it.</p>")
+                f"<p class='odds' id='odds-{esc(draw['draw'])}'>Each refill adds a random "
+                f"amount from {amount(draw['min_minor'], cur)} to "
+                f"{amount(draw['max_minor'], cur)}, every amount equally likely (uniform), "
+                "drawn by the platform from a secret: nobody can choose or predict it.</p>")
         policy = s.get("acquisition") or {}
         depth = policy.get("max_depth")
         if depth:
@@ -532,7 +658,7 @@ class Pages:
                                    via=via if via != me else None)
         else:
             await gateway.send_for(me, c.Claim, cid, command_id)
-        raise web.HTTPSeeOther(f"/page/certificates/{cid}?sent={command_id}")
+        raise web.HTTPSeeOther(f"/page/certificates/{cid}?sent={command_id}&did={action}")
 
 
 def with_banner(reads: ReadApi, handler):
@@ -552,6 +678,8 @@ def routes(app: web.Application, reads: ReadApi) -> None:
 
     app.router.add_get("/", banner(pages.catalogue))
     app.router.add_get("/page/certificates/{id}", banner(pages.certificate))
+    app.router.add_get("/page/certificates/{id}/live", pages.certificate_live)
+    live.install(app, reads.redis)  # one poller for every live page (services/api/live.py)
     app.router.add_get("/page/accounts/{id}", banner(pages.account))
     app.router.add_get("/page/accounts/{id}/feed", banner(pages.feed))
     app.router.add_get("/page/accounts/{id}/earnings.csv", pages.earnings_csv)

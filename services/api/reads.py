@@ -30,6 +30,44 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
     return int(raw)
 
 
+def summarise(cid: str, page: dict[str, str], now_ms: int) -> dict:
+    """A certificate's summary from its read-model page (projection.page): what the
+    JSON API answers and the pages show; no I/O, so the pages' words can be tested on
+    a state the domain core produced."""
+    out: dict = {
+        "id": cid, "name": page.get("name", ""), "status": page["status"],
+        "offer_id": page.get("offer_id", ""),
+        "price": {"amount_minor": int(page["price_minor"]), "currency": page["currency"]},
+        "commission": {"amount_minor": int(page.get("attached_minor", 0))
+                       if page.get("pool_status") == "open" else 0,
+                       "currency": page["currency"]},
+        "pool_status": page.get("pool_status"), "holder": page.get("holder") or None,
+        "chain_length": int(page["chain_length"]),
+        "warnings": json.loads(page.get("warnings", "[]")),
+        "thresholds": json.loads(page.get("thresholds", "{}")),
+        "funding_confirmed": page.get("funding_confirmed") == "true",
+        # random amounts: their range and that every amount is equally likely
+        "odds": json.loads(page.get("odds", "[]")),
+        "acquisition": json.loads(page.get("acquisition", "null")),
+        "share_link": f"/c/{cid}",
+    }
+    # after the purchase: held until (None: no hold pending), refunded so far
+    held_until = page.get("held_until_ms")
+    out["held_until_ms"] = int(held_until) if held_until else None
+    out["held_minor"] = int(page.get("held_minor", 0)) if held_until else 0
+    out["refunded_minor"] = int(page.get("refunded_minor", 0))
+    # the funder's budget and what of it sharers can still earn (attached + reserve)
+    has_pool = "budget_minor" in page
+    out["budget_minor"] = int(page["budget_minor"]) if has_pool else None
+    out["budget_left_minor"] = (int(page["attached_minor"]) + int(page["reserve_minor"])
+                                if has_pool else None)
+    closes = page.get("closes_at_ms")
+    out["closes_at_ms"] = int(closes) if closes else None
+    deadline = page.get("display_deadline_ms")
+    out["time_left_ms"] = max(0, int(deadline) - now_ms) if deadline else None
+    return out
+
+
 class ReadApi:
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self.redis = client
@@ -60,32 +98,7 @@ class ReadApi:
         if not raw:
             return None
         page = {k.decode(): v.decode() for k, v in raw.items()}
-        out: dict = {
-            "id": cid, "name": page.get("name", ""), "status": page["status"],
-            "offer_id": page.get("offer_id", ""),
-            "price": {"amount_minor": int(page["price_minor"]), "currency": page["currency"]},
-            "commission": {"amount_minor": int(page.get("attached_minor", 0))
-                           if page.get("pool_status") == "open" else 0,
-                           "currency": page["currency"]},
-            "pool_status": page.get("pool_status"), "holder": page.get("holder") or None,
-            "chain_length": int(page["chain_length"]),
-            "warnings": json.loads(page.get("warnings", "[]")),
-            "thresholds": json.loads(page.get("thresholds", "{}")),
-            "funding_confirmed": page.get("funding_confirmed") == "true",
-            # random amounts: their range and that every amount is equally likely
-            "odds": json.loads(page.get("odds", "[]")),
-            "acquisition": json.loads(page.get("acquisition", "null")),
-            "share_link": f"/c/{cid}",
-        }
-        # after the purchase: held until (None: no hold pending), refunded so far
-        held_until = page.get("held_until_ms")
-        out["held_until_ms"] = int(held_until) if held_until else None
-        out["held_minor"] = int(page.get("held_minor", 0)) if held_until else 0
-        out["refunded_minor"] = int(page.get("refunded_minor", 0))
-        closes = page.get("closes_at_ms")
-        out["closes_at_ms"] = int(closes) if closes else None
-        deadline = page.get("display_deadline_ms")
-        out["time_left_ms"] = max(0, int(deadline) - now_ms) if deadline else None
+        out = summarise(cid, page, now_ms)
         offer = await self.redis.hgetall(self.keys.offer(page["offer_id"]))
         if offer:
             copies = int(offer.get(b"copies", 0))
