@@ -3,7 +3,10 @@ alice circulates from the catalogue, bob follows alice's share link and circulat
 carol buys: Buy takes her to the (simulated) payment system's page, she pays, and is
 back on the certificate, purchased once the payment system's capture is applied;
 alice's earnings page then shows her commission held until the hold ends. Every
-page runs under the CSP (no inline script): the countdown still ticks.
+page runs under the CSP (no inline script): the countdown still ticks. The
+certificate page updates itself (Server-Sent Events, issue #27.4): alice's page shows
+bob's share without a reload, a refusal in words styled as one; a cancelled
+certificate offers nothing; another visitor's stream shows no one's amounts.
 The catalogue groups copies, the withdrawal countdown ticks, the pages fit a phone;
 screenshots go to docs/screenshots with `make screenshots`."""
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -20,7 +24,7 @@ import pytest
 from deploy.localstack import free_port
 from schemas import commands as c
 from tests.e2e.certificates import cert_id, setup
-from tests.e2e.http import wait_for
+from tests.e2e.http import call, login, wait_for
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,6 +85,26 @@ def log_in(driver, base: str, account: str) -> None:
     assert driver.find_element(By.ID, "me").text == account
 
 
+def first_update(port: int, path: str, token: str | None = None) -> str:
+    """The first ``update`` event of a live page's stream, as ``token``'s browser
+    (its session cookie) gets it."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        req.add_header("Cookie", f"session={token}")
+    with urllib.request.urlopen(req, timeout=10) as stream:
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        name, data = "", []
+        for raw in stream:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+            elif not line and name == "update":
+                return "\n".join(data)
+    raise AssertionError(f"{path}: the stream ended without an update")
+
+
 def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -97,6 +121,11 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     pipeline.send(*setup(cid, t, name="Desk lamp", price_minor=4_500, budget_minor=2_000,
                          attached_minor=250, time_limit_s=3_600,
                          thresholds=c.Thresholds(max_circulations=4, warn_at_bp=5_000)))
+    gone = cert_id("web-gone")  # cancelled by its seller before anyone shared it
+    pipeline.send(*setup(gone, t, name="Old lamp", price_minor=4_000, budget_minor=500,
+                         attached_minor=100),
+                  c.CancelCertificate(command_id=f"{gone}-cancel", certificate_id=gone,
+                                      at_ms=t, account_id="seller"))
     wait_for(port, f"/certificates/{cid}", lambda b: b["status"] == "posted", pipeline=pipeline)
 
     log_in(browser, base, "alice")
@@ -112,27 +141,63 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     assert browser.find_element(By.ID, "progress-circulations").text == (
         "shares that count: 0 of 4 (accounts new to this certificate, not its seller or "
         "funder)")
-    assert browser.find_element(By.ID, "commission").text == "2.50 EUR"
+    assert browser.find_element(By.ID, "commission").text == "2.50 EUR"  # one share earns
+    assert browser.find_element(By.ID, "budget-left").text == (
+        "20.00 EUR of the 20.00 EUR budget is left for sharers.")
     assert browser.find_element(By.ID, "funding").text.startswith("funding confirmed")
     # not in the chain yet: no share link (a friend following it would be refused)
     assert not browser.find_elements(By.ID, "share")
     assert browser.find_elements(By.ID, "share-hint")
     browser.find_element(By.ID, "circulate").click()
     WebDriverWait(browser, 20).until(lambda d: "sent=" in d.current_url)
-    assert browser.find_element(By.ID, "sent").text.startswith("Sent: command web-")
-    until(browser, f"{base}/page/certificates/{cid}",
-          lambda d: d.find_element(By.ID, "holder").text == "alice")
+    # the outcome in place, in words, and the page following the read model by itself
+    browser.execute_script("window.notReloaded = true")
+    WebDriverWait(browser, 20).until(
+        lambda d: d.find_element(By.ID, "outcome").text == (
+            "Shared: the certificate is in your feed and you hold it now.")
+        and d.find_element(By.ID, "holder").text == "alice")
+    assert "ok" in browser.find_element(By.ID, "outcome").get_attribute("class")
+    alice_sent = browser.current_url.split("sent=")[1].split("&")[0]
     share_link = browser.find_element(By.ID, "share").get_attribute("value")
     assert share_link.endswith(f"/page/certificates/{cid}?via=alice")
+    assert not browser.find_elements(By.ID, "circulate")  # she holds it: would be refused
+    # a refusal (sent from another session of alice's: she holds it already), in words
+    alice = login(port, "alice")
+    _, sent, _ = call(port, "POST", f"/certificates/{cid}/circulate", {}, alice)
+    browser.get(f"{base}/page/certificates/{cid}?sent={sent['command_ids'][0]}&did=circulate")
+    WebDriverWait(browser, 20).until(
+        lambda d: "refused" in d.find_element(By.ID, "outcome").get_attribute("class"))
+    refusal = browser.find_element(By.ID, "outcome")
+    assert refusal.text.startswith("Not shared: you already hold this certificate"), refusal.text
+    assert "already_holder" not in browser.page_source
+    assert refusal.value_of_css_property("background-color") == "rgba(253, 236, 234, 1)"
+    # bob shares it through alice's link from his own session: alice's page follows
+    browser.execute_script("window.notReloaded = true")
+    _, sent, _ = call(port, "POST", f"/certificates/{cid}/circulate", {"via": "alice"},
+                      login(port, "bob"))
+    WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "holder").text == "bob")
+    assert browser.execute_script("return window.notReloaded") is True  # no reload
+    # the 2nd circulation of at most 4 reaches the 50 % warning ratio: the page warns
+    WebDriverWait(browser, 5).until(lambda d: d.find_elements(By.ID, "warning"))
+    # a visitor's stream shows what its page shows: alice's own gain to her only, and
+    # her command's outcome to no one else
+    dave = login(port, "dave")
+    stream = f"/page/certificates/{cid}/live?sent={alice_sent}&did=circulate"
+    assert "2.50 EUR pending" in first_update(port, stream, alice)
+    for other in (dave, None):
+        shown = first_update(port, stream, other)
+        assert "held by <b id='holder'>bob</b>" in shown  # the same live page
+        assert "EUR pending" not in shown and "id='outcome'" not in shown, shown
+    # a cancelled certificate says so and offers nothing the platform would refuse
+    browser.get(f"{base}/page/certificates/{gone}")
+    assert browser.find_element(By.ID, "state-words").text.startswith("Cancelled by the seller")
+    assert not browser.find_elements(By.ID, "circulate")
+    assert not browser.find_elements(By.ID, "buy")
+    assert "held in escrow" not in browser.page_source
 
     log_in(browser, base, "bob")
     browser.get(share_link)
     assert browser.find_element(By.ID, "shared-by").text == "Shared with you by alice."
-    browser.find_element(By.ID, "circulate").click()
-    WebDriverWait(browser, 20).until(lambda d: "sent=" in d.current_url)
-    # the 2nd circulation of at most 4 reaches the 50 % warning ratio: the page warns
-    until(browser, share_link, lambda d: d.find_element(By.ID, "holder").text == "bob"
-          and d.find_elements(By.ID, "warning"))
     # the share tree: bob under alice; bob sees his own gain, alice only as a node
     drawn = [(g.get_attribute("data-account"), g.text) for g in
              browser.find_elements(By.CSS_SELECTOR, "#share-tree g.node")]
@@ -158,6 +223,10 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
         f"{base}/page/certificates/{cid}?checkout="))
     until(browser, f"{base}/page/certificates/{cid}",
           lambda d: d.find_element(By.ID, "status").text == "purchased")
+    # the buyer is told it bought it; bob shared it last
+    assert browser.find_element(By.ID, "buyer").text == "you"
+    assert browser.find_element(By.ID, "holder").text == "bob"
+    assert not browser.find_elements(By.ID, "buy")
     # the pool's default 14-day hold: the commission is held, the page says until when
     held = browser.find_element(By.ID, "held").text
     assert "Commission of 5.00 EUR" in held and "held until" in held, held
@@ -214,7 +283,8 @@ def test_claim_and_an_accounts_certificates_in_the_browser(pipeline, browser, tm
     WebDriverWait(browser, 20).until(lambda d: "sent=" in d.current_url)
     sent = browser.current_url
     until(browser, sent, lambda d: d.find_elements(By.ID, "outcome")
-          and d.find_element(By.ID, "outcome").text == "Outcome: accepted")
+          and d.find_element(By.ID, "outcome").text == (
+              "Claimed: your commission is pending until the certificate is bought."))
     assert not browser.find_elements(By.ID, "claimable")  # claimed: nothing more to claim
     row = until(browser, f"{base}/page/accounts/dave",
                 lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#mine tr.mine")
