@@ -298,11 +298,11 @@ class Pages:
         via = request.query.get("via", "")
         here = f"/page/certificates/{cid}" + (f"?via={via}" if via else "")
         html = await self._certificate_body(request, cid, me, *found)
+        params = {k: request.query.get(k, "") for k in ("via", "did", "checkout")}
+        if "id='outcome'" in html:  # its sender's command: the stream follows it too
+            params["sent"] = request.query.get("sent", "")
         return self._layout(request, found[0]["name"] or cid, me,
-                            live.block(f"/page/certificates/{cid}/live", html,
-                                       {k: request.query.get(k, "")
-                                        for k in ("via", "sent", "did", "checkout")}),
-                            here)
+                            live.block(f"/page/certificates/{cid}/live", html, params), here)
 
     async def certificate_live(self, request: web.Request) -> web.StreamResponse:
         """The certificate page's live part as Server-Sent Events (services/api/live.py):
