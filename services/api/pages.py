@@ -36,6 +36,7 @@ from schemas import commands as c
 from schemas.commands import AcquisitionPolicy, RandomAmount
 from services.api import assets, live
 from services.api.certfacts import (
+    Earns,
     actions,
     budget_left,
     by_currency,
@@ -123,6 +124,13 @@ def catching_up_banner(progress: dict | None) -> str:
             f"{what}: {progress['records_done']:,} of {progress['records_total']:,} records "
             f"({progress['rate_per_s']:,} a second, {eta}). Until then what you see may be "
             f"incomplete or out of date.</p>")
+
+
+def earns_of(s: dict) -> Earns:
+    """What one share of a certificate (its summary) earns now."""
+    return share_earns(msgspec.convert(s["acquisition"] or {}, AcquisitionPolicy),
+                       s["commission"]["amount_minor"], s["price"]["currency"],
+                       s["pool_status"] == "open" and s["status"] == "posted")
 
 
 class Pages:
@@ -242,7 +250,12 @@ class Pages:
                 continue
             first = offers.setdefault(s["offer_id"] or s["id"], {**s, "on_sale": 0})
             first["on_sale"] += 1
+        for offer in offers.values():
+            offer["earns"] = earns_of(offer)
         groups = by_currency(list(offers.values())[:50])
+        if not by_time:  # within a currency, by what one share earns now
+            groups = [(cur, sorted(rows, key=lambda r: -r["earns"].low_minor))
+                      for cur, rows in groups]
         tables = []
         for cur, rows in groups:
             lines = "".join(self._offer_row(s, now) for s in rows)
@@ -265,9 +278,7 @@ class Pages:
 
     @staticmethod
     def _offer_row(s: dict, now: int) -> str:
-        earns = share_earns(msgspec.convert(s["acquisition"] or {}, AcquisitionPolicy),
-                            s["commission"]["amount_minor"], s["price"]["currency"],
-                            s["pool_status"] == "open")
+        earns = s["earns"]
         warn = (" <span class='warn-inline'>⚠ withdrawal near</span>"
                 if s["warnings"] and s["pool_status"] == "open" else "")
         left = "" if s["time_left_ms"] is None or s["pool_status"] != "open" else (
@@ -347,9 +358,7 @@ class Pages:
         names = await self._names(request, s["holder"], via if via in members else None,
                                   buyer if me in (buyer, seller) else None)
         cur = s["price"]["currency"]
-        policy = msgspec.convert(s["acquisition"] or {}, AcquisitionPolicy)
-        earns = share_earns(policy, s["commission"]["amount_minor"], cur,
-                            s["pool_status"] == "open" and s["status"] == "posted")
+        earns = earns_of(s)
         if buyer is None:
             who = f"held by <b id='holder'>{esc(names.get(s['holder'], '-'))}</b>"
         else:  # who bought it: only the buyer and the seller are told

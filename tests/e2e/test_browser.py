@@ -244,6 +244,10 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
         browser.get(base + page)
         width = browser.execute_script("return document.documentElement.scrollWidth")
         assert width <= 390, f"{page} is {width} px wide at 390"
+        split = browser.execute_script(  # an amount broken across two lines
+            "return [...document.querySelectorAll('.amount')]"
+            ".filter(e => e.getClientRects().length > 1).map(e => e.textContent)")
+        assert not split, (page, split)
         for control in browser.find_elements(By.CSS_SELECTOR, "input:not([type=hidden])"):
             assert control.get_attribute("aria-label") or control.get_attribute("placeholder"), (
                 page, control.get_attribute("outerHTML"))
