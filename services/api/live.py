@@ -20,8 +20,8 @@ same on one Redis and on a Redis Cluster; the price is up to 0.5 s more latency 
 one round trip every 0.5 s while anyone watches. Each stream ends after
 ``STREAM_MAX_S`` (the browser reconnects, and its session is checked again), sends a
 comment every ``HEARTBEAT_S`` (a gone browser is noticed, proxies keep it open), and
-at most ``MAX_STREAMS`` are open per process (503 beyond: the page still works, it
-just does not update).
+at most ``MAX_STREAMS`` are open per process, ``MAX_STREAMS_PER_ADDRESS`` per client
+address (503 beyond: the page still works, it just does not update).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ POLL_S = 0.5
 HEARTBEAT_S = 15.0
 STREAM_MAX_S = 600.0
 MAX_STREAMS = 2_000
+MAX_STREAMS_PER_ADDRESS = 32  # one client cannot take every stream of a process
 MAX_SHARED = 10_000  # loads kept for sharing between watchers
 
 Probe = tuple[str, str | None]  # a hash's key and field (None: the whole hash)
@@ -68,6 +69,7 @@ class LiveHub:
         self.values: dict[Probe, object] = {}
         self.loads: OrderedDict[tuple, tuple[object, asyncio.Future]] = OrderedDict()
         self.streams = 0
+        self.by_address: dict[str, int] = {}
         self.polls = 0  # round trips made (tests: one per interval, not per watcher)
         self.task: asyncio.Task | None = None
         self.closing = False
@@ -178,7 +180,10 @@ async def stream(request: web.Request, probes: list[Probe],
     the browser has: the ``v`` its live block carries); render returning None ends
     the stream with a ``gone`` event (the browser stops listening)."""
     hub: LiveHub = request.app["live"]
-    if hub.streams >= MAX_STREAMS or hub.closing:
+    trust = request.get("trust")
+    address = trust.client_address(request) if trust is not None else request.remote or ""
+    if (hub.streams >= MAX_STREAMS or hub.closing
+            or hub.by_address.get(address, 0) >= MAX_STREAMS_PER_ADDRESS):
         raise Problem(503, "too_many_watchers", "live updates are at capacity; reload the "
                       "page to see the latest")
     response = web.StreamResponse(headers={
@@ -186,6 +191,7 @@ async def stream(request: web.Request, probes: list[Probe],
         "X-Accel-Buffering": "no"})  # a buffering proxy would hold the events back
     await response.prepare(request)
     hub.streams += 1
+    hub.by_address[address] = hub.by_address.get(address, 0) + 1
     loop = asyncio.get_running_loop()
     ends = loop.time() + STREAM_MAX_S
     last = request.query.get("v")
@@ -210,6 +216,9 @@ async def stream(request: web.Request, probes: list[Probe],
         pass  # the browser went away
     finally:
         hub.streams -= 1
+        hub.by_address[address] -= 1
+        if not hub.by_address[address]:
+            del hub.by_address[address]
     return response
 
 

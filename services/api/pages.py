@@ -303,15 +303,17 @@ class Pages:
     async def certificate(self, request: web.Request) -> web.Response:
         cid = request.match_info["id"]
         me = await self._me(request)
-        found = await self._load(cid)
+        sent = await self._own_command(request, me)
+        outcome = None if sent is None else await self.reads.command_outcome(sent)
+        found = await self._load(cid)  # read after the outcome: never older than it
         if found is None:
             raise web.HTTPNotFound(text="no such certificate")
         via = request.query.get("via", "")
         here = f"/page/certificates/{cid}" + (f"?via={via}" if via else "")
-        html = await self._certificate_body(request, cid, me, *found)
+        html = await self._certificate_body(request, cid, me, *found, outcome)
         params = {k: request.query.get(k, "") for k in ("via", "did", "checkout")}
-        if "id='outcome'" in html:  # its sender's command: the stream follows it too
-            params["sent"] = request.query.get("sent", "")
+        if sent is not None:  # its sender's command: the stream follows it too
+            params["sent"] = sent
         return self._layout(request, found[0]["name"] or cid, me,
                             live.block(f"/page/certificates/{cid}/live", html, params), here)
 
@@ -327,11 +329,12 @@ class Pages:
         if await self._load(cid) is None:
             raise Problem(404, "unknown_certificate", "no certificate with this id")
         probes = [probe]
-        sent = request.query.get("sent", "")
-        if sent and me and ID.fullmatch(sent) and await request.app["gateway"].owner_of(sent) == me:
+        sent = await self._own_command(request, me)
+        if sent is not None:
             probes.append((self.reads.keys.outcome(sent), "status"))  # its sender's only
         loop = asyncio.get_running_loop()
         checked = loop.time()
+        first = True
 
         async def render() -> str | None:
             nonlocal checked
@@ -340,17 +343,34 @@ class Pages:
                 if await self._me(request) != me:
                     return None
                 checked = loop.time()
-            found = await hub.shared(("cert", cid), hub.version(probe),
-                                     lambda: self._load(cid))
+            nonlocal first
+            outcome = None if sent is None else await self.reads.command_outcome(sent)
+            # the shared read is as of the last poll: a stream's first render, and a
+            # sender's (the outcome just read must not be newer than the state shown),
+            # read afresh
+            version = None if first or sent is not None else hub.version(probe)
+            first = False
+            found = await hub.shared(("cert", cid), version, lambda: self._load(cid))
             if found is None:
                 return None
-            return await self._certificate_body(request, cid, me, *found)
+            return await self._certificate_body(request, cid, me, *found, outcome)
 
         return await live.stream(request, probes, render)
 
+    async def _own_command(self, request: web.Request, me: str | None) -> str | None:
+        """The page's ``?sent=`` command id when ``me`` sent it, else None: only the
+        account that sent a command sees it and its outcome."""
+        sent = request.query.get("sent", "")
+        if sent and me and ID.fullmatch(sent) and (
+                await request.app["gateway"].owner_of(sent) == me):
+            return sent
+        return None
+
     async def _certificate_body(self, request: web.Request, cid: str, me: str | None,
-                                s: dict, state: CertificateState | None) -> str:
-        """The certificate page's content for ``me`` (the page and its live updates)."""
+                                s: dict, state: CertificateState | None,
+                                outcome: dict | None = None) -> str:
+        """The certificate page's content for ``me`` (the page and its live updates);
+        ``outcome``: of the command ``me`` sent (_own_command), read before ``s``."""
         via = request.query.get("via", "")
         seller = state.seller_id if state is not None else None
         buyer = state.buyer_id if state is not None else None
@@ -389,12 +409,8 @@ class Pages:
         if s["warnings"] and s["status"] == "posted" and s["pool_status"] == "open":
             parts.append("<p class='warn' id='warning'>The commission on this certificate will "
                          "soon be withdrawn: buy now.</p>")
-        sent = request.query.get("sent")
-        if sent and me and ID.fullmatch(sent) and (
-                await request.app["gateway"].owner_of(sent) == me):
-            # only the account that sent a command sees it and its outcome
-            words, kind = outcome_words(await self.reads.command_outcome(sent),
-                                        request.query.get("did"))
+        if outcome is not None:
+            words, kind = outcome_words(outcome, request.query.get("did"))
             parts.append(f"<p class='outcome {kind}' id='outcome' "
                          f"role='{'alert' if kind == 'refused' else 'status'}'>"
                          f"{esc(words)}</p>")
