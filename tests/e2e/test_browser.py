@@ -52,10 +52,15 @@ def browser(tmp_path):
 
 
 def until(driver, url: str, check, timeout_s: float = 60):
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout_s
     while True:
         driver.get(url)
-        found = check(driver)
+        try:
+            found = check(driver)
+        except StaleElementReferenceException:  # a live update swapped it: look again
+            found = None
         if found:
             return found
         if time.monotonic() > deadline:
