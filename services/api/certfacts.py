@@ -22,6 +22,7 @@ from schemas.commands import (
 )
 from services.api.gains import gain_of
 from services.api.money import money
+from services.api.outcomes import REASON_WORDS
 
 
 @dataclass(frozen=True)
@@ -206,14 +207,15 @@ def shared_again(state: CertificateState, account: str) -> bool:
 
 
 # a refusal, as the person who sent it reads it
+# a sharer's or a buyer's refusals in words; the rest as the console says them
 REFUSALS = {
+    **REASON_WORDS,
     "already_holder": "you already hold this certificate: someone else has to share it "
                       "before you can again",
     "via_not_in_chain": "the account whose link you followed has not shared this "
                         "certificate (or is you)",
     "pool_withdrawn": "its commission was withdrawn: sharing or claiming earns nothing "
                       "any more",
-    "certificate_purchased": "it was bought already",
     "certificate_ended": "it is not for sale any more (cancelled, closed or refunded)",
     "not_posted": "it is not on sale yet",
     "chain_limit": "it has been shared the most times a certificate can be",
