@@ -96,14 +96,15 @@ class Deployment:
     """One scenario's services (real or passthrough) on their own topic prefix."""
 
     def __init__(self, bootstrap: str, prefix: str, module: str, logs: Path,
-                 partitions: int = 4, env: dict[str, str] | None = None) -> None:
+                 partitions: int = 4, env: dict[str, str] | None = None,
+                 stages: tuple[str, ...] | None = None) -> None:
         # on a cluster (--brokers 3) every topic gets its replicas, as the services' do
         self.settings = Settings(bootstrap=bootstrap, topics=Topics(prefix=f"{prefix}."),
                                  group_prefix=prefix, partitions=partitions,
                                  replication_factor=int(os.environ.get(
                                      "COMMISSION_REPLICATION_FACTOR", "1")))
         ensure_topics(self.settings, self.settings.topics.all())
-        self.stages = HOPS if module in PASSTHROUGH else SERVICES
+        self.stages = stages or (HOPS if module in PASSTHROUGH else SERVICES)
         self.ports = {s: free_port() for s in self.stages}
         self.procs: dict[str, subprocess.Popen] = {}
         self.module = module
@@ -186,6 +187,9 @@ class Deployment:
             settled = self.counter("cashout", "commission_messages_out_total",
                                    topic=t.settlements)
             caught_up &= self.counter("netting", "commission_messages_in_total") >= settled
+        if "fraud" in self.stages:
+            fed = self.counter("allocation", "commission_messages_out_total", topic=t.fraud_feed)
+            caught_up &= self.counter("fraud", "commission_messages_in_total") >= fed
         return consumed, caught_up
 
     def wait_ready(self, warmup: list[Item]) -> None:
@@ -526,9 +530,10 @@ def main(argv: list[str] | None = None) -> int:
         items = generate(spec)
         warm = generate(TrafficSpec(certificates=40, commands=2000, seed=99, prefix="warm"))
 
-        def deploy(name: str, module: str, env: dict[str, str] | None = None) -> Deployment:
+        def deploy(name: str, module: str, env: dict[str, str] | None = None,
+                   stages: tuple[str, ...] | None = None) -> Deployment:
             return Deployment(bootstrap, f"bench-{stamp}-{name}", module, workdir / "logs",
-                              args.partitions, env)
+                              args.partitions, env, stages)
 
         # A freshly started broker spends its first minute of load compiling (JIT) on
         # the same two cores: on a new broker the first paced run had p50 ~900 ms for
@@ -555,6 +560,10 @@ def main(argv: list[str] | None = None) -> int:
                 bootstrap, f"bench-{stamp}-kstreams", workdir / "logs", args.partitions,
                 jit_warmup=items),
             "pipeline": lambda: deploy("pipeline", "services"),
+            # the same with the fraud stage reading allocation's fraud-feed (issue #24:
+            # what the fraud stage adds to the pipeline's CPU per command)
+            "pipeline-fraud": lambda: deploy("pipeline-fraud", "services",
+                                             stages=(*SERVICES, "fraud")),
         }
         for key, make in scenarios.items():
             if key not in chosen:
@@ -606,7 +615,8 @@ def main(argv: list[str] | None = None) -> int:
         "markers": markers,
     }
     if args.no_write:  # a partial run (--scenarios, --brokers): the figures, no report
-        print(json.dumps({k: {"rate": v.rate, "latency_ms": v.latency_ms, "notes": v.notes}
+        print(json.dumps({k: {"rate": v.rate, "latency_ms": v.latency_ms, "notes": v.notes,
+                              "processes": v.processes}
                           for k, v in runs.items()}, indent=1, default=str))
         return 0
     print(markdown(result))

@@ -39,7 +39,10 @@ class AllocationStage(FollowerStage):
         out: list[Output] = []
         for event in mine:
             if type(event) is CommissionAcquired:
-                out += feed_outputs(self.feed, seen_of(accepted.command, result, event))
+                seen = seen_of(accepted.command, result, event)
+                records = feed_outputs(self.feed, seen)
+                self.metrics.count_out(self.feed, [seen] * len(records))
+                out += records
         return out
 
 
