@@ -334,7 +334,9 @@ def main() -> int:
                                              for name in (*SERVICES, "readmodel")},
                                           "api": API_OPS_PORT},
                           "commission-audit": {"audit": AUDIT_PORT}})
-        print(f"prometheus {prometheus.url} (alerts {prometheus.url}/alerts)", flush=True)
+        # Debian's Prometheus 2 has no new UI: its pages are under /classic/ (/alerts is 404)
+        print(f"prometheus {prometheus.url} (alerts {prometheus.url}/classic/alerts, "
+              f"targets {prometheus.url}/classic/targets)", flush=True)
     except RuntimeError as err:  # e.g. the port is taken: the demo runs on without it
         prometheus.stop()
         print(f"prometheus did not start ({str(err).splitlines()[-1]}); set "

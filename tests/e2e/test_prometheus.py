@@ -120,6 +120,11 @@ def test_every_panel_and_alert_reads_live_data_and_a_killed_service_fires_its_al
         # every target is up and no service is reported down, until one is killed
         up = {r["metric"]["instance"]: r["value"][1] for r in query(prometheus, "up")}
         assert up == {name: "1" for name in ports}, up
+        # the pages the README and make run link to (Debian's Prometheus: /classic/)
+        for page, shows in (("/classic/alerts", "CommissionServiceDown"),
+                            ("/classic/targets", "commission-audit")):
+            with urllib.request.urlopen(f"{prometheus.url}{page}", timeout=5) as r:
+                assert r.status == 200 and shows in r.read().decode(), page
         assert firing(prometheus, "CommissionServiceDown") == []
         pipeline.signal("allocation", sig=signal.SIGKILL)
         deadline = time.monotonic() + 30
