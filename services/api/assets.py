@@ -36,6 +36,9 @@ table{display:block;overflow-x:auto;max-width:100%}}
 # (the platform's timer has to act first) and a page without live updates reloads once
 # a few seconds later. The share link's Copy button. Live pages (services/api/live.py):
 # an element with data-live="<URL>" takes each "update" event's HTML from that stream.
+# Dates: a <time datetime="...Z"> (services/api/earnings.py when_html) is rewritten to
+# the visitor's own time zone, named ("2026-12-21 13:30 (Asia/Kolkata)"), the UTC
+# instant kept as its title; without script it reads in UTC.
 SCRIPT = """function tick(){const now=Date.now();for(const el of document.querySelectorAll('.countdown')){
 let s=Math.floor((Number(el.dataset.deadline)-now)/1000);
 if(s<=0){if(el.textContent!=='closing\u2026'){el.textContent='closing\u2026';
@@ -44,12 +47,17 @@ el.dataset.ticked='1';
 const d=Math.floor(s/86400);s-=d*86400;const h=Math.floor(s/3600);s-=h*3600;
 const m=Math.floor(s/60);s-=m*60;
 el.textContent=(d?d+' d ':'')+(d||h?h+' h ':'')+(d||h||m?m+' min ':'')+s+' s';}}
+function localTimes(){const zone=Intl.DateTimeFormat().resolvedOptions().timeZone;
+const p=n=>String(n).padStart(2,'0');
+for(const t of document.querySelectorAll('time[datetime]')){const d=new Date(t.getAttribute('datetime'));
+if(isNaN(d)||t.dataset.local)continue;t.title=t.textContent;t.dataset.local='1';
+t.textContent=d.getFullYear()+'-'+p(d.getMonth()+1)+'-'+p(d.getDate())+' '+p(d.getHours())+':'+p(d.getMinutes())+' ('+zone+')';}}
 const live=document.querySelector('[data-live]');
-tick();setInterval(tick,1000);
+localTimes();tick();setInterval(tick,1000);
 document.addEventListener('click',e=>{if(e.target&&e.target.id==='copy'){
 navigator.clipboard.writeText(document.getElementById('share').value);}});
 if(live&&window.EventSource){const es=new EventSource(live.dataset.live);
-es.addEventListener('update',e=>{live.innerHTML=e.data;tick();});
+es.addEventListener('update',e=>{live.innerHTML=e.data;localTimes();tick();});
 es.addEventListener('gone',()=>es.close());}
 """
 

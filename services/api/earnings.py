@@ -15,6 +15,7 @@ the one reference both sides hold for it.
 from __future__ import annotations
 
 import csv
+import html
 import io
 import time
 from dataclasses import asdict, dataclass, field
@@ -66,6 +67,25 @@ def when(ms: int | None) -> str:
     if ms is None:
         return ""
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ms / 1000))
+
+
+def when_html(ms: int | None) -> str:
+    """A moment on a page: a ``<time>`` element with the UTC instant, whose text the
+    pages' script (services/api/assets.py) rewrites to the visitor's own time zone; a
+    browser without script shows the UTC text."""
+    if ms is None:
+        return ""
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+    return f"<time datetime='{iso}'>{when(ms)}</time>"
+
+
+def dated_html(text: str, ms: int | None) -> str:
+    """``text`` escaped for a page, with the moment ``ms`` in it (as ``when`` writes
+    it) made a ``<time>`` element (``when_html``)."""
+    escaped = html.escape(text)
+    if ms is None:
+        return escaped
+    return escaped.replace(when(ms), when_html(ms), 1)
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,13 @@ from services.api.earnings import (
     GainLine,
     Payout,
     ShareOutcome,
+    dated_html,
     gain_line,
     refusal_words,
     share_outcome,
     to_csv,
     totals,
-    when,
+    when_html,
 )
 from services.api.money import money
 from services.api.reads import ReadApi
@@ -176,17 +177,17 @@ def lines_table(lines: list[GainLine]) -> str:
     rows = []
     for g in lines:
         cur = g.currency
-        history = "".join(f"<li>{_esc(when(at) or 'date not known')}: {_esc(what)}</li>"
-                          for at, what in g.history)
+        history = "".join(f"<li>{when_html(at) or 'date not known'}: "
+                          f"{dated_html(what, g.held_until_ms)}</li>" for at, what in g.history)
 
         def cell(cls: str, amount: int | None, cur: str = cur) -> str:
             return f"<td class='{cls}'>{'' if amount is None else money(amount, cur)}</td>"
         rows.append(
             f"<tr class='gain' id='gain-{_esc(g.certificate_id)}' data-status='{g.status}'>"
             f"<td>{product_link(g.certificate_id, g.product)}</td>"
-            f"<td class='date'>{_esc(when(g.acquired_ms))}</td>"
+            f"<td class='date'>{when_html(g.acquired_ms)}</td>"
             f"<td class='amount'>{money(g.amount_minor, cur)}</td>"
-            f"<td class='state'>{_esc(g.state)}<details><summary>History</summary>"
+            f"<td class='state'>{dated_html(g.state, g.held_until_ms)}<details><summary>History</summary>"
             f"<ol>{history}</ol></details></td>"
             + cell("gross", g.gross_minor) + cell("offset", g.offset_minor)
             + cell("net", g.net_minor) + "</tr>")
@@ -216,7 +217,7 @@ def feed_section(reads_items: list[dict], shares, refused: list[dict]) -> str:
               else "<p>Nothing in your feed.</p>"))
     rows = "".join(
         f"<tr class='share' id='share-{_esc(cid)}' data-why='{_esc(o.why or '')}'>"
-        f"<td>{product_link(cid, name)}</td><td>{_esc(when(at))}</td>"
+        f"<td>{product_link(cid, name)}</td><td>{when_html(at)}</td>"
         f"<td class='{'counted' if o.counted else 'not-counted'}'>"
         f"{'Counted' if o.counted else 'Did not count'}: {_esc(o.words)}</td></tr>"
         for cid, name, at, o in shares)
@@ -227,7 +228,7 @@ def feed_section(reads_items: list[dict], shares, refused: list[dict]) -> str:
     if refused:
         items = "".join(
             f"<li class='refused' data-reason='{_esc(r['reason'])}'>"
-            f"{product_link(r['certificate_id'], r['product'])}, {_esc(when(r['at_ms']))}: "
+            f"{product_link(r['certificate_id'], r['product'])}, {when_html(r['at_ms'])}: "
             f"refused: {_esc(r['words'])}</li>" for r in refused)
         out += f"<h2>Shares that did not go through</h2><ul id='refused'>{items}</ul>"
     return out

@@ -80,8 +80,30 @@ def way_back(request: web.Request, code: str) -> tuple[str, str]:
     return "/", "Back to the catalogue"
 
 
+async def logout_button(request: web.Request) -> str:
+    """A signed-in visitor's Log out button, on an error page as on every other page
+    (issue #27.6): the page's session if a handler looked it up, else the cookie's."""
+    if "page_session" in request:
+        session = request["page_session"]
+    else:
+        cookie, accounts = request.cookies.get("session"), request.app.get("accounts")
+        if not cookie or accounts is None:
+            return ""
+        try:
+            found = await accounts.session_identity(cookie)
+        except Exception:  # noqa: BLE001 - the error page must render even if the store is down
+            return ""
+        session = found[0] if found else None
+    if session is None:
+        return ""
+    token = request.app["sessions"].csrf_for(session)
+    return (" · <form class='inline' method='post' action='/page/logout'>"
+            f"<input type='hidden' name='csrf' value='{html.escape(token)}'>"
+            "<button id='logout'>Log out</button></form>")
+
+
 def render(request: web.Request, status: int, code: str, detail: str,
-           headers: dict[str, str] | None = None) -> web.Response:
+           headers: dict[str, str] | None = None, logout: str = "") -> web.Response:
     """The error as a page: its title and words, the code, a way back."""
     if code == "not_found" and request.path.startswith("/page/certificates/"):
         code = "unknown_certificate"
@@ -99,7 +121,7 @@ def render(request: web.Request, status: int, code: str, detail: str,
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
             "<meta name=viewport content='width=device-width, initial-scale=1'>"
             f"<title>{e(title)}</title>{assets.HEAD}</head><body>"
-            "<p><a href='/'>Catalogue</a></p>"
+            f"<p><a href='/'>Catalogue</a>{logout}</p>"
             f"<h1 id='error-title'>{e(title)}</h1>"
             f"<p class='warn' id='error' data-error=\"{e(code)}\" data-status=\"{status}\">"
             f"{e(words)}{extra}</p>"
@@ -123,7 +145,7 @@ async def middleware(request: web.Request, handler):
             body = {}
         code = body.get("error") or exc.reason.lower().replace(" ", "_")
         return render(request, exc.status, code, body.get("detail") or exc.text or "",
-                      dict(exc.headers))
+                      dict(exc.headers), await logout_button(request))
     if (response.status >= 400 and response.content_type == "application/json"
             and is_page(request)):
         try:
@@ -131,5 +153,6 @@ async def middleware(request: web.Request, handler):
         except (TypeError, ValueError):
             return response
         return render(request, response.status, str(body.get("error", "")),
-                      str(body.get("detail", "")), dict(response.headers))
+                      str(body.get("detail", "")), dict(response.headers),
+                      await logout_button(request))
     return response

@@ -48,6 +48,7 @@ from services.api.certfacts import (
     status_words,
     why_no_gain,
 )
+from services.api.earnings import when_html
 from services.api.earningspages import Earnings, csv_response, earnings_section, feed_section
 from services.api.errors import Problem
 from services.api.gains import gain_of, phrase
@@ -399,7 +400,7 @@ class Pages:
         if s["status"] == "posted" and s["pool_status"] == "open":
             parts.append(self._progress(s, cur))
         if s["held_until_ms"] is not None:
-            until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(s["held_until_ms"] / 1000))
+            until = when_html(s["held_until_ms"])  # in the visitor's time zone (assets.py)
             parts.append(f"<p id='held'>Bought. Commission of {amount(s['held_minor'], cur)} and "
                          f"the seller's price are held until <b>{until}</b>; a refund before "
                          "then reduces them, after it they are paid.</p>")
