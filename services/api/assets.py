@@ -37,7 +37,7 @@ table{display:block;overflow-x:auto;max-width:100%}}
 # a few seconds later. The share link's Copy button. Live pages (services/api/live.py):
 # an element with data-live="<URL>" takes each "update" event's HTML from that stream.
 # Dates: a <time datetime="...Z"> (services/api/earnings.py when_html) is rewritten to
-# the visitor's own time zone, named ("2026-12-21 13:30 (Asia/Kolkata)"), the UTC
+# the visitor's own time zone, named ("2026-12-21 13:30 (Asia/Tokyo)"), the UTC
 # instant kept as its title; without script it reads in UTC.
 SCRIPT = """function tick(){const now=Date.now();for(const el of document.querySelectorAll('.countdown')){
 let s=Math.floor((Number(el.dataset.deadline)-now)/1000);

@@ -8,7 +8,10 @@ certificate page updates itself (Server-Sent Events, issue #27.4): alice's page 
 bob's share without a reload, a refusal in words styled as one; a cancelled
 certificate offers nothing; another visitor's stream shows no one's amounts.
 The catalogue groups copies, the withdrawal countdown ticks, the pages fit a phone;
-screenshots go to docs/screenshots with `make screenshots`."""
+screenshots go to docs/screenshots with `make screenshots`. Every page visited passes
+axe-core's checks (no serious or critical violation, contrast included), a signed-in
+visitor has a Log out button on each (error pages too), and dates read in the
+visitor's time zone (issue #27.6)."""
 
 from __future__ import annotations
 
@@ -17,7 +20,10 @@ import shutil
 import time
 import urllib.request
 import uuid
+from datetime import datetime
+from functools import cache
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -28,6 +34,35 @@ from tests.e2e.http import call, login, wait_for
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 ROOT = Path(__file__).resolve().parents[2]
+# axe-core, installed by `make install` (npm ci --prefix deploy/tools); AXE_CORE_JS
+# points elsewhere (a worktree whose node_modules lacks it)
+AXE = Path(os.environ.get("AXE_CORE_JS")
+           or ROOT / "deploy" / "tools" / "node_modules" / "axe-core" / "axe.min.js")
+AXE_RUN = """const done = arguments[arguments.length - 1];
+axe.run(document, {resultTypes: ['violations']}).then(r => done(r.violations
+  .filter(v => v.impact === 'serious' || v.impact === 'critical')
+  .map(v => v.id + ' (' + v.impact + '): ' + v.help + ' at ' +
+       v.nodes.slice(0, 4).map(n => n.target.join(' ')).join(', '))))
+  .catch(e => done(['axe failed: ' + e]));"""
+
+
+@cache
+def axe_source() -> str:
+    assert AXE.is_file(), f"{AXE} missing: run `npm ci --prefix deploy/tools` (make install)"
+    return AXE.read_text()
+
+
+def accessible(driver, signed_in: bool = True) -> None:
+    """The page as loaded passes axe-core (no serious or critical violation, colour
+    contrast included) and, for a signed-in visitor, offers its Log out button."""
+    from selenium.webdriver.common.by import By
+
+    where = driver.current_url
+    if signed_in:
+        assert driver.find_elements(By.ID, "logout"), f"{where}: no Log out button"
+    driver.execute_script(axe_source())
+    found = driver.execute_async_script(AXE_RUN)
+    assert not found, f"{where}: accessibility violations:\n" + "\n".join(found)
 
 
 @pytest.fixture
@@ -47,6 +82,7 @@ def browser(tmp_path):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.set_page_load_timeout(30)
+    driver.set_script_timeout(30)
     yield driver
     driver.quit()
 
@@ -147,6 +183,7 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     row = until(browser, base + "/", lambda d: d.find_elements(By.CSS_SELECTOR, "tr.offer"))[0]
     assert "1 of 1 left" in row.text
     shot(browser, tmp_path, "catalogue")
+    accessible(browser)
     until(browser, base + "/", lambda d: d.find_elements(By.CLASS_NAME, "cert"))[0].click()
     # the withdrawal countdown ticks in the browser, without a reload
     first = browser.find_element(By.CSS_SELECTOR, "#time-left .countdown").text
@@ -185,6 +222,7 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
         and d.find_element(By.ID, "outcome").value_of_css_property(
             "background-color") == "rgba(253, 236, 234, 1)")  # not the success's green
     assert "already_holder" not in browser.page_source
+    accessible(browser)  # a certificate before purchase, a refusal shown
     # bob shares it through alice's link from his own session: alice's page follows
     browser.execute_script("window.notReloaded = true")
     _, sent, _ = call(port, "POST", f"/certificates/{cid}/circulate", {"via": "alice"},
@@ -221,6 +259,7 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     assert [text for name, text in drawn if not name] == ["an account"], drawn
     assert browser.find_element(By.ID, "tree-counts").text == "2 accounts shared it: 2 pending"
     shot(browser, tmp_path, "certificate")
+    accessible(browser)  # the share tree's labels
 
     log_in(browser, base, "carol")
     browser.get(f"{base}/page/certificates/{cid}")
@@ -232,6 +271,9 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     assert browser.find_element(By.ID, "amount").text == "Amount: 45.00 EUR"
     assert "Desk lamp" in browser.find_element(By.ID, "what").text
     shot(browser, tmp_path, "checkout")
+    accessible(browser, signed_in=False)  # the payment system's page
+    # the visitor's time zone, not the server's: dates are shown in it
+    browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "Asia/Tokyo"})
     browser.find_element(By.ID, "pay").click()
     WebDriverWait(browser, 20).until(lambda d: d.current_url.startswith(
         f"{base}/page/certificates/{cid}?checkout="))
@@ -245,6 +287,10 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     held = browser.find_element(By.ID, "held").text
     assert "Commission of 5.00 EUR" in held and "held until" in held, held
     assert not browser.find_elements(By.ID, "warning")  # bought: no "buy now" warning
+    until_utc = browser.find_element(By.CSS_SELECTOR, "#held time").get_attribute("datetime")
+    local = datetime.fromisoformat(until_utc).astimezone(ZoneInfo("Asia/Tokyo"))
+    assert f"held until {local:%Y-%m-%d %H:%M} (Asia/Tokyo);" in held, (until_utc, held)
+    accessible(browser)  # a certificate after purchase
 
     log_in(browser, base, "alice")  # earnings are private
     until(browser, f"{base}/page/accounts/alice",
@@ -252,6 +298,12 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
           and d.find_element(By.CSS_SELECTOR, "#earn-EUR .held").text == "2.50 EUR")
     assert browser.find_element(By.CSS_SELECTOR, "#earn-EUR .paid").text == "0.00 EUR"
     shot(browser, tmp_path, "earnings")
+    dates = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#gains time")]
+    assert dates and all(d.endswith(" (Asia/Tokyo)") for d in dates), dates
+    accessible(browser)
+    browser.get(base + "/page/no-such-page")  # an error page: still a way to log out
+    assert browser.find_element(By.ID, "error-title").text
+    accessible(browser)
     # a phone-sized window: nothing wider than the screen, every control labelled
     browser.set_window_size(390, 844)
     for page in ("/", f"/page/certificates/{cid}", "/page/accounts/alice"):
@@ -266,6 +318,9 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
             assert control.get_attribute("aria-label") or control.get_attribute("placeholder"), (
                 page, control.get_attribute("outerHTML"))
     shot(browser, tmp_path, "phone-earnings")
+    log_in(browser, base, "seller")  # the seller's console
+    browser.get(base + "/page/console")
+    accessible(browser)
     pipeline.assert_running()
 
 
@@ -317,4 +372,5 @@ def test_claim_and_an_accounts_certificates_in_the_browser(pipeline, browser, tm
     share = WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.ID, f"share-{cid}"))
     assert share[0].text.startswith("Kettle") and "Counted" in share[0].text
     shot(browser, tmp_path, "feed")
+    accessible(browser)
     pipeline.assert_running()
