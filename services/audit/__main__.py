@@ -25,8 +25,8 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry, Gauge, start_http_server, write_to_textfile
 
 from schemas.commands import AcceptedCommand
-from services.audit.read import read_records, read_topic
-from services.audit.report import Report, reconcile_all
+from services.audit.read import read_cut, read_topic
+from services.audit.report import Report, reconcile_all, torn_certificates
 from services.common.auth import Keyring
 from services.common.production import refuse_insecure
 from services.common.settings import Settings
@@ -91,9 +91,12 @@ def stage_positions(settings: Settings, stage: str, topic: str,
         reader.close()
 
 
-def audit_once(timeout_s: float, results_within_s: float | None = None) -> Report | None:
-    """The report, or None when the topics could not be read (never a silent pass)."""
-    settings = Settings.from_env()
+def audit_once(timeout_s: float, results_within_s: float | None = None,
+               settings: Settings | None = None) -> Report | None:
+    """The report, or None when the topics could not be read (never a silent pass).
+    Each topic is read as a cut (read_cut): a certificate with records beyond one is
+    torn, not summed (report.py, torn_certificates)."""
+    settings = settings or Settings.from_env()
     t = settings.topics
     auth = settings.kafka_auth
     try:
@@ -108,12 +111,15 @@ def audit_once(timeout_s: float, results_within_s: float | None = None) -> Repor
         netted = stage_positions(settings, "netting", t.settlements)
         payments = read_topic(settings.bootstrap, t.payments, timeout_s, auth)
         done = stage_positions(settings, "cashout", t.accepted)
-        settlements = read_records(settings.bootstrap, t.settlements, timeout_s, auth)
-        events = read_topic(settings.bootstrap, t.certificate_events, timeout_s, auth)
-        accepted = read_records(settings.bootstrap, t.accepted, timeout_s, auth)
+        settlements_cut = read_cut(settings.bootstrap, t.settlements, timeout_s, auth)
+        events_cut = read_cut(settings.bootstrap, t.certificate_events, timeout_s, auth)
+        accepted_cut = read_cut(settings.bootstrap, t.accepted, timeout_s, auth)
     except Exception as exc:
         print(f"audit: cannot read the topics: {exc}", file=sys.stderr)
         return None
+    settlements, accepted = settlements_cut.records, accepted_cut.records
+    events = [r.value for r in events_cut.records]
+    torn = torn_certificates(settlements_cut.beyond, events_cut.beyond, accepted_cut.beyond)
     in_flight = frozenset(
         _decode_accepted(r.value).command.certificate_id for r in accepted
         if r.offset >= done.get(r.partition, 0))
@@ -121,13 +127,14 @@ def audit_once(timeout_s: float, results_within_s: float | None = None) -> Repor
                            [(r.partition, r.offset, r.value) for r in settlements], payments,
                            netted=netted, now_ms=int(time.time() * 1000),
                            results_within_ms=None if results_within_s is None
-                           else int(results_within_s * 1000), in_flight=in_flight)
+                           else int(results_within_s * 1000), in_flight=in_flight,
+                           torn=torn)
     for problem in report.problems:
         print(f"DISCREPANCY {problem}")
     verdict = "OK" if report.ok else "FAILED"
     print(f"audit {verdict}: {report.certificates} certificates, {report.settlements} "
           f"settlements ({report.awaiting_results} awaiting a payment result, "
-          f"{report.in_flight} certificates in flight), "
+          f"{report.in_flight} certificates in flight, {report.torn} of them torn), "
           f"{len(report.problems)} discrepancies", flush=True)
     return report
 

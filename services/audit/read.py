@@ -1,8 +1,10 @@
-"""Read a whole topic, as committed, to the end offsets taken when reading starts."""
+"""Read a whole topic, as committed, to the end offsets taken when reading starts
+(never past them), and what lies beyond them (read_cut)."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -14,26 +16,61 @@ from services.common.settings import PLAINTEXT, KafkaAuth
 
 def read_records(bootstrap: str, topic: str, timeout_s: float = 60.0,
                  auth: KafkaAuth = PLAINTEXT) -> list[ConsumerRecord]:
+    return _read_range(bootstrap, topic, "read_committed", timeout_s, auth)[0]
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A topic read as committed up to its end offsets (``records``), and what lay
+    beyond those offsets, committed or not, up to the high watermark taken after them
+    (``beyond``). Each partition of a transaction becomes readable on its own (the
+    coordinator writes one marker per partition), so a cut can hold one part of a
+    transaction and not the rest: the rest is then in ``beyond`` (its records are
+    written before the commit starts, so they are below the later high watermark)."""
+
+    records: list[ConsumerRecord]
+    beyond: list[bytes]
+
+
+def read_cut(bootstrap: str, topic: str, timeout_s: float = 60.0,
+             auth: KafkaAuth = PLAINTEXT) -> Cut:
+    records, end = _read_range(bootstrap, topic, "read_committed", timeout_s, auth)
+    beyond, _ = _read_range(bootstrap, topic, "read_uncommitted", timeout_s, auth, start=end)
+    return Cut(records, [r.value for r in beyond if r.value is not None])
+
+
+def _read_range(bootstrap: str, topic: str, isolation: str, timeout_s: float,
+                auth: KafkaAuth, start: dict[int, int] | None = None
+                ) -> tuple[list[ConsumerRecord], dict[int, int]]:
+    """The records from ``start`` (default: the beginning) to the end offsets taken
+    once the consumer is positioned, never past them, and those end offsets."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             isolation_level="read_committed", group_id=None,
+                             isolation_level=isolation, group_id=None,
                              **auth.kafka_python())
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not tps:
-            return []
+            return [], {}
         consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        # with read_committed, end_offsets is the last stable offset
+        if start is None:
+            consumer.seek_to_beginning(*tps)
+        else:
+            for tp in tps:
+                consumer.seek(tp, start[tp.partition])
+        # with read_committed, end_offsets is the last stable offset; with
+        # read_uncommitted, the high watermark
         end = consumer.end_offsets(tps)
         records: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout_s
         while any(consumer.position(tp) < end[tp] for tp in tps):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{topic}: not read to its end within {timeout_s}s")
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-        return records
+            for tp, batch in consumer.poll(timeout_ms=500).items():
+                # a fetch may return records past the end taken: they belong to a
+                # later moment than the other partitions' ends
+                records.extend(r for r in batch if r.offset < end[tp])
+        return records, {tp.partition: end[tp] for tp in tps}
     finally:
         consumer.close()
 

@@ -12,11 +12,12 @@ from schemas import commands as c
 from schemas.commands import AcceptedCommand
 from schemas.payments import BuyerRefund, Clawback, CommissionPayout, SellerPayment
 from schemas.topics import TOPICS
-from services.audit.report import reconcile
-from tests.unit.domain.scenario import Scenario
+from services.audit.report import reconcile, torn_certificates
+from tests.unit.domain.scenario import CERT, Scenario
 
 pytestmark = pytest.mark.unit
 encode = msgspec.json.encode
+CERT_2 = CERT.replace("offer-1", "offer-2")
 EVENTS = dict((t.name, t.message_types()) for t in TOPICS)["certificate-events"]
 
 
@@ -143,4 +144,47 @@ def test_a_certificate_in_flight_is_held_only_to_what_holds_at_every_moment():
                               payee_id="a")
     report = reconcile(*held.topics(held.settlements + [forged]),
                        in_flight=frozenset({held.certificate_id}))
+    assert any("payable while held" in p for p in report.problems)
+
+
+def test_a_transaction_cut_in_two_is_torn_not_a_discrepancy():
+    # a full refund after the hold: the commission clawed back (sharers' partitions of
+    # settlements) and released to the funder (the funder's), one transaction. A cut
+    # that holds the release but not yet the clawbacks shows more out than the budget,
+    # even in flight; the clawbacks found beyond the cut make the certificate torn:
+    # not summed, counted, no discrepancy.
+    s = released(lifecycle())
+    s.must(c.Refund, by="payment_system", amount_minor=10_000, refund_ref="r1",
+           chargeback_reason="4837")
+    clawbacks = [x for x in s.settlements if isinstance(x, Clawback)
+                 and x.of_kind == "commission_payout"]
+    assert clawbacks
+    cut = [x for x in s.settlements if x not in clawbacks]
+    events, accepted, published = s.topics(cut)
+    report = reconcile(events, accepted, published, in_flight=frozenset({s.certificate_id}))
+    assert any("> budget" in p for p in report.problems), report.problems
+    torn = torn_certificates([encode(x) for x in clawbacks], [], [])
+    assert torn == {s.certificate_id}
+    report = reconcile(events, accepted, published, torn=torn)
+    assert report.ok and report.torn == report.in_flight == 1, report.problems
+    # the whole transaction read: the certificate reconciles in full
+    assert reconcile(*s.topics()).ok
+
+
+def test_torn_certificates_are_those_of_any_record_beyond_a_cut():
+    s, other = lifecycle(), Recorded(certificate_id=CERT_2)
+    other.setup(price_minor=1_000, budget_minor=100, attached_minor=100, hold_s=0,
+                acquisition=c.AcquisitionPolicy(amount=c.FixedAmount(amount_minor=10)))
+    events, accepted, _ = other.topics()
+    assert torn_certificates([encode(s.settlements[0])], [], []) == {s.certificate_id}
+    assert torn_certificates([], events[-1:], []) == {CERT_2}
+    assert torn_certificates([], [], accepted[:1]) == {CERT_2}
+    assert torn_certificates([], [], []) == frozenset()
+    # what a torn certificate hides is only its own: a forged payout of a held
+    # purchase on another certificate is still found
+    forged = CommissionPayout(settlement_id="f" * 32, certificate_id=s.certificate_id,
+                              command_id=s.settlements[0].command_id, seq=1, at_ms=0,
+                              funding_ref="escrow-1", currency="USD", amount_minor=1,
+                              payee_id="a")
+    report = reconcile(*s.topics(s.settlements + [forged]), torn=frozenset({CERT_2}))
     assert any("payable while held" in p for p in report.problems)
