@@ -25,7 +25,7 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry, Gauge, start_http_server, write_to_textfile
 
 from schemas.commands import AcceptedCommand
-from services.audit.read import read_cut, read_topic
+from services.audit.read import read_cut, read_records, read_topic
 from services.audit.report import Report, reconcile_all, torn_certificates
 from services.common.auth import Keyring
 from services.common.production import refuse_insecure
@@ -113,13 +113,14 @@ def audit_once(timeout_s: float, results_within_s: float | None = None,
         done = stage_positions(settings, "cashout", t.accepted)
         settlements_cut = read_cut(settings.bootstrap, t.settlements, timeout_s, auth)
         events_cut = read_cut(settings.bootstrap, t.certificate_events, timeout_s, auth)
-        accepted_cut = read_cut(settings.bootstrap, t.accepted, timeout_s, auth)
+        accepted = read_records(settings.bootstrap, t.accepted, timeout_s, auth)
     except Exception as exc:
         print(f"audit: cannot read the topics: {exc}", file=sys.stderr)
         return None
-    settlements, accepted = settlements_cut.records, accepted_cut.records
+    settlements = settlements_cut.records
     events = [r.value for r in events_cut.records]
-    torn = torn_certificates(settlements_cut.beyond, events_cut.beyond, accepted_cut.beyond)
+    torn = torn_certificates(settlements_cut.beyond, events_cut.beyond,
+                             [r.value for r in settlements])
     in_flight = frozenset(
         _decode_accepted(r.value).command.certificate_id for r in accepted
         if r.offset >= done.get(r.partition, 0))

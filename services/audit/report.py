@@ -26,10 +26,11 @@ On a running pipeline the audit reads a cut of each topic (services/audit/read.p
 beyond them. A transaction becomes readable one partition at a time, so a cut can hold
 part of one: a refund's budget release on the funder's partition of ``settlements``
 without the commission clawed back on the sharer's, which reads as "released X >
-budget Y" (as `make run`'s live audit printed mid-traffic, OK once stopped). A certificate with any record beyond the cut of
-``settlements``, ``certificate-events`` or ``accepted`` is *torn* (``torn_certificates``):
-none of its settlements is summed and it is counted in flight, checked in full by the
-next audit. A torn certificate is never reported, so nothing is reported that is not
+budget Y" (as `make run`'s live audit printed mid-traffic, OK once stopped). A certificate with a settlement in the cut caused by a command
+(``seq``) at or after one of its records beyond the cut of ``settlements`` or
+``certificate-events`` is *torn* (``torn_certificates``): none of its settlements is
+summed and it is counted in flight, checked in full by a later audit. (``accepted`` is
+read last: the cause of every settlement read is in it.) A torn certificate is never reported, so nothing is reported that is not
 there; what one audit does not check, a later one does.
 """
 
@@ -260,14 +261,22 @@ def _check(cid: str, cert: Certificate, problems: list[str]) -> None:
         problems.append(f"{cid}: refunded but not purchased")
 
 
-def torn_certificates(settlements: list[bytes], events: list[bytes],
-                      accepted: list[bytes]) -> frozenset[str]:
-    """The certificates of the records found beyond the cut of each topic (committed
-    later, still open, or aborted): any of their records in the cut may be one part of
-    a transaction whose other part is not."""
-    return frozenset([_decode_settlement(raw).certificate_id for raw in settlements]
-                     + [_decode_event(raw).certificate_id for raw in events]
-                     + [_decode_accepted(raw).command.certificate_id for raw in accepted])
+def torn_certificates(beyond_settlements: list[bytes], beyond_events: list[bytes],
+                      settlements: list[bytes]) -> frozenset[str]:
+    """The certificates with a settlement in the cut (``settlements``) caused by a
+    command at or after the first of theirs with a record beyond the cut of
+    ``settlements`` or ``certificate-events`` (committed later, still open, or
+    aborted): that settlement may be one part of a transaction whose other part is not
+    in the cut (or, for events, the sequencer's events of its cause not yet readable).
+    A certificate whose records beyond the cut are all newer than its settlements in
+    the cut (new traffic) is not torn."""
+    first: dict[str, int] = {}
+    for s in map(_decode_settlement, beyond_settlements):
+        first[s.certificate_id] = min(s.seq, first.get(s.certificate_id, s.seq))
+    for e in map(_decode_event, beyond_events):
+        first[e.certificate_id] = min(e.seq, first.get(e.certificate_id, e.seq))
+    return frozenset(s.certificate_id for s in map(_decode_settlement, settlements)
+                     if s.certificate_id in first and s.seq >= first[s.certificate_id])
 
 
 def reconcile_all(events: list[bytes], accepted: list[bytes],

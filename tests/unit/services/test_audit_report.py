@@ -163,7 +163,7 @@ def test_a_transaction_cut_in_two_is_torn_not_a_discrepancy():
     events, accepted, published = s.topics(cut)
     report = reconcile(events, accepted, published, in_flight=frozenset({s.certificate_id}))
     assert any("> budget" in p for p in report.problems), report.problems
-    torn = torn_certificates([encode(x) for x in clawbacks], [], [])
+    torn = torn_certificates([encode(x) for x in clawbacks], [], published)
     assert torn == {s.certificate_id}
     report = reconcile(events, accepted, published, torn=torn)
     assert report.ok and report.torn == report.in_flight == 1, report.problems
@@ -171,20 +171,30 @@ def test_a_transaction_cut_in_two_is_torn_not_a_discrepancy():
     assert reconcile(*s.topics()).ok
 
 
-def test_torn_certificates_are_those_of_any_record_beyond_a_cut():
-    s, other = lifecycle(), Recorded(certificate_id=CERT_2)
-    other.setup(price_minor=1_000, budget_minor=100, attached_minor=100, hold_s=0,
-                acquisition=c.AcquisitionPolicy(amount=c.FixedAmount(amount_minor=10)))
-    events, accepted, _ = other.topics()
-    assert torn_certificates([encode(s.settlements[0])], [], []) == {s.certificate_id}
-    assert torn_certificates([], events[-1:], []) == {CERT_2}
-    assert torn_certificates([], [], accepted[:1]) == {CERT_2}
-    assert torn_certificates([], [], []) == frozenset()
+def test_torn_certificates_have_settlements_in_the_cut_from_a_command_beyond_it():
+    s = released(lifecycle())
+    events, _, published = s.topics()
+    last = max(_seq(x) for x in published)
+    # new traffic beyond the cut (a later command's records) tears nothing
+    later = [msgspec.structs.replace(x, seq=last + 1) for x in s.events
+             if isinstance(x, EVENTS)][-1:]
+    assert later and torn_certificates([], [encode(x) for x in later],
+                                       published) == frozenset()
+    # records beyond the cut of a command whose settlements are (partly) in the cut do
+    assert torn_certificates(published[-1:], [], published[:-1]) == {s.certificate_id}
+    lagging = [x for x in events if _seq(x) == last]
+    assert lagging and torn_certificates([], lagging, published) == {s.certificate_id}
+    assert torn_certificates([], [], published) == frozenset()
     # what a torn certificate hides is only its own: a forged payout of a held
     # purchase on another certificate is still found
-    forged = CommissionPayout(settlement_id="f" * 32, certificate_id=s.certificate_id,
-                              command_id=s.settlements[0].command_id, seq=1, at_ms=0,
+    held = lifecycle()
+    forged = CommissionPayout(settlement_id="f" * 32, certificate_id=held.certificate_id,
+                              command_id=held.settlements[0].command_id, seq=1, at_ms=0,
                               funding_ref="escrow-1", currency="USD", amount_minor=1,
                               payee_id="a")
-    report = reconcile(*s.topics(s.settlements + [forged]), torn=frozenset({CERT_2}))
+    report = reconcile(*held.topics(held.settlements + [forged]), torn=frozenset({CERT_2}))
     assert any("payable while held" in p for p in report.problems)
+
+
+def _seq(raw: bytes) -> int:
+    return msgspec.json.decode(raw)["seq"]
