@@ -92,7 +92,8 @@ def test_make_run_shows_the_system_working_and_stops_cleanly(tmp_path):
     settled = [int(n) for n in re.findall(r"settlements\s+(\d+)", out.stdout)]
     assert settled and settled[-1] > 0, out.stdout[-2000:]
     assert re.search(r"audit OK: \d+ certificates, [1-9]\d* settlements "
-                     r"\(\d+ awaiting a payment result, \d+ certificates in flight\), "
+                     r"\(\d+ awaiting a payment result, \d+ certificates in flight, "
+                     r"\d+ of them torn\), "
                      r"0 discrepancies",
                      out.stdout), out.stdout[-2000:]
     # the read model's trail (its bucket bounds; the figure itself: make bench)
