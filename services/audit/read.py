@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaTimeoutError
 
 from domain import CertificateState
 from services.common.rows import assemble
@@ -43,7 +44,20 @@ def _read_range(bootstrap: str, topic: str, isolation: str, timeout_s: float,
                 auth: KafkaAuth, start: dict[int, int] | None = None
                 ) -> tuple[list[ConsumerRecord], dict[int, int]]:
     """The records from ``start`` (default: the beginning) to the end offsets taken
-    once the consumer is positioned, never past them, and those end offsets."""
+    once the consumer is positioned, never past them, and those end offsets.
+
+    Tried a second time with a new consumer when the brokers do not answer for the
+    offsets in time: after brokers of a cluster restarted, a client can keep a dead
+    connection for the whole request timeout (seen in the short-replicas test)."""
+    try:
+        return _read_range_once(bootstrap, topic, isolation, timeout_s, auth, start)
+    except KafkaTimeoutError:
+        return _read_range_once(bootstrap, topic, isolation, timeout_s, auth, start)
+
+
+def _read_range_once(bootstrap: str, topic: str, isolation: str, timeout_s: float,
+                     auth: KafkaAuth, start: dict[int, int] | None
+                     ) -> tuple[list[ConsumerRecord], dict[int, int]]:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                              isolation_level=isolation, group_id=None,
                              **auth.kafka_python())
