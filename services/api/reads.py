@@ -6,7 +6,6 @@ import json
 import re
 import time
 
-import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 
@@ -16,7 +15,6 @@ from services.readmodel import statecopy
 from services.readmodel.projection import NO_DEADLINE, Keys
 
 MAX_PAGE_SIZE = 100
-decode_state = msgspec.msgpack.Decoder(CertificateState).decode
 
 
 # schemas.types.Id
