@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from domain import review
+from domain import payments, review
 from domain.recorder import Recorder
 from domain.state import CertificateState, Pool
 from schemas.events import AccountAmount, CertificateEnded, HoldReleased, PurchaseRefunded
@@ -174,7 +174,7 @@ def refund(state: CertificateState, pool: Pool | None, amount: int,
                     rec.settle(Clawback, payee_id=account_id, amount_minor=less,
                                funding_ref=pool.funding_ref, currency=state.currency,
                                refund_ref=refund_ref, of_kind="commission_payout",
-                               against_parked=_parked_payout(state, account_id))
+                               **_against(state, account_id, CommissionPayout))
             released += less
         pool.held_minor -= voided_now
         pool.voided_minor += voided_now
@@ -190,7 +190,8 @@ def refund(state: CertificateState, pool: Pool | None, amount: int,
         clawed.append(AccountAmount(account_id=state.seller_id, amount_minor=amount))
         rec.settle(Clawback, payee_id=state.seller_id, amount_minor=amount,
                    funding_ref=state.payment_ref, currency=state.currency,
-                   refund_ref=refund_ref, of_kind="seller_payment")
+                   refund_ref=refund_ref, of_kind="seller_payment",
+                   **_against(state, state.seller_id, SellerPayment))
     rec.settle(BuyerRefund, payee_id=state.buyer_id, amount_minor=amount,
                funding_ref=state.payment_ref, currency=state.currency,
                payment_ref=state.payment_ref, refund_ref=refund_ref)
@@ -205,15 +206,20 @@ def refund(state: CertificateState, pool: Pool | None, amount: int,
               commission_locked=not counts)
 
 
-def _parked_payout(state: CertificateState, account_id: str) -> str | None:
-    """The settlement id of ``account_id``'s commission payout on this certificate if
-    it failed every attempt (parked: never paid), else None."""
-    for sid, track in state.payments.items():
-        s = track.settlement
-        if (track.status == "parked" and isinstance(s, CommissionPayout)
-                and s.payee_id == account_id):
-            return sid
-    return None
+def _against(state: CertificateState, account_id: str, kind: type) -> dict[str, str]:
+    """What a clawback from ``account_id`` is against, when not simply a debt: its
+    payout of ``kind`` on this certificate if that was never paid (failed every
+    attempt: ``against_parked``, the debit comes off it), or sent and not reported
+    yet (``cancels``: the payment system is asked to cancel it; marked here so that
+    its result decides, domain/payments.py)."""
+    parked = payments.awaiting_payout(state, account_id, kind, "parked")
+    if parked is not None:
+        return {"against_parked": parked.settlement.settlement_id}
+    sent = payments.awaiting_payout(state, account_id, kind, "awaiting")
+    if sent is not None:
+        sent.cancel_requested = True
+        return {"cancels": sent.settlement.settlement_id}
+    return {}
 
 
 def end(state: CertificateState, reason: Literal["cancelled", "closed"], rec: Recorder) -> None:

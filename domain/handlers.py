@@ -493,6 +493,12 @@ def _report_payment(state: CertificateState, c: ReportPayment, ctx: _Context) ->
     if entry.status == "parked":
         raise Refusal(Reason.PAYMENT_PARKED, "the settlement failed its last attempt and is "
                       "parked for an operator")
+    if entry.status == "cancelled":
+        raise Refusal(Reason.PAYMENT_CANCELLED, "the payout was cancelled at the engine's "
+                      "request and sent again as another settlement")
+    if c.result == "cancelled" and not entry.cancel_requested:
+        raise Refusal(Reason.NOT_CANCELLING, "no chargeback asked to cancel this settlement: "
+                      "report it settled or failed")
     if c.attempt != entry.attempt:
         raise Refusal(Reason.STALE_ATTEMPT, f"the current attempt is {entry.attempt}")
     rec = Recorder(state, c.command_id, ctx.now)

@@ -23,6 +23,11 @@ Rules, and why:
   parked after its last failure keeps it: the operator who settles it by hand pays
   what the settlement says.
 * A balance in one currency is never offset against a payout in another.
+* A payout a chargeback cancelled before the payment system executed it (the
+  ``clawback`` said ``cancels``) comes back as a new payout (``reissue_of``) of the
+  same gross: the cancelled one's offset is given back to the balance first, and the
+  new one is netted afresh, so the chargeback's debit is recovered from it (unless a
+  payout netted meanwhile recovered it already).
 
 Per ledger and currency, always: clawed_back = outstanding + recovered.
 
@@ -80,6 +85,13 @@ def net(ledger: AccountLedger | None, s: Settlement) -> tuple[AccountLedger, Set
             _add(ledger.outstanding, s.currency, s.amount_minor)
             _add(ledger.clawed_back, s.currency, s.amount_minor)
     elif isinstance(s, NETTABLE):
+        if s.reissue_of in ledger.offsets and s.attempt == 1:
+            # the payout it replaces was cancelled, never paid: what it recovered was
+            # not recovered after all, and is owed again (taken from this one below)
+            ledger = _copy(ledger)
+            given_back = ledger.offsets.pop(s.reissue_of)
+            _add(ledger.outstanding, s.currency, given_back)
+            _add(ledger.recovered, s.currency, -given_back)
         if s.attempt == 1 and s.settlement_id not in ledger.offsets:
             offset = min(ledger.outstanding.get(s.currency, 0), s.amount_minor)
             if offset:

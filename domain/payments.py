@@ -7,6 +7,14 @@ Every settlement the engine publishes on ``payments`` waits for a result on
 * ``failed``: the same settlement (same ``settlement_id``) is published again with
   the next ``attempt``, up to MAX_ATTEMPTS attempts; after the last one fails it is
   *parked* for an operator (metric, alert) and nothing is published again.
+* ``cancelled``: only for a payout a chargeback asked to cancel while it awaited its
+  result (a ``clawback`` naming it in ``cancels``, domain/aftersale.py): it was not
+  executed. It is sent again as a new settlement (``reissue_of``, same payee, same
+  gross), from which the netting stage recovers the chargeback's debit first, so the
+  account gets what it is owed net of the chargeback, from this very payout. A
+  ``failed`` result for such a payout means the same (not executed) and is treated
+  the same: a retry would be the old payout again. ``settled`` means the cancel came
+  too late: the debit stands, recovered from the account's later payouts.
 
 A result names its settlement and attempt, and its command id is
 ``result:{settlement_id}:{attempt}``, so one attempt has one result: the same
@@ -22,6 +30,7 @@ from __future__ import annotations
 import msgspec
 
 from domain.recorder import Recorder
+from domain.settlement import settlement_id
 from domain.state import CertificateState, PaymentTrack
 from schemas.commands import ReportPayment
 from schemas.events import PaymentReported
@@ -47,6 +56,11 @@ def report(state: CertificateState, c: ReportPayment, entry: PaymentTrack,
     if c.result == "settled":
         entry.status = "settled"
         rec.event(PaymentReported, outcome="settled", **fields)
+    elif entry.cancel_requested:  # cancelled, or failed: not executed either way
+        entry.status = "cancelled"
+        again = reissue(s, rec)
+        rec.event(PaymentReported, outcome="cancelled", reissued_as=again.settlement_id,
+                  **fields)
     elif c.attempt < MAX_ATTEMPTS:
         entry.attempt = c.attempt + 1
         again = msgspec.structs.replace(s, attempt=entry.attempt)
@@ -56,3 +70,27 @@ def report(state: CertificateState, c: ReportPayment, entry: PaymentTrack,
     else:
         entry.status = "parked"
         rec.event(PaymentReported, outcome="parked", **fields)
+
+
+def reissue(s: Settlement, rec: Recorder) -> Settlement:
+    """``s`` (a payout) sent again as a new settlement of the same kind, payee and
+    gross, caused by ``rec``'s command; tracked from its first attempt (track())."""
+    kind = s.__struct_config__.tag
+    again = msgspec.structs.replace(
+        s, settlement_id=settlement_id(rec.certificate_id, kind, s.payee_id, rec.command_id),
+        command_id=rec.command_id, seq=rec.seq, at_ms=rec.at_ms, attempt=1,
+        reissue_of=s.settlement_id)
+    rec.settlements.append(again)
+    return again
+
+
+def awaiting_payout(state: CertificateState, payee_id: str, kind: type,
+                    status: str) -> PaymentTrack | None:
+    """The track of ``payee_id``'s payout of ``kind`` on this certificate (the last one:
+    a reissue replaces the payout it cancelled) if its status is ``status``."""
+    found = None
+    for track in state.payments.values():
+        s = track.settlement
+        if isinstance(s, kind) and s.payee_id == payee_id:
+            found = track
+    return found if found is not None and found.status == status else None

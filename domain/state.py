@@ -100,9 +100,11 @@ class PaymentTrack(msgspec.Struct, array_like=True):
     """One settlement, from its publication to the payment system's last result
     (the settlement as last published: to publish it again, and to say whose it is)."""
 
-    status: Literal["awaiting", "settled", "parked"]
+    status: Literal["awaiting", "settled", "parked", "cancelled"]
     attempt: int
     settlement: Settlement
+    # a chargeback asked the payment system to cancel this payout (still awaiting)
+    cancel_requested: bool = False
 
 
 class CertificateState(msgspec.Struct, kw_only=True, array_like=True):

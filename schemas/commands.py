@@ -320,11 +320,13 @@ class ReportPayment(_Command, tag="report_payment", kw_only=True):
     ``payment-results`` (a ``payments`` key). ``command_id`` is
     ``result:{settlement_id}:{attempt}``: one result per attempt; another body for
     the same attempt is refused (``duplicate_conflict``). ``failed`` is published
-    again as the next attempt, up to domain.payments.MAX_ATTEMPTS, then parked."""
+    again as the next attempt, up to domain.payments.MAX_ATTEMPTS, then parked.
+    ``cancelled``: a payout the engine asked to cancel (a ``clawback`` naming it in
+    ``cancels``) was not executed and will not be; only for such a payout."""
 
     settlement_id: Sha256Hex
     attempt: Count
-    result: Literal["settled", "failed"]
+    result: Literal["settled", "failed", "cancelled"]
     reason: ShortText | None = None
 
 

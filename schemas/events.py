@@ -214,7 +214,9 @@ class CertificateEnded(_Event, tag="certificate_ended", kw_only=True):
 
 class PaymentReported(_Event, tag="payment_reported", kw_only=True):
     """The payment system's result for a settlement: ``settled``; ``failed`` and
-    published again as ``next_attempt``; or ``parked`` (failed its last attempt)."""
+    published again as ``next_attempt``; ``parked`` (failed its last attempt); or
+    ``cancelled`` (a payout a chargeback asked to cancel, not executed: sent again as
+    ``reissued_as``)."""
 
     settlement_id: str
     settlement_kind: str  # the settlement's type, e.g. commission_payout
@@ -222,9 +224,11 @@ class PaymentReported(_Event, tag="payment_reported", kw_only=True):
     amount_minor: AmountMinor
     currency: Currency
     attempt: int
-    outcome: Literal["settled", "retried", "parked"]
+    outcome: Literal["settled", "retried", "parked", "cancelled"]
     reason: ShortText | None = None
     next_attempt: int | None = None
+    # cancelled at the engine's request (a chargeback): sent again as this settlement
+    reissued_as: str | None = None
 
 
 class CommissionDeclined(_Event, tag="commission_declined", kw_only=True):

@@ -46,6 +46,11 @@ class _Payout(_Settlement, kw_only=True):
     payee_id: Id
     gross_minor: AmountMinor | None = None  # what the certificate paid; None: no netting
     offset_minor: AmountMinor = 0  # recovered from the payee's outstanding clawbacks
+    # this payout replaces that one (same payee, same gross), which a chargeback asked
+    # the payment system to cancel and which it reported cancelled (or failed) before
+    # executing it: the same money sent once more, never twice (the one it replaces
+    # was not paid); its offset is taken afresh, the cancelled one's is given back
+    reissue_of: Sha256Hex | None = None
 
 
 class CommissionPayout(_Payout, tag="commission_payout", kw_only=True):
@@ -93,6 +98,12 @@ class Clawback(_Settlement, tag="clawback", kw_only=True):
     # it less this amount), not off the account's later payouts: an account never
     # owes back money it did not receive (netting records no debt for it)
     against_parked: Sha256Hex | None = None
+    # the account's payout on this certificate (this settlement id) was sent and had no
+    # result yet: the payment system is asked to CANCEL it if it has not executed it,
+    # and to report it ``cancelled``; the engine then sends it again (``reissue_of``)
+    # and this debit is recovered from it first. If it was executed (reported
+    # ``settled``), this is a debit like any other
+    cancels: Sha256Hex | None = None
 
 
 Settlement = Union[CommissionPayout, SellerPayment, BudgetRelease, BuyerRefund, Clawback]

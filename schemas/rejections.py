@@ -90,6 +90,8 @@ class Reason(str, enum.Enum):
     STALE_ATTEMPT = "stale_attempt"  # a result for another attempt than the current one
     PAYMENT_ALREADY_SETTLED = "payment_already_settled"
     PAYMENT_PARKED = "payment_parked"  # it failed every attempt; an operator decides
+    PAYMENT_CANCELLED = "payment_cancelled"  # cancelled at the engine's request, sent again
+    NOT_CANCELLING = "not_cancelling"  # "cancelled" for a payout no chargeback asked to cancel
     # a record no decision could be made on (an error while handling it)
     UNPROCESSABLE = "unprocessable"
     TOO_LARGE = "too_large"  # larger than any command: not passed on

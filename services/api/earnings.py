@@ -215,8 +215,13 @@ def gain_line(state: CertificateState, account: str, dates: dict[str, str],
         line.gross_minor = netted.gross_minor if netted else track.settlement.amount_minor
         if netted is not None:
             line.offset_minor, line.net_minor = netted.offset_minor, netted.net_minor
-        history.append((at("payable") or (netted.at_ms if netted else None),
-                        f"sent to the payment system: {_net_words(line, cur)}"))
+        if track.settlement.reissue_of is not None:
+            history.append((track.settlement.at_ms, "a chargeback came before the payment "
+                            "was made: it was cancelled and sent again, net of the "
+                            f"chargeback: {_net_words(line, cur)}"))
+        else:
+            history.append((at("payable") or (netted.at_ms if netted else None),
+                            f"sent to the payment system: {_net_words(line, cur)}"))
         if track.status == "settled":
             line.paid_ms = at("paid")
             history.append((line.paid_ms, f"paid, reference {sid}"))

@@ -10,7 +10,7 @@ Per certificate the audit checks the settlements as cash-out made them (gross, t
   ``settlements``; all of them when the pipeline is stopped) is on ``payments``;
 * and, without the core's help: every payout pays its gross less its offset, and no
   account had more offset from its payouts than was clawed back from it, per
-  currency.
+  currency (a payout cancelled and sent again counts with its reissue's offset only).
 """
 
 from __future__ import annotations
@@ -55,14 +55,14 @@ def check_netting(settlements: list[tuple[int, int, bytes]], payments: list[byte
         if isinstance(s, Clawback) and s.attempt == 1:
             clawed[(s.payee_id, s.currency)] += s.amount_minor
     offset: dict[tuple[str, str], int] = defaultdict(int)
-    for raw in got:
-        s = _decode(raw)
-        if not isinstance(s, NETTABLE):
-            continue
+    paid = [s for s in map(_decode, got) if isinstance(s, NETTABLE)]
+    # a cancelled payout's offset was given back when it was sent again
+    reissued = {s.reissue_of for s in paid if s.reissue_of is not None}
+    for s in paid:
         if s.gross_minor is None or s.amount_minor + s.offset_minor != s.gross_minor:
             problems.append(f"{s.certificate_id} {s.settlement_id}: pays {s.amount_minor} "
                             f"with offset {s.offset_minor} of gross {s.gross_minor}")
-        if s.attempt == 1:
+        if s.attempt == 1 and s.settlement_id not in reissued:
             offset[(s.payee_id, s.currency)] += s.offset_minor
     for (account, currency), taken in sorted(offset.items()):
         if taken > clawed[(account, currency)]:

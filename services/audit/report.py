@@ -82,7 +82,8 @@ class Certificate:
     settlements: dict[tuple[str, int], bytes] = field(default_factory=dict)
     first: dict[str, Settlement] = field(default_factory=dict)  # each id's attempt 1
     retried: set[tuple[str, int]] = field(default_factory=set)  # (id, next attempt)
-    done: set[str] = field(default_factory=set)  # settled or parked
+    done: set[str] = field(default_factory=set)  # settled, parked or cancelled
+    cancelled: set[str] = field(default_factory=set)  # cancelled by a chargeback: reissued
     payouts: dict[str, int] = field(default_factory=dict)
     released_minor: int = 0
     paid_out_minor: int = 0
@@ -151,6 +152,8 @@ def reconcile(events: list[bytes], accepted: list[bytes], settlements: list[byte
                 cert.retried.add((event.settlement_id, event.next_attempt))
             else:
                 cert.done.add(event.settlement_id)
+            if event.outcome == "cancelled":
+                cert.cancelled.add(event.settlement_id)
     for raw in accepted:
         record = _decode_accepted(raw)
         cert = certs[record.command.certificate_id]
@@ -184,6 +187,15 @@ def reconcile(events: list[bytes], accepted: list[bytes], settlements: list[byte
             report.problems.append(f"{where}: no accepted command {s.command_id} caused it")
         if isinstance(s, (Clawback, BuyerRefund)) and s.command_id not in cert.refunds:
             report.problems.append(f"{where}: a {type(s).__name__} without a refund")
+        if isinstance(s, (CommissionPayout, SellerPayment)) and s.reissue_of is not None:
+            # the same money as the payout it replaces, counted once: that one was
+            # cancelled (reported so) before it was executed
+            was = cert.first.get(s.reissue_of)
+            if (s.reissue_of not in cert.cancelled or was is None or type(was) is not type(s)
+                    or (was.payee_id, was.amount_minor) != (s.payee_id, s.amount_minor)):
+                report.problems.append(f"{where}: reissues {s.reissue_of}, which is not a "
+                                       "cancelled payout of the same payee and amount")
+            continue
         if isinstance(s, CommissionPayout):
             if s.payee_id in cert.payouts:
                 report.problems.append(f"{where}: {s.payee_id} paid twice")

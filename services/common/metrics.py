@@ -202,6 +202,9 @@ class Metrics:
                 flow(("replenished", x.currency, x.amount_minor))
             elif isinstance(x, PoolWithdrawn) and x.voided_minor:
                 flow(("voided", x.currency, x.voided_minor))
+            elif isinstance(x, (CommissionPayout, SellerPayment)) and x.reissue_of:
+                # a payout a chargeback cancelled, sent again: counted once, as it was
+                flow(("reissued", x.currency, x.amount_minor))
             elif isinstance(x, CommissionPayout):
                 flow(("paid_out", x.currency, x.amount_minor))
             elif isinstance(x, BudgetRelease):
@@ -218,9 +221,10 @@ class Metrics:
             elif isinstance(x, HoldReleased):
                 flow(("hold_released", x.currency, x.paid_out_minor + x.seller_paid_minor))
             elif isinstance(x, PaymentReported) and x.outcome != "settled":
-                # a failed attempt (retried), or the last one (parked for an operator)
-                flow(("failed_parked" if x.outcome == "parked" else "failed_retried",
-                      x.currency, x.amount_minor))
+                # a failed attempt (retried), the last one (parked for an operator), or
+                # a payout cancelled at a chargeback's request (sent again)
+                flow(({"parked": "failed_parked", "cancelled": "cancelled"}.get(
+                    x.outcome, "failed_retried"), x.currency, x.amount_minor))
 
     def _child(self, counter: Counter, *labels: str) -> Counter:
         # bound children by label values: labels() costs ~1.8 us a call

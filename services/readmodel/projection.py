@@ -292,8 +292,9 @@ def project(k: Keys, state: CertificateState, events: list[Event],
                                   v.amount_minor))
                 _dated(w, k, v.account_id, cid, "voided", e.at_ms)
         elif isinstance(e, PaymentReported) and e.settlement_kind == "commission_payout" and (
-                e.outcome != "retried"):
-            # payable until the payment system says: settled (paid) or parked (failed)
+                e.outcome not in ("retried", "cancelled")):
+            # payable until the payment system says: settled (paid) or parked (failed);
+            # a payout cancelled by a chargeback is sent again, payable still
             done = "paid" if e.outcome == "settled" else "failed"
             w.hincrby.append((k.earnings(e.payee_id), f"{e.currency}:payable", -e.amount_minor))
             w.hincrby.append((k.earnings(e.payee_id), f"{e.currency}:{done}", e.amount_minor))

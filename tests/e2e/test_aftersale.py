@@ -2,8 +2,8 @@
 ends, refunds within and after the hold, a seller's cancellation, a pool that closes
 by time, and the payment system's results arriving on ``payment-results`` (a payout
 that fails twice and then settles, a seller payment that fails every attempt and is
-parked). Every amount is worked out by hand: budget 1,000 of which 300 attached,
-100 to each sharer, price 10,000."""
+parked, a chargeback that cancels a payout not executed yet). Every amount is worked
+out by hand: budget 1,000 of which 300 attached, 100 to each sharer, price 10,000."""
 
 from __future__ import annotations
 
@@ -191,6 +191,46 @@ def test_holds_refunds_ends_and_payment_results_on_the_pipeline(pipeline):
     assert sorted((e.certificate_id, e.reason) for e in events
                   if isinstance(e, CertificateEnded)) == sorted(
         [(cancelled, "cancelled"), (closing, "closed")])
+
+    # a chargeback while the payouts await their results (issue #24): each clawback
+    # asks the payment system to cancel the payout it names; cyd's is reported
+    # cancelled and sent again, netted: 100 gross less the 50 charged back, from that
+    # very payout; the seller's had gone out (settled): its 5,000 stays a debt
+    sent = cert_id("sent")
+    pipeline.send(*setup(sent, t, price_minor=10_000, budget_minor=1_000, attached_minor=300,
+                         hold_s=0, acquisition=c.AcquisitionPolicy(
+                             amount=c.FixedAmount(amount_minor=100))),
+                  c.Circulate(command_id=f"{sent}-s1", certificate_id=sent, at_ms=t,
+                              account_id="cyd"),
+                  buy(sent, t), refund(sent, t, 1, 5_000, "payment_system", "4837"))
+    got = settlements_until(pipeline, lambda got: any(
+        isinstance(s, Clawback) and s.certificate_id == sent for s in got))
+    first = {type(s): s for s in got if s.certificate_id == sent
+             and isinstance(s, (CommissionPayout, SellerPayment))}
+    claws = {s.of_kind: s for s in got if isinstance(s, Clawback) and s.certificate_id == sent}
+    assert claws["commission_payout"].cancels == first[CommissionPayout].settlement_id
+    assert claws["seller_payment"].cancels == first[SellerPayment].settlement_id
+    report(pipeline, first[CommissionPayout], 1, "cancelled")
+    report(pipeline, first[SellerPayment], 1, "settled")
+    got = settlements_until(pipeline, lambda got: any(
+        s.certificate_id == sent and getattr(s, "reissue_of", None) for s in got))
+    again = [s for s in got if s.certificate_id == sent and getattr(s, "reissue_of", None)]
+    assert [(type(s), s.payee_id, s.gross_minor, s.offset_minor, s.amount_minor, s.reissue_of)
+            for s in again] == [(CommissionPayout, "cyd", 100, 50, 50,
+                                 first[CommissionPayout].settlement_id)]
+    report(pipeline, again[0], 1, "settled")
+    deadline = time.monotonic() + 60
+    while True:
+        outcomes = {(e.settlement_id, e.outcome) for e in map(
+            decode_event, pipeline.read(pipeline.topics.certificate_events))
+            if isinstance(e, PaymentReported) and e.certificate_id == sent}
+        if len(outcomes) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert outcomes == {(first[CommissionPayout].settlement_id, "cancelled"),
+                        (first[SellerPayment].settlement_id, "settled"),
+                        (again[0].settlement_id, "settled")}
+
     report_ = pipeline.audit()
     assert report_.ok, report_.problems
     pipeline.assert_running()

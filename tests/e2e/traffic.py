@@ -214,17 +214,32 @@ def with_reviews(commands: list[c.Command], rng: random.Random) -> list[c.Comman
 def with_payment_results(commands: list[c.Command], rng: random.Random) -> list[c.Command]:
     """Insert the payment system's results: each settlement the core publishes gets
     one (settled, or now and then failed: then its next attempt gets one too) a few
-    commands later, as the payment system would send them."""
+    commands later, as the payment system would send them; a payout a chargeback asks
+    to cancel is often reported cancelled (then its reissue gets a result too)."""
+
+    attempts: dict[str, int] = {}  # each settlement's latest attempt
+
+    def result(command: c.Command, sid: str, outcome: str) -> c.ReportPayment:
+        return c.ReportPayment(
+            command_id=f"result:{sid}:{attempts[sid]}", certificate_id=command.certificate_id,
+            at_ms=command.at_ms, settlement_id=sid, attempt=attempts[sid], result=outcome,
+            reason=None if outcome == "settled" else "declined")
 
     def react(command: c.Command, outcome: Accepted, at: int) -> list[tuple[int, c.Command]]:
         out: list[tuple[int, c.Command]] = []
         for settlement in outcome.settlements:
-            result = "failed" if rng.random() < 0.2 else "settled"
-            out.append((at + rng.randrange(1, 40), c.ReportPayment(
-                command_id=f"result:{settlement.settlement_id}:{settlement.attempt}",
-                certificate_id=command.certificate_id, at_ms=command.at_ms,
-                settlement_id=settlement.settlement_id, attempt=settlement.attempt,
-                result=result, reason=None if result == "settled" else "declined")))
+            sid = settlement.settlement_id
+            attempts[sid] = settlement.attempt
+            said = "failed" if rng.random() < 0.2 else "settled"
+            # most results come soon, some much later (a chargeback may come first)
+            later = rng.randrange(1, 40) if rng.random() < 0.7 else rng.randrange(40, 800)
+            out.append((at + later, result(command, sid, said)))
+            cancels = getattr(settlement, "cancels", None)
+            if cancels is not None and rng.random() < 0.7:
+                # a chargeback asks to cancel a payout still awaiting its result: the
+                # payment system says cancelled if this comes before its other answer
+                # (else it is refused as a second, different result)
+                out.append((at + 1, result(command, cancels, "cancelled")))
         return out
 
     return _replay(commands, react)

@@ -59,19 +59,43 @@ def released(s: Recorded) -> Recorded:
 
 def test_a_whole_lifecycle_reconciles():
     s = released(lifecycle())
-    # a chargeback after the hold: clawbacks as well as the buyer's refund
-    s.must(c.Refund, by="payment_system", amount_minor=2_500, refund_ref="r1",
-           chargeback_reason="4837")
     payout = next(x for x in s.settlements if isinstance(x, CommissionPayout))
     s.must(c.ReportPayment, command_id=f"result:{payout.settlement_id}:1",
            settlement_id=payout.settlement_id, attempt=1, result="failed")
     s.must(c.ReportPayment, command_id=f"result:{payout.settlement_id}:2",
            settlement_id=payout.settlement_id, attempt=2, result="settled")
+    # a chargeback after the hold: clawbacks as well as the buyer's refund
+    s.must(c.Refund, by="payment_system", amount_minor=2_500, refund_ref="r1",
+           chargeback_reason="4837")
     report = reconcile(*s.topics(), now_ms=s.now_ms, results_within_ms=10**9)
     assert report.ok, report.problems
     # a's payout settled; b's payout, the seller's payment, releases, clawbacks and the
     # buyer's refund still wait for their result
     assert report.awaiting_results == len({x.settlement_id for x in s.settlements}) - 1
+
+
+def test_a_payout_cancelled_by_a_chargeback_and_sent_again_counts_once():
+    s = released(lifecycle())
+    # a chargeback while every payout awaits its result: each is asked to be cancelled
+    s.must(c.Refund, by="payment_system", amount_minor=2_500, refund_ref="r1",
+           chargeback_reason="4837")
+    payout = next(x for x in s.settlements if isinstance(x, CommissionPayout))
+    s.must(c.ReportPayment, command_id=f"result:{payout.settlement_id}:1",
+           settlement_id=payout.settlement_id, attempt=1, result="cancelled")
+    again = s.settlements[-1]
+    assert isinstance(again, CommissionPayout) and again.reissue_of == payout.settlement_id
+    report = reconcile(*s.topics(), now_ms=s.now_ms, results_within_ms=10**9)
+    assert report.ok, report.problems
+    # a reissue of a payout nobody cancelled is the same money twice: found
+    other = next(x for x in s.settlements if isinstance(x, CommissionPayout)
+                 and x.payee_id != payout.payee_id)
+    forged = msgspec.structs.replace(again, settlement_id="e" * 32, payee_id=other.payee_id,
+                                     amount_minor=other.amount_minor,
+                                     reissue_of=other.settlement_id)
+    report = reconcile(*s.topics(s.settlements + [forged]))
+    assert [p for p in report.problems if "reissues" in p] == [
+        f"{s.certificate_id} {'e' * 32}: reissues {other.settlement_id}, which is not a "
+        "cancelled payout of the same payee and amount"]
 
 
 def test_a_settlement_with_no_result_in_time_is_reported():

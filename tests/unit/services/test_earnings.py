@@ -136,6 +136,31 @@ def test_a_payout_netted_against_an_earlier_clawback_shows_gross_offset_and_net(
     assert "net of any offset once the payment is sent" in bare.state
 
 
+def test_a_payout_a_chargeback_cancelled_shows_the_reissue_net_of_it():
+    """#24: ann's payout was sent, not made, when a chargeback of half the price came;
+    the payment system cancelled it and it went out again, net of the 50: the line
+    shows the reissue (its reference, gross 100, offset 50, net 50) and says why."""
+    book = Book()
+    cid, setup_cert = certificate("earn-cancel")
+    book.run(*setup_cert, share(cid, "ann", 1, T + 1_000), bought(cid, T + 2_000),
+             c.Refund(command_id=f"{cid}-cb", certificate_id=cid, at_ms=T + 3_000,
+                      by="payment_system", amount_minor=5_000, refund_ref="cb-1",
+                      chargeback_reason="fraudulent"))
+    sent = book.payout_of("ann", cid)
+    book.run(c.ReportPayment(command_id=f"result:{sent.settlement_id}:1", certificate_id=cid,
+                             at_ms=T + 4_000, settlement_id=sent.settlement_id, attempt=1,
+                             result="cancelled"))
+    [again] = [s for s in book.settlements if getattr(s, "reissue_of", None)]
+    line = book.line("ann", cid)
+    assert (line.payment_ref, line.payment, line.gross_minor, line.offset_minor,
+            line.net_minor, line.clawed_back_minor) == (again.settlement_id, "awaiting",
+                                                        100, 50, 50, 50)
+    assert ("a chargeback came before the payment was made: it was cancelled and sent "
+            "again, net of the chargeback: gross 1.00 EUR, offset 0.50 EUR, net 0.50 EUR"
+            ) in [what for _, what in line.history]
+    assert totals([line])["EUR"]["being_paid_minor"] == 100
+
+
 def test_totals_are_per_currency_and_add_up_the_lines():
     book, first, second = netted_book()
     usd, setup_usd = certificate("earn-usd", hold_s=600, currency="USD")
