@@ -28,7 +28,7 @@ a,p,li,h1{overflow-wrap:anywhere}.amount{white-space:nowrap}
 .chart{width:100%;max-width:600px;height:auto}
 small.ref{color:#555}.scroll td.state,.scroll td.counted,.scroll td.not-counted{white-space:normal;min-width:14rem}
 @media (max-width:600px){body{margin:.5rem}td,th{padding:.2rem;font-size:.85rem}
-table{display:block;overflow-x:auto;max-width:100%}}
+table{display:block;overflow-x:auto;max-width:100%}.scroll table{display:table}}
 """
 
 # Ticks every countdown on a page once a second: a span with class "countdown" and

@@ -139,7 +139,9 @@ def figures_table(figs: dict[str, Figures], names: dict[str, str], prefix: str) 
             top.append(f"<li class='top-sharer'>{esc(names.get(account, account))}: "
                        f"{shares} share{'s' if shares != 1 else ''}, {money(gain, cur)}</li>")
     tops = (f"<h3>Top sharers</h3><ol id='{prefix}-top'>{''.join(top)}</ol>" if top else "")
-    return (f"<div class='scroll'><table class='figures' id='{prefix}'><tr><th>Figure</th>"
+    # focusable: it may scroll on a phone and holds no link (as earnings' totals)
+    return (f"<div class='scroll' tabindex='0' role='region' aria-label='Program figures'>"
+            f"<table class='figures' id='{prefix}'><tr><th>Figure</th>"
             f"{head}</tr>{''.join(rows)}</table></div>{tops}")
 
 
@@ -192,11 +194,13 @@ class Console(Pages):
 
     # --- what was sent, and how it went ---------------------------------------------
 
-    async def _batch(self, owner: str, label: str, command_ids: list[str]) -> str:
+    async def _batch(self, owner: str, label: str, command_ids: list[str],
+                     offer_id: str) -> str:
         batch = secrets.token_hex(12)
         await self.reads.redis.set(f"{self.p}console-batch:{batch}",
                                    json.dumps({"owner": owner, "label": label,
-                                               "ids": command_ids}), ex=BATCH_TTL_S)
+                                               "ids": command_ids, "offer": offer_id}),
+                                   ex=BATCH_TTL_S)
         return batch
 
     async def _sent_batch(self, request: web.Request, me: str) -> dict | None:
@@ -218,7 +222,7 @@ class Console(Pages):
         return f"<p class='msg {kind}' id='outcome' role='status'>{esc(text)}</p>"
 
     async def _sent(self, me: str, label: str, command_ids: list[str], offer_id: str):
-        batch = await self._batch(me, label, command_ids)
+        batch = await self._batch(me, label, command_ids, offer_id)
         raise web.HTTPSeeOther(f"/page/console/offers/{offer_id}?sent={batch}")
 
     # --- the seller's console -------------------------------------------------------
@@ -447,53 +451,71 @@ class Console(Pages):
         back = f"/page/console/offers/{offer_id}"
         if identity is None:
             return self._refused(request, None, "Log in to see this offer.", back, 401)
-        name, states, refusal = await self._offer_seen(identity, offer_id)
+        html, name, _, refusal = await self._offer_view(request, identity, offer_id)
         if refusal is not None:
             return self._refused(request, identity, *refusal)
-        named = states[0].funder_id
-        cur = states[0].currency
-        who = named or states[0].seller_id
-        funder_name = (await self._names(request, who))[who]
-        facts = (f"<h1>{esc(name)}</h1><p id='offer-facts'>{len(states)} "
-                 f"cop{'y' if len(states) == 1 else 'ies'} at "
-                 f"{money(states[0].price_minor, cur)} · funder: {esc(funder_name)}"
-                 f"{'' if named else ' (the seller)'}</p>")
-        html = await self._offer_body(request, identity, offer_id, states)
         params = {k: request.query.get(k, "") for k in ("sent", "escrow")}
-        return self._page(request, identity, name, facts + live.block(
+        return self._page(request, identity, name, live.block(
             f"/page/console/offers/{offer_id}/live", html, params), back)
 
     async def offer_live(self, request: web.Request) -> web.StreamResponse:
         """An offer's page's live part as Server-Sent Events, to its seller and its
-        funder only."""
+        funder only (or, while it is being created, to the seller who sent it)."""
         identity = await self._who(request)
         offer_id = request.match_info["offer"]
         if identity is None:
             raise Problem(401, "unauthenticated", "log in to see this offer")
-        _, states, refusal = await self._offer_seen(identity, offer_id)
+        _, _, cids, refusal = await self._offer_view(request, identity, offer_id)
         if refusal is not None:
             raise Problem(refusal[2], "not_shown", refusal[0])
         me = identity.account_id
-        probes = (await self._batch_probes(request, me)
-                  + self._copy_probes([s.certificate_id for s in states]))
+        fixed = await self._batch_probes(request, me) + [(self.reads.keys.offer(offer_id),
+                                                          "copies")]
+        probes = fixed + self._copy_probes(cids)
 
         async def body() -> str | None:
             who = request.get("page_identity")
             if who is None:
                 return None
-            _, now, refusal = await self._offer_seen(who, offer_id)
-            return None if refusal else await self._offer_body(request, who, offer_id, now)
+            html, _, shown, refusal = await self._offer_view(request, who, offer_id)
+            probes[:] = fixed + self._copy_probes(shown)  # its copies once indexed
+            return None if refusal else html
 
         return await self._follow(request, me, probes, body, LIVE_EVERY_S)
 
+    async def _offer_view(self, request: web.Request, identity: Identity, offer_id: str
+                          ) -> tuple[str, str, list[str], tuple[str, str, int] | None]:
+        """(the offer page's live part, its title, the ids of the copies shown, None),
+        or ("", "", [], a refusal: why, where back, status). Just created (the
+        visitor's own ``?sent=`` batch for it) and not in the read model yet: the
+        outcome so far, and the offer once it is there."""
+        name, states, refusal = await self._offer_seen(identity, offer_id)
+        if refusal is not None:
+            batch = await self._sent_batch(request, identity.account_id)
+            if refusal[2] != 404 or batch is None or batch.get("offer") != offer_id:
+                return "", "", [], refusal
+            html = ("<h1>Your new offer</h1>" + await self._outcome(request, identity.account_id)
+                    + "<p id='offer-waiting' role='status'>The offer shows here as soon as the "
+                    "platform has applied it (this page updates itself).</p>")
+            return html, "Your new offer", [], None
+        html = await self._offer_body(request, identity, offer_id, name, states)
+        return html, name, [s.certificate_id for s in states], None
+
     async def _offer_body(self, request: web.Request, identity: Identity, offer_id: str,
-                          states: list[CertificateState]) -> str:
-        """An offer's page's live part: outcome, funding, copies and their actions,
-        the pool form, review, figures."""
+                          name: str, states: list[CertificateState]) -> str:
+        """An offer's page's live part: its facts, outcome, funding, copies and their
+        actions, the pool form, review, figures."""
         me = identity.account_id
         seller = offer_owner(offer_id) == me
         named = states[0].funder_id
-        parts = [await self._outcome(request, me),
+        cur = states[0].currency
+        who = named or states[0].seller_id
+        funder_name = (await self._names(request, who))[who]
+        parts = [f"<h1>{esc(name)}</h1><p id='offer-facts'>{len(states)} "
+                 f"cop{'y' if len(states) == 1 else 'ies'} at "
+                 f"{money(states[0].price_minor, cur)} · funder: {esc(funder_name)}"
+                 f"{'' if named else ' (the seller)'}</p>",
+                 await self._outcome(request, me),
                  await self._escrow_state(request, me, offer_id, states)]
         csrf = self._csrf_field(request)
         parts.append(self._copies(states, csrf, seller))
