@@ -28,7 +28,7 @@ a,p,li,h1{overflow-wrap:anywhere}.amount{white-space:nowrap}
 .chart{width:100%;max-width:600px;height:auto}
 small.ref{color:#555}.scroll td.state,.scroll td.counted,.scroll td.not-counted{white-space:normal;min-width:14rem}
 @media (max-width:600px){body{margin:.5rem}td,th{padding:.2rem;font-size:.85rem}
-table{display:block;overflow-x:auto;max-width:100%}}
+table{display:block;overflow-x:auto;max-width:100%}.scroll table{display:table}}
 """
 
 # Ticks every countdown on a page once a second: a span with class "countdown" and
@@ -36,9 +36,12 @@ table{display:block;overflow-x:auto;max-width:100%}}
 # (the platform's timer has to act first) and a page without live updates reloads once
 # a few seconds later. The share link's Copy button. Live pages (services/api/live.py):
 # an element with data-live="<URL>" takes each "update" event's HTML from that stream.
+# An update waits while the visitor types in a field of the live part (it would wipe
+# what is typed) and comes in when the focus leaves the live part.
 # Dates: a <time datetime="...Z"> (services/api/earnings.py when_html) is rewritten to
 # the visitor's own time zone, named ("2026-12-21 13:30 (Asia/Tokyo)"), the UTC
-# instant kept as its title; without script it reads in UTC.
+# instant kept as its title; an SVG <text data-datetime="...Z"> (the console's chart,
+# services/api/program.py) the same way; without script they read in UTC.
 SCRIPT = """function tick(){const now=Date.now();for(const el of document.querySelectorAll('.countdown')){
 let s=Math.floor((Number(el.dataset.deadline)-now)/1000);
 if(s<=0){if(el.textContent!=='closing\u2026'){el.textContent='closing\u2026';
@@ -49,15 +52,20 @@ const m=Math.floor(s/60);s-=m*60;
 el.textContent=(d?d+' d ':'')+(d||h?h+' h ':'')+(d||h||m?m+' min ':'')+s+' s';}}
 function localTimes(){const zone=Intl.DateTimeFormat().resolvedOptions().timeZone;
 const p=n=>String(n).padStart(2,'0');
-for(const t of document.querySelectorAll('time[datetime]')){const d=new Date(t.getAttribute('datetime'));
+for(const t of document.querySelectorAll('time[datetime],text[data-datetime]')){
+const d=new Date(t.getAttribute('datetime')||t.dataset.datetime);
 if(isNaN(d)||t.dataset.local)continue;t.title=t.textContent;t.dataset.local='1';
 t.textContent=d.getFullYear()+'-'+p(d.getMonth()+1)+'-'+p(d.getDate())+' '+p(d.getHours())+':'+p(d.getMinutes())+' ('+zone+')';}}
 const live=document.querySelector('[data-live]');
 localTimes();tick();setInterval(tick,1000);
 document.addEventListener('click',e=>{if(e.target&&e.target.id==='copy'){
 navigator.clipboard.writeText(document.getElementById('share').value);}});
-if(live&&window.EventSource){const es=new EventSource(live.dataset.live);
-es.addEventListener('update',e=>{live.innerHTML=e.data;localTimes();tick();});
+if(live&&window.EventSource){const es=new EventSource(live.dataset.live);let held=null;
+const put=h=>{live.innerHTML=h;localTimes();tick();};
+es.addEventListener('update',e=>{const a=document.activeElement;
+if(a&&a!==live&&live.contains(a)&&a.matches('input,select,textarea'))held=e.data;else put(e.data);});
+live.addEventListener('focusout',e=>{if(held!==null&&!(e.relatedTarget&&live.contains(e.relatedTarget))){
+const h=held;held=null;put(h);}});
 es.addEventListener('gone',()=>es.close());}
 """
 

@@ -22,10 +22,18 @@ and is not funded yet, with each pool's budget read from the engine's state (not
 the browser), and sends the browser to the payment system's page. The payment system
 reports each hold to the pipeline signed with its own key; the page shows the funding
 as waiting until the pipeline has applied that confirmation.
+
+**Live.** The console and an offer's page update themselves (services/api/live.py,
+issue #27.4): their changing part (outcome, copies, funding, review, figures, chart)
+is re-rendered when the ``seq`` of one of their copies changes (at most LIVE_COPIES
+copies watched, the newest offers first), when a new offer is indexed, or when a
+command the visitor sent is applied; at most one render a second (a render reads
+every copy's state). The create form is not part of it (nothing typed is lost).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -37,7 +45,7 @@ from aiohttp import web
 from domain import CertificateState
 from domain.offer import certificate_id_for, issue_offer, offer_id_for, offer_owner
 from schemas import commands as c
-from services.api import program
+from services.api import live, program
 from services.api.errors import Problem
 from services.api.gains import PHRASES, gain_of
 from services.api.guard import ID
@@ -60,6 +68,8 @@ DECLINE_REASONS = (("fraud", "fraud"), ("self_referral", "self-referral"),
 CURRENCIES = ("EUR", "USD", "GBP", "CHF", "JPY")
 REVIEWABLE = ("pending", "held", "flagged", "kept_back")
 ACTIONS = ("post", "cancel", "refund", "decline", "approve")
+LIVE_COPIES = 500  # copies whose changes a live console page watches
+LIVE_EVERY_S = 1.0  # at most one render of a live console page a second
 
 
 def decimal_text(amount_minor: int, currency: str) -> str:
@@ -67,6 +77,14 @@ def decimal_text(amount_minor: int, currency: str) -> str:
     digits = minor_digits(currency)
     whole, part = divmod(amount_minor, 10**digits)
     return f"{whole}.{part:0{digits}d}" if digits else str(whole)
+
+
+def refund_ref(state: CertificateState) -> str:
+    """The refund form's reference: one per copy and version of its state, so a page
+    and its live updates offer the same form (the same state: the same refund, sent
+    twice it is refunded once), and a refund after another gets a new one."""
+    digest = hashlib.sha256(f"{state.certificate_id}|{state.seq}".encode()).hexdigest()
+    return f"rf-{digest[:32]}"
 
 
 def statuses(states: list[CertificateState]) -> str:
@@ -121,7 +139,9 @@ def figures_table(figs: dict[str, Figures], names: dict[str, str], prefix: str) 
             top.append(f"<li class='top-sharer'>{esc(names.get(account, account))}: "
                        f"{shares} share{'s' if shares != 1 else ''}, {money(gain, cur)}</li>")
     tops = (f"<h3>Top sharers</h3><ol id='{prefix}-top'>{''.join(top)}</ol>" if top else "")
-    return (f"<div class='scroll'><table class='figures' id='{prefix}'><tr><th>Figure</th>"
+    # focusable: it may scroll on a phone and holds no link (as earnings' totals)
+    return (f"<div class='scroll' tabindex='0' role='region' aria-label='Program figures'>"
+            f"<table class='figures' id='{prefix}'><tr><th>Figure</th>"
             f"{head}</tr>{''.join(rows)}</table></div>{tops}")
 
 
@@ -174,27 +194,35 @@ class Console(Pages):
 
     # --- what was sent, and how it went ---------------------------------------------
 
-    async def _batch(self, owner: str, label: str, command_ids: list[str]) -> str:
+    async def _batch(self, owner: str, label: str, command_ids: list[str],
+                     offer_id: str) -> str:
         batch = secrets.token_hex(12)
         await self.reads.redis.set(f"{self.p}console-batch:{batch}",
                                    json.dumps({"owner": owner, "label": label,
-                                               "ids": command_ids}), ex=BATCH_TTL_S)
+                                               "ids": command_ids, "offer": offer_id}),
+                                   ex=BATCH_TTL_S)
         return batch
 
-    async def _outcome(self, request: web.Request, me: str) -> str:
+    async def _sent_batch(self, request: web.Request, me: str) -> dict | None:
+        """The page's ``?sent=`` batch when ``me`` sent it (only the account that sent
+        it sees it and its outcome), else None."""
         batch = request.query.get("sent", "")
         if not batch or len(batch) != 24 or not all(ch in "0123456789abcdef" for ch in batch):
-            return ""
+            return None
         raw = await self.reads.redis.get(f"{self.p}console-batch:{batch}")
         found = json.loads(raw) if raw else None
-        if not found or found["owner"] != me:  # only the account that sent it sees it
+        return found if found and found["owner"] == me else None
+
+    async def _outcome(self, request: web.Request, me: str) -> str:
+        found = await self._sent_batch(request, me)
+        if found is None:
             return ""
         outcomes = [await self.reads.command_outcome(i) for i in found["ids"]]
         kind, text = outcome_message(found["label"], outcomes)
         return f"<p class='msg {kind}' id='outcome' role='status'>{esc(text)}</p>"
 
     async def _sent(self, me: str, label: str, command_ids: list[str], offer_id: str):
-        batch = await self._batch(me, label, command_ids)
+        batch = await self._batch(me, label, command_ids, offer_id)
         raise web.HTTPSeeOther(f"/page/console/offers/{offer_id}?sent={batch}")
 
     # --- the seller's console -------------------------------------------------------
@@ -209,6 +237,15 @@ class Console(Pages):
             return self._refused(request, identity, "The console is for sellers: an operator "
                                  "grants the seller role.", "/", 403)
         me = identity.account_id
+        html, _ = await self._console_body(request, me)
+        body = ("<h1>Seller's console</h1>" + said
+                + live.block("/page/console/live", html, {"sent": request.query.get("sent", "")})
+                + self._create_form(request, form or {}))
+        return self._page(request, identity, "Seller's console", body, "/page/console", status)
+
+    async def _console_body(self, request: web.Request, me: str) -> tuple[str, list[str]]:
+        """The console's live part (the outcome, the offers, the figures) and the ids
+        of the copies it shows."""
         offers = await self._offers(self.reads.keys.seller_offers(me))
         rows = []
         every: list[CertificateState] = []
@@ -229,11 +266,40 @@ class Console(Pages):
                  "<th>Copies</th><th>Funded</th><th>Shares</th><th>Purchases</th>"
                  f"<th>Spent</th></tr>{''.join(rows)}</table></div>" if rows else
                  "<p id='no-offers'>No offers yet: create one below.</p>")
-        body = ("<h1>Seller's console</h1>" + said + await self._outcome(request, me)
+        html = (await self._outcome(request, me)
                 + f"<h2>Offers</h2>{table}{scope(len(offers), len(every))}"
-                + await self._figures(request, every, "overall", "/page/console/csv")
-                + self._create_form(request, form or {}))
-        return self._page(request, identity, "Seller's console", body, "/page/console", status)
+                + await self._figures(request, every, "overall", "/page/console/csv"))
+        return html, [s.certificate_id for s in every]
+
+    async def console_live(self, request: web.Request) -> web.StreamResponse:
+        """The console's live part as Server-Sent Events, to a seller only."""
+        identity = await self._who(request)
+        if identity is None or not identity.has(Role.SELLER):
+            raise Problem(403, "not_a_seller", "the console is for sellers")
+        me = identity.account_id
+        keys = self.reads.keys
+        fixed = [(keys.seller_offers(me), live.ZCARD)] + await self._batch_probes(request, me)
+        _, cids = await self._console_body(request, me)
+        probes = fixed + self._copy_probes(cids)
+
+        async def body() -> str | None:
+            who = request.get("page_identity")
+            if who is None or not who.has(Role.SELLER):
+                return None
+            html, shown = await self._console_body(request, me)
+            probes[:] = fixed + self._copy_probes(shown)  # a new offer: watched too
+            return html
+
+        return await self._follow(request, me, probes, body, LIVE_EVERY_S)
+
+    def _copy_probes(self, cids: list[str]) -> list:
+        return [(self.reads.keys.cert(cid), "seq") for cid in cids[:LIVE_COPIES]]
+
+    async def _batch_probes(self, request: web.Request, me: str) -> list:
+        """The outcomes of the commands ``me`` sent (the page's ``?sent=`` batch)."""
+        found = await self._sent_batch(request, me)
+        return [] if found is None else [(self.reads.keys.outcome(i), "status")
+                                         for i in found["ids"]]
 
     async def _figures(self, request: web.Request, states: list[CertificateState],
                        prefix: str, csv_url: str) -> str:
@@ -365,22 +431,83 @@ class Console(Pages):
 
     # --- one offer ----------------------------------------------------------------
 
+    async def _offer_seen(self, identity: Identity, offer_id: str) -> tuple[
+            str, list[CertificateState], tuple[str, str, int] | None]:
+        """(name, states, None) of an offer ``identity`` may see (its seller or its
+        funder), else ("", [], (why not, where to go back, status))."""
+        me = identity.account_id
+        name, states = await self._offer(offer_id) if ID.fullmatch(offer_id) else ("", [])
+        if not states:
+            return "", [], ("No such offer.", "/page/console", 404)
+        named = states[0].funder_id
+        funder = named == me or any(s.pool and s.pool.funder_id == me for s in states)
+        if not (offer_owner(offer_id) == me or funder):
+            return "", [], ("Only the offer's seller and its funder see it here.", "/", 403)
+        return name, states, None
+
     async def offer(self, request: web.Request) -> web.Response:
         identity = await self._who(request)
         offer_id = request.match_info["offer"]
         back = f"/page/console/offers/{offer_id}"
         if identity is None:
             return self._refused(request, None, "Log in to see this offer.", back, 401)
+        html, name, _, refusal = await self._offer_view(request, identity, offer_id)
+        if refusal is not None:
+            return self._refused(request, identity, *refusal)
+        params = {k: request.query.get(k, "") for k in ("sent", "escrow")}
+        return self._page(request, identity, name, live.block(
+            f"/page/console/offers/{offer_id}/live", html, params), back)
+
+    async def offer_live(self, request: web.Request) -> web.StreamResponse:
+        """An offer's page's live part as Server-Sent Events, to its seller and its
+        funder only (or, while it is being created, to the seller who sent it)."""
+        identity = await self._who(request)
+        offer_id = request.match_info["offer"]
+        if identity is None:
+            raise Problem(401, "unauthenticated", "log in to see this offer")
+        _, _, cids, refusal = await self._offer_view(request, identity, offer_id)
+        if refusal is not None:
+            raise Problem(refusal[2], "not_shown", refusal[0])
         me = identity.account_id
-        name, states = await self._offer(offer_id) if ID.fullmatch(offer_id) else ("", [])
-        if not states:
-            return self._refused(request, identity, "No such offer.", "/page/console", 404)
+        fixed = await self._batch_probes(request, me) + [(self.reads.keys.offer(offer_id),
+                                                          "copies")]
+        probes = fixed + self._copy_probes(cids)
+
+        async def body() -> str | None:
+            who = request.get("page_identity")
+            if who is None:
+                return None
+            html, _, shown, refusal = await self._offer_view(request, who, offer_id)
+            probes[:] = fixed + self._copy_probes(shown)  # its copies once indexed
+            return None if refusal else html
+
+        return await self._follow(request, me, probes, body, LIVE_EVERY_S)
+
+    async def _offer_view(self, request: web.Request, identity: Identity, offer_id: str
+                          ) -> tuple[str, str, list[str], tuple[str, str, int] | None]:
+        """(the offer page's live part, its title, the ids of the copies shown, None),
+        or ("", "", [], a refusal: why, where back, status). Just created (the
+        visitor's own ``?sent=`` batch for it) and not in the read model yet: the
+        outcome so far, and the offer once it is there."""
+        name, states, refusal = await self._offer_seen(identity, offer_id)
+        if refusal is not None:
+            batch = await self._sent_batch(request, identity.account_id)
+            if refusal[2] != 404 or batch is None or batch.get("offer") != offer_id:
+                return "", "", [], refusal
+            html = ("<h1>Your new offer</h1>" + await self._outcome(request, identity.account_id)
+                    + "<p id='offer-waiting' role='status'>The offer shows here as soon as the "
+                    "platform has applied it (this page updates itself).</p>")
+            return html, "Your new offer", [], None
+        html = await self._offer_body(request, identity, offer_id, name, states)
+        return html, name, [s.certificate_id for s in states], None
+
+    async def _offer_body(self, request: web.Request, identity: Identity, offer_id: str,
+                          name: str, states: list[CertificateState]) -> str:
+        """An offer's page's live part: its facts, outcome, funding, copies and their
+        actions, the pool form, review, figures."""
+        me = identity.account_id
         seller = offer_owner(offer_id) == me
         named = states[0].funder_id
-        funder = named == me or any(s.pool and s.pool.funder_id == me for s in states)
-        if not (seller or funder):
-            return self._refused(request, identity, "Only the offer's seller and its funder "
-                                 "see it here.", "/", 403)
         cur = states[0].currency
         who = named or states[0].seller_id
         funder_name = (await self._names(request, who))[who]
@@ -388,8 +515,8 @@ class Console(Pages):
                  f"cop{'y' if len(states) == 1 else 'ies'} at "
                  f"{money(states[0].price_minor, cur)} · funder: {esc(funder_name)}"
                  f"{'' if named else ' (the seller)'}</p>",
-                 await self._outcome(request, me), await self._escrow_state(request, me,
-                                                                            offer_id, states)]
+                 await self._outcome(request, me),
+                 await self._escrow_state(request, me, offer_id, states)]
         csrf = self._csrf_field(request)
         parts.append(self._copies(states, csrf, seller))
         parts.append(self._fund_form(offer_id, states, me, csrf))
@@ -403,7 +530,7 @@ class Console(Pages):
             parts.append(await self._review(request, identity, states, csrf))
         parts.append(await self._figures(request, states, "offer",
                                          f"/page/console/offers/{offer_id}/csv"))
-        return self._page(request, identity, name, "".join(parts), back)
+        return "".join(parts)
 
     @staticmethod
     def _pool_fields() -> str:
@@ -429,7 +556,7 @@ class Console(Pages):
             if seller and s.status == "purchased" and left > 0:
                 buttons.append(
                     f"<form class='inline' method='post' action='{act}/refund'>{csrf}"
-                    f"<input type='hidden' name='refund_ref' value='rf-{uuid.uuid4().hex}'>"
+                    f"<input type='hidden' name='refund_ref' value='{refund_ref(s)}'>"
                     f"<input name='amount' size=8 value='{decimal_text(left, s.currency)}' "
                     f"aria-label='amount to refund'><button class='refund'>Refund</button>"
                     "</form>")
@@ -467,8 +594,8 @@ class Console(Pages):
         back = opened is not None and request.query.get("escrow") == opened
         if opened:
             said = ("The payment system says the budget is held in escrow; the pools show as "
-                    "funded once the platform has applied its confirmation (reload in a "
-                    "moment)." if back else
+                    "funded once the platform has applied its confirmation (this page "
+                    "updates itself)." if back else
                     "A funding is open at the payment system: finish it there, or fund again.")
             return f"<p class='msg pending' id='funding-state' role='status'>{esc(said)}</p>"
         return ""
@@ -695,9 +822,11 @@ def routes(app: web.Application, reads: ReadApi) -> None:
         return await console.console(request)
 
     app.router.add_get("/page/console", banner(overview))
+    app.router.add_get("/page/console/live", console.console_live)
     app.router.add_get("/page/console/csv", console.csv)
     app.router.add_post("/page/console/offers", console.create)
     app.router.add_get("/page/console/offers/{offer}", banner(console.offer))
+    app.router.add_get("/page/console/offers/{offer}/live", console.offer_live)
     app.router.add_get("/page/console/offers/{offer}/csv", console.csv)
     app.router.add_post("/page/console/offers/{offer}/attach", console.attach)
     app.router.add_post("/page/console/offers/{offer}/fund", console.fund)

@@ -169,7 +169,10 @@ def totals_table(lines: list[GainLine]) -> str:
             f"<td class='{cls}'>{money(t[name], cur)}</td>"
             for name, (cls, _) in _TOTAL_HEADS.items()) + "</tr>"
         for cur, t in totals(lines).items())
-    return (f"<div class='scroll'><table id='totals'><tr><th>Currency</th>{heads}</tr>{rows}"
+    # a region that may scroll on a phone, with nothing focusable in it: focusable
+    # itself, so a keyboard can scroll it (axe: scrollable-region-focusable)
+    return (f"<div class='scroll' tabindex='0' role='region' aria-label='Totals per "
+            f"currency'><table id='totals'><tr><th>Currency</th>{heads}</tr>{rows}"
             "</table></div>")
 
 

@@ -17,7 +17,11 @@ one read of what changed (:meth:`LiveHub.shared`: one load per certificate versi
 whatever the number of watchers). A poll rather than a pub/sub channel: it needs
 nothing from the read model (which another issue is making faster) and works the
 same on one Redis and on a Redis Cluster; the price is up to 0.5 s more latency and
-one round trip every 0.5 s while anyone watches. Each stream ends after
+one round trip every 0.5 s while anyone watches. A probe reads a hash's field, the
+whole hash (a small one: an account's earnings counters), or only a size (``HLEN``
+of a hash that only grows, ``ZCARD`` of an index: a new entry is the change). A
+render may change the probes it is watched by (the console: a new offer's copies);
+a render may be spaced (``every_s``) when it is costly. Each stream ends after
 ``STREAM_MAX_S`` (the browser reconnects, and its session is checked again), sends a
 comment every ``HEARTBEAT_S`` (a gone browser is noticed, proxies keep it open), and
 at most ``MAX_STREAMS`` are open per process, ``MAX_STREAMS_PER_ADDRESS`` per client
@@ -50,6 +54,8 @@ MAX_STREAMS_PER_ADDRESS = 32  # one client cannot take every stream of a process
 MAX_SHARED = 10_000  # loads kept for sharing between watchers
 
 Probe = tuple[str, str | None]  # a hash's key and field (None: the whole hash)
+HLEN = "\x00hlen"  # as a probe's field: the hash's number of fields
+ZCARD = "\x00zcard"  # as a probe's field: the key is a sorted set, its size
 _UNSEEN = object()
 
 
@@ -124,6 +130,10 @@ class LiveHub:
             for key, field in probes:
                 if field is None:
                     p.hgetall(key)
+                elif field == HLEN:
+                    p.hlen(key)
+                elif field == ZCARD:
+                    p.zcard(key)
                 else:
                     p.hget(key, field)
             got = await p.execute()
@@ -174,11 +184,14 @@ def event(name: str, data: str) -> bytes:
 
 
 async def stream(request: web.Request, probes: list[Probe],
-                 render: Callable[[], Awaitable[str | None]]) -> web.StreamResponse:
+                 render: Callable[[], Awaitable[str | None]],
+                 every_s: float = 0.0) -> web.StreamResponse:
     """Sends ``render()`` as an ``update`` event now and after every change of one of
     ``probes`` (only when it shows something else than the last one, or than the page
     the browser has: the ``v`` its live block carries); render returning None ends
-    the stream with a ``gone`` event (the browser stops listening)."""
+    the stream with a ``gone`` event (the browser stops listening). ``render`` may
+    change the list ``probes`` in place: the stream then watches the new ones. At most
+    one render every ``every_s`` seconds (changes meanwhile make one render after)."""
     hub: LiveHub = request.app["live"]
     trust = request.get("trust")
     address = trust.client_address(request) if trust is not None else request.remote or ""
@@ -196,22 +209,32 @@ async def stream(request: web.Request, probes: list[Probe],
     ends = loop.time() + STREAM_MAX_S
     last = request.query.get("v")
     try:
-        with hub.watch(probes) as w:
-            await response.write(b"retry: 3000\n\n")
-            while loop.time() < ends and not w.closed:
-                w.changed.clear()
-                html = await render()
-                if html is None:
-                    await response.write(event("gone", ""))
-                    break
-                shown = fingerprint(html)
-                if shown != last:
-                    await response.write(event("update", html))
-                    last = shown
-                try:
-                    await asyncio.wait_for(w.changed.wait(), HEARTBEAT_S)
-                except TimeoutError:
-                    await response.write(b": ping\n\n")
+        await response.write(b"retry: 3000\n\n")
+        changed, gone = True, False
+        while changed and not gone:  # again after a render changed the probes
+            watched = list(probes)
+            changed = False
+            with hub.watch(watched) as w:
+                while loop.time() < ends and not w.closed:
+                    w.changed.clear()
+                    html = await render()
+                    if html is None:
+                        await response.write(event("gone", ""))
+                        gone = True
+                        break
+                    shown = fingerprint(html)
+                    if shown != last:
+                        await response.write(event("update", html))
+                        last = shown
+                    if probes != watched:
+                        changed = True
+                        break
+                    if every_s:
+                        await asyncio.sleep(every_s)
+                    try:
+                        await asyncio.wait_for(w.changed.wait(), HEARTBEAT_S)
+                    except TimeoutError:
+                        await response.write(b": ping\n\n")
     except (ConnectionResetError, ConnectionError):
         pass  # the browser went away
     finally:

@@ -55,6 +55,6 @@ def outcome_message(label: str, outcomes: list[dict[str, str]]) -> tuple[str, st
         done = (f" ({accepted} of {total} done)" if accepted else "")
         return "refused", f"{label}: refused: {why}{done}."
     if waiting:
-        return "pending", (f"{label}: sent; {accepted} of {total} applied so far (reload in a "
-                           "moment).")
+        return "pending", (f"{label}: sent; {accepted} of {total} applied so far (this page "
+                           "updates itself).")
     return "ok", f"{label}: done." if total == 1 else f"{label}: done ({total} of {total})."

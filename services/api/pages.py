@@ -62,6 +62,7 @@ from services.readmodel.projection import NO_DEADLINE
 SESSION_COOKIE = "session"
 LOGIN_NONCE_COOKIE = "login_nonce"
 SESSION_RECHECK_S = 60  # a live page's stream checks its session again this often
+LIVE_CERTIFICATES = 20  # an earnings page watches the seq of this many of its newest
 
 def duration(ms: int) -> str:
     """The same text as the browser's countdown, for the first paint."""
@@ -549,9 +550,52 @@ class Pages:
         name = request["page_identity"].display_name
         body = (f"<h1>{esc(name)}</h1><p><a id='account-settings' href='/page/me'>Your account: "
                 "password, export your data, erase your account</a></p>")
-        body += earnings_section(account, await self.earnings.lines(account))
-        body += await self._certificates_of(account)
+        body += live.block(f"/page/accounts/{account}/live", await self._account_body(account))
         return self._layout(request, account, me, body, f"/page/accounts/{account}")
+
+    async def _account_body(self, account: str) -> str:
+        """The earnings page's live part: the earnings, then the certificates."""
+        return (earnings_section(account, await self.earnings.lines(account))
+                + await self._certificates_of(account))
+
+    async def account_live(self, request: web.Request) -> web.StreamResponse:
+        """The earnings page's live part as Server-Sent Events, to its account only.
+        Watched (services/api/live.py): the account's earnings counters (every amount
+        that moves), the number of dated steps of its gains and of its payouts (a
+        share that earned nothing, a flag, an approval), the number of certificates it
+        shared, and the ``seq`` of its newest LIVE_CERTIFICATES of them (their status
+        and holder; on a Redis Cluster the account's keys are written before the
+        certificates' states, so a render woken by the counters alone could read a
+        state one step old)."""
+        account = request.match_info["id"]
+        me = await self._me(request)
+        if me is None or me != account:
+            raise Problem(403, "not_yours", "only the account itself follows its earnings")
+        k = self.reads.keys
+        newest = await self.reads.redis.zrevrange(k.shared(account), 0, LIVE_CERTIFICATES - 1)
+        probes = [(k.earnings(account), None), (k.gains(account), live.HLEN),
+                  (k.payouts(account), live.HLEN), (k.shared(account), live.ZCARD)]
+        probes += [(k.cert(raw.decode()), "seq") for raw in newest]
+        return await self._follow(request, me, probes, lambda: self._account_body(account))
+
+    async def _follow(self, request: web.Request, me: str, probes: list,
+                      body, every_s: float = 0.0) -> web.StreamResponse:
+        """Streams ``body()`` (a page's live part for ``me``) with services/api/live.py,
+        checking the session again every SESSION_RECHECK_S: logged out (or the account
+        changed) since, the stream ends. ``body`` returning None ends it too."""
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
+
+        async def render() -> str | None:
+            nonlocal checked
+            if loop.time() - checked > SESSION_RECHECK_S:
+                request.pop("page_session", None)
+                if await self._me(request) != me:
+                    return None
+                checked = loop.time()
+            return await body()
+
+        return await live.stream(request, probes, render, every_s)
 
     async def feed(self, request: web.Request) -> web.Response:
         """The account's feed as a page: what it holds, each share it made and whether
@@ -707,6 +751,7 @@ def routes(app: web.Application, reads: ReadApi) -> None:
     app.router.add_get("/page/certificates/{id}/live", pages.certificate_live)
     live.install(app, reads.redis)  # one poller for every live page (services/api/live.py)
     app.router.add_get("/page/accounts/{id}", banner(pages.account))
+    app.router.add_get("/page/accounts/{id}/live", pages.account_live)
     app.router.add_get("/page/accounts/{id}/feed", banner(pages.feed))
     app.router.add_get("/page/accounts/{id}/earnings.csv", pages.earnings_csv)
     app.router.add_post("/page/login", pages.login)

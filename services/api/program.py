@@ -301,6 +301,16 @@ def buckets(times: list[list[int]], now_ms: int,
     return size, first, out
 
 
+def date_text(ms: int, x: int, y: int, anchor: str = "start") -> str:
+    """An SVG text for a moment: its ``data-datetime`` (the UTC instant) the pages'
+    script rewrites into the visitor's time zone, as it does the pages' ``<time>``
+    elements (services/api/assets.py); without script it reads in UTC."""
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+    shown = time.strftime("%Y-%m-%d %H:%M", time.gmtime(ms / 1000))
+    return (f"<text x='{x}' y='{y}' font-size='11' fill='#222' text-anchor='{anchor}' "
+            f"class='when' data-datetime='{iso}'>{shown} UTC</text>")
+
+
 def chart_svg(share_times: list[int], purchase_times: list[int], now_ms: int,
               element_id: str = "chart") -> str:
     """Shares and purchases per bucket as bars, server-rendered (the CSP allows no
@@ -325,11 +335,8 @@ def chart_svg(share_times: list[int], purchase_times: list[int], now_ms: int,
                 parts.append(f"<rect x='{x + bar * offset:.1f}' y='{height - pad - h:.1f}' "
                              f"width='{bar * 0.4:.1f}' height='{h:.1f}' fill='{colour}'>"
                              f"<title>{value} {what}</title></rect>")
-    stamp = lambda ms: time.strftime("%Y-%m-%d %H:%M", time.gmtime(ms / 1000))  # noqa: E731
-    parts.append(f"<text x='{pad}' y='{height - 8}' font-size='11' fill='#222'>"
-                 f"{stamp(first)} UTC</text>")
-    parts.append(f"<text x='{width - pad}' y='{height - 8}' font-size='11' fill='#222' "
-                 f"text-anchor='end'>{stamp(first + size * len(shares))} UTC</text>")
+    parts.append(date_text(first, pad, height - 8))
+    parts.append(date_text(first + size * len(shares), width - pad, height - 8, "end"))
     parts.append(f"<text x='{pad}' y='{pad - 8}' font-size='11' fill='#222'>{top} per "
                  f"{unit} (top); blue: shares, orange: purchases</text></svg>")
     return "".join(parts)

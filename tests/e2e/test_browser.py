@@ -7,17 +7,26 @@ page runs under the CSP (no inline script): the countdown still ticks. The
 certificate page updates itself (Server-Sent Events, issue #27.4): alice's page shows
 bob's share without a reload, a refusal in words styled as one; a cancelled
 certificate offers nothing; another visitor's stream shows no one's amounts.
-The catalogue groups copies, the withdrawal countdown ticks, the pages fit a phone;
-screenshots go to docs/screenshots with `make screenshots`. Every page visited passes
-axe-core's checks (no serious or critical violation, contrast included), a signed-in
+The catalogue groups copies, the withdrawal countdown ticks. A seller, entirely on
+the web: creates an offer in the console after a preview, funds it at the payment
+system's escrow page, posts it; a share shows on the sharer's earnings page and a
+purchase on the console without a reload (issue #27.4); the seller refunds it from
+the console. Every page visited passes axe-core's checks (no serious or critical
+violation, contrast included) at 1280 and at 390 px, where nothing is wider than the
+screen, no amount breaks across lines and every control is labelled; a signed-in
 visitor has a Log out button on each (error pages too), and dates read in the
-visitor's time zone (issue #27.6)."""
+visitor's time zone, the console's chart too (issue #27.6). `make screenshots`
+(SCREENSHOTS=1) writes each page shown in the README to docs/screenshots, full
+length, at both widths (``<name>-1280.png``, ``<name>-390.png``)."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from datetime import datetime
@@ -46,6 +55,16 @@ axe.run(document, {resultTypes: ['violations']}).then(r => done(r.violations
   .catch(e => done(['axe failed: ' + e]));"""
 
 
+WIDTHS = ((1280, 1000), (390, 844))  # a desktop and a phone (the window's default first)
+SCREENSHOTS = os.environ.get("SCREENSHOTS") == "1"
+PHONE_CHECKS = """const w = document.documentElement.scrollWidth;
+return [w, [...document.querySelectorAll('.amount')]
+  .filter(e => e.getClientRects().length > 1).map(e => e.textContent),
+ [...document.querySelectorAll('input:not([type=hidden]), select')]
+  .filter(e => !e.getAttribute('aria-label') && !e.getAttribute('placeholder'))
+  .map(e => e.outerHTML)];"""
+
+
 @cache
 def axe_source() -> str:
     assert AXE.is_file(), f"{AXE} missing: run `npm ci --prefix deploy/tools` (make install)"
@@ -54,15 +73,28 @@ def axe_source() -> str:
 
 def accessible(driver, signed_in: bool = True) -> None:
     """The page as loaded passes axe-core (no serious or critical violation, colour
-    contrast included) and, for a signed-in visitor, offers its Log out button."""
+    contrast included) at 1280 and at 390 px; at 390 nothing is wider than the
+    screen, no amount is broken across two lines, every control is labelled; a
+    signed-in visitor is offered its Log out button."""
     from selenium.webdriver.common.by import By
 
     where = driver.current_url
     if signed_in:
         assert driver.find_elements(By.ID, "logout"), f"{where}: no Log out button"
     driver.execute_script(axe_source())
-    found = driver.execute_async_script(AXE_RUN)
-    assert not found, f"{where}: accessibility violations:\n" + "\n".join(found)
+    try:
+        for width, height in WIDTHS:
+            driver.set_window_size(width, height)
+            if width < 600:
+                wide, split, unlabelled = driver.execute_script(PHONE_CHECKS)
+                assert wide <= width, f"{where} is {wide} px wide at {width}"
+                assert not split, (where, split)
+                assert not unlabelled, (where, unlabelled)
+            found = driver.execute_async_script(AXE_RUN)
+            assert not found, (f"{where} at {width} px: accessibility violations:\n"
+                               + "\n".join(found))
+    finally:
+        driver.set_window_size(*WIDTHS[0])
 
 
 @pytest.fixture
@@ -77,7 +109,7 @@ def browser(tmp_path):
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1000,1400",
+                 "--disable-dev-shm-usage", f"--window-size={WIDTHS[0][0]},{WIDTHS[0][1]}",
                  f"--user-data-dir={tmp_path / 'chrome'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
@@ -105,11 +137,24 @@ def until(driver, url: str, check, timeout_s: float = 60):
 
 
 def shot(driver, tmp_path, name: str) -> None:
-    """A screenshot: into the test's folder, or docs/screenshots with SCREENSHOTS=1
-    (`make screenshots`)."""
-    folder = ROOT / "docs" / "screenshots" if os.environ.get("SCREENSHOTS") == "1" else tmp_path
+    """A screenshot: of the window into the test's folder; with SCREENSHOTS=1 (`make
+    screenshots`) of the whole page at each width into docs/screenshots."""
+    if not SCREENSHOTS:
+        driver.save_screenshot(str(tmp_path / f"{name}.png"))
+        return
+    folder = ROOT / "docs" / "screenshots"
     folder.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(folder / f"{name}.png"))
+    try:
+        for width, height in WIDTHS:
+            driver.set_window_size(width, height)
+            size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+            png = driver.execute_cdp_cmd("Page.captureScreenshot", {
+                "format": "png", "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": width, "scale": 1,
+                         "height": min(max(size["height"], height), 4_000)}})["data"]
+            (folder / f"{name}-{width}.png").write_bytes(base64.b64decode(png))
+    finally:
+        driver.set_window_size(*WIDTHS[0])
 
 
 def log_in(driver, base: str, account: str) -> None:
@@ -149,11 +194,34 @@ def first_update(port: int, path: str, token: str | None = None) -> str:
 def live_wait(driver, check, timeout_s: float = 20):
     """Waits for ``check`` on a live page: an element read while an update swaps the
     page's live part in is stale, and is simply read again."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout_s,
-                         ignored_exceptions=[StaleElementReferenceException]).until(check)
+    try:
+        return WebDriverWait(driver, timeout_s,
+                             ignored_exceptions=[StaleElementReferenceException]).until(check)
+    except TimeoutException:
+        raise AssertionError(f"{driver.current_url}: not as expected after {timeout_s} s; "
+                             f"the page shows:\n{driver.find_element('tag name', 'body').text}"
+                             ) from None
+
+
+def click(driver, css: str) -> None:
+    """Clicks an element of a live page (an update may swap it in between: look again)."""
+    from selenium.webdriver.common.by import By
+
+    live_wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, css).click() or True)
+
+
+def stream_status(port: int, path: str, token: str) -> int:
+    """The status a live page's stream answers ``token``'s browser with."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                 headers={"Cookie": f"session={token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code
 
 
 def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
@@ -222,6 +290,7 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
         and d.find_element(By.ID, "outcome").value_of_css_property(
             "background-color") == "rgba(253, 236, 234, 1)")  # not the success's green
     assert "already_holder" not in browser.page_source
+    shot(browser, tmp_path, "refusal")
     accessible(browser)  # a certificate before purchase, a refusal shown
     # bob shares it through alice's link from his own session: alice's page follows
     browser.execute_script("window.notReloaded = true")
@@ -290,6 +359,7 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     until_utc = browser.find_element(By.CSS_SELECTOR, "#held time").get_attribute("datetime")
     local = datetime.fromisoformat(until_utc).astimezone(ZoneInfo("Asia/Tokyo"))
     assert f"held until {local:%Y-%m-%d %H:%M} (Asia/Tokyo);" in held, (until_utc, held)
+    shot(browser, tmp_path, "certificate-bought")
     accessible(browser)  # a certificate after purchase
 
     log_in(browser, base, "alice")  # earnings are private
@@ -305,23 +375,7 @@ def test_share_and_purchase_in_the_browser(pipeline, browser, tmp_path):
     browser.get(base + "/page/no-such-page")  # an error page: still a way to log out
     assert browser.find_element(By.ID, "error-title").text
     accessible(browser)
-    # a phone-sized window: nothing wider than the screen, every control labelled
-    browser.set_window_size(390, 844)
-    for page in ("/", f"/page/certificates/{cid}", "/page/accounts/alice"):
-        browser.get(base + page)
-        width = browser.execute_script("return document.documentElement.scrollWidth")
-        assert width <= 390, f"{page} is {width} px wide at 390"
-        split = browser.execute_script(  # an amount broken across two lines
-            "return [...document.querySelectorAll('.amount')]"
-            ".filter(e => e.getClientRects().length > 1).map(e => e.textContent)")
-        assert not split, (page, split)
-        for control in browser.find_elements(By.CSS_SELECTOR, "input:not([type=hidden])"):
-            assert control.get_attribute("aria-label") or control.get_attribute("placeholder"), (
-                page, control.get_attribute("outerHTML"))
-    shot(browser, tmp_path, "phone-earnings")
-    log_in(browser, base, "seller")  # the seller's console
-    browser.get(base + "/page/console")
-    accessible(browser)
+    a_seller_sells_and_refunds_on_the_web(browser, tmp_path, port, paysim_port)
     pipeline.assert_running()
 
 
@@ -375,3 +429,117 @@ def test_claim_and_an_accounts_certificates_in_the_browser(pipeline, browser, tm
     shot(browser, tmp_path, "feed")
     accessible(browser)
     pipeline.assert_running()
+
+
+def a_seller_sells_and_refunds_on_the_web(browser, tmp_path, port: int,
+                                          paysim_port: int) -> None:
+    """The seller's console in the browser (issue #27.1), from a new offer to a refund;
+    the earnings page and the console follow the read model by themselves (#27.4).
+    Run by the first test, on its services (starting them again costs CI ~10 s)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, paysim = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{paysim_port}"
+    wait_for(paysim_port, "/healthz", lambda b: b["ok"])
+    zone = "America/New_York"  # the visitor's, not the server's: the chart's dates too
+    browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": zone})
+
+    log_in(browser, base, "seller")
+    browser.find_element(By.ID, "console-link").click()
+    for field, value in (("name", "Reading lamp"), ("price", "45.00"), ("copies", "2"),
+                         ("budget", "20.00"), ("attached", "5.00"), ("earn_amount", "2.00")):
+        box = browser.find_element(By.ID, f"f-{field}")
+        box.clear()
+        box.send_keys(value)
+    assert browser.find_element(By.ID, "f-funder").get_attribute("value") == ""  # self-funded
+    browser.find_element(By.ID, "preview-button").click()  # says what a share earns
+    assert WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.ID, "earns"))[0].text == (
+        "Each share that counts earns a fixed 2.00 EUR; 5.00 EUR on show, topped up from a "
+        "budget of 20.00 EUR: about 10 shares earn before the budget runs out.")
+    browser.find_element(By.ID, "create-button").click()
+    WebDriverWait(browser, 10).until(lambda d: "/page/console/offers/" in d.current_url)
+    offer_page = urllib.parse.urlsplit(browser.current_url).path
+    cid = f"{offer_page.rsplit('/', 1)[1]}-00001"
+    live_wait(browser, lambda d: d.find_element(By.ID, "outcome").text
+              == "Create the offer: done (4 of 4).")  # 2 copies, a pool on each
+    assert browser.find_element(By.ID, "offer-facts").text == (
+        "2 copies at 45.00 EUR · funder: seller (the seller)")
+    assert "not funded yet" in browser.find_element(By.ID, "copy-1").text
+
+    # funding: the payment system's escrow page; left open, the console says so
+    click(browser, "#fund-button")
+    WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.ID, "hold"))
+    escrow_url = browser.current_url
+    assert escrow_url.startswith(f"{paysim}/escrows/es_"), escrow_url
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Hold 40.00 EUR in escrow"
+    assert "Reading lamp" in browser.find_element(By.ID, "what").text
+    accessible(browser, signed_in=False)
+    browser.get(base + offer_page)
+    assert browser.find_element(By.ID, "funding-state").text == (
+        "A funding is open at the payment system: finish it there, or fund again.")
+    shot(browser, tmp_path, "console-funding")
+    accessible(browser)
+    browser.get(escrow_url)
+    browser.find_element(By.ID, "hold").click()
+    WebDriverWait(browser, 10).until(lambda d: d.current_url.startswith(
+        f"{base}{offer_page}?escrow=es_"))
+    click(browser, "#copy-1 button.post")  # there once the pipeline applied the funding
+    live_wait(browser, lambda d: d.find_element(By.ID, "outcome").text == "Post: done."
+              and d.find_element(By.CSS_SELECTOR, "#copy-1 .status").text == "posted")
+    assert "funded: the budget is held in escrow" in browser.find_element(By.ID, "copy-1").text
+
+    # alice's earnings page shows her share as it lands, without a reload
+    log_in(browser, base, "alice")
+    browser.get(base + "/page/accounts/alice")
+    assert not browser.find_elements(By.ID, f"gain-{cid}")
+    browser.execute_script("window.notReloaded = true")
+    alice = login(port, "alice")
+    assert call(port, "POST", f"/certificates/{cid}/circulate", {}, alice)[0] == 202
+    line = live_wait(browser, lambda d: d.find_elements(By.ID, f"gain-{cid}"))[0]
+    assert "Reading lamp" in line.text and "2.00 EUR" in line.text and "pending" in line.text
+    assert browser.execute_script("return window.notReloaded") is True
+    seller = login(port, "seller")
+    assert stream_status(port, "/page/accounts/alice/live", seller) == 403  # hers only
+    assert stream_status(port, "/page/console/live", alice) == 403  # sellers only
+
+    # the console follows a sale as it lands: carol pays at the payment system
+    log_in(browser, base, "seller")
+    browser.get(base + "/page/console")
+
+    def lamp(d) -> list[str]:  # the offer's row: name, price, copies, funded, shares, ...
+        row = [r for r in d.find_elements(By.CSS_SELECTOR, "#offers tr.offer-row")
+               if r.text.startswith("Reading lamp")][0]
+        return [td.text for td in row.find_elements(By.TAG_NAME, "td")]
+
+    assert lamp(browser)[4:6] == ["1", "0"]  # a share, no purchase yet
+    sold = int(browser.find_element(By.ID, "overall-EUR-purchases").text)  # the first test's
+    browser.execute_script("window.notReloaded = true")
+    status, opened, _ = call(port, "POST", f"/certificates/{cid}/checkout",
+                             token=login(port, "carol"))
+    assert status == 201, opened
+    paid = urllib.request.Request(f"{opened['checkout_url']}/pay", method="POST",
+                                  data=b"card=4242+4242+4242+4242")
+    with urllib.request.urlopen(paid, timeout=10) as r:  # back to the shop's page
+        assert r.status == 200
+    live_wait(browser, lambda d: lamp(d)[5] == "1" and d.find_element(
+        By.ID, "overall-EUR-purchases").text == str(sold + 1))
+    assert browser.execute_script("return window.notReloaded") is True
+    assert lamp(browser)[6] == "2.00 EUR"  # spent: alice's commission, held
+    for label in browser.find_elements(By.CSS_SELECTOR, "#overall-chart text.when"):
+        utc = label.get_attribute("data-datetime")
+        local = datetime.fromisoformat(utc.replace("Z", "+00:00")).astimezone(ZoneInfo(zone))
+        assert label.get_attribute("textContent") == f"{local:%Y-%m-%d %H:%M} ({zone})"
+    assert browser.find_elements(By.CSS_SELECTOR, "#overall-chart rect")
+    shot(browser, tmp_path, "console")
+    accessible(browser)
+
+    # the refund, from the console
+    browser.get(base + offer_page)
+    assert browser.find_element(By.CSS_SELECTOR, "#copy-1 .status").text == "purchased"
+    click(browser, "#copy-1 button.refund")
+    live_wait(browser, lambda d: d.find_element(By.ID, "outcome").text
+              == "Refund 45.00 EUR: done."
+              and d.find_element(By.CSS_SELECTOR, "#copy-1 .status").text == "refunded")
+    assert "ended: what was not paid out went back to the funder" in browser.find_element(
+        By.ID, "copy-1").text
+    assert not browser.find_elements(By.CSS_SELECTOR, "#copy-1 button")  # nothing to do

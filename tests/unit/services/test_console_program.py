@@ -4,6 +4,8 @@ the CSV (no formula injection), the chart, and an outcome in words."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from domain import CertificateState
@@ -142,12 +144,16 @@ def test_the_chart_counts_per_bucket_and_is_plain_svg():
     svg = chart_svg([T, T + 1_000], [T + 2_000], T + 3_000)
     assert svg.startswith("<svg id='chart'") and svg.count("<rect") == 2
     assert "style=" not in svg and "<script" not in svg
+    # its dates: UTC without script, the instant for the script to show in local time
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(T / 1000 - T / 1000 % 60))
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T / 1000 - T / 1000 % 60))
+    assert f"data-datetime='{iso}'>{stamp} UTC</text>" in svg, svg
 
 
 def test_an_outcome_is_said_in_words_never_as_a_bare_code():
     assert outcome_message("Post", [{"status": "accepted"}]) == ("ok", "Post: done.")
     assert outcome_message("Post", [{}]) == (
-        "pending", "Post: sent; 0 of 1 applied so far (reload in a moment).")
+        "pending", "Post: sent; 0 of 1 applied so far (this page updates itself).")
     kind, text = outcome_message("Post", [{"status": "rejected",
                                            "reason": "funding_not_confirmed"}])
     assert kind == "refused" and text == (
