@@ -21,7 +21,9 @@ Rules, and why:
 * The offset is decided once, at the first attempt. A failed attempt is published
   again with the same offset (the same settlement, the same amounts), and a payout
   parked after its last failure keeps it: the operator who settles it by hand pays
-  what the settlement says.
+  what the settlement says, less the clawbacks against it (``against_parked``), never
+  below nothing. What such clawbacks exceed it by (it paid less than its gross, an
+  earlier debt offset from it) is a debt like any other.
 * A balance in one currency is never offset against a payout in another.
 * A payout a chargeback cancelled before the payment system executed it (the
   ``clawback`` said ``cancels``) comes back as a new payout (``reissue_of``) of the
@@ -61,6 +63,10 @@ class AccountLedger(msgspec.Struct, kw_only=True):
     # settlement id -> the offset its first attempt took (only those > 0), so a later
     # attempt of the same payout carries the same amounts
     offsets: dict[str, int] = msgspec.field(default_factory=dict)
+    # settlement id -> what is left of that payout's amount (gross less its offset) to
+    # cover clawbacks against it once it is parked; kept only for payouts with an
+    # offset (one without covers every clawback against it: they never exceed its gross)
+    coverable: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 def _add(counts: dict[str, int], currency: str, amount: int) -> None:
@@ -79,17 +85,29 @@ def net(ledger: AccountLedger | None, s: Settlement) -> tuple[AccountLedger, Set
                                f"ledger of {ledger.account_id}")
     out: Settlement = s
     if isinstance(s, Clawback):
-        # a debit against a payout that was never paid (parked) is not a debt
-        if s.attempt == 1 and s.against_parked is None:
-            ledger = _copy(ledger)
-            _add(ledger.outstanding, s.currency, s.amount_minor)
-            _add(ledger.clawed_back, s.currency, s.amount_minor)
+        if s.attempt == 1:
+            debt = s.amount_minor
+            if s.against_parked is not None:
+                # a debit against a payout that was never paid (parked) comes off it, as
+                # far as what it pays covers; only the rest is a debt (a payout netted
+                # against an earlier debt pays less than its gross)
+                left = ledger.coverable.get(s.against_parked)
+                covered = debt if left is None else min(debt, left)
+                debt -= covered
+                if left is not None and covered:
+                    ledger = _copy(ledger)
+                    ledger.coverable[s.against_parked] = left - covered
+            if debt:
+                ledger = _copy(ledger)
+                _add(ledger.outstanding, s.currency, debt)
+                _add(ledger.clawed_back, s.currency, debt)
     elif isinstance(s, NETTABLE):
         if s.reissue_of in ledger.offsets and s.attempt == 1:
             # the payout it replaces was cancelled, never paid: what it recovered was
             # not recovered after all, and is owed again (taken from this one below)
             ledger = _copy(ledger)
             given_back = ledger.offsets.pop(s.reissue_of)
+            ledger.coverable.pop(s.reissue_of, None)
             _add(ledger.outstanding, s.currency, given_back)
             _add(ledger.recovered, s.currency, -given_back)
         if s.attempt == 1 and s.settlement_id not in ledger.offsets:
@@ -97,6 +115,7 @@ def net(ledger: AccountLedger | None, s: Settlement) -> tuple[AccountLedger, Set
             if offset:
                 ledger = _copy(ledger)
                 ledger.offsets[s.settlement_id] = offset
+                ledger.coverable[s.settlement_id] = s.amount_minor - offset
                 _add(ledger.outstanding, s.currency, -offset)
                 _add(ledger.recovered, s.currency, offset)
         else:
@@ -110,7 +129,8 @@ def net(ledger: AccountLedger | None, s: Settlement) -> tuple[AccountLedger, Set
 def _copy(ledger: AccountLedger) -> AccountLedger:
     return msgspec.structs.replace(
         ledger, outstanding=dict(ledger.outstanding), clawed_back=dict(ledger.clawed_back),
-        recovered=dict(ledger.recovered), offsets=dict(ledger.offsets))
+        recovered=dict(ledger.recovered), offsets=dict(ledger.offsets),
+        coverable=dict(ledger.coverable))
 
 
 def check(ledger: AccountLedger) -> None:

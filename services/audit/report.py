@@ -83,7 +83,8 @@ class Certificate:
     first: dict[str, Settlement] = field(default_factory=dict)  # each id's attempt 1
     retried: set[tuple[str, int]] = field(default_factory=set)  # (id, next attempt)
     done: set[str] = field(default_factory=set)  # settled, parked or cancelled
-    cancelled: set[str] = field(default_factory=set)  # cancelled by a chargeback: reissued
+    # cancelled by a chargeback -> the one settlement it was sent again as
+    cancelled: dict[str, str | None] = field(default_factory=dict)
     payouts: dict[str, int] = field(default_factory=dict)
     released_minor: int = 0
     paid_out_minor: int = 0
@@ -153,7 +154,7 @@ def reconcile(events: list[bytes], accepted: list[bytes], settlements: list[byte
             else:
                 cert.done.add(event.settlement_id)
             if event.outcome == "cancelled":
-                cert.cancelled.add(event.settlement_id)
+                cert.cancelled[event.settlement_id] = event.reissued_as
     for raw in accepted:
         record = _decode_accepted(raw)
         cert = certs[record.command.certificate_id]
@@ -189,12 +190,15 @@ def reconcile(events: list[bytes], accepted: list[bytes], settlements: list[byte
             report.problems.append(f"{where}: a {type(s).__name__} without a refund")
         if isinstance(s, (CommissionPayout, SellerPayment)) and s.reissue_of is not None:
             # the same money as the payout it replaces, counted once: that one was
-            # cancelled (reported so) before it was executed
+            # cancelled (reported so) before it was executed, and sent again as this
+            # one, the same in all but its id, cause and time
             was = cert.first.get(s.reissue_of)
-            if (s.reissue_of not in cert.cancelled or was is None or type(was) is not type(s)
-                    or (was.payee_id, was.amount_minor) != (s.payee_id, s.amount_minor)):
-                report.problems.append(f"{where}: reissues {s.reissue_of}, which is not a "
-                                       "cancelled payout of the same payee and amount")
+            same = was is not None and msgspec.structs.replace(
+                s, settlement_id=was.settlement_id, command_id=was.command_id, seq=was.seq,
+                at_ms=was.at_ms, reissue_of=was.reissue_of) == was
+            if cert.cancelled.get(s.reissue_of) != s.settlement_id or not same:
+                report.problems.append(f"{where}: reissues {s.reissue_of}, which was not "
+                                       "cancelled and sent again as this same payout")
             continue
         if isinstance(s, CommissionPayout):
             if s.payee_id in cert.payouts:

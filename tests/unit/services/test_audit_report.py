@@ -94,8 +94,15 @@ def test_a_payout_cancelled_by_a_chargeback_and_sent_again_counts_once():
                                      reissue_of=other.settlement_id)
     report = reconcile(*s.topics(s.settlements + [forged]))
     assert [p for p in report.problems if "reissues" in p] == [
-        f"{s.certificate_id} {'e' * 32}: reissues {other.settlement_id}, which is not a "
-        "cancelled payout of the same payee and amount"]
+        f"{s.certificate_id} {'e' * 32}: reissues {other.settlement_id}, which was not "
+        "cancelled and sent again as this same payout"]
+    # the one cancelled payout sent again twice (another id), or from another escrow:
+    # the same money twice, or other money
+    twice = msgspec.structs.replace(again, settlement_id="f" * 32)
+    elsewhere = msgspec.structs.replace(again, funding_ref="someone-elses-escrow")
+    for forged in ([*s.settlements, twice], [*s.settlements[:-1], elsewhere]):
+        report = reconcile(*s.topics(forged))
+        assert [p for p in report.problems if "reissues" in p] != [], forged[-1]
 
 
 def test_a_settlement_with_no_result_in_time_is_reported():
