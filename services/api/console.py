@@ -23,7 +23,7 @@ the browser), and sends the browser to the payment system's page. The payment sy
 reports each hold to the pipeline signed with its own key; the page shows the funding
 as waiting until the pipeline has applied that confirmation.
 
-**Live.** The console and an offer's page update themselves (services/api/live.py,
+**Live.** The console, an offer's page and the funder's pools page update themselves (services/api/live.py,
 issue #27.4): their changing part (outcome, copies, funding, review, figures, chart)
 is re-rendered when the ``seq`` of one of their copies changes (at most LIVE_COPIES
 copies watched, the newest offers first), when a new offer is indexed, or when a
@@ -756,7 +756,32 @@ class Console(Pages):
         if identity is None:
             return self._refused(request, None, "Log in to see the pools you fund.",
                                  "/page/pools", 401)
+        html, _ = await self._pools_body(request, identity.account_id)
+        return self._page(request, identity, "Pools you fund",
+                          "<h1>Pools you fund</h1>" + live.block("/page/pools/live", html, {}),
+                          "/page/pools")
+
+    async def pools_live(self, request: web.Request) -> web.StreamResponse:
+        """The pools page's live part as Server-Sent Events, to its funder (the visitor:
+        the page shows the visitor's own pools only)."""
+        identity = await self._who(request)
+        if identity is None:
+            raise Problem(401, "unauthenticated", "log in to see the pools you fund")
         me = identity.account_id
+        fixed = [(self.reads.keys.funder_offers(me), live.ZCARD)]
+        _, cids = await self._pools_body(request, me)
+        probes = fixed + self._copy_probes(cids)
+
+        async def body() -> str | None:
+            html, shown = await self._pools_body(request, me)
+            probes[:] = fixed + self._copy_probes(shown)  # a new offer: watched too
+            return html
+
+        return await self._follow(request, me, probes, body, LIVE_EVERY_S)
+
+    async def _pools_body(self, request: web.Request, me: str) -> tuple[str, list[str]]:
+        """The pools page's live part (the offers naming ``me`` as funder, the figures of
+        the copies it funds) and the ids of those copies."""
         rows, every = [], []
         for offer_id, name, states in await self._offers(self.reads.keys.funder_offers(me)):
             mine = self._funded_by(states, me)
@@ -774,9 +799,9 @@ class Console(Pages):
                  "<th>Funded</th><th>Budget</th><th>Spent</th><th>Left</th></tr>"
                  f"{''.join(rows)}</table></div>" if rows else
                  "<p id='no-pools'>No offer names you as its funder yet.</p>")
-        body = ("<h1>Pools you fund</h1>" + table + scope(len(rows), len(every))
+        html = (table + scope(len(rows), len(every))
                 + await self._figures(request, every, "pools", "/page/pools/csv"))
-        return self._page(request, identity, "Pools you fund", body, "/page/pools")
+        return html, [s.certificate_id for s in every]
 
     @staticmethod
     def _funded_by(states: list[CertificateState], me: str) -> list[CertificateState]:
@@ -832,4 +857,5 @@ def routes(app: web.Application, reads: ReadApi) -> None:
     app.router.add_post("/page/console/offers/{offer}/fund", console.fund)
     app.router.add_post("/page/console/certificates/{id}/{action}", console.act)
     app.router.add_get("/page/pools", banner(console.pools))
+    app.router.add_get("/page/pools/live", console.pools_live)
     app.router.add_get("/page/pools/csv", console.csv)

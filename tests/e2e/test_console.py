@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 
 import msgspec
+import pytest
 import redis
 
 from deploy.localstack import free_port
@@ -61,6 +62,31 @@ def text_of(html: str, element_id: str) -> str:
 def row_of(html: str, element_id: str) -> str:
     found = re.search(rf"id='{re.escape(element_id)}'(.*?)</tr>", html, re.S)
     return re.sub(r"<[^>]+>", " ", found[1]) if found else ""
+
+
+def live_updates(port: int, path: str, token: str | None):
+    """The ``update`` events of a live page's stream (Server-Sent Events), as the
+    visitor's browser gets them: (the open response, an iterator of their data)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        req.add_header("Cookie", f"session={token}")
+    stream = urllib.request.urlopen(req, timeout=30)
+    assert stream.headers["Content-Type"].startswith("text/event-stream")
+
+    def updates():
+        name, data = "", []
+        for raw in stream:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+            elif not line:
+                if name == "update":
+                    yield "\n".join(data)
+                name, data = "", []
+
+    return stream, updates()
 
 
 def until(port: int, path: str, token: str, check, timeout_s: float = 30) -> str:
@@ -168,9 +194,19 @@ def test_a_seller_runs_an_offer_from_the_console(pipeline, stack, names):
     assert "fund-button" not in page(port, bell, seller)[1]  # the funder's to fund
     status, escrow_url, _ = post_form(f"{base}{bell}/fund", {"csrf": csrf(html)}, funder, base)
     assert status == 303
-    status, _, _ = post_form(f"{escrow_url}/pay", {"card": "4242 4242 4242 4242"},
-                             origin=paysim)
-    assert status == 303
+    # the pools page updates itself (issue #27.4): its stream, open before the payment
+    # system confirms the hold, sends the funded copies once the pipeline applied it;
+    # to its funder only (the page is the visitor's own pools)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        live_updates(port, "/page/pools/live", None)
+    assert refused.value.code == 401
+    stream, updates = live_updates(port, "/page/pools/live", funder)
+    with stream:
+        assert text_of(next(updates), "pools-EUR-funded") == "0"
+        status, _, _ = post_form(f"{escrow_url}/pay", {"card": "4242 4242 4242 4242"},
+                                 origin=paysim)
+        assert status == 303
+        assert any(text_of(u, "pools-EUR-funded") == "2" for u in updates)
     html = until(port, "/page/pools", funder, lambda h: text_of(h, "pools-EUR-funded") == "2")
     assert text_of(html, "pools-EUR-budget") == "10.00 EUR"
 
