@@ -9,12 +9,12 @@ supervisor restarts it; the restart restores the table from the changelog.
 from __future__ import annotations
 
 import faulthandler
-import gc
 import logging
 import signal
 import sys
 import threading
 
+from services.common import gctune
 from services.common.logs import json_handler
 from services.common.metrics import Metrics
 from services.common.ops import start_ops_server
@@ -35,19 +35,10 @@ def setup_logging(service: str, level: str) -> None:
     logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
-# A stage allocates several container objects per command (states, events, outputs)
-# that die young and form no cycles, while its table keeps hundreds of thousands of
-# long-lived ones: with the default thresholds (700, 10, 10) the cyclic collector
-# ran thousands of times a second and walked the table on every older pass (~3 % of
-# a follower's CPU in `perf`, 13 % of the sequencer's Python path offline).
-GC_THRESHOLDS = (100_000, 50, 100)
-
-
 def run_service(name: str, factory: StageFactory) -> None:
     # SIGUSR1 writes every thread's stack to stderr (the log): what a stuck worker does
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    gc.set_threshold(*GC_THRESHOLDS)
-    gc.freeze()  # what the imports made lives for good: never traverse it again
+    gctune.tune()  # services/common/gctune.py
     settings = Settings.from_env()
     setup_logging(name, settings.log_level)
     log = logging.getLogger(f"commission.{name}")

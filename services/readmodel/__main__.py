@@ -32,6 +32,7 @@ from pathlib import Path
 
 import faust
 
+from services.common import gctune
 from services.common.auth import Keyring
 from services.common.logs import json_handler
 from services.common.metrics import ReadModelMetrics, exposition
@@ -101,6 +102,7 @@ def build_app(settings: Settings, redis_url: str, group: str) -> faust.App:
 
 
 def main() -> None:
+    gctune.tune()  # its cache of states is a large table (services/common/gctune.py)
     settings = Settings.from_env()
     refuse_insecure(settings, Keyring({}))  # it holds no keys
     redis_url = redis_url_from_env()
