@@ -37,7 +37,8 @@ table{display:block;overflow-x:auto;max-width:100%}.scroll table{display:table}}
 # a few seconds later. The share link's Copy button. Live pages (services/api/live.py):
 # an element with data-live="<URL>" takes each "update" event's HTML from that stream.
 # An update waits while the visitor types in a field of the live part (it would wipe
-# what is typed) and comes in when the focus leaves the live part.
+# what is typed) and comes in when the focus leaves the live part; a <details> with an
+# id the visitor opened (a gain's History) stays open across updates.
 # Dates: a <time datetime="...Z"> (services/api/earnings.py when_html) is rewritten to
 # the visitor's own time zone, named ("2026-12-21 13:30 (Asia/Tokyo)"), the UTC
 # instant kept as its title; an SVG <text data-datetime="...Z"> (the console's chart,
@@ -61,7 +62,9 @@ localTimes();tick();setInterval(tick,1000);
 document.addEventListener('click',e=>{if(e.target&&e.target.id==='copy'){
 navigator.clipboard.writeText(document.getElementById('share').value);}});
 if(live&&window.EventSource){const es=new EventSource(live.dataset.live);let held=null;
-const put=h=>{live.innerHTML=h;localTimes();tick();};
+const put=h=>{const open=[...live.querySelectorAll('details[open][id]')].map(d=>d.id);
+live.innerHTML=h;for(const id of open){const d=document.getElementById(id);if(d)d.open=true;}
+localTimes();tick();};
 es.addEventListener('update',e=>{const a=document.activeElement;
 if(a&&a!==live&&live.contains(a)&&a.matches('input,select,textarea'))held=e.data;else put(e.data);});
 live.addEventListener('focusout',e=>{if(held!==null&&!(e.relatedTarget&&live.contains(e.relatedTarget))){

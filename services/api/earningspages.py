@@ -190,7 +190,8 @@ def lines_table(lines: list[GainLine]) -> str:
             f"<td>{product_link(g.certificate_id, g.product)}</td>"
             f"<td class='date'>{when_html(g.acquired_ms)}</td>"
             f"<td class='amount'>{money(g.amount_minor, cur)}</td>"
-            f"<td class='state'>{dated_html(g.state, g.held_until_ms)}<details><summary>History</summary>"
+            f"<td class='state'>{dated_html(g.state, g.held_until_ms)}"
+            f"<details id='history-{_esc(g.certificate_id)}'><summary>History</summary>"
             f"<ol>{history}</ol></details></td>"
             + cell("gross", g.gross_minor) + cell("offset", g.offset_minor)
             + cell("net", g.net_minor) + "</tr>")

@@ -493,11 +493,16 @@ def a_seller_sells_and_refunds_on_the_web(browser, tmp_path, port: int,
     browser.get(base + "/page/accounts/alice")
     assert not browser.find_elements(By.ID, f"gain-{cid}")
     browser.execute_script("window.notReloaded = true")
+    history = browser.find_element(By.CSS_SELECTOR, "tr.gain details")  # an earlier gain's
+    opened = history.get_attribute("id")
+    history.find_element(By.TAG_NAME, "summary").click()
     alice = login(port, "alice")
     assert call(port, "POST", f"/certificates/{cid}/circulate", {}, alice)[0] == 202
     line = live_wait(browser, lambda d: d.find_elements(By.ID, f"gain-{cid}"))[0]
     assert "Reading lamp" in line.text and "2.00 EUR" in line.text and "pending" in line.text
     assert browser.execute_script("return window.notReloaded") is True
+    # the History the visitor opened is still open after the update
+    assert browser.find_element(By.ID, opened).get_attribute("open") is not None
     seller = login(port, "seller")
     assert stream_status(port, "/page/accounts/alice/live", seller) == 403  # hers only
     assert stream_status(port, "/page/console/live", alice) == 403  # sellers only
