@@ -81,3 +81,28 @@ def outcome(port: int, token: str, command_id: str) -> dict:
             return body
         time.sleep(0.3)
     raise AssertionError(f"{command_id} still pending")
+
+
+def live_updates(port: int, path: str, token: str | None):
+    """The ``update`` events of a live page's stream (Server-Sent Events), as the
+    visitor's browser gets them: (the open response, an iterator of their data)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        req.add_header("Cookie", f"session={token}")
+    stream = urllib.request.urlopen(req, timeout=30)
+    assert stream.headers["Content-Type"].startswith("text/event-stream")
+
+    def updates():
+        name, data = "", []
+        for raw in stream:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+            elif not line:
+                if name == "update":
+                    yield "\n".join(data)
+                name, data = "", []
+
+    return stream, updates()

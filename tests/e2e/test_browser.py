@@ -39,7 +39,7 @@ import pytest
 from deploy.localstack import free_port
 from schemas import commands as c
 from tests.e2e.certificates import cert_id, setup
-from tests.e2e.http import call, login, wait_for
+from tests.e2e.http import call, live_updates, login, wait_for
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,20 +174,10 @@ def log_in(driver, base: str, account: str) -> None:
 def first_update(port: int, path: str, token: str | None = None) -> str:
     """The first ``update`` event of a live page's stream, as ``token``'s browser
     (its session cookie) gets it."""
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-    if token:
-        req.add_header("Cookie", f"session={token}")
-    with urllib.request.urlopen(req, timeout=10) as stream:
-        assert stream.headers["Content-Type"].startswith("text/event-stream")
-        name, data = "", []
-        for raw in stream:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-            elif not line and name == "update":
-                return "\n".join(data)
+    stream, updates = live_updates(port, path, token)
+    with stream:
+        for update in updates:
+            return update
     raise AssertionError(f"{path}: the stream ended without an update")
 
 

@@ -22,7 +22,7 @@ import redis
 from deploy.localstack import free_port
 from schemas import commands as c
 from services.readmodel import statecopy
-from tests.e2e.http import call, login, page, wait_for
+from tests.e2e.http import call, live_updates, login, page, wait_for
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -62,31 +62,6 @@ def text_of(html: str, element_id: str) -> str:
 def row_of(html: str, element_id: str) -> str:
     found = re.search(rf"id='{re.escape(element_id)}'(.*?)</tr>", html, re.S)
     return re.sub(r"<[^>]+>", " ", found[1]) if found else ""
-
-
-def live_updates(port: int, path: str, token: str | None):
-    """The ``update`` events of a live page's stream (Server-Sent Events), as the
-    visitor's browser gets them: (the open response, an iterator of their data)."""
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-    if token:
-        req.add_header("Cookie", f"session={token}")
-    stream = urllib.request.urlopen(req, timeout=30)
-    assert stream.headers["Content-Type"].startswith("text/event-stream")
-
-    def updates():
-        name, data = "", []
-        for raw in stream:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-            elif not line:
-                if name == "update":
-                    yield "\n".join(data)
-                name, data = "", []
-
-    return stream, updates()
 
 
 def until(port: int, path: str, token: str, check, timeout_s: float = 30) -> str:
