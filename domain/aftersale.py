@@ -212,13 +212,12 @@ def _against(state: CertificateState, account_id: str, kind: type) -> dict[str, 
     attempt: ``against_parked``, the debit comes off it), or sent and not reported
     yet (``cancels``: the payment system is asked to cancel it; marked here so that
     its result decides, domain/payments.py)."""
-    parked = payments.awaiting_payout(state, account_id, kind, "parked")
-    if parked is not None:
-        return {"against_parked": parked.settlement.settlement_id}
-    sent = payments.awaiting_payout(state, account_id, kind, "awaiting")
-    if sent is not None:
-        sent.cancel_requested = True
-        return {"cancels": sent.settlement.settlement_id}
+    track = payments.last_payout(state, account_id, kind)
+    if track is not None and track.status == "parked":
+        return {"against_parked": track.settlement.settlement_id}
+    if track is not None and track.status == "awaiting":
+        track.cancel_requested = True
+        return {"cancels": track.settlement.settlement_id}
     return {}
 
 

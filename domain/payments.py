@@ -84,13 +84,12 @@ def reissue(s: Settlement, rec: Recorder) -> Settlement:
     return again
 
 
-def awaiting_payout(state: CertificateState, payee_id: str, kind: type,
-                    status: str) -> PaymentTrack | None:
-    """The track of ``payee_id``'s payout of ``kind`` on this certificate (the last one:
-    a reissue replaces the payout it cancelled) if its status is ``status``."""
+def last_payout(state: CertificateState, payee_id: str, kind: type) -> PaymentTrack | None:
+    """The track of ``payee_id``'s payout of ``kind`` on this certificate, or None: the
+    last one published (a reissue replaces the payout it cancelled)."""
     found = None
     for track in state.payments.values():
         s = track.settlement
         if isinstance(s, kind) and s.payee_id == payee_id:
             found = track
-    return found if found is not None and found.status == status else None
+    return found

@@ -20,7 +20,7 @@ import io
 import time
 from dataclasses import asdict, dataclass, field
 
-from domain import CertificateState
+from domain import CertificateState, payments
 from schemas.payments import CommissionPayout
 from services.api.gains import gain_of, phrase
 from services.api.money import money
@@ -136,13 +136,10 @@ class GainLine:
 
 
 def _payout_of(state: CertificateState, account: str):
-    """The account's commission payout on the certificate and its track, or None."""
-    found = None
-    for sid, track in state.payments.items():
-        s = track.settlement
-        if isinstance(s, CommissionPayout) and s.payee_id == account:
-            found = (sid, track)
-    return found
+    """The account's commission payout on the certificate (the last: a reissue) and its
+    track, or None."""
+    track = payments.last_payout(state, account, CommissionPayout)
+    return None if track is None else (track.settlement.settlement_id, track)
 
 
 def _bought_with_it(state: CertificateState, account: str, declined_ms: int | None) -> bool:
