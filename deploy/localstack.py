@@ -7,7 +7,7 @@ tests all run against the same thing. No Docker needed:
   jars are copied once into a cache folder outside git (``$COMMISSION_CACHE`` or
   ``~/.cache/commission-engine``) so the second start needs no network.
 * Redis is Debian's ``redis-server``, started with explicit arguments and AOF on
-  (``appendfsync always``) so that a restart of Redis loses nothing.
+  (``appendfsync always``) so that a restart of Redis loses nothing (REDIS_PERSISTENCE).
 
 Every process started here has a pid file in its run folder; `stop` signals exactly
 that pid and never looks processes up by name. Starting twice is harmless: a live
@@ -49,7 +49,7 @@ KAFKA_START_TIMEOUT_S = 90.0
 REDIS_START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 30.0
 # The broker shares 2 cores and the memory with Redis, the services and the tests.
-KAFKA_HEAP = "-Xms256m -Xmx768m"
+KAFKA_HEAP = "-Xms768m -Xmx768m"
 # the login of the optional SASL listener (local test broker only; not a secret)
 SASL_USER = ("commission", "commission-local-secret")
 TLS_STORE_PASSWORD = "commission-local-store"
@@ -501,7 +501,10 @@ class Kafka(_Server):
             "log4j.logger.kafka.server.KafkaRaftServer=INFO\n"
         )
         java = ["java", f"-Dlog4j.configuration=file:{log4j}", *self.heap.split(),
-                "-XX:+UseSerialGC", "-cp", f"{libs}/*"]
+                # the collector's pauses: for a stall the services' metrics cannot explain
+                "-XX:+UseSerialGC",
+                f"-Xlog:gc:file={self.run_dir}/gc.log:time,uptime:filecount=2,filesize=10m",
+                "-cp", f"{libs}/*"]
         if not (self.run_dir / "data" / "meta.properties").exists():
             scram = []
             if self.sasl_port is not None or self.tls_port is not None:
@@ -531,6 +534,26 @@ class Kafka(_Server):
         self.pidfile.unlink(missing_ok=True)
 
 
+# How Redis keeps its data (deploy/compose.yaml says the same):
+# - AOF on, fsynced before each write is answered (``appendfsync always``): the API's
+#   accounts and session ends live here, and no topic could give them back;
+# - no RDB snapshots (``save ""``): the AOF is the one copy;
+# - the AOF rewritten (a forked child writes the dataset anew, then the AOF starts
+#   over from it) once it has grown to five times what the last rewrite wrote
+#   (``auto-aof-rewrite-percentage 400``; Redis's default is twice), and written
+#   uncompressed (``rdbcompression no``). A rewrite takes a core for a time that grows
+#   with the dataset, and on a machine whose cores are busy it holds everything back
+#   meanwhile: at the read model's half-maximum rate on two cores (issue #25) every
+#   rewrite showed as a burst of up to a second in the read model's trail, and with
+#   the defaults one came every ~12 s (1.1-1.7 s each, compressing every value was most
+#   of it; 0.5-0.6 s uncompressed, for a file 18 % larger). Four times rarer, the time
+#   spent rewriting is a quarter; the price is disk (the AOF up to five times the
+#   dataset) and a longer replay when Redis restarts. docs/benchmarks.md, "The read
+#   model's trail and Redis's AOF rewrites".
+REDIS_PERSISTENCE = ("--appendonly", "yes", "--appendfsync", "always", "--save", "",
+                     "--auto-aof-rewrite-percentage", "400", "--rdbcompression", "no")
+
+
 @dataclass(frozen=True)
 class Redis(_Server):
     """Debian's redis-server with AOF on, so a restart loses nothing."""
@@ -551,8 +574,8 @@ class Redis(_Server):
         data.mkdir(parents=True, exist_ok=True)
         pid = _spawn(
             [server, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(data), "--appendonly", "yes", "--appendfsync", "always",
-             "--save", "", "--daemonize", "no", "--protected-mode", "yes"],
+             "--dir", str(data), *REDIS_PERSISTENCE, "--daemonize", "no",
+             "--protected-mode", "yes"],
             self.log,
         )
         self.pidfile.write_text(f"{pid}\n")
@@ -882,9 +905,8 @@ class RedisCluster:
             pid = _spawn([server, "--port", str(port), "--cluster-port", str(bus),
                           "--bind", "127.0.0.1",
                           "--dir", str(node.run_dir / "redis-data"), "--cluster-enabled", "yes",
-                          "--cluster-config-file", "nodes.conf", "--appendonly", "yes",
-                          "--appendfsync", "always", "--save", "", "--daemonize", "no",
-                          "--protected-mode", "yes"], node.log)
+                          "--cluster-config-file", "nodes.conf", *REDIS_PERSISTENCE,
+                          "--daemonize", "no", "--protected-mode", "yes"], node.log)
             node.pidfile.write_text(f"{pid}\n")
             pids.append(pid)
         for port, pid in zip(self.ports, pids, strict=True):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deploy.localstack import REDIS_PERSISTENCE
 from services.audit.__main__ import AuditGauges
 from services.common.metrics import ApiMetrics, Metrics, ReadModelMetrics
 
@@ -58,6 +59,8 @@ def test_compose_file_is_valid_and_wires_every_part():
                for t in sc["targets"]}
     assert targets == {f"{s}:9100" for s in (*SERVICES, "audit", "readmodel", "api")}
     assert services["api"]["environment"]["API_OPS_PORT"] == "9100"  # /metrics is not public
+    # the deployed Redis keeps its data as the local one (deploy/localstack.py says why)
+    assert services["redis"]["command"] == ["redis-server", *REDIS_PERSISTENCE]
 
 
 def test_alert_rules_pass_promtool_check_and_unit_tests():
