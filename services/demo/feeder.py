@@ -50,6 +50,11 @@ class Feeder:
         self.live: list[Live] = []
         self.offers = 0
         self.ids = 0
+        # the run's own mark in every id: `make run` keeps the broker's data from one
+        # run to the next, and the engine refuses a funding or payment reference used
+        # before (funding_ref_used, payment_ref_used), so "escrow-1" of a second run was
+        # refused, its offer never posted, and its shares refused as not_posted
+        self.run = f"{int(time.time() * 1000):x}"
         self.sent = 0
         self.accounts = [f"user-{i}" for i in range(300)]
         self.forged = Key("dev-gw-1", "gateway", b"an-attacker-guessing-the-secret")
@@ -59,7 +64,7 @@ class Feeder:
 
     def _id(self, prefix: str) -> str:
         self.ids += 1
-        return f"{prefix}-{self.ids}"
+        return f"{prefix}-{self.run}-{self.ids}"
 
     def _send(self, command: c.Command) -> None:
         self.sender.send(command)
