@@ -1,6 +1,6 @@
 """The read model against the sequencer: how fast it projects, and how far it trails.
 
-    python -m benchmarks.readmodel [--commands 40000] [--rate R] [--seconds 20] [--write]
+    python -m benchmarks.readmodel [--commands 40000] [--rate R] [--seconds 60] [--write]
 
 ``make bench`` runs it after benchmarks.pipeline, with ``--write``: the paced rate is
 then half the pipeline's flat-out rate measured by that same ``make bench``
@@ -30,7 +30,11 @@ topics, only the circulation stage runs (the read model reads ``accepted`` and
    the **read model's own part**, ``projected_ms - visible_ms``.
    CPU seconds per process over the paced phase are reported with it.
 
-Without ``--write`` it prints the figures and writes nothing.
+Without ``--write`` it prints the figures and writes nothing. To look for what makes
+a burst in the trail: ``--series FILE`` writes each paced command's accepted, readable
+and projected times; ``--redis-config NAME=VALUE`` sets Redis up otherwise for a run;
+``--rewrite-at S`` has Redis rewrite its AOF S seconds into the measured part (how
+the bursts were traced to the AOF rewrites: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -249,7 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=None,
                         help="paced commands/s (default: half the pipeline's flat-out rate "
                              "in benchmarks/results/pipeline.json, else 1,000)")
-    parser.add_argument("--seconds", type=float, default=20.0)
+    # a minute, not less: Redis rewrites its AOF every so often (deploy/localstack.py
+    # REDIS_PERSISTENCE), each a burst in the trail, and a window of 20 s held one, two
+    # or none by chance; over a minute the figure counts them about as often as they come
+    parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=5.0,
                         help="seconds paced first and left out of the trail's figures "
                              "(reported apart): the flat-out phase's after-effects")
@@ -258,6 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1,
                         help="read-model worker processes (the group splits the partitions)")
+    parser.add_argument("--series", type=Path,
+                        help="write each paced command's accepted, readable and projected "
+                             "times (ms) to this file, one JSON line each, to look for bursts")
+    parser.add_argument("--redis-config", action="append", default=[], metavar="NAME=VALUE",
+                        help="CONFIG SET this first (repeatable)")
+    parser.add_argument("--rewrite-at", type=float, default=None, metavar="SECONDS",
+                        help="ask Redis for an AOF rewrite (BGREWRITEAOF) this many seconds "
+                             "into the measured part of the paced phase")
     parser.add_argument("--appendfsync", choices=("always", "everysec", "no"),
                         help="set Redis's fsync policy first (CONFIG SET)")
     args = parser.parse_args(argv)
@@ -311,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.appendfsync:
             client.config_set("appendfsync", args.appendfsync)
+        for setting in args.redis_config:
+            name, _, value = setting.partition("=")
+            client.config_set(name, value)
         print(f"redis: appendonly {client.config_get('appendonly')['appendonly']}, "
               f"appendfsync {client.config_get('appendfsync')['appendfsync']}", flush=True)
         start("circulation")
@@ -351,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         loop_before, redis_before = loop_figures(rm_ports), redis_figures(client)
         client.config_set("latency-monitor-threshold", 1)
         client.execute_command("LATENCY", "RESET")
+        if args.rewrite_at is not None:
+            threading.Timer(args.warmup + args.rewrite_at, client.bgrewriteaof).start()
         took = sender.send(paced, rate=args.rate)
         wait("the paced commands sequenced", lambda: counter(
             ports["circulation"], "commission_messages_in_total") >= len(items) + len(paced), 300)
@@ -391,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
                 if seen is not None:
                     upstream.append(seen - accepted_ms)
                     own.append(projected_ms - seen)
+        if args.series:
+            with args.series.open("w") as f:
+                for cid, accepted_ms, projected_ms in outcomes:
+                    f.write(json.dumps([accepted_ms, visible.at_ms.get(cid), projected_ms])
+                            + "\n")
         trail, up, mine = percentiles(trails), percentiles(upstream), percentiles(own)
         warm = percentiles(warming)
         print(f"trail at {len(paced) / took:,.0f} commands/s for {took:.0f} s "
