@@ -346,7 +346,8 @@ def main() -> int:
     for name in (*SERVICES, *PLATFORM, "audit"):
         services.start(name)
     sender = CommandSender(settings, Keyring.from_env())
-    feeder = Feeder(sender)
+    # the payment system's word on a client of its own (services/demo/feeder.py)
+    feeder = Feeder(sender, payer=CommandSender(settings, Keyring.from_env()), rate=rate)
     tty = sys.stdout.isatty()
     # on a terminal the summary is redrawn in place (rich); otherwise a plain line
     live = Live(console=Console(), auto_refresh=False, transient=False) if tty else None
@@ -375,6 +376,8 @@ def main() -> int:
             print("\nstopping: draining the pipeline ...")
         sender.flush()
         sender.close()
+        if feeder.payer is not None:
+            feeder.payer.close()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and any(services.lag(s) for s in SERVICES):
             time.sleep(0.5)

@@ -4,7 +4,7 @@ bad input (forged and malformed commands) so every counter on the screen moves.
 The feeder also plays the payment system for the demo, on its only topic,
 ``payment-results`` (signed with its Ed25519 key; the captures stage takes it into
 ``commands``): it confirms each pool's escrow hold (``ConfirmFunding``), and the
-seller posts a second later, once the confirmation is in, as a seller would; every
+seller posts a few seconds later, once the confirmation is in, as a seller would; every
 purchase is a payment it captured for the whole price (a buyer cannot say it paid);
 now and then it refunds a purchase (within its hold or after it), as sellers do too.
 Pools hold the money of a purchase for 20 s, so the demo shows held money being
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import msgspec
@@ -43,9 +44,35 @@ class Live:
     refund_after_hold: bool = False
 
 
+# how long a seller waits for the escrow confirmation before posting: 1 s was too
+# short while `make run`'s services start (their first rounds, the broker's first
+# transactions): ~1,600-2,000 posts came before their confirmation, were refused
+# (funding_not_confirmed) and every share of those copies after them (not_posted)
+POST_AFTER_S = 3.0
+# copies on sale that the feeder shares
+LIVE = 40
+# how long the payment system's word waits after the commands before it: sent by its
+# own client, it must not reach the engine before the shares and the pool it follows
+PAY_AFTER_S = 0.25
+
+
 class Feeder:
-    def __init__(self, sender: CommandSender, seed: int = 1) -> None:
+    def __init__(self, sender: CommandSender, seed: int = 1,
+                 payer: CommandSender | None = None, rate: float = 0.0) -> None:
+        """``payer``: the payment system's own client. Without one the feeder sends
+        its word on ``sender`` right away, and the sender waits for what it sent
+        before to be written whenever it changes topic (CommandSender.send_raw): at
+        `make run`'s rates ~80 such waits a second held the feeder to ~390 commands/s.
+        With one, its word is sent PAY_AFTER_S later, on its own connection.
+
+        ``rate``: the commands a second asked for. A copy is bought after ~8 commands
+        on average and waits POST_AFTER_S before its shares begin, so ``rate`` needs
+        ~rate/8 new copies a second, rate * POST_AFTER_S / 8 of them waiting at any
+        time: with a fixed 40 (live and waiting together) the feeder could not go
+        past ~400 commands/s whatever the machine."""
         self.sender = sender
+        self.payer = payer
+        self.paying: deque[tuple[float, c.Command]] = deque()
         self.rng = random.Random(seed)
         self.live: list[Live] = []
         self.offers = 0
@@ -61,6 +88,7 @@ class Feeder:
         self.sold: list[Live] = []  # bought, with a refund to come
         # posts waiting for their escrow confirmation to go through the captures stage
         self.to_post: list[tuple[float, c.PostCertificate, Live]] = []
+        self.waiting_max = max(LIVE, int(rate * POST_AFTER_S / 8))
 
     def _id(self, prefix: str) -> str:
         self.ids += 1
@@ -72,8 +100,16 @@ class Feeder:
 
     def _pay(self, command: c.Command) -> None:
         """What the payment system says, on its own topic."""
-        self.sender.send(command, topic=self.sender.payment_results)
+        if self.payer is None:
+            self.sender.send(command, topic=self.sender.payment_results)
+        else:
+            self.paying.append((time.monotonic() + PAY_AFTER_S, command))
         self.sent += 1
+
+    def _release_payments(self) -> None:
+        while self.paying and self.paying[0][0] <= time.monotonic():
+            assert self.payer is not None
+            self.payer.send(self.paying.popleft()[1], topic=self.payer.payment_results)
 
     def new_offer(self) -> None:
         self.offers += 1
@@ -106,7 +142,7 @@ class Feeder:
             self._pay(c.ConfirmFunding(  # the payment system holds the budget in escrow
                 command_id=self._id("escrow-held"), certificate_id=issue.certificate_id,
                 at_ms=now, funding_ref=escrow, amount_minor=budget, currency=issue.currency))
-            self.to_post.append((time.monotonic() + 1.0, c.PostCertificate(
+            self.to_post.append((time.monotonic() + POST_AFTER_S, c.PostCertificate(
                 command_id=self._id("post"), certificate_id=issue.certificate_id, at_ms=now,
                 account_id=issue.account_id), Live(
                     issue.certificate_id, buy_after=self.rng.randint(3, 15),
@@ -115,11 +151,12 @@ class Feeder:
     def step(self) -> None:
         """One user action: mostly a share, sometimes a purchase, a refund or a bad
         command."""
+        self._release_payments()
         while self.to_post and self.to_post[0][0] <= time.monotonic():
             _, post, live = self.to_post.pop(0)
             self._send(msgspec.structs.replace(post, at_ms=int(time.time() * 1000)))
             self.live.append(live)
-        if len(self.live) + len(self.to_post) < 40:
+        if len(self.live) < LIVE and len(self.to_post) < self.waiting_max:
             self.new_offer()
             return
         now = int(time.time() * 1000)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from schemas import commands as c
-from services.demo.feeder import Feeder
+from services.demo.feeder import PAY_AFTER_S, POST_AFTER_S, Feeder
 
 pytestmark = pytest.mark.unit
 
@@ -46,3 +46,29 @@ def test_a_second_run_reuses_no_reference_of_the_first():
     second = references(Feeder(Collecting()), 500)
     assert any(ref.startswith("escrow-") for ref in first)  # it did fund pools
     assert not first & second
+
+
+def test_the_payment_systems_word_goes_on_its_own_client_after_the_commands():
+    """No wait for the broker on every change of topic (what held `make run` to ~390
+    commands/s), and no confirmation of a pool before the pool's own commands."""
+    sender, payer = Collecting(), Collecting()
+    feeder = Feeder(sender, payer=payer)
+    feeder.step()  # an offer: issue and attach on commands, its escrow held on payment-results
+    assert any(isinstance(cmd, c.AttachPool) for cmd in sender.sent)
+    assert not payer.sent and not any(isinstance(cmd, c.ConfirmFunding) for cmd in sender.sent)
+    time.sleep(PAY_AFTER_S)
+    feeder.step()
+    assert [type(cmd) for cmd in payer.sent if isinstance(cmd, c.ConfirmFunding)]
+    assert not any(isinstance(cmd, c.ConfirmFunding) for cmd in sender.sent)
+
+
+def test_the_copies_waiting_to_be_posted_grow_with_the_rate_asked():
+    """~rate/8 copies a second are bought; each waits POST_AFTER_S before its shares:
+    at 1,000 commands/s a fixed 40 copies in play held the feeder to ~400/s."""
+    slow, fast = Feeder(Collecting(), payer=Collecting()), Feeder(
+        Collecting(), payer=Collecting(), rate=1000)
+    for _ in range(400):  # within a moment: no copy is posted yet
+        slow.step()
+        fast.step()
+    assert len(slow.to_post) < 40 + 4  # an offer has at most 4 copies
+    assert len(fast.to_post) >= 1000 * POST_AFTER_S / 8
