@@ -271,10 +271,12 @@ def _fresh(t: Trail, th: Thresholds) -> bool:
 
 
 def _unique(flags: list[Flag]) -> list[Flag]:
-    seen: set[tuple[str, str, str]] = set()
+    """One flag a (certificate, sharer), the first rule's: the sequencer refuses a
+    second one of the pair (already_flagged), whatever its rule."""
+    seen: set[tuple[str, str]] = set()
     out = []
     for f in flags:
-        k = (f.certificate_id, f.sharer_id, f.rule)
+        k = (f.certificate_id, f.sharer_id)
         if k not in seen:
             seen.add(k)
             out.append(f)
