@@ -34,7 +34,6 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import msgspec
-from kafka import KafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.live import Live
 from rich.panel import Panel
@@ -57,6 +56,7 @@ from services.common.auth import Keyring
 from services.common.metrics import scrape, total
 from services.common.settings import Settings
 from services.common.topics import ensure_topics
+from services.demo.clients import FastSender, committed_records
 from services.demo.feeder import Feeder
 from services.gateway import CommandSender
 
@@ -184,28 +184,19 @@ class Tally(threading.Thread):
 
     def run(self) -> None:
         t = self.settings.topics
-        consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap, group_id=None,
-                                 isolation_level="read_committed", enable_auto_commit=False,
-                                 **self.settings.kafka_auth.kafka_python())
-        tps = [TopicPartition(topic, p) for topic in (t.payments, t.rejections)
-               for p in range(self.settings.partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_end(*tps)
         decode_s = msgspec.json.Decoder(Settlement).decode
         decode_r = msgspec.json.Decoder(Rejection).decode
-        while not self.stopping.is_set():
-            for tp, records in consumer.poll(timeout_ms=300).items():
-                for record in records:
-                    if tp.topic == t.payments:
-                        s = decode_s(record.value)
-                        kind = type(s).__name__
-                        self.settlements[kind] += 1
-                        if s.attempt == 1:  # a retry is the same money again
-                            self.money[(kind, s.currency)] += s.amount_minor
-                        self.pay(s)
-                    else:
-                        self.rejections[decode_r(record.value).reason.value] += 1
-        consumer.close()
+        for record in committed_records(self.settings, (t.payments, t.rejections),
+                                        self.stopping):
+            if record.topic() == t.payments:
+                s = decode_s(record.value())
+                kind = type(s).__name__
+                self.settlements[kind] += 1
+                if s.attempt == 1:  # a retry is the same money again
+                    self.money[(kind, s.currency)] += s.amount_minor
+                self.pay(s)
+            else:
+                self.rejections[decode_r(record.value()).reason.value] += 1
 
     def pay(self, s: Settlement) -> None:
         if self.payer is None:
@@ -340,14 +331,14 @@ def main() -> int:
         prometheus.stop()
         print(f"prometheus did not start ({str(err).splitlines()[-1]}); set "
               "DEMO_PROMETHEUS_PORT to a free port to have one", flush=True)
-    payer = CommandSender(settings, Keyring.from_env())  # the payment system's own client
+    payer = FastSender(settings, Keyring.from_env())  # the payment system's own client
     tally = Tally(settings, payer)
     tally.start()
     for name in (*SERVICES, *PLATFORM, "audit"):
         services.start(name)
-    sender = CommandSender(settings, Keyring.from_env())
+    sender = FastSender(settings, Keyring.from_env())  # the users' (services/demo/clients.py)
     # the payment system's word on a client of its own (services/demo/feeder.py)
-    feeder = Feeder(sender, payer=CommandSender(settings, Keyring.from_env()), rate=rate)
+    feeder = Feeder(sender, payer=FastSender(settings, Keyring.from_env()), rate=rate)
     tty = sys.stdout.isatty()
     # on a terminal the summary is redrawn in place (rich); otherwise a plain line
     live = Live(console=Console(), auto_refresh=False, transient=False) if tty else None
@@ -384,6 +375,7 @@ def main() -> int:
         services.stop()
         tally.stopping.set()
         tally.join(timeout=5)
+        payer.close()
     status = 2
     try:
         print("services stopped; running the audit:")

@@ -1,0 +1,95 @@
+"""The demo's own Kafka clients: its users' and its payment system's, on librdkafka.
+
+`make run` plays the world around the engine as well as running it: the users
+(through the gateway's signed commands) and the payment system (escrow confirmations,
+captures, payment results). On the gateway's kafka-python client those parts took
+30-40 % of a core at 1,000 commands/s, on a machine whose two cores the engine needs
+(docs/benchmarks.md, "make run at DEMO_RATE=1000"), as the load generator found
+before it (benchmarks/generator.py). The records are CommandSender's, byte for byte
+(keys, bodies, signatures, the topic order): only the client is C.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, Producer
+from confluent_kafka import TopicPartition as KafkaPartition
+
+from services.common.auth import Keyring
+from services.common.settings import Settings
+from services.gateway import CommandSender
+
+log = logging.getLogger("commission.demo")
+
+
+class FastSender(CommandSender):
+    """CommandSender's records on a librdkafka producer."""
+
+    def __init__(self, settings: Settings, keyring: Keyring) -> None:
+        # CommandSender's own attributes, without its kafka-python producer
+        self.topic = settings.topics.commands
+        self.payment_results = settings.topics.payment_results
+        self.keyring = keyring
+        self.fixed_key = None
+        self.key = keyring.first("gateway")
+        self._payer = None
+        self._last_topic: str | None = None
+        self.failed = 0  # records the broker did not take (after librdkafka's retries)
+        self._lock = threading.Lock()
+        self.producer = Producer({"bootstrap.servers": settings.bootstrap,
+                                  "enable.idempotence": True, "acks": "all", "linger.ms": 5,
+                                  # the Java client's partitioner, as kafka-python's and
+                                  # the stages': one certificate, one partition, whoever
+                                  # writes (librdkafka's default hashes otherwise)
+                                  "partitioner": "murmur2_random",
+                                  "client.id": "commission-demo",
+                                  **settings.kafka_auth.librdkafka()})
+
+    def _delivered(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            with self._lock:
+                self.failed += 1
+            log.warning("a demo command was not delivered", extra={"error": str(error)})
+
+    def send_raw(self, key: bytes | None, body: bytes, *, sign: bool = True,
+                 headers: list[tuple[str, bytes]] | None = None,
+                 timestamp_ms: int | None = None, topic: str | None = None) -> None:
+        if headers is None:
+            headers = self.keyring.sign(body, self.key) if sign else []
+        topic = topic or self.topic
+        if topic != self._last_topic:
+            self.flush()  # as CommandSender: what was sent before reaches its topic first
+            self._last_topic = topic
+        self.producer.produce(topic, body, key, headers=headers or None,
+                              timestamp=timestamp_ms or 0, on_delivery=self._delivered)
+        self.producer.poll(0)  # serve delivery reports
+
+    def flush(self) -> None:
+        left = self.producer.flush(60)
+        if left:
+            raise RuntimeError(f"{left} demo commands not delivered within 60 s")
+
+    def close(self) -> None:
+        self.flush()
+        self.producer = None  # librdkafka's client ends with its last reference, quietly
+
+
+def committed_records(settings: Settings, topics: tuple[str, ...],
+                      stopping: threading.Event) -> Iterator[Message]:
+    """Each record committed to ``topics`` from now on, until ``stopping`` is set."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap,
+                         "group.id": "commission-demo-tally",  # never commits
+                         "enable.auto.commit": False, "isolation.level": "read_committed",
+                         **settings.kafka_auth.librdkafka()})
+    try:
+        consumer.assign([KafkaPartition(topic, p, OFFSET_END) for topic in topics
+                         for p in range(settings.partitions)])
+        while not stopping.is_set():
+            for record in consumer.consume(1000, 0.3):
+                if record.error() is None:
+                    yield record
+    finally:
+        consumer.close()
