@@ -30,10 +30,18 @@ class CommandSender:
         # that play the payment system, loaded when first needed; the API never has them
         self._payer = payer
         self._last_topic: str | None = None
-        self.producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
-                                      enable_idempotence=True, linger_ms=5,
-                                      client_id="commission-gateway",
-                                      **settings.kafka_auth.kafka_python())
+        self.producer = self._connect(settings)
+
+    def _connect(self, settings: Settings):
+        """The Kafka producer (services/demo/clients.py puts another client here)."""
+        return KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
+                             enable_idempotence=True, linger_ms=5,
+                             client_id="commission-gateway",
+                             **settings.kafka_auth.kafka_python())
+
+    def _produce(self, topic: str, key: bytes | None, body: bytes,
+                 headers: list[tuple[str, bytes]], timestamp_ms: int | None) -> None:
+        self.producer.send(topic, key=key, value=body, headers=headers, timestamp_ms=timestamp_ms)
 
     def key_for(self, command: Command) -> Key:
         """The key whose scope may sign ``command`` (a payments key for what the payment
@@ -70,9 +78,9 @@ class CommandSender:
         if topic != self._last_topic:
             # what was sent before reaches its topic first: a capture sent after a
             # circulation cannot overtake it through the captures stage
-            self.producer.flush()
+            self.flush()
             self._last_topic = topic
-        self.producer.send(topic, key=key, value=body, headers=headers, timestamp_ms=timestamp_ms)
+        self._produce(topic, key, body, headers, timestamp_ms)
 
     def flush(self) -> None:
         self.producer.flush()

@@ -29,24 +29,19 @@ class FastSender(CommandSender):
     """CommandSender's records on a librdkafka producer."""
 
     def __init__(self, settings: Settings, keyring: Keyring) -> None:
-        # CommandSender's own attributes, without its kafka-python producer
-        self.topic = settings.topics.commands
-        self.payment_results = settings.topics.payment_results
-        self.keyring = keyring
-        self.fixed_key = None
-        self.key = keyring.first("gateway")
-        self._payer = None
-        self._last_topic: str | None = None
         self.failed = 0  # records the broker did not take (after librdkafka's retries)
         self._lock = threading.Lock()
-        self.producer = Producer({"bootstrap.servers": settings.bootstrap,
-                                  "enable.idempotence": True, "acks": "all", "linger.ms": 5,
-                                  # the Java client's partitioner, as kafka-python's and
-                                  # the stages': one certificate, one partition, whoever
-                                  # writes (librdkafka's default hashes otherwise)
-                                  "partitioner": "murmur2_random",
-                                  "client.id": "commission-demo",
-                                  **settings.kafka_auth.librdkafka()})
+        super().__init__(settings, keyring)
+
+    def _connect(self, settings: Settings) -> Producer:
+        return Producer({"bootstrap.servers": settings.bootstrap,
+                         "enable.idempotence": True, "acks": "all", "linger.ms": 5,
+                         # the Java client's partitioner, as kafka-python's and the
+                         # stages': one certificate, one partition, whoever writes
+                         # (librdkafka's default hashes otherwise)
+                         "partitioner": "murmur2_random",
+                         "client.id": "commission-demo",
+                         **settings.kafka_auth.librdkafka()})
 
     def _delivered(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
@@ -54,15 +49,8 @@ class FastSender(CommandSender):
                 self.failed += 1
             log.warning("a demo command was not delivered", extra={"error": str(error)})
 
-    def send_raw(self, key: bytes | None, body: bytes, *, sign: bool = True,
-                 headers: list[tuple[str, bytes]] | None = None,
-                 timestamp_ms: int | None = None, topic: str | None = None) -> None:
-        if headers is None:
-            headers = self.keyring.sign(body, self.key) if sign else []
-        topic = topic or self.topic
-        if topic != self._last_topic:
-            self.flush()  # as CommandSender: what was sent before reaches its topic first
-            self._last_topic = topic
+    def _produce(self, topic: str, key: bytes | None, body: bytes,
+                 headers: list[tuple[str, bytes]], timestamp_ms: int | None) -> None:
         self.producer.produce(topic, body, key, headers=headers or None,
                               timestamp=timestamp_ms or 0, on_delivery=self._delivered)
         self.producer.poll(0)  # serve delivery reports
