@@ -47,6 +47,7 @@ POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
 # Limits: how long we wait for a server to answer before declaring the start failed.
 KAFKA_START_TIMEOUT_S = 90.0
 REDIS_START_TIMEOUT_S = 20.0
+REDIS_LOAD_TIMEOUT_S = 600.0  # replaying a kept AOF (wait_for_redis)
 STOP_TIMEOUT_S = 30.0
 # The broker shares 2 cores and the memory with Redis, the services and the tests.
 KAFKA_HEAP = "-Xms768m -Xmx768m"
@@ -229,13 +230,31 @@ def kafka_answers(port: int) -> bool:
         return False
 
 
-def redis_answers(port: int) -> bool:
+def redis_reply(port: int) -> bytes | None:
+    """What Redis on ``port`` answers a PING (``+PONG``, or ``-LOADING ...`` while it
+    replays its data), None when nothing answers."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
+            return s.recv(64) or None
     except OSError:
-        return False
+        return None
+
+
+def redis_answers(port: int) -> bool:
+    return (redis_reply(port) or b"").startswith(b"+PONG")
+
+
+def wait_for_redis(port: int, pid: int | None, log: Path | None, what: str = "redis") -> None:
+    """Wait until Redis answers, then until it has loaded its data. A Redis restarted
+    on a kept run folder replays its AOF first (answering -LOADING meanwhile): 23 s for
+    the ~500,000 keys a few `make run`s at DEMO_RATE=1000 left, longer than the start
+    itself may take. So the start has REDIS_START_TIMEOUT_S, the replay as long as the
+    server lives and says it is loading, up to REDIS_LOAD_TIMEOUT_S."""
+    wait_until(lambda: redis_reply(port) is not None, REDIS_START_TIMEOUT_S, what, log, pid=pid)
+    wait_until(lambda: not (redis_reply(port) or b"").startswith(b"-LOADING"),
+               REDIS_LOAD_TIMEOUT_S, f"{what} (loading its data)", log, pid=pid)
+    wait_until(lambda: redis_answers(port), REDIS_START_TIMEOUT_S, what, log, pid=pid)
 
 
 def wait_until(check, timeout_s: float, what: str, log: Path | None = None,
@@ -579,7 +598,7 @@ class Redis(_Server):
             self.log,
         )
         self.pidfile.write_text(f"{pid}\n")
-        wait_until(lambda: redis_answers(self.port), REDIS_START_TIMEOUT_S, "redis", self.log)
+        wait_for_redis(self.port, pid, self.log)
 
     def answers(self) -> bool:
         return redis_answers(self.port)
@@ -911,8 +930,7 @@ class RedisCluster:
             pids.append(pid)
         for port, pid in zip(self.ports, pids, strict=True):
             node = self.node(port)
-            wait_until(node.answers, REDIS_START_TIMEOUT_S, "redis cluster node", node.log,
-                       pid=pid)
+            wait_for_redis(port, pid, node.log, "redis cluster node")
         log = self.run_dir / "cluster-create.log"
         with open(log, "ab") as out:
             subprocess.run([cli, "--cluster", "create",
