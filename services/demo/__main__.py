@@ -76,6 +76,24 @@ FRAUD_PORT = int(os.environ.get("DEMO_FRAUD_PORT", "9110"))
 PAYSIM_PORT = int(os.environ.get("DEMO_PAYSIM_PORT", "8090"))
 AUDIT_PORT = METRICS_BASE_PORT + PORT_ORDER.index("audit")
 AUDIT_EVERY_S = 15
+AUDIT_NICE = 10
+# how long the feeder waits for the stages and the read model to be ready
+READY_WITHIN_S = 180
+
+
+def yield_cores(pid: int, nice: int) -> None:
+    """Make a process started in a session of its own (start_new_session) yield the
+    cores to the others. Where the kernel groups processes by session for scheduling
+    (autogroup, /proc/sys/kernel/sched_autogroup_enabled, on by default in Debian), a
+    process's own nice value only weighs inside its session's group, and the groups
+    share the cores equally: the audit started with `nice -n 10` took 10-23 % of a core
+    at DEMO_RATE=1000 while the pipeline was short of CPU. The group's nice value is
+    written to /proc/PID/autogroup (man 7 sched); without autogroup the file is absent
+    and `nice` alone does it."""
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(f"{nice}\n")
+    except OSError:
+        pass
 
 
 class Services:
@@ -109,13 +127,37 @@ class Services:
                if name in PORT_ORDER or name == "fraud" else "0"}
         command = [sys.executable, "-m", f"services.{name}"]
         if name == "audit":  # a check beside the traffic: it yields the cores to it
-            command = ["nice", "-n", "10", *command, "--every", str(AUDIT_EVERY_S),
+            command = ["nice", "-n", str(AUDIT_NICE), *command, "--every", str(AUDIT_EVERY_S),
                        "--port", str(AUDIT_PORT)]
         with open(self.folder / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
+        if name == "audit":
+            yield_cores(proc.pid, AUDIT_NICE)
         pidfile.write_text(f"{proc.pid}\n")
         self.procs[name] = proc
+
+    def ready(self, name: str) -> bool:
+        """The service's /readyz answers 200 (a stage: joined its group, its partitions
+        restored; the read model: assigned, Redis answering)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port(name)}/readyz",
+                                        timeout=1) as answer:
+                return answer.status == 200
+        except OSError:  # refused while it starts, 503 (HTTPError) while not ready
+            return False
+
+    def wait_ready(self, names: tuple[str, ...], timeout_s: float) -> list[str]:
+        """Wait until every one of ``names`` is ready (supervising them meanwhile);
+        the names still not ready when ``timeout_s`` ran out."""
+        deadline = time.monotonic() + timeout_s
+        waiting = list(names)
+        while waiting and time.monotonic() < deadline:
+            self.supervise()
+            waiting = [name for name in waiting if not self.ready(name)]
+            if waiting:
+                time.sleep(0.5)
+        return waiting
 
     def supervise(self) -> None:
         for name, proc in list(self.procs.items()):
@@ -311,9 +353,15 @@ def main() -> int:
     rate = float(os.environ.get("DEMO_RATE", "100"))
     seconds = float(os.environ.get("DEMO_SECONDS", "0"))
     kafka, redis = default_stack()
-    stack_was_up = kafka.running() and redis.running()
+    kafka_was_up = kafka.running()
+    stack_was_up = kafka_was_up and redis.running()
     kafka.start()
-    redis.start()
+    try:
+        redis.start()
+    except BaseException:
+        if not kafka_was_up:  # not left running by a start that failed
+            kafka.stop()
+        raise
     settings = Settings.from_env(bootstrap=kafka.bootstrap)
     ensure_topics(settings, settings.topics.all())
     services = Services(settings, default_run_dir() / "services", redis.url)
@@ -336,6 +384,14 @@ def main() -> int:
     tally.start()
     for name in (*SERVICES, *PLATFORM, "audit"):
         services.start(name)
+    # Commands sent while the stages restore their tables would wait there and make
+    # the first minute a backlog (21,000 commands at DEMO_RATE=1000 on a kept run
+    # folder), and the read model's trail with it: the feeder starts once they are ready.
+    print("waiting for the stages and the read model to be ready ...", flush=True)
+    not_ready = services.wait_ready((*SERVICES, "readmodel"), READY_WITHIN_S)
+    if not_ready:
+        print(f"not ready after {READY_WITHIN_S} s: {', '.join(not_ready)} (their logs are "
+              f"in {services.folder}); the feeder starts anyway", flush=True)
     sender = FastSender(settings, Keyring.from_env())  # the users' (services/demo/clients.py)
     # the payment system's word on a client of its own (services/demo/feeder.py)
     feeder = Feeder(sender, payer=FastSender(settings, Keyring.from_env()), rate=rate)
