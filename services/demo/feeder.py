@@ -54,6 +54,19 @@ LIVE = 40
 # how long the payment system's word waits after the commands before it: sent by its
 # own client, it must not reach the engine before the shares and the pool it follows
 PAY_AFTER_S = 0.25
+# The demo's users are honest: each shares about this often a minute, far below the
+# fraud stage's velocity rule (8 distinct certificates a minute, services/fraud/rules.py
+# Thresholds). With a fixed 300 of them, at DEMO_RATE=100 each shared ~16 times a
+# minute and at 1,000 ~160: the fraud stage flagged nearly every share, a third of
+# the commands at 1,000/s were its flags (and their refusals), and every commission
+# was held for a review no one would do.
+SHARES_PER_ACCOUNT_MINUTE = 1.0
+
+
+def accounts_for(rate: float) -> int:
+    """Enough accounts for ``rate`` commands a second (nearly all of them shares) to
+    be SHARES_PER_ACCOUNT_MINUTE each; at least 300."""
+    return max(300, int(rate * 60 / SHARES_PER_ACCOUNT_MINUTE))
 
 
 class Feeder:
@@ -83,7 +96,7 @@ class Feeder:
         # refused, its offer never posted, and its shares refused as not_posted
         self.run = f"{int(time.time() * 1000):x}"
         self.sent = 0
-        self.accounts = [f"user-{i}" for i in range(300)]
+        self.accounts = [f"user-{i}" for i in range(accounts_for(rate))]
         self.forged = Key("dev-gw-1", "gateway", b"an-attacker-guessing-the-secret")
         self.sold: list[Live] = []  # bought, with a refund to come
         # posts waiting for their escrow confirmation to go through the captures stage

@@ -8,15 +8,23 @@ import time
 import pytest
 
 from schemas import commands as c
+from services.demo import feeder as feeder_module
 from services.demo.feeder import PAY_AFTER_S, POST_AFTER_S, Feeder
+from services.fraud.rules import Thresholds
 
 pytestmark = pytest.mark.unit
+
+
+class Unsigned:
+    def sign(self, body: bytes, key) -> list:
+        return []
 
 
 class Collecting:
     """The feeder's sender, below the adapter line: keeps what it is asked to send."""
 
     payment_results = "payment-results"
+    keyring = Unsigned()
 
     def __init__(self) -> None:
         self.sent: list[c.Command] = []
@@ -72,3 +80,23 @@ def test_the_copies_waiting_to_be_posted_grow_with_the_rate_asked():
         fast.step()
     assert len(slow.to_post) < 40 + 4  # an offer has at most 4 copies
     assert len(fast.to_post) >= 1000 * POST_AFTER_S / 8
+
+
+@pytest.mark.parametrize("rate", [100, 1000])
+def test_the_demos_users_share_too_slowly_to_look_like_bots(monkeypatch, rate):
+    """A minute of traffic at ``rate``: hardly any account shares on as many distinct
+    certificates as the fraud stage's velocity rule flags (with a fixed 300 accounts
+    every one of them did, at both rates, and the fraud stage flagged nearly every
+    share). Shares bound acquisitions from above, so this bounds the rule's flags."""
+    monkeypatch.setattr(feeder_module, "POST_AFTER_S", 0.0)  # copies live at once
+    feeder = Feeder(Collecting(), rate=rate)
+    for _ in range(int(rate * 60)):
+        feeder.step()
+    certificates: dict[str, set[str]] = {}
+    for cmd in feeder.sender.sent:
+        if isinstance(cmd, c.Circulate):
+            certificates.setdefault(cmd.account_id, set()).add(cmd.certificate_id)
+    assert sum(map(len, certificates.values())) > rate * 60 * 0.8  # it did share
+    limit = Thresholds().velocity_per_minute
+    like_bots = [a for a, certs in certificates.items() if len(certs) >= limit]
+    assert len(like_bots) <= len(certificates) / 1000, (len(like_bots), len(certificates))
