@@ -28,7 +28,7 @@ import pytest
 from kafka import KafkaProducer
 
 from tests.integration.faust_table_probe import STEP_S
-from tests.integration.kafka_helpers import create_topics, read_all
+from tests.integration.kafka_helpers import RESTARTED_WITHIN_S, create_topics, read_all
 
 ROOT = Path(__file__).resolve().parents[2]
 SENT = ["c1:1", "c1:2"]
@@ -85,12 +85,12 @@ def test_faust_table_dedupe_is_not_exactly_once(stack, names, tmp_path, order):
     try:
         if order == "send-first":
             again = read_all(stack.bootstrap, out, expect=len(SENT) + 1,
-                             timeout_s=60 + 3 * STEP_S)
+                             timeout_s=RESTARTED_WITHIN_S + 3 * STEP_S)
             assert Counter(r.value.decode() for r in again) == {"c1:1": 2, "c1:2": 1}
         else:
             # the last record's output comes after the first one's would have
             after = read_all(stack.bootstrap, out, expect=len(SENT) - 1,
-                             timeout_s=60 + 3 * STEP_S)
+                             timeout_s=RESTARTED_WITHIN_S + 3 * STEP_S)
             assert [r.value.decode() for r in after] == ["c1:2"]
     finally:
         _kill(second)

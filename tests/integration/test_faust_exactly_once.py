@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 
-from tests.integration.kafka_helpers import create_topics, read_all
+from tests.integration.kafka_helpers import RESTARTED_WITHIN_S, create_topics, read_all
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,7 +56,8 @@ def test_faust_exactly_once_publishes_outside_the_transaction(stack, names, tmp_
 
     second = worker(2)
     try:
-        again = read_all(stack.bootstrap, out, expect=2 * len(sent), timeout_s=90)
+        again = read_all(stack.bootstrap, out, expect=2 * len(sent),
+                         timeout_s=RESTARTED_WITHIN_S)
         assert Counter(r.value for r in again) == {value: 2 for value in sent}
     finally:
         second.send_signal(signal.SIGKILL)  # its SIGTERM path can hang in this mode
