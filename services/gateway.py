@@ -34,8 +34,11 @@ class CommandSender:
 
     def _connect(self, settings: Settings):
         """The Kafka producer (services/demo/clients.py puts another client here)."""
+        # a broker that went away is tried again at least every second (kafka-python's
+        # backoff grows to 30 s: the API could refuse writes long after it was back)
         return KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
                              enable_idempotence=True, linger_ms=5,
+                             reconnect_backoff_max_ms=1_000,
                              client_id="commission-gateway",
                              **settings.kafka_auth.kafka_python())
 

@@ -75,18 +75,33 @@ def _read_range_once(bootstrap: str, topic: str, isolation: str, timeout_s: floa
         # with read_committed, end_offsets is the last stable offset; with
         # read_uncommitted, the high watermark
         end = consumer.end_offsets(tps)
-        records: list[ConsumerRecord] = []
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}: not read to its end within {timeout_s}s")
-            for tp, batch in consumer.poll(timeout_ms=500).items():
-                # a fetch may return records past the end taken: they belong to a
-                # later moment than the other partitions' ends
-                records.extend(r for r in batch if r.offset < end[tp])
-        return records, {tp.partition: end[tp] for tp in tps}
+        return drain(consumer, tps, end, timeout_s), {tp.partition: end[tp] for tp in tps}
     finally:
         consumer.close()
+
+
+def drain(consumer, tps: list[TopicPartition], end: dict[TopicPartition, int],
+          timeout_s: float, clock=time.monotonic) -> list[ConsumerRecord]:
+    """Every record of ``tps`` from the consumer's positions up to ``end`` (never
+    past it). ``timeout_s`` bounds a read that stops moving, not a long one: a topic
+    with a long history (`make run` keeps its data from run to run) takes as long as
+    it takes, as long as its positions move within every ``timeout_s``."""
+    records: list[ConsumerRecord] = []
+    deadline, was = clock() + timeout_s, None
+    while True:
+        at = [consumer.position(tp) for tp in tps]
+        if all(position >= end[tp] for position, tp in zip(at, tps, strict=True)):
+            return records
+        if at != was:
+            deadline, was = clock() + timeout_s, at
+        elif clock() > deadline:
+            topic = tps[0].topic
+            raise TimeoutError(f"{topic}: not read to its end: no progress for "
+                               f"{timeout_s}s ({len(records)} records read)")
+        for tp, batch in consumer.poll(timeout_ms=500).items():
+            # a fetch may return records past the end taken: they belong to a later
+            # moment than the other partitions' ends
+            records.extend(r for r in batch if r.offset < end[tp])
 
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0,

@@ -81,6 +81,8 @@ MAX_ROUND_RECORDS = 10_000
 # A vanished worker's open transaction holds back read_committed readers (the next
 # stage, the restore of its partitions) until the coordinator aborts it.
 TXN_TIMEOUT_MS = 10_000
+# the longest gap between attempts to reach a broker that went away (see _conf)
+RECONNECT_MAX_MS = 1_000
 INIT_TIMEOUT_S = 60.0
 # A restore that makes no progress for this long stops the worker (the broker is
 # gone); a long restore that progresses is fine, and reports as it goes.
@@ -204,9 +206,12 @@ class StageRunner:
 
     def _conf(self, **extra) -> dict:
         # librdkafka's own log lines go through logging (JSON lines like the rest);
-        # its errors reach _on_error
+        # its errors reach _on_error. A broker that went away is tried again at least
+        # every RECONNECT_MAX_MS: librdkafka's default backoff grows to 10 s, so a
+        # stage could sit idle for seconds after its broker was back.
         return {"bootstrap.servers": self.settings.bootstrap, "logger": _librdkafka_log,
-                "error_cb": self._on_error, **self.settings.kafka_auth.librdkafka(), **extra}
+                "error_cb": self._on_error, "reconnect.backoff.max.ms": RECONNECT_MAX_MS,
+                **self.settings.kafka_auth.librdkafka(), **extra}
 
     def _on_error(self, error: KafkaError) -> None:
         """librdkafka reports connection trouble here and retries by itself; a refused
@@ -730,11 +735,12 @@ class StageRunner:
 
     def _rival_joins(self) -> None:
         """Fault injection: another member joins the group and stays until the group
-        has moved to a new generation, so this round's offsets are stale."""
+        has moved to a new generation, so this round's offsets are stale. It joins
+        without a group.instance.id, so it leaves when it closes (a static member would
+        hold its partitions for its whole session, 10 s, after it closed)."""
         joined = threading.Event()
         rival = Consumer(self._conf(**{
             "group.id": self.group, "partition.assignment.strategy": "cooperative-sticky",
-            "group.instance.id": f"{self.settings.instance}-rival",
             "session.timeout.ms": 10_000, "heartbeat.interval.ms": 1_000}))
         rival.subscribe([self.input], on_assign=lambda *_: joined.set())
         deadline = time.monotonic() + 30

@@ -59,6 +59,7 @@ class PaymentSystem:
         self.key = self.keyring.signing_key("payments")
         self.producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
                                       enable_idempotence=True, linger_ms=5,
+                                      reconnect_backoff_max_ms=1_000,  # as the gateway
                                       client_id="commission-payment-system",
                                       **settings.kafka_auth.kafka_python())
         self.pending: list = []  # sends not yet known to be acknowledged

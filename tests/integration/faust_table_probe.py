@@ -3,12 +3,13 @@ issue's first sketch asked of a stage: a faust table keyed by certificate id kee
 the last sequence number applied, a record at or below it is skipped, and each new
 record publishes one output. For test_faust_at_least_once.py; run as a subprocess.
 
-    python -m tests.integration.faust_table_probe BOOTSTRAP SRC OUT GROUP DATADIR ORDER
+    python -m tests.integration.faust_table_probe BOOTSTRAP SRC OUT GROUP DATADIR ORDER [STEP]
 
 ORDER is ``send-first`` (publish, then write the table) or ``table-first``. Between
-the two writes the agent spends STEP_S seconds, standing for the rest of a stage's
-work; it only widens a window that exists at any length, so that a test can kill
-the worker inside it every time.
+the two writes the agent spends STEP seconds (STEP_S unless given), standing for the
+rest of a stage's work; it only widens a window that exists at any length, so that a
+test can kill the worker inside it every time. The restarted worker, which is not
+killed, runs with 0.
 """
 
 import asyncio
@@ -25,6 +26,7 @@ STEP_S = 8.0
 
 def main() -> None:
     bootstrap, src, out, group, datadir, order = sys.argv[1:7]
+    step_s = float(sys.argv[7]) if len(sys.argv) > 7 else STEP_S
     app = faust.App(group, broker=f"kafka://{bootstrap}", store="memory://",
                     web_enabled=False, topic_partitions=1, datadir=datadir,
                     consumer_auto_offset_reset="earliest",
@@ -46,11 +48,11 @@ def main() -> None:
                 continue  # the dedupe the issue asked for
             if order == "send-first":
                 await sink.send(key=certificate, value=event.value)
-                await asyncio.sleep(STEP_S)
+                await asyncio.sleep(step_s)
                 applied[certificate] = seq
             else:
                 applied[certificate] = seq
-                await asyncio.sleep(STEP_S)
+                await asyncio.sleep(step_s)
                 await sink.send(key=certificate, value=event.value)
 
     sys.argv = [sys.argv[0], "worker", "-l", "warn"]
