@@ -53,6 +53,7 @@ def test_make_run_shows_the_system_working_and_stops_cleanly(tmp_path):
            "KAFKA_CONTROLLER_PORT": str(free_port()), "REDIS_PORT": str(free_port()),
            "DEMO_METRICS_BASE_PORT": str(free_ports_from(8)), "DEMO_API_PORT": str(free_port()),
            "DEMO_API_OPS_PORT": str(free_port()), "DEMO_PAYSIM_PORT": str(free_port()),
+           "DEMO_FRAUD_PORT": str(free_port()),
            "DEMO_PROMETHEUS_PORT": str(free_port())}
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "COMMISSION_TOPIC_PREFIX"):
         env.pop(name, None)
