@@ -237,8 +237,17 @@ def end(state: CertificateState, reason: Literal["cancelled", "closed"], rec: Re
         if pool.status == "open" or pool.status == "frozen":
             pool.status = "withdrawn"
         pool.claimable.clear()
-        rec.settle(BudgetRelease, payee_id=pool.funder_id, amount_minor=released,
-                   funding_ref=pool.funding_ref, currency=state.currency, reason=reason)
+        if pool.funding_confirmed:
+            rec.settle(BudgetRelease, payee_id=pool.funder_id, amount_minor=released,
+                       funding_ref=pool.funding_ref, currency=state.currency, reason=reason)
+        else:
+            # Nothing is held behind funding_ref (an unconfirmed pool was never posted,
+            # so nothing was acquired either): a release would ask the payment system
+            # to pay the funder a budget it never held, any budget the pool named, or
+            # point at someone else's escrow. The books count the budget released
+            # (conservation), the event says nothing was; a confirmation that comes
+            # after the end releases the hold then (handlers._confirm_funding).
+            released = 0
     state.status = reason
     rec.event(CertificateEnded, reason=reason, currency=state.currency, voided=voided,
               voided_minor=sum(v.amount_minor for v in voided), released_minor=released)

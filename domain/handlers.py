@@ -67,7 +67,7 @@ from schemas.events import (
     NoGain,
     PoolAttached,
 )
-from schemas.payments import Settlement
+from schemas.payments import BudgetRelease, Settlement
 from schemas.rejections import Reason
 from schemas.types import MAX_TIMESTAMP_MS
 
@@ -236,6 +236,12 @@ def _confirm_funding(state: CertificateState, c: ConfirmFunding, ctx: _Context) 
     pool.funding_confirmed = True
     rec.event(FundingConfirmed, funding_ref=c.funding_ref, amount_minor=c.amount_minor,
               currency=c.currency)
+    if state.status == "cancelled" or state.status == "closed":
+        # the certificate ended before its escrow was confirmed (aftersale.end released
+        # nothing then): the hold the payment system now reports goes back at once
+        rec.settle(BudgetRelease, payee_id=pool.funder_id, amount_minor=pool.budget_minor,
+                   funding_ref=pool.funding_ref, currency=state.currency,
+                   reason=state.status)
     return rec
 
 
@@ -297,6 +303,7 @@ def _circulate(state: CertificateState, c: Circulate, ctx: _Context) -> Recorder
         state.distinct_circulations += 1
     elif new and not insider:
         state.ineligible_members += 1
+        state.ineligible.append(c.account_id)
     rec.events.append(CertificateCirculated(
         event_id=rec.next_event_id(), certificate_id=state.certificate_id,
         command_id=c.command_id, seq=rec.seq, at_ms=now, account_id=c.account_id, via=c.via,
@@ -328,6 +335,8 @@ def _no_gain(state: CertificateState, pool: Pool, c: Circulate, new: bool, insid
         return "upstream_none"
     if who == state.seller_id or who == pool.funder_id:
         return "seller_or_funder"
+    if who != c.account_id and who in state.ineligible:
+        return "account_rules"  # the upstream account did not meet them when it joined
     if who in pool.acquired or who in pool.claimable:
         return "already_gained"
     max_depth = pool.acquisition.max_depth
@@ -438,7 +447,13 @@ def _refund(state: CertificateState, c: Refund, ctx: _Context) -> Recorder:
         # buyer is paid at once and the debt waits on the seller's next sale)
         raise Refusal(Reason.REFUND_AFTER_HOLD, "after the hold a refund goes through the "
                       "payment system, which takes it from the seller")
-    if c.refund_ref in state.refund_refs:
+    # Each party's references are its own: a seller who used the reference the payment
+    # system will give a chargeback (a predictable one) would otherwise have that
+    # chargeback refused as a duplicate, keeping the price and everyone's commission.
+    # "by ref" cannot be an Id (no spaces), so it never meets a reference stored bare
+    # by rows from before, which still count as used by either party.
+    used = f"{c.by} {c.refund_ref}"
+    if used in state.refund_refs or c.refund_ref in state.refund_refs:
         raise Refusal(Reason.REFUND_REF_USED,
                       f"refund {c.refund_ref} was applied already (under another command id)")
     left = state.price_minor - state.refunded_minor
@@ -446,7 +461,7 @@ def _refund(state: CertificateState, c: Refund, ctx: _Context) -> Recorder:
         raise Refusal(Reason.REFUND_EXCEEDS_PRICE,
                       f"at most {left} of the price is left to refund")
     rec = Recorder(state, c.command_id, ctx.now)
-    state.refund_refs.append(c.refund_ref)
+    state.refund_refs.append(used)
     aftersale.refund(state, state.pool, c.amount_minor, c.by, c.refund_ref, rec,
                      chargeback=c.chargeback_reason is not None, now_ms=ctx.now)
     return rec

@@ -147,8 +147,8 @@ class CertificateState(msgspec.Struct, kw_only=True, array_like=True):
     price_clawed_minor: int = 0  # clawed back from the seller (refunds after the hold)
     # settlement id -> where it stands with the payment system (domain.payments)
     payments: dict[str, PaymentTrack] = msgspec.field(default_factory=dict)
-    # every refund reference applied: a reference refunds once, whatever command id
-    # carries it again
+    # every refund reference applied, as "{by} {refund_ref}" (bare in rows from
+    # before): a party's reference refunds once, whatever command id carries it again
     refund_refs: list[str] = msgspec.field(default_factory=list)
     purchased_at_ms: int | None = None
     # the part of refunded_minor that scaled commission down: refunds within the hold
@@ -157,3 +157,6 @@ class CertificateState(msgspec.Struct, kw_only=True, array_like=True):
     # accounts new to the chain that did not meet the pool's account rules (too new,
     # not verified): members that count toward no threshold
     ineligible_members: int = 0
+    # those accounts: an upstream beneficiary must have met the rules when it joined,
+    # or a fresh account would be paid through a verified friend who shares via it
+    ineligible: list[str] = msgspec.field(default_factory=list)

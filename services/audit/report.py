@@ -50,6 +50,7 @@ from schemas.events import (
     CommissionDeclined,
     CommissionFlagged,
     Event,
+    FundingConfirmed,
     HoldReleased,
     PaymentReported,
     PoolAttached,
@@ -74,6 +75,7 @@ _decode_accepted = msgspec.json.Decoder(AcceptedCommand).decode
 class Certificate:
     price_minor: int | None = None
     budget_minor: int | None = None
+    funded: bool = False  # the payment system confirmed the pool's escrow hold
     purchased: bool = False
     held: bool = False  # bought with a hold not released yet
     ended: bool = False  # fully refunded, cancelled or closed
@@ -133,6 +135,8 @@ def reconcile(events: list[bytes], accepted: list[bytes], settlements: list[byte
             cert.price_minor = event.price_minor
         elif isinstance(event, PoolAttached):
             cert.budget_minor = event.budget_minor
+        elif isinstance(event, FundingConfirmed):
+            cert.funded = True
         elif isinstance(event, CertificatePurchased):
             cert.purchased = True
             cert.held = event.held_until_ms is not None
@@ -255,6 +259,12 @@ def _check(cid: str, cert: Certificate, problems: list[str]) -> None:
     if cert.budget_minor is None:
         if out:
             problems.append(f"{cid}: money moved without a pool attached")
+        return
+    if not cert.funded:
+        # nothing was ever held behind the pool: nothing may go out of it (a pool
+        # cancelled before its confirmation releases nothing, domain.aftersale.end)
+        if out or cert.seller_paid:
+            problems.append(f"{cid}: {out} released or paid from a pool never funded")
         return
     payable = cert.paid_out_minor or cert.seller_paid
     if cert.held and payable:

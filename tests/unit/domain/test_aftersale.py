@@ -209,6 +209,24 @@ def test_a_refund_after_the_hold_ended_by_the_timer_is_locked_a_chargeback_claws
     assert of_kind(s, Clawback) == [("a", 100), ("b", 100), ("seller", 10_000)]
 
 
+def test_a_seller_cannot_take_the_payment_systems_reference_and_block_its_chargeback():
+    # the seller refunds 1 under the reference the payment system will give its
+    # chargeback (cb-1, predictable); the chargeback is not refused as a duplicate
+    s = sold()
+    refund(s, 1, ref="cb-1")
+    chargeback(s, 9_999, ref="cb-1")
+    assert s.state.status == "refunded"
+    assert of_kind(s, BuyerRefund) == [("buyer", 1), ("buyer", 9_999)]
+    # each party's own reference still refunds once
+    t = sold()
+    refund(t, 100, ref="rf-1")
+    assert t.refused(c.Refund, by="seller", account_id="seller", amount_minor=100,
+                     refund_ref="rf-1").reason is Reason.REFUND_REF_USED
+    chargeback(t, 100, ref="cb-1")
+    assert t.refused(c.Refund, by="payment_system", amount_minor=100, refund_ref="cb-1",
+                     chargeback_reason="4837").reason is Reason.REFUND_REF_USED
+
+
 def test_refunds_are_refused_when_they_cannot_apply():
     s = sold()
     assert s.refused(c.Refund, by="seller", account_id="a", amount_minor=1,
@@ -242,6 +260,38 @@ def test_the_seller_cancels_an_unsold_certificate():
                          (c.Purchase, {"account_id": "b", **s.paid("p")}),
                          (c.CancelCertificate, {"account_id": "seller"})]:
         assert s.refused(kind, **fields).reason is Reason.CERTIFICATE_ENDED
+
+
+def unfunded(budget: int) -> Scenario:
+    """Issued with a pool attached whose escrow the payment system never confirmed."""
+    s = Scenario()
+    s.must(c.IssueCertificate, account_id="seller", offer_id="seller~offer-1", serial=1,
+           copies=1, name="Espresso machine", price_minor=10_000, currency="USD",
+           funder_id="funder")
+    s.must(c.AttachPool, account_id="funder", funding_ref="escrow-1", budget_minor=budget,
+           attached_minor=1, currency="USD")
+    return s
+
+
+def test_cancelling_a_pool_never_funded_releases_nothing():
+    # a pool names any budget it likes; until the payment system confirms the hold
+    # there is nothing behind it to release (a release of 10^15 would ask the payment
+    # system to pay that, or point at whatever escrow the funding_ref names)
+    s = unfunded(10**15)
+    s.must(c.CancelCertificate, account_id="seller")
+    assert s.releases() == []
+    assert s.of(CertificateEnded)[0].released_minor == 0
+
+
+def test_a_hold_confirmed_after_the_certificate_ended_goes_back_to_the_funder_at_once():
+    s = unfunded(1_000)
+    s.must(c.CancelCertificate, account_id="seller")
+    assert s.releases() == []
+    s.confirm_funding(1_000)  # the funder paid into escrow after the seller cancelled
+    assert s.releases() == [("funder", 1_000, "cancelled")]
+    assert s.refused(c.ConfirmFunding, funding_ref="escrow-1", amount_minor=1_000,
+                     currency="USD").reason is Reason.FUNDING_ALREADY_CONFIRMED
+    assert s.releases() == [("funder", 1_000, "cancelled")]  # once
 
 
 def test_a_sold_certificate_is_refunded_not_cancelled():

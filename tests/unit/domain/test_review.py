@@ -165,6 +165,21 @@ def test_a_verified_only_pool_ignores_unverified_accounts():
     assert [e.account_id for e in s.of(CommissionAcquired)] == ["verified"]
 
 
+def test_an_upstream_pool_pays_no_account_that_did_not_meet_its_rules_when_it_joined():
+    # a fake account shares first (it counts for nothing), then a verified friend
+    # shares via it: with the upstream beneficiary the gain would be the fake's
+    s = posted(verified_only=True, beneficiary="upstream")
+    share(s, "fake", fresh(s))
+    share(s, "friend", OLD, via="fake")
+    assert s.of(CommissionAcquired) == []
+    assert [e.no_gain for e in s.of(CertificateCirculated)][-1] == "account_rules"
+    # an account that met them when it joined is paid as before
+    share(s, "honest", OLD)
+    share(s, "next", OLD, via="honest")
+    assert [(e.account_id, e.amount_minor) for e in s.of(CommissionAcquired)] == [
+        ("honest", 100)]
+
+
 def flagged_sale(*, hold_s: int = 3_600) -> Scenario:
     s = posted(budget=500, per_share=100, hold_s=hold_s)
     share(s, "a")

@@ -10,7 +10,13 @@ import pytest
 from domain import Accepted
 from schemas import commands as c
 from schemas.commands import AcceptedCommand
-from schemas.payments import BuyerRefund, Clawback, CommissionPayout, SellerPayment
+from schemas.payments import (
+    BudgetRelease,
+    BuyerRefund,
+    Clawback,
+    CommissionPayout,
+    SellerPayment,
+)
 from schemas.topics import TOPICS
 from services.audit.report import reconcile, torn_certificates
 from tests.unit.domain.scenario import CERT, Scenario
@@ -157,6 +163,28 @@ def test_a_seller_paid_twice_or_money_missing_is_found():
     assert not reconcile(*s.topics(s.settlements + [twice])).ok
     missing = [x for x in s.settlements if not isinstance(x, CommissionPayout)]
     assert any("budget" in p for p in reconcile(*s.topics(missing)).problems)
+
+
+def test_a_pool_never_funded_reconciles_with_nothing_out_and_any_release_is_found():
+    s = Recorded()
+    s.must(c.IssueCertificate, account_id="seller", offer_id="seller~offer-1", serial=1,
+           copies=1, name="Espresso machine", price_minor=10_000, currency="USD",
+           funder_id="funder")
+    s.must(c.AttachPool, account_id="funder", funding_ref="escrow-1", budget_minor=1_000,
+           attached_minor=300, currency="USD")
+    s.must(c.CancelCertificate, command_id="cancel-1", account_id="seller")
+    assert s.settlements == []
+    assert reconcile(*s.topics()).ok, reconcile(*s.topics()).problems
+    # what the core before the fix published: the budget released though never held
+    forged = BudgetRelease(settlement_id="f" * 32, certificate_id=CERT, command_id="cancel-1", seq=3,
+                           at_ms=s.now_ms,
+                           payee_id="funder", amount_minor=1_000, funding_ref="escrow-1",
+                           currency="USD", reason="cancelled")
+    problems = reconcile(*s.topics([forged])).problems
+    assert problems == [f"{CERT}: 1000 released or paid from a pool never funded"]
+    # confirmed after the cancel: the hold goes back, and the books close
+    s.confirm_funding(1_000)
+    assert reconcile(*s.topics()).ok, reconcile(*s.topics()).problems
 
 
 def test_a_certificate_in_flight_is_held_only_to_what_holds_at_every_moment():
