@@ -68,17 +68,13 @@ audit: install
 
 # Two pytest processes side by side (two cores; the broker-bound tests mostly wait on
 # Kafka): BESIDE, the pure unit tests, the Keycloak test (its own Keycloak and
-# stack), the OpenAPI contract test (schemathesis against the API, on that stack),
-# then the two that start brokers of their own (the replicated cluster's, `make
-# run`'s), in one; every other test in the other. Each process has its own session:
+# stack) and the OpenAPI contract test (schemathesis against the API, on that
+# stack), in one; every other test in the other. Each process has its own session:
 # its own private Kafka + Redis on free ports, started by the stack fixture when a
-# test asks for it. Both must pass; BESIDE's report is printed after the other's.
-# On a slow day's 2 cores one process took 20 min for the broker-bound tests alone;
-# the cluster and demo tests (~5 min of it) now run once the unit tests are done.
-# (The faust probes kill a worker inside a timed window: run beside the rest, one
-# missed its window in CI; they stay here.)
-BESIDE = tests/unit tests/e2e/test_oidc_keycloak.py tests/e2e/test_api_contract.py \
-	tests/e2e/test_cluster.py tests/e2e/test_demo.py
+# test asks for it. About 2 minutes less than one process. Both must pass; BESIDE's
+# report is printed after the other's. (The faust probes kill a worker inside a
+# timed window: run beside the rest, one missed its window in CI; they stay here.)
+BESIDE = tests/unit tests/e2e/test_oidc_keycloak.py tests/e2e/test_api_contract.py
 test: install scan-install
 	@beside_log=$$(mktemp); \
 	$(PY) -m pytest $(BESIDE) > $$beside_log 2>&1 & beside=$$!; \
