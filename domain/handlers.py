@@ -340,7 +340,8 @@ def _no_gain(state: CertificateState, pool: Pool, c: Circulate, new: bool, insid
     if who in pool.acquired or who in pool.claimable:
         return "already_gained"
     max_depth = pool.acquisition.max_depth
-    if max_depth is not None and depth > max_depth:
+    # the level of the account that would gain: upstream, the one the share came via
+    if max_depth is not None and (depth if who == c.account_id else depth - 1) > max_depth:
         return "too_deep"
     if pools.velocity_used_up(pool, now):
         return "velocity"

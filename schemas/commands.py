@@ -73,7 +73,8 @@ class AcquisitionPolicy(_Wire, kw_only=True):
     trigger: Literal["auto", "claim"] = "auto"
     amount: AcquisitionAmount = AllAttached()
     # only the first ``max_depth`` levels of sharing gain (a hop from the catalogue is
-    # level 1, a hop via a level-1 account level 2, ...); deeper hops circulate for free
+    # level 1, a hop via a level-1 account level 2, ...): the gaining account's level
+    # (upstream: the one the hop came via); deeper hops circulate for free
     max_depth: Count | None = None
     # at most this many acquisitions in any minute (the certificate's clock); beyond
     # it a circulation still moves the certificate and counts, but acquires nothing

@@ -247,6 +247,19 @@ def test_only_the_first_levels_of_sharing_gain():
     assert s.state.pool.acquired == {"a": 100, "b": 100, "d": 100}
 
 
+def test_with_the_upstream_beneficiary_the_level_is_the_gaining_accounts():
+    # max_depth 1: only level-1 accounts gain. Upstream, the level-1 account gains when
+    # a level-2 share comes via it (the share's own level was compared before: such a
+    # pool paid nobody); a share via a level-2 account pays nothing
+    s = posted(acquisition=c.AcquisitionPolicy(beneficiary="upstream", max_depth=1))
+    s.circulate("a")  # level 1, from the catalogue: no one upstream
+    s.circulate("b", via="a")  # level 2: a (level 1) gains
+    s.circulate("c", via="b")  # level 3: b is level 2, too deep
+    assert s.state.pool.acquired == {"a": 100}
+    assert [e.no_gain for e in s.of(CertificateCirculated)] == [
+        "upstream_none", None, "too_deep"]
+
+
 def test_recirculating_from_the_catalogue_does_not_raise_an_accounts_friends():
     s = posted(acquisition=c.AcquisitionPolicy(max_depth=2))
     s.circulate("a")
