@@ -81,8 +81,15 @@ MAX_ROUND_RECORDS = 10_000
 # A vanished worker's open transaction holds back read_committed readers (the next
 # stage, the restore of its partitions) until the coordinator aborts it.
 TXN_TIMEOUT_MS = 10_000
-# the longest gap between attempts to reach a broker that went away (see _conf)
-RECONNECT_MAX_MS = 1_000
+# The longest gap between a stage's attempts to reach a broker that went away.
+# librdkafka's default grows to 10 s: after a single broker came back, the stages of
+# tests/e2e/test_faults.py's broker restarts sat idle for it (one run: 82 s for a
+# test that took 33 s with 1 s). With 1 s, every client of every stage tried the
+# brokers that were down every second, and in one run the short-replicas test's probe
+# write to the one broker left of a cluster timed out (-192) instead of being refused
+# NOT_ENOUGH_REPLICAS (it passed with 3 s and with the default). Single runs on a
+# noisy machine: 3 s is a middle, not a measured optimum.
+RECONNECT_MAX_MS = 3_000
 INIT_TIMEOUT_S = 60.0
 # A restore that makes no progress for this long stops the worker (the broker is
 # gone); a long restore that progresses is fine, and reports as it goes.
@@ -207,8 +214,7 @@ class StageRunner:
     def _conf(self, **extra) -> dict:
         # librdkafka's own log lines go through logging (JSON lines like the rest);
         # its errors reach _on_error. A broker that went away is tried again at least
-        # every RECONNECT_MAX_MS: librdkafka's default backoff grows to 10 s, so a
-        # stage could sit idle for seconds after its broker was back.
+        # every RECONNECT_MAX_MS (see there)
         return {"bootstrap.servers": self.settings.bootstrap, "logger": _librdkafka_log,
                 "error_cb": self._on_error, "reconnect.backoff.max.ms": RECONNECT_MAX_MS,
                 **self.settings.kafka_auth.librdkafka(), **extra}
