@@ -39,6 +39,15 @@ NO_GAIN_WORDS = {
                      "catalogue",
     "pool_closed": "the pool was closed when you shared",
 }
+# the same reasons when the pool pays the account a share came via: they speak of it
+UPSTREAM_WORDS = {
+    "account_rules": "this pool pays the account you came via, and that account did not "
+                     "meet the pool's account rules (too new or not verified) when it joined",
+    "already_gained": "this pool pays the account you came via, and it had gained on this "
+                      "certificate already (once per certificate)",
+    "too_deep": "this pool pays the account you came via, and only the first {depth} levels "
+                "of sharing earn on it",
+}
 # why a share was refused before it happened (schemas/rejections.py)
 REFUSAL_WORDS = {
     "pool_withdrawn": "the commission had been withdrawn (a threshold was met) before "
@@ -347,7 +356,9 @@ def share_outcome(state: CertificateState, account: str, why: str | None) -> Sha
         why = "seller_or_funder"
     if why in NO_GAIN_WORDS:
         depth = pool.acquisition.max_depth if pool is not None else None
-        return ShareOutcome(False, why, NO_GAIN_WORDS[why].format(depth=depth))
+        upstream = pool is not None and pool.acquisition.beneficiary == "upstream"
+        words = (UPSTREAM_WORDS if upstream and why in UPSTREAM_WORDS else NO_GAIN_WORDS)[why]
+        return ShareOutcome(False, why, words.format(depth=depth))
     if pool is None:
         return ShareOutcome(False, "no_pool", "no commission pool was attached")
     if account in pool.claimable and pool.status == "open" and state.status == "posted":

@@ -222,6 +222,21 @@ def test_a_share_too_deep_says_how_deep_the_pool_pays():
         "too_deep", "too deep: only the first 1 levels of sharing earn on this pool")
 
 
+def test_on_an_upstream_pool_the_words_speak_of_the_account_a_share_came_via():
+    book = Book()
+    cid = cert_id("earn-upstream")
+    book.run(*setup(cid, T, price_minor=10_000, budget_minor=1_000, attached_minor=300,
+                    acquisition=c.AcquisitionPolicy(amount=c.FixedAmount(amount_minor=100),
+                                                    beneficiary="upstream", max_depth=1)),
+             share(cid, "ann", 1), share(cid, "bob", 2, via="ann"),
+             share(cid, "cat", 3, via="bob"))
+    why = book.hashes[K.gains("cat")][f"{cid}|why"]
+    outcome = share_outcome(book.states[cid], "cat", why)
+    assert (outcome.why, outcome.words) == (
+        "too_deep", "this pool pays the account you came via, and only the first 1 levels "
+                    "of sharing earn on it")
+
+
 def test_the_csv_holds_the_lines_and_defuses_formulas():
     book, first, second = netted_book()
     lines = [book.line("ann", first, "=HYPERLINK(evil)"), book.line("ann", second, "Desk")]
