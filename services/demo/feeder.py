@@ -41,7 +41,6 @@ class Live:
     buy_after: int = 0
     price_minor: int = 0
     currency: str = "EUR"
-    refund_at: float | None = None  # monotonic time of a refund to come, if any
     refund_after_hold: bool = False
 
 
@@ -204,9 +203,8 @@ class Feeder:
             self.live.remove(cert)
             if self.rng.random() < 0.25:  # a quarter are refunded: within the hold or after
                 delay = self.rng.choice([5, DEMO_HOLD_S + 10])
-                cert.refund_at = time.monotonic() + delay
                 cert.refund_after_hold = delay > DEMO_HOLD_S
-                heapq.heappush(self.sold, (cert.refund_at, self.ids, cert))
+                heapq.heappush(self.sold, (time.monotonic() + delay, self.ids, cert))
         else:
             account = self.rng.choice(self.accounts)
             via = cert.chain[-1] if cert.chain and self.rng.random() < 0.8 else None

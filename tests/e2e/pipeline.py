@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("circulation", "allocation", "withdrawal", "cashout", "netting", "captures")
 
 
-def _ready(port: int) -> bool:
+def answers_ready(port: int) -> bool:
+    """The service on ``port`` answers /readyz with 200 (False while it does not answer)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
             return answer.status == 200
@@ -105,7 +106,7 @@ class Pipeline:
             self.start(service, metrics_port=port)
         deadline = time.monotonic() + 90
         for service, port in ports.items():
-            while not _ready(port):
+            while not answers_ready(port):
                 self.assert_running()
                 if time.monotonic() > deadline:
                     raise AssertionError(f"{service} not ready after 90 s; logs in {self.logs}")

@@ -24,7 +24,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from deploy.localstack import KafkaCluster, free_port
 from services.common.metrics import scrape, total
 from tests.e2e.failover import Members, Watch, Window, supervise
-from tests.e2e.pipeline import SERVICES, Pipeline
+from tests.e2e.pipeline import SERVICES, Pipeline, answers_ready
 from tests.e2e.test_faults import check_against_the_core
 from tests.e2e.traffic import build
 
@@ -203,14 +203,6 @@ def ready(port: int) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
-def answer(port: int) -> int | None:
-    """/readyz's status, or None while the process does not answer."""
-    try:
-        return ready(port)[0]
-    except OSError:
-        return None
-
-
 def refused_write(cluster, topic: str) -> int:
     """The error code a single write with acks=all and no retry gets now."""
     producer = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all",
@@ -285,10 +277,10 @@ def test_with_replicas_short_the_stage_waits_shows_it_and_retries_the_round(
     cluster.start(stopped)
     members.wait_all_in_sync()
     deadline = time.monotonic() + 60
-    while (status := answer(ports["circulation"])) != 200:
-        # None: not answering, restarted by the supervisor (the watchdog's exit after
-        # librdkafka's hang once the brokers are back, allowed once: see the end)
-        assert time.monotonic() < deadline, status
+    while not answers_ready(ports["circulation"]):
+        # not answering at all while the supervisor restarts it (the watchdog's exit
+        # after librdkafka's hang once the brokers are back, allowed once: see the end)
+        assert time.monotonic() < deadline, "circulation not ready 60 s after the brokers"
         time.sleep(0.5)
     metrics = scrape(ports["circulation"])
     assert total(metrics, "commission_commit_blocked") == 0
