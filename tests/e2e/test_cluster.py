@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 from confluent_kafka import KafkaError, Producer
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from deploy.localstack import KafkaCluster, free_port
 from services.common.metrics import scrape, total
@@ -203,19 +203,37 @@ def ready(port: int) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
-def refused_write(cluster, topic: str) -> int:
-    """The error code a single write with acks=all and no retry gets now."""
+def make_probe_topic(cluster, name: str) -> str:
+    """A topic of one partition made like the pipeline's (replication factor 3, the
+    brokers' min.insync.replicas 2) that no stage reads: a probe write that times out
+    may still be appended, and must not land in a topic a stage reads."""
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    admin.create_topics([NewTopic(name, 1, 3)])[name].result(30)
+    return name
+
+
+def refused_write(cluster, topic: str, timeout_s: float = 60.0) -> int:
+    """The error code a single write with acks=all and no retry gets now. A write
+    that times out (-192) got no answer, neither refusal nor acceptance: it is
+    written again, up to ``timeout_s`` (in CI the one live broker of three, short
+    of CPU, once left a write unanswered for 3 s)."""
     producer = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all",
                          "retries": 0, "enable.idempotence": False,
                          "message.timeout.ms": 3000})
     # connected first, so that the write's 3 s are the write's alone and not also the
-    # search for the one live broker of three (a timeout, -192, is no refusal)
+    # search for the one live broker of three
     producer.list_topics(topic, timeout=15)
-    result = []
-    producer.produce(topic, b"probe", b"probe", partition=0,
-                     on_delivery=lambda err, _: result.append(err))
-    producer.flush(10)
-    return result[0].code() if result and result[0] is not None else KafkaError.NO_ERROR
+    deadline = time.monotonic() + timeout_s
+    results: list = []
+    while True:
+        results.clear()
+        producer.produce(topic, b"probe", b"probe", partition=0,
+                         on_delivery=lambda err, _: results.append(err))
+        producer.flush(10)
+        code = (results[0].code() if results and results[0] is not None
+                else KafkaError.NO_ERROR)
+        if code != KafkaError._MSG_TIMED_OUT or time.monotonic() > deadline:
+            return code
 
 
 @pytest.mark.timeout(240)
@@ -225,7 +243,8 @@ def test_with_replicas_short_the_stage_waits_shows_it_and_retries_the_round(
     folder = tmp_path / "faults"
     folder.mkdir()
     ports = {s: free_port() for s in SERVICES}
-    members = Members(cluster, written_topics(pipeline))
+    probe = make_probe_topic(cluster, f"{pipeline.topics.prefix}probe")
+    members = Members(cluster, [*written_topics(pipeline), probe])
     for service in SERVICES:
         # the sequencer holds its third round applied, before its transaction begins (a
         # transaction held open past its 10 s timeout would be aborted and fenced)
@@ -254,7 +273,7 @@ def test_with_replicas_short_the_stage_waits_shows_it_and_retries_the_round(
     members.wait("the ISR shrinks to the one broker left",
                  lambda parts: all(isr == [survivor] for _, _, isr in parts.values()), 30)
     # the brokers refuse the write: fewer in-sync replicas than min.insync.replicas
-    assert refused_write(cluster, pipeline.topics.accepted) == KafkaError.NOT_ENOUGH_REPLICAS
+    assert refused_write(cluster, probe) == KafkaError.NOT_ENOUGH_REPLICAS
     (folder / "after_apply.resume").touch()  # the sequencer goes on: outputs, commit
     deadline = time.monotonic() + 30
     while True:
