@@ -7,11 +7,13 @@ back to the funder at once; the acquired commission and the seller's price are
 not payable. The withdrawal service's timer then sends ``release_hold`` and the
 held amounts are published as payable settlements. ``hold_s = 0`` pays at once.
 
-Refunds. ``refunded`` only grows, up to the price. Every account's entitlement is
-its original acquisition scaled by what is left of the price once the refunds that
-count against commission are taken off, rounded down:
-``acquired * (price - commission_refunded) // price``; what rounding leaves goes to
-the funder (never to an account, never lost). Within the hold every refund counts:
+Refunds. ``refunded`` only grows, up to the price. The accounts' entitlements are
+their acquisitions scaled by what is left of the price once the refunds that count
+against commission are taken off: ``floor(sum(acquired) * (price -
+commission_refunded) / price)`` in all, shared in proportion to what each acquired
+(domain/apportion.py: each at least its own share rounded down, the units rounding
+leaves by highest averages, and never growing as refunds add up); what the total's
+rounding leaves goes to the funder (never lost). Within the hold every refund counts:
 the held payouts shrink to their entitlement and the difference goes back to the
 funder (voided). After the hold the commission is *locked* (SPEC 9): a refund the
 seller decides is the seller's cost alone (no sharer gives anything back, nothing
@@ -41,7 +43,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from domain import payments, review
+from domain import apportion, payments, review
 from domain.recorder import Recorder
 from domain.state import CertificateState, Pool
 from schemas.events import AccountAmount, CertificateEnded, HoldReleased, PurchaseRefunded
@@ -156,8 +158,9 @@ def refund(state: CertificateState, pool: Pool | None, amount: int,
     assert state.buyer_id is not None and state.payment_ref is not None
     if pool is not None and counts:
         voided_now = 0
+        entitlements = apportion.scaled(pool.acquired, left, price)
         for account_id, amount_was in pool.payouts.items():
-            entitled = pool.acquired[account_id] * left // price
+            entitled = entitlements[account_id]
             if within or account_id in pool.flagged:
                 # held (in the hold, or kept back by a flag after it): voided, not
                 # clawed back: it was never paid

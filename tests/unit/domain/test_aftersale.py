@@ -126,6 +126,25 @@ def test_two_partial_refunds_compose_exactly():
     assert s.seller_payments() == [("seller", 5_000)]
 
 
+def test_a_tiny_refund_takes_the_proportion_from_the_accounts_together_not_a_unit_each():
+    # refund 1 of 10,000: 200 * 9,999 / 10,000 = 199.98 is left of the accounts' 200,
+    # so 199 in all (1 to the funder, where rounding each down took 1 from each: 2).
+    # a and b are even (100 / 100 averages); the earlier in the chain keeps the unit
+    s = sold()
+    refund(s, 1, ref="rf-1")
+    event = s.of(PurchaseRefunded)[0]
+    assert [(v.account_id, v.amount_minor) for v in event.voided] == [("b", 1)]
+    assert s.releases()[-1] == ("funder", 1, "refund")
+    # then 4,999 more: 5,000 of 10,000 left, 100 in all, 50 each: a gives 50, b 49
+    refund(s, 4_999, ref="rf-2")
+    event = s.of(PurchaseRefunded)[1]
+    assert [(v.account_id, v.amount_minor) for v in event.voided] == [("a", 50), ("b", 49)]
+    assert s.releases()[-1] == ("funder", 99, "refund")
+    s.advance(HOUR_MS)
+    s.must(c.ReleaseHold, command_id="release:1")
+    assert s.payouts() == {"a": 50, "b": 50}
+
+
 # --- after the hold: locked commission, chargebacks within the window -----------------
 
 
