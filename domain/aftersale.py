@@ -161,16 +161,18 @@ def refund(state: CertificateState, pool: Pool | None, amount: int,
         entitlements = apportion.scaled(pool.acquired, left, price)
         for account_id, amount_was in pool.payouts.items():
             entitled = entitlements[account_id]
+            # never below 0: a row refunded before the split rounded each account
+            # down on its own (less than it keeps now); what it gave then stays given
             if within or account_id in pool.flagged:
                 # held (in the hold, or kept back by a flag after it): voided, not
                 # clawed back: it was never paid
-                less = amount_was - entitled
+                less = max(0, amount_was - entitled)
                 if less:
                     pool.payouts[account_id] = entitled
                     voided.append(AccountAmount(account_id=account_id, amount_minor=less))
                     voided_now += less
             else:
-                less = amount_was - pool.clawed.get(account_id, 0) - entitled
+                less = max(0, amount_was - pool.clawed.get(account_id, 0) - entitled)
                 if less:
                     pool.clawed[account_id] = pool.clawed.get(account_id, 0) + less
                     clawed.append(AccountAmount(account_id=account_id, amount_minor=less))

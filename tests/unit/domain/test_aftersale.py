@@ -145,6 +145,25 @@ def test_a_tiny_refund_takes_the_proportion_from_the_accounts_together_not_a_uni
     assert s.payouts() == {"a": 50, "b": 50}
 
 
+def test_a_row_refunded_under_the_old_rounding_gives_nothing_back_to_anyone(monkeypatch):
+    # the first refund as the core applied it before domain/apportion.py: each account
+    # rounded down on its own, 100 * 9,999 // 10,000 = 99 each, 2 to the funder
+    s = sold()
+    with monkeypatch.context() as m:
+        m.setattr("domain.apportion.scaled", lambda acquired, left, price: {
+            a: v * left // price for a, v in acquired.items()})
+        refund(s, 1, ref="rf-1")
+    assert s.releases()[-1] == ("funder", 2, "refund")
+    # now 1 more: 199 of 200 is the new rule's total (a 100, b 99), more than the 198
+    # the accounts kept: nothing moves back to a, a takes nothing from the funder
+    refund(s, 1, ref="rf-2")
+    event = s.of(PurchaseRefunded)[1]
+    assert event.voided == [] and event.released_minor == 0
+    s.advance(HOUR_MS)
+    s.must(c.ReleaseHold, command_id="release:1")
+    assert s.payouts() == {"a": 99, "b": 99}
+
+
 # --- after the hold: locked commission, chargebacks within the window -----------------
 
 
