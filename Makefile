@@ -68,13 +68,16 @@ audit: install
 
 # Two pytest processes side by side (two cores; the broker-bound tests mostly wait on
 # Kafka): BESIDE, the pure unit tests, the Keycloak test (its own Keycloak and
-# stack) and the OpenAPI contract test (schemathesis against the API, on that
-# stack), in one; every other test in the other. Each process has its own session:
+# stack), the OpenAPI contract test (schemathesis against the API, on that
+# stack) and the fault-injection tests (mostly waiting: held rounds, transaction
+# timeouts, a broker restart), in one; every other test in the other, the cluster's
+# last (tests/conftest.py RUN_LAST). Each process has its own session:
 # its own private Kafka + Redis on free ports, started by the stack fixture when a
 # test asks for it. About 2 minutes less than one process. Both must pass; BESIDE's
 # report is printed after the other's. (The faust probes kill a worker inside a
 # timed window: run beside the rest, one missed its window in CI; they stay here.)
-BESIDE = tests/unit tests/e2e/test_oidc_keycloak.py tests/e2e/test_api_contract.py
+BESIDE = tests/unit tests/e2e/test_oidc_keycloak.py tests/e2e/test_api_contract.py \
+	tests/e2e/test_faults.py
 test: install scan-install
 	@beside_log=$$(mktemp); \
 	$(PY) -m pytest $(BESIDE) > $$beside_log 2>&1 & beside=$$!; \
