@@ -12,10 +12,7 @@ timeout). The controller failover below is of this five-voter quorum.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from confluent_kafka import KafkaError, Producer
@@ -24,6 +21,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from deploy.localstack import KafkaCluster, free_port
 from services.common.metrics import scrape, total
 from tests.e2e.failover import Members, Watch, Window, supervise
+from tests.e2e.http import get
 from tests.e2e.pipeline import SERVICES, Pipeline, answers_ready
 from tests.e2e.test_faults import check_against_the_core
 from tests.e2e.traffic import build
@@ -195,14 +193,6 @@ def test_leaders_killed_mid_transaction_and_a_controller_failover_change_nothing
     pipeline.assert_running()
 
 
-def ready(port: int) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def make_probe_topic(cluster, name: str) -> str:
     """A topic of one partition made like the pipeline's (replication factor 3, the
     brokers' min.insync.replicas 2) that no stage reads: a probe write that times out
@@ -277,7 +267,7 @@ def test_with_replicas_short_the_stage_waits_shows_it_and_retries_the_round(
     (folder / "after_apply.resume").touch()  # the sequencer goes on: outputs, commit
     deadline = time.monotonic() + 30
     while True:
-        status, body = ready(ports["circulation"])
+        status, body = get(ports["circulation"], "/readyz")
         if status == 503 and "NOT_ENOUGH_REPLICAS" in body.get("blocked", {}).get("reason", ""):
             break
         assert time.monotonic() < deadline, (status, body)
@@ -291,7 +281,7 @@ def test_with_replicas_short_the_stage_waits_shows_it_and_retries_the_round(
     # aborted (once the cluster can record that) and applied again from the changelog
     time.sleep(max(0.0, blocked + 11 - time.monotonic()))
     assert "circulation" not in pipeline.restarts, "it waits, it does not exit"
-    status, body = ready(ports["circulation"])
+    status, body = get(ports["circulation"], "/readyz")
     assert status == 503 and body["blocked"]["seconds"] > 10, body
     cluster.start(stopped)
     members.wait_all_in_sync()

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 
 import msgspec
 from kafka import KafkaProducer
@@ -22,6 +20,7 @@ from kafka.partitioner.default import murmur2
 from deploy.localstack import free_port
 from schemas.commands import AcceptedCommand, Circulate
 from services.common.metrics import scrape, total
+from tests.e2e.http import get
 from tests.e2e.pipeline import SERVICES
 from tests.e2e.traffic import assert_outputs_as_expected, build
 
@@ -30,14 +29,6 @@ FOLLOWERS = ("allocation", "withdrawal", "cashout")  # the readers of accepted
 
 def partition_of(key: str, partitions: int) -> int:
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
-
-
-def readyz(port: int) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def test_a_poison_record_parks_its_partition_and_the_others_run(pipeline):
@@ -74,8 +65,8 @@ def test_a_poison_record_parks_its_partition_and_the_others_run(pipeline):
         samples = scrape(ports[service])
         assert total(samples, "commission_partition_parked", partition="0") == 1, service
         assert total(samples, "commission_determinism_errors_total") == 1, service
-        status, body = readyz(ports[service])
+        status, body = get(ports[service], "/readyz")
         assert status == 503 and list(body["parked"]) == ["0"], (service, body)
         assert "offset 0" in body["parked"]["0"]  # the first poison record stopped it
-    assert readyz(ports["circulation"])[0] == 200
+    assert get(ports["circulation"], "/readyz")[0] == 200
     pipeline.assert_running()
