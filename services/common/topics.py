@@ -6,7 +6,7 @@ import logging
 import time
 
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from services.common.settings import Settings
 
@@ -31,12 +31,37 @@ PRODUCER_BATCH_BYTES = 128 * 1024
 BOUNDED = {"max.message.bytes": str(INPUT_MAX_MESSAGE_BYTES)}
 
 
-def ensure_topics(settings: Settings, topics: list[str], compacted: list[str] = ()) -> None:
+# How long a service starting while no broker answers (the cluster restarting, or a
+# broker that just died still in the metadata the admin client picked) waits for one
+# before it exits; a supervisor restarting it at once would only loop
+BROKER_WAIT_S = 60.0
+
+
+def ensure_topics(settings: Settings, topics: list[str], compacted: list[str] = (), *,
+                  wait_s: float = BROKER_WAIT_S) -> None:
     """Create missing topics; refuse to run when an existing one has another partition
     count (co-partitioning is what keeps one certificate's messages in order), fewer
     replicas than the environment asks for, or, for a changelog, is not compacted (a
     changelog trimmed by time would lose rows: the restored table would be wrong). The
-    commands topic gets the broker's time, also when it exists already."""
+    commands topic gets the broker's time, also when it exists already.
+
+    A broker that cannot be reached (none to bootstrap from, a connection lost, a
+    request timed out: kafka-python's retriable errors) is tried again with a new
+    client until ``wait_s`` has passed (an attempt itself may take kafka-python's 30 s
+    bootstrap timeout); what the topics themselves are refused for exits at once."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return _ensure_topics(settings, topics, compacted)
+        except KafkaError as exc:  # no broker to bootstrap from: KafkaTimeoutError
+            if not exc.retriable or time.monotonic() > deadline:
+                raise
+            log.warning("no broker answers the topic check (%s): trying again",
+                        type(exc).__name__)
+            time.sleep(1.0)
+
+
+def _ensure_topics(settings: Settings, topics: list[str], compacted: list[str]) -> None:
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="commission-admin",
                              **settings.kafka_auth.kafka_python())
     try:
