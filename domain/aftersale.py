@@ -9,11 +9,11 @@ held amounts are published as payable settlements. ``hold_s = 0`` pays at once.
 
 Refunds. ``refunded`` only grows, up to the price. The accounts' entitlements are
 their acquisitions scaled by what is left of the price once the refunds that count
-against commission are taken off: ``floor(sum(acquired) * (price -
-commission_refunded) / price)`` in all, shared in proportion to what each acquired
-(domain/apportion.py: each at least its own share rounded down, the units rounding
-leaves by highest averages, and never growing as refunds add up); what the total's
-rounding leaves goes to the funder (never lost). Within the hold every refund counts:
+against commission are taken off, ``acquired * (price - commission_refunded) /
+price``, each rounded up or down so that together they keep at most that total
+rounded down once (domain/apportion.py: each within one unit of its exact share,
+never more than it kept before); what rounding leaves goes to the funder (never
+lost). Within the hold every refund counts:
 the held payouts shrink to their entitlement and the difference goes back to the
 funder (voided). After the hold the commission is *locked* (SPEC 9): a refund the
 seller decides is the seller's cost alone (no sharer gives anything back, nothing
@@ -158,21 +158,25 @@ def refund(state: CertificateState, pool: Pool | None, amount: int,
     assert state.buyer_id is not None and state.payment_ref is not None
     if pool is not None and counts:
         voided_now = 0
-        entitlements = apportion.scaled(pool.acquired, left, price)
+        # what each account keeps now: its payout, less what was clawed back from it
+        # if it was paid (not held, not kept back by a flag)
+        kept = {account_id: amount_was if within or account_id in pool.flagged
+                else amount_was - pool.clawed.get(account_id, 0)
+                for account_id, amount_was in pool.payouts.items()}
+        entitlements = apportion.scaled_down(kept, pool.acquired, left, price,
+                                             state.certificate_id)
         for account_id, amount_was in pool.payouts.items():
-            entitled = entitlements[account_id]
-            # never below 0: a row refunded before the split rounded each account
-            # down on its own (less than it keeps now); what it gave then stays given
+            entitled = entitlements[account_id]  # never more than it keeps now
             if within or account_id in pool.flagged:
                 # held (in the hold, or kept back by a flag after it): voided, not
                 # clawed back: it was never paid
-                less = max(0, amount_was - entitled)
+                less = amount_was - entitled
                 if less:
                     pool.payouts[account_id] = entitled
                     voided.append(AccountAmount(account_id=account_id, amount_minor=less))
                     voided_now += less
             else:
-                less = max(0, amount_was - pool.clawed.get(account_id, 0) - entitled)
+                less = amount_was - pool.clawed.get(account_id, 0) - entitled
                 if less:
                     pool.clawed[account_id] = pool.clawed.get(account_id, 0) + less
                     clawed.append(AccountAmount(account_id=account_id, amount_minor=less))

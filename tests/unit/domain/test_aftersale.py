@@ -4,6 +4,8 @@ rule written next to it, never read back from the core."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from schemas import commands as c
@@ -129,16 +131,22 @@ def test_two_partial_refunds_compose_exactly():
 def test_a_tiny_refund_takes_the_proportion_from_the_accounts_together_not_a_unit_each():
     # refund 1 of 10,000: 200 * 9,999 / 10,000 = 199.98 is left of the accounts' 200,
     # so 199 in all (1 to the funder, where rounding each down took 1 from each: 2).
-    # a and b are even (100 / 100 averages); the earlier in the chain keeps the unit
+    # a and b are even (99.99 each); the tie goes by sha256(certificate NUL account),
+    # the smaller gives the unit
     s = sold()
+    order = sorted("ab", key=lambda a: hashlib.sha256(
+        f"{s.state.certificate_id}\x00{a}".encode()).digest())
+    gives, keeps = order
     refund(s, 1, ref="rf-1")
     event = s.of(PurchaseRefunded)[0]
-    assert [(v.account_id, v.amount_minor) for v in event.voided] == [("b", 1)]
+    assert [(v.account_id, v.amount_minor) for v in event.voided] == [(gives, 1)]
     assert s.releases()[-1] == ("funder", 1, "refund")
-    # then 4,999 more: 5,000 of 10,000 left, 100 in all, 50 each: a gives 50, b 49
+    # then 4,999 more: 5,000 of 10,000 left, 50 each exactly: the one that kept 100
+    # gives 50, the other 49
     refund(s, 4_999, ref="rf-2")
     event = s.of(PurchaseRefunded)[1]
-    assert [(v.account_id, v.amount_minor) for v in event.voided] == [("a", 50), ("b", 49)]
+    assert sorted((v.account_id, v.amount_minor) for v in event.voided) == sorted(
+        [(keeps, 50), (gives, 49)])
     assert s.releases()[-1] == ("funder", 99, "refund")
     s.advance(HOUR_MS)
     s.must(c.ReleaseHold, command_id="release:1")
@@ -150,18 +158,37 @@ def test_a_row_refunded_under_the_old_rounding_gives_nothing_back_to_anyone(monk
     # rounded down on its own, 100 * 9,999 // 10,000 = 99 each, 2 to the funder
     s = sold()
     with monkeypatch.context() as m:
-        m.setattr("domain.apportion.scaled", lambda acquired, left, price: {
-            a: v * left // price for a, v in acquired.items()})
+        m.setattr("domain.apportion.scaled_down", lambda kept, acquired, left, price, salt: {
+            a: acquired[a] * left // price for a in kept})
         refund(s, 1, ref="rf-1")
     assert s.releases()[-1] == ("funder", 2, "refund")
-    # now 1 more: 199 of 200 is the new rule's total (a 100, b 99), more than the 198
-    # the accounts kept: nothing moves back to a, a takes nothing from the funder
+    # now 1 more: 199 of 200 is the new rule's total, more than the 198 the accounts
+    # kept: no account gets a unit back from the funder
     refund(s, 1, ref="rf-2")
     event = s.of(PurchaseRefunded)[1]
     assert event.voided == [] and event.released_minor == 0
     s.advance(HOUR_MS)
     s.must(c.ReleaseHold, command_id="release:1")
     assert s.payouts() == {"a": 99, "b": 99}
+
+
+def test_a_declined_sybil_acquisition_does_not_turn_honest_sharers_fractions_to_the_seller():
+    # the attacker's review of a highest-averages split: the seller funds its own pool,
+    # a Sybil account acquires 10^9, 300 honest sharers 100 each; the seller declines
+    # the Sybil's commission and refunds 1 of 10,000. Each honest share is 99.99: 300 *
+    # 99.99 = 29,997 is what they keep in all, 3 go back (the split gave 300)
+    s = Scenario()
+    s.setup(price_minor=10_000, budget_minor=10**9 + 30_000, attached_minor=10**9,
+            hold_s=3_600, funder="seller", replenish=c.ReplenishFixed(amount_minor=100))
+    s.circulate("sybil")
+    for i in range(300):
+        s.circulate(f"s{i:03}")
+    s.purchase()
+    s.must(c.DeclineCommission, account_id="seller", sharer_id="sybil", reason="other")
+    refund(s, 1)
+    event = s.of(PurchaseRefunded)[0]
+    assert [v.amount_minor for v in event.voided] == [1, 1, 1]
+    assert event.released_minor == 3
 
 
 # --- after the hold: locked commission, chargebacks within the window -----------------
