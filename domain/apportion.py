@@ -22,9 +22,14 @@ sharer's fraction to the largest account, so a seller who declined a huge Sybil
 acquisition got a unit back from every honest sharer again (an attacker's review).
 
 The split starts from what each account keeps now, not from scratch: the result can
-depend on the order of the refunds (by less than a unit an account), and in return
-it is monotone by construction and needs no state beyond the payouts. Accounts
-declined meanwhile are simply not in ``kept``.
+depend on the order of the refunds (by less than a unit an account: several small
+refunds can leave the accounts together less than one refund of their sum, the
+funder gets the difference, a review found up to about half a unit per account),
+and in return it is monotone by construction and needs no state beyond the payouts.
+Accounts declined meanwhile are simply not in ``kept`` (the others then keep at most
+their ceilings, perhaps a unit more than the new total rounded down). Ties are drawn
+from the certificate id, which is public: an account id ground to win them wins at
+most a unit per certificate.
 """
 
 from __future__ import annotations
