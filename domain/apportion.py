@@ -7,14 +7,15 @@ every counted refund:
 * every account keeps at most its share rounded up and never more than it kept
   before (a payout only shrinks: what it gives goes back to the funder; a growth
   would be money from nowhere);
-* together they keep ``floor(sum(q))``, the total rounded once, not each account
-  rounded down on its own: that took a unit from every sharer, so a refund of 1 on a
+* together they keep at most ``floor(sum(q))``, the total rounded once (exactly that
+  when nothing was rounded before), not each account rounded down on its own: that took a unit from every sharer, so a refund of 1 on a
   price of 10,000 took 1,000 from 1,000 sharers of 100 (the proportion is 10) and a
   seller funding its own pool got the difference;
 * to get there, accounts above their share rounded down give one unit each, those
   whose share is least above a whole unit first (the smallest remainders: the
-  largest keep their unit, as in largest-remainder rounding), ties in an order drawn from the certificate and the account (not the
-  chain's: its first accounts, often the seller's own circle, would win every tie).
+  largest keep their unit, as in largest-remainder rounding), ties in an order
+  drawn from the certificate and the account (not the chain's: its first accounts,
+  often the seller's own circle, would win every tie).
 
 So every account ends within one unit of its exact share, and no account gains from
 another's size: a highest-averages split (D'Hondt), tried first, sent every small
