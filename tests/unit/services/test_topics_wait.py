@@ -5,6 +5,8 @@ by one that fails as kafka-python does."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAuthorizationFailedError
 
@@ -23,9 +25,17 @@ class Failing:
             raise self.errors.pop(0)
 
 
+def clock(monkeypatch, step_s: float = 0.0) -> None:
+    """The module's own clock (not the process's ``time``): a waiting that takes no
+    time, and a monotonic time that moves ``step_s`` a reading."""
+    now = iter(range(0, 1_000_000, int(step_s) or 1))
+    monkeypatch.setattr(topics, "time", SimpleNamespace(sleep=lambda s: None,
+                                                        monotonic=lambda: next(now)))
+
+
 @pytest.fixture
 def no_sleep(monkeypatch):
-    monkeypatch.setattr(topics.time, "sleep", lambda s: None)
+    clock(monkeypatch)
 
 
 def test_a_broker_lost_or_not_there_yet_is_tried_again(monkeypatch, no_sleep):
@@ -46,9 +56,8 @@ def test_a_refusal_is_not_waited_on(monkeypatch, no_sleep):
     assert check.calls == 1
 
 
-def test_it_gives_up_after_its_wait(monkeypatch, no_sleep):
-    clock = iter(range(0, 1_000, 10))  # each attempt 10 s later
-    monkeypatch.setattr(topics.time, "monotonic", lambda: next(clock))
+def test_it_gives_up_after_its_wait(monkeypatch):
+    clock(monkeypatch, step_s=10)  # each attempt 10 s later
     check = Failing([KafkaConnectionError("refused")] * 100)
     monkeypatch.setattr(topics, "_ensure_topics", check)
     with pytest.raises(KafkaConnectionError):
