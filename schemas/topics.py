@@ -101,7 +101,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("rejections", Rejection, "rejections", "circulation",
               "Every refused command with a reason code and the original bytes."),
     TopicSpec("payment-results", Command, "commands", "payment system",
-              "Everything the payment system says, signed with its Ed25519 key: escrow "
+              "Everything the payment system says, signed with its Ed25519 key (one record "
+              "at a time, or a batch at once: header `batch-proof`, docs/payments.md): escrow "
               "confirmations (confirm_funding), captured purchases (purchase, keyed by "
               "`{seller_id}/{payment_ref}`), its refunds, and each settlement attempt's "
               "result (report_payment). The captures stage admits each payment reference "

@@ -1,6 +1,11 @@
 """Command authentication: who may say what, checked on the exact encoded bytes.
 
-Every signer sends ``key-id`` and ``signature`` (hex) headers with the command.
+Every signer sends ``key-id`` and ``signature`` (hex) headers with the command. A
+signer that sends records in batches may sign a batch once: its records then carry a
+``batch-proof`` header too, their signature is over the root of the batch's Merkle
+tree and the proof is the record's path to it (:meth:`Keyring.sign_batch`,
+services/common/merkle.py); a verifier checks a root's signature once and each record
+of its batch with a few hashes.
 Two kinds of key, chosen by who holds them:
 
 - **Inside the engine, HMAC-SHA256** (``id:scope:secret``). ``gateway`` keys sign user
@@ -57,10 +62,19 @@ from schemas.commands import (
     ReportPayment,
 )
 from schemas.rejections import Reason
+from services.common import merkle
 from services.common.settings import production
 
 KEY_ID_HEADER = "key-id"
 SIGNATURE_HEADER = "signature"
+# a record signed as one of a batch: "<index>/<size>/<audit path, hex>"; its signature
+# is then over BATCH_CONTEXT and the batch's Merkle root (services/common/merkle.py)
+BATCH_PROOF_HEADER = "batch-proof"
+# No command's body starts with these bytes (a body is a JSON object), so a signature
+# over a batch's root never stands for one over a body, nor the other way round.
+BATCH_CONTEXT = b"commission batch v1\x00"
+# roots whose signatures a keyring has checked, kept for the batch's other records
+VERIFIED_ROOTS = 4096
 SCOPES = ("gateway", "system", "payments", "draw", "session", "fraud")
 # the payment system's keys are Ed25519 only: an HMAC secret for it would let whoever
 # holds the engine's files speak for the payment system
@@ -170,6 +184,10 @@ class AuthError(Exception):
 @dataclass(frozen=True)
 class Keyring:
     keys: dict[str, Key]
+    # (key id, root, signature) of batch signatures checked already: a batch's first
+    # record costs a signature check, its others a few hashes (merkle.py)
+    _roots: dict[tuple[str, bytes, bytes], None] = field(
+        default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def parse(cls, text: str) -> Keyring:
@@ -235,14 +253,26 @@ class Keyring:
 
     @staticmethod
     def sign(body: bytes, key: Key) -> list[tuple[str, bytes]]:
-        if key.kind == "hmac":
-            mac = hmac.new(key.secret, body, hashlib.sha256).hexdigest().encode()
-        else:
-            mac = key.private_key.sign(body).hex().encode()
-        return [(KEY_ID_HEADER, key.key_id.encode()), (SIGNATURE_HEADER, mac)]
+        return [(KEY_ID_HEADER, key.key_id.encode()), (SIGNATURE_HEADER, _mac(body, key))]
+
+    @staticmethod
+    def sign_batch(bodies: list[bytes], key: Key) -> list[list[tuple[str, bytes]]]:
+        """Headers for each of ``bodies``, signed together: one signature over the
+        root of their Merkle tree, and each record's audit path to it. A batch of one
+        is signed as one record. Each record stands alone: a verifier needs none of
+        the others, in any order, on any partition."""
+        if len(bodies) == 1:
+            return [Keyring.sign(bodies[0], key)]
+        root, paths = merkle.tree([merkle.leaf_hash(body) for body in bodies])
+        key_id, mac = key.key_id.encode(), _mac(BATCH_CONTEXT + root, key)
+        size = len(bodies)
+        return [[(KEY_ID_HEADER, key_id), (SIGNATURE_HEADER, mac),
+                 (BATCH_PROOF_HEADER, f"{index}/{size}/{b''.join(path).hex()}".encode())]
+                for index, path in enumerate(paths)]
 
     def verify(self, body: bytes, headers: dict[str, bytes]) -> Key:
-        """The key that signed ``body``, or AuthError. Constant-time comparison."""
+        """The key that signed ``body`` (alone, or as one of a batch), or AuthError.
+        Constant-time comparison."""
         key_id = headers.get(KEY_ID_HEADER)
         signature = headers.get(SIGNATURE_HEADER)
         if not key_id or not signature:
@@ -250,17 +280,55 @@ class Keyring:
         key = self.keys.get(key_id.decode("utf-8", "replace"))
         if key is None:
             raise AuthError(Reason.UNKNOWN_KEY, "the command is signed with an unknown key id")
-        if key.kind == "hmac":
-            expected = hmac.new(key.secret, body, hashlib.sha256).hexdigest().encode()
-            if not hmac.compare_digest(expected, signature):
-                raise AuthError(Reason.BAD_SIGNATURE, "the signature does not match the command")
+        proof = headers.get(BATCH_PROOF_HEADER)
+        if proof is None:
+            _check(body, signature, key)
             return key
-        try:
-            key.public_key.verify(bytes.fromhex(signature.decode("ascii")), body)
-        except (InvalidSignature, ValueError, UnicodeDecodeError):
-            raise AuthError(Reason.BAD_SIGNATURE,
-                            "the signature does not match the command") from None
+        root = _batch_root(body, proof)
+        seen = (key.key_id, root, signature)
+        if seen not in self._roots:
+            _check(BATCH_CONTEXT + root, signature, key)
+            if len(self._roots) >= VERIFIED_ROOTS:
+                self._roots.clear()
+            self._roots[seen] = None
         return key
+
+
+def _mac(data: bytes, key: Key) -> bytes:
+    if key.kind == "hmac":
+        return hmac.new(key.secret, data, hashlib.sha256).hexdigest().encode()
+    return key.private_key.sign(data).hex().encode()
+
+
+def _check(data: bytes, signature: bytes, key: Key) -> None:
+    if key.kind == "hmac":
+        expected = hmac.new(key.secret, data, hashlib.sha256).hexdigest().encode()
+        if not hmac.compare_digest(expected, signature):
+            raise AuthError(Reason.BAD_SIGNATURE, "the signature does not match the command")
+        return
+    try:
+        key.public_key.verify(bytes.fromhex(signature.decode("ascii")), data)
+    except (InvalidSignature, ValueError, UnicodeDecodeError):
+        raise AuthError(Reason.BAD_SIGNATURE,
+                        "the signature does not match the command") from None
+
+
+def _batch_root(body: bytes, proof: bytes) -> bytes:
+    """The root that ``proof`` ("<index>/<size>/<path hex>") leads to from ``body``."""
+    try:
+        index, size, path = proof.decode("ascii").split("/")
+        if not (index.isdigit() and size.isdigit() and len(index) <= 6 and len(size) <= 6):
+            raise ValueError  # MAX_LEAVES has 5 digits
+        if len(path) % (2 * merkle.HASH_SIZE) or len(path) > 2 * merkle.HASH_SIZE * 16:
+            raise ValueError
+        hashes = bytes.fromhex(path)
+    except (ValueError, UnicodeDecodeError):
+        raise AuthError(Reason.BAD_SIGNATURE, "the batch proof is malformed") from None
+    siblings = [hashes[i:i + merkle.HASH_SIZE] for i in range(0, len(hashes), merkle.HASH_SIZE)]
+    root = merkle.root_from_path(merkle.leaf_hash(body), int(index), int(size), siblings)
+    if root is None:
+        raise AuthError(Reason.BAD_SIGNATURE, "the batch proof does not fit its batch")
+    return root
 
 
 def header_dict(headers) -> dict[str, bytes]:

@@ -56,7 +56,7 @@ from services.common.auth import Keyring
 from services.common.metrics import scrape, total
 from services.common.settings import Settings
 from services.common.topics import ensure_topics
-from services.demo.clients import FastSender, committed_records
+from services.demo.clients import FastSender, committed_batches
 from services.demo.feeder import Feeder
 from services.gateway import CommandSender
 
@@ -228,28 +228,33 @@ class Tally(threading.Thread):
         t = self.settings.topics
         decode_s = msgspec.json.Decoder(Settlement).decode
         decode_r = msgspec.json.Decoder(Rejection).decode
-        for record in committed_records(self.settings, (t.payments, t.rejections),
-                                        self.stopping):
-            if record.topic() == t.payments:
-                s = decode_s(record.value())
-                kind = type(s).__name__
-                self.settlements[kind] += 1
-                if s.attempt == 1:  # a retry is the same money again
-                    self.money[(kind, s.currency)] += s.amount_minor
-                self.pay(s)
-            else:
-                self.rejections[decode_r(record.value()).reason.value] += 1
+        for batch in committed_batches(self.settings, (t.payments, t.rejections),
+                                       self.stopping):
+            results = []
+            for record in batch:
+                if record.topic() == t.payments:
+                    s = decode_s(record.value())
+                    kind = type(s).__name__
+                    self.settlements[kind] += 1
+                    if s.attempt == 1:  # a retry is the same money again
+                        self.money[(kind, s.currency)] += s.amount_minor
+                    if self.payer is not None:
+                        results.append(self.result(s))
+                else:
+                    self.rejections[decode_r(record.value()).reason.value] += 1
+            if results and self.payer is not None:
+                # signed together: one Ed25519 signature for the batch, and one check
+                # in each of the captures stage and the sequencer (services/common/merkle.py)
+                self.payer.send_batch(results, topic=self.settings.topics.payment_results)
 
-    def pay(self, s: Settlement) -> None:
-        if self.payer is None:
-            return
+    def result(self, s: Settlement) -> ReportPayment:
+        """What the payment system reports of ``s``: settled, or failed one time in ten."""
         result = "failed" if self.rng.random() < 0.1 else "settled"
         self.results[result] += 1
-        command = ReportPayment(command_id=f"result:{s.settlement_id}:{s.attempt}",
-                                certificate_id=s.certificate_id, at_ms=int(time.time() * 1000),
-                                settlement_id=s.settlement_id, attempt=s.attempt,
-                                result=result, reason=None if result == "settled" else "declined")
-        self.payer.send(command, topic=self.settings.topics.payment_results)
+        return ReportPayment(command_id=f"result:{s.settlement_id}:{s.attempt}",
+                             certificate_id=s.certificate_id, at_ms=int(time.time() * 1000),
+                             settlement_id=s.settlement_id, attempt=s.attempt,
+                             result=result, reason=None if result == "settled" else "declined")
 
 
 def summary(started: float, feeder: Feeder, tally: Tally, services: Services, rate: float,

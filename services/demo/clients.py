@@ -65,9 +65,10 @@ class FastSender(CommandSender):
         self.producer = None  # librdkafka's client ends with its last reference, quietly
 
 
-def committed_records(settings: Settings, topics: tuple[str, ...],
-                      stopping: threading.Event) -> Iterator[Message]:
-    """Each record committed to ``topics`` from now on, until ``stopping`` is set."""
+def committed_batches(settings: Settings, topics: tuple[str, ...],
+                      stopping: threading.Event) -> Iterator[list[Message]]:
+    """The records committed to ``topics`` from now on, as fetched (at most 1,000 at a
+    time), until ``stopping`` is set."""
     consumer = Consumer({"bootstrap.servers": settings.bootstrap,
                          "group.id": "commission-demo-tally",  # never commits
                          "enable.auto.commit": False, "isolation.level": "read_committed",
@@ -76,8 +77,8 @@ def committed_records(settings: Settings, topics: tuple[str, ...],
         consumer.assign([KafkaPartition(topic, p, OFFSET_END) for topic in topics
                          for p in range(settings.partitions)])
         while not stopping.is_set():
-            for record in consumer.consume(1000, 0.3):
-                if record.error() is None:
-                    yield record
+            batch = [record for record in consumer.consume(1000, 0.3) if record.error() is None]
+            if batch:
+                yield batch
     finally:
         consumer.close()

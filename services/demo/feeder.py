@@ -54,6 +54,8 @@ LIVE = 40
 # how long the payment system's word waits after the commands before it: sent by its
 # own client, it must not reach the engine before the shares and the pool it follows
 PAY_AFTER_S = 0.25
+# ... give or take this much: the word due within it goes in one signed batch
+PAY_BATCH_S = 0.05
 # The demo's users are honest: each shares about this often a minute, far below the
 # fraud stage's velocity rule (8 distinct certificates a minute, services/fraud/rules.py
 # Thresholds). With a fixed 300 of them, at DEMO_RATE=100 each shared ~16 times a
@@ -122,9 +124,16 @@ class Feeder:
         self.sent += 1
 
     def _release_payments(self) -> None:
-        while self.paying and self.paying[0][0] <= time.monotonic():
-            assert self.payer is not None
-            self.payer.send(self.paying.popleft()[1], topic=self.payer.payment_results)
+        """Sends what is due, and what falls due within PAY_BATCH_S, as one batch:
+        signed once (Keyring.sign_batch), checked once by each verifier."""
+        if not self.paying or self.paying[0][0] > time.monotonic():
+            return
+        until = time.monotonic() + PAY_BATCH_S
+        due = []
+        while self.paying and self.paying[0][0] <= until:
+            due.append(self.paying.popleft()[1])
+        assert self.payer is not None
+        self.payer.send_batch(due, topic=self.payer.payment_results)
 
     def new_offer(self) -> None:
         self.offers += 1

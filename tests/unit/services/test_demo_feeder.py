@@ -32,6 +32,9 @@ class Collecting:
     def send(self, command: c.Command, topic: str | None = None) -> None:
         self.sent.append(command)
 
+    def send_batch(self, commands: list[c.Command], topic: str | None = None) -> None:
+        self.sent.extend(commands)
+
     def send_raw(self, key: bytes, body: bytes, headers=None) -> None:
         pass
 
