@@ -20,6 +20,7 @@ from confluent_kafka import TopicPartition as KafkaPartition
 
 from services.common.auth import Keyring
 from services.common.settings import Settings
+from services.common.topics import PRODUCER_BATCH_BYTES
 from services.gateway import CommandSender
 
 log = logging.getLogger("commission.demo")
@@ -40,6 +41,10 @@ class FastSender(CommandSender):
                          # stages': one certificate, one partition, whoever writes
                          # (librdkafka's default hashes otherwise)
                          "partitioner": "murmur2_random",
+                         # below what the broker takes of a batch on the payment system's
+                         # topic (services/common/topics.py): librdkafka's 1 MB default
+                         # lost whole bursts of results to MSG_SIZE_TOO_LARGE
+                         "batch.size": PRODUCER_BATCH_BYTES,
                          "client.id": "commission-demo",
                          **settings.kafka_auth.librdkafka()})
 
@@ -47,7 +52,7 @@ class FastSender(CommandSender):
         if error is not None:
             with self._lock:
                 self.failed += 1
-            log.warning("a demo command was not delivered", extra={"error": str(error)})
+            log.warning(f"a demo command was not delivered to {message.topic()}: {error}")
 
     def _produce(self, topic: str, key: bytes | None, body: bytes,
                  headers: list[tuple[str, bytes]], timestamp_ms: int | None) -> None:

@@ -84,6 +84,8 @@ def test_make_run_shows_the_system_working_and_stops_cleanly(tmp_path):
     stdout, stderr = demo.communicate(timeout=240)
     out = subprocess.CompletedProcess(demo.args, demo.returncode, stdout, stderr)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # every command and payment result the demo made reached the broker
+    assert "not delivered" not in out.stdout + out.stderr, out.stderr[-3000:]
     assert catalogue, "the read API served no catalogue while the demo ran"
     assert paysim_status == 200
     assert sorted(up) == ["allocation", "api", "audit", "captures", "cashout", "circulation",
