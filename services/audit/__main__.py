@@ -10,6 +10,9 @@ services (KAFKA_BOOTSTRAP_SERVERS, COMMISSION_TOPIC_PREFIX).
     --metrics-file F       also write the result for the node_exporter textfile collector
     --every S --port P     run every S seconds and serve the result on :P/metrics
                            (how deployments run it; alerts fire on its gauges)
+    --duty F               with --every: run at most this fraction of the time (the
+                           pause after a pass grows with the pass: each one re-reads
+                           every topic, so its time grows with their history)
 """
 
 from __future__ import annotations
@@ -140,6 +143,18 @@ def audit_once(timeout_s: float, results_within_s: float | None = None,
     return report
 
 
+def pause_after(took_s: float, every_s: float, duty: float) -> float:
+    """The pause after a pass that took ``took_s``: at least ``every_s``, and long
+    enough that passes take at most ``duty`` of the time. `make run`'s audit at
+    DEMO_RATE=1000 re-read ~10^5-10^6 records a pass: every 15 s, it ran without a
+    pause and the broker's answers to it took the cores the pipeline needed (the read
+    model's trail went past a second in 9-11 % of the seconds; without the audit in
+    none, docs/benchmarks.md)."""
+    if not 0 < duty <= 1:
+        raise ValueError("duty is a fraction of the time, in (0, 1]")
+    return max(every_s, took_s * (1 / duty - 1))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.audit")
     parser.add_argument("--timeout", type=float, default=60.0,
@@ -148,20 +163,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-file", type=Path)
     parser.add_argument("--every", type=float, default=0.0)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--duty", type=float, default=1.0)
     args = parser.parse_args(argv)
+    if not 0 < args.duty <= 1:
+        parser.error("--duty is a fraction of the time, in (0, 1]")
     refuse_insecure(Settings.from_env(), Keyring({}))  # it holds no keys
     gauges = AuditGauges()
     if args.port:
         start_http_server(args.port, addr=os.environ.get("OPS_BIND_HOST", "127.0.0.1"),
                           registry=gauges.registry)
     while True:
+        started = time.monotonic()
         report = audit_once(args.timeout, args.results_within)
         gauges.record(report)
         if args.metrics_file:
             write_to_textfile(str(args.metrics_file), gauges.registry)
         if not args.every:
             return 2 if report is None else (0 if report.ok else 1)
-        time.sleep(args.every)
+        time.sleep(pause_after(time.monotonic() - started, args.every, args.duty))
 
 
 if __name__ == "__main__":

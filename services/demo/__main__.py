@@ -76,6 +76,9 @@ FRAUD_PORT = int(os.environ.get("DEMO_FRAUD_PORT", "9110"))
 PAYSIM_PORT = int(os.environ.get("DEMO_PAYSIM_PORT", "8090"))
 AUDIT_PORT = METRICS_BASE_PORT + PORT_ORDER.index("audit")
 AUDIT_EVERY_S = 15
+# ... and it runs at most a fifth of the time: each pass re-reads every topic, longer
+# as they grow (services/audit/__main__.py pause_after)
+AUDIT_DUTY = 0.2
 AUDIT_NICE = 10
 # Each stage commits at most every 100 ms (Kafka Streams' exactly-once default,
 # services/common/settings.py commit_spacing_ms). At DEMO_RATE=1000 on two cores,
@@ -135,6 +138,7 @@ class Services:
         command = [sys.executable, "-m", f"services.{name}"]
         if name == "audit":  # a check beside the traffic: it yields the cores to it
             command = ["nice", "-n", str(AUDIT_NICE), *command, "--every", str(AUDIT_EVERY_S),
+                       "--duty", str(AUDIT_DUTY),
                        "--port", str(AUDIT_PORT)]
         with open(self.folder / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log,
