@@ -48,8 +48,8 @@ def _mth(leaves: list[bytes]) -> bytes:
 
 def _results(n: int) -> list[bytes]:
     return [msgspec.json.encode(c.ReportPayment(
-        command_id=f"result:s{i}:1", certificate_id=f"s~o-{i:05d}", at_ms=T,
-        settlement_id=f"s{i}", attempt=1, result="settled")) for i in range(n)]
+        command_id=f"result:{i:032x}:1", certificate_id=f"s~o-{i:05d}", at_ms=T,
+        settlement_id=f"{i:032x}", attempt=1, result="settled")) for i in range(n)]
 
 
 def _engine() -> Keyring:
@@ -144,6 +144,8 @@ def test_nothing_but_the_signed_records_passes():
     b"0/9/zz", b"0/9/" + b"ab" * 31, b"0/9/" + b"00" * 32 * 17, b"\xff/9/", b"\xd9\xa3/9/",
     b"0" * 5000 + b"/9/", b"0/9/" + b"00" * 32 * 3,  # a path one hash short of 9 leaves
     b"0/9/" + b"00" * 32 * 5,  # one too long
+    b"00/9/", b"0/09/", b"+0/9/", b"0/9/ ", b" 0/9/", b"0/9/" + b"AB" * 32,
+    b"0/9/" + b"ab" * 16 + b" " + b"ab" * 16, b"0/65537/",
 ])
 def test_a_malformed_proof_is_a_bad_signature_not_a_crash(proof):
     bodies = _results(9)
@@ -160,7 +162,50 @@ def test_the_sequencer_takes_a_batch_signed_result_and_refuses_an_altered_one():
         return sequence(None, body, source, ENGINE, max_skew_ms=60_000,
                         draw_key=ENGINE.keys["draw"])
 
-    # no such certificate here: past authentication, the core's own refusal
-    assert run(bodies[2], signed[2]).rejection.reason is not Reason.BAD_SIGNATURE
+    # authenticated, decoded and valid: the core's own verdict on a certificate it
+    # has never seen (the same as for the record signed alone)
+    alone = run(bodies[2], dict(Keyring.sign(bodies[2], PAYER))).rejection.reason
+    assert alone is Reason.UNKNOWN_CERTIFICATE
+    assert run(bodies[2], signed[2]).rejection.reason is alone
     altered = bodies[2].replace(b"s~o-00002", b"s~o-00003")
     assert run(altered, signed[2]).rejection.reason is Reason.BAD_SIGNATURE
+
+
+def test_a_signature_is_written_one_way_only():
+    """bytes.fromhex takes spaces and capitals: a replay padded with 250 kB of them
+    verified, and each padding was a new entry in the memo of checked roots."""
+    bodies = _results(3)
+    signed = [dict(h) for h in Keyring.sign_batch(bodies, PAYER)]
+    alone = dict(Keyring.sign(bodies[0], PAYER))
+    for headers in (signed[0], alone):
+        sig = headers[SIGNATURE_HEADER]
+        for variant in (b" " + sig, sig + b" ", sig[:64] + b" " + sig[64:], sig.upper(),
+                        sig[:-2]):
+            assert _refused(bodies[0], headers | {SIGNATURE_HEADER: variant}) \
+                is Reason.BAD_SIGNATURE
+
+
+def test_the_memo_of_checked_roots_is_bounded_and_forgets_the_oldest(monkeypatch):
+    monkeypatch.setattr(auth, "VERIFIED_ROOTS", 4)
+    engine = _engine()
+    batches = [(bodies := _results(2 + i), [dict(h) for h in Keyring.sign_batch(bodies, PAYER)])
+               for i in range(6)]
+    for bodies, signed in batches:
+        engine.verify(bodies[0], signed[0])
+        assert len(engine._roots) <= 4
+    roots = [root for _, root, _ in engine._roots]
+    tree_roots = [merkle.tree([merkle.leaf_hash(b) for b in bodies])[0] for bodies, _ in batches]
+    assert roots == tree_roots[2:]  # the last four, not none of the earlier ones
+
+
+def test_batches_are_ed25519_only_and_a_root_is_no_command():
+    gw = ENGINE.keys["gw"]
+    bodies = _results(3)
+    assert all(BATCH_PROOF_HEADER not in dict(h) for h in Keyring.sign_batch(bodies, gw))
+    root = merkle.tree([merkle.leaf_hash(b) for b in bodies])[0]
+    hmac_batch = dict(Keyring.sign(BATCH_CONTEXT + root, gw))
+    proof = dict(Keyring.sign_batch(bodies, PAYER)[0])[BATCH_PROOF_HEADER]
+    assert _refused(bodies[0], hmac_batch | {BATCH_PROOF_HEADER: proof}) is Reason.BAD_SIGNATURE
+    # a root signed alone by the payment system is not a command it said
+    signed_root = dict(Keyring.sign(BATCH_CONTEXT + root, PAYER))
+    assert _refused(BATCH_CONTEXT + root, signed_root) is Reason.BAD_SIGNATURE
