@@ -65,7 +65,7 @@ def root_from_path(leaf: bytes, index: int, size: int, path: list[bytes]) -> byt
     fn, sn, r = index, size - 1, leaf
     for sibling in path:
         if sn == 0 or len(sibling) != HASH_SIZE:
-            return None  # a longer path than the tree is deep
+            return None  # a longer path than the tree is deep, or not a hash
         if fn & 1 or fn == sn:
             r = node_hash(sibling, r)
             if not fn & 1:

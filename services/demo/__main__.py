@@ -83,8 +83,7 @@ AUDIT_NICE = 10
 # Each stage commits at most every 100 ms (Kafka Streams' exactly-once default,
 # services/common/settings.py commit_spacing_ms). At DEMO_RATE=1000 on two cores,
 # committing every round made ~104 transactions/s across the stages and the broker
-# took 58 % of a core; spaced: ~53/s and 42 %, and the read model's trail p99 fell
-# from <= 1-2.5 s to <= 0.5 s in most 5-s windows (docs/benchmarks.md, sixth pass).
+# took 58 % of a core; spaced: ~53/s and 42 % (docs/benchmarks.md, sixth pass).
 COMMIT_SPACING_MS = "100"
 # how long the feeder waits for the stages and the read model to be ready
 READY_WITHIN_S = 180
