@@ -139,6 +139,7 @@ def _browser(tmp_path):
 
 def test_keycloak_sign_in_api_tokens_key_rotation_and_refusals(keycloak, pipeline, stack,
                                                                 tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -194,9 +195,17 @@ def test_keycloak_sign_in_api_tokens_key_rotation_and_refusals(keycloak, pipelin
         assert kept[b"roles"] == b"" and kept[b"source"] == issuer.encode()
         browser.find_element(By.ID, "circulate").click()
         WebDriverWait(browser, 20).until(lambda d: "sent=" in d.current_url)
+        def outcome_line() -> str:
+            """The outcome line, "" while there is none (the page updates itself: an
+            element found a moment ago can be replaced before its text is read)."""
+            try:
+                found = browser.find_elements(By.ID, "outcome")
+                return found[0].text if found else ""
+            except StaleElementReferenceException:
+                return ""
+
         deadline = time.monotonic() + 60
-        while not browser.find_elements(By.ID, "outcome") or browser.find_element(
-                By.ID, "outcome").text.startswith("Sent:"):  # applied yet?
+        while not outcome_line() or outcome_line().startswith("Sent:"):  # applied yet?
             assert time.monotonic() < deadline, browser.page_source[:2000]
             time.sleep(0.5)
             browser.refresh()
