@@ -46,18 +46,19 @@ def scaled_down(kept: dict[str, int], acquired: dict[str, int], left: int, price
     if not 0 <= left <= price or price <= 0:
         raise ValueError(f"left {left} of price {price}")
     new: dict[str, int] = {}
+    floors: dict[str, int] = {}
     remainders: dict[str, int] = {}
     for account, amount in kept.items():
         whole, remainder = divmod(acquired[account] * left, price)
         new[account] = min(amount, whole + (remainder > 0))
-        remainders[account] = remainder
+        floors[account], remainders[account] = whole, remainder
     target = sum(acquired[account] for account in kept) * left // price
     over = sum(new.values()) - target
     if over > 0:
         # above its share rounded down means at its share rounded up (remainder > 0);
         # there are always at least ``over`` of them: the others keep at most their
         # share rounded down, and the target is at least the sum of those
-        above = [a for a in kept if remainders[a] and new[a] > acquired[a] * left // price]
+        above = [a for a in kept if remainders[a] and new[a] > floors[a]]
         above.sort(key=lambda a: (remainders[a], _tie(salt, a)))
         for account in above[:over]:
             new[account] -= 1

@@ -318,8 +318,7 @@ def _mac(data: bytes, key: Key) -> bytes:
 
 def _check(data: bytes, signature: bytes, key: Key) -> None:
     if key.kind == "hmac":
-        expected = hmac.new(key.secret, data, hashlib.sha256).hexdigest().encode()
-        if not hmac.compare_digest(expected, signature):
+        if not hmac.compare_digest(_mac(data, key), signature):
             raise AuthError(Reason.BAD_SIGNATURE, "the signature does not match the command")
         return
     try:

@@ -210,17 +210,15 @@ class Services:
                 f"{behind} records behind")
 
     def lag(self, name: str) -> int | None:
-        try:
-            return int(total(scrape(self.port(name), timeout_s=1),
-                             "commission_consumer_lag_messages"))
-        except OSError:
-            return None
+        return self._gauge(name, "commission_consumer_lag_messages")
 
     def behind(self) -> int | None:
         """The records the read model has yet to project (None: it does not answer)."""
+        return self._gauge("readmodel", "commission_readmodel_behind_records")
+
+    def _gauge(self, name: str, metric: str) -> int | None:
         try:
-            return int(total(scrape(self.port("readmodel"), timeout_s=1),
-                             "commission_readmodel_behind_records"))
+            return int(total(scrape(self.port(name), timeout_s=1), metric))
         except OSError:
             return None
 
